@@ -1,0 +1,1 @@
+"""Built-in connector plugins, written against the public API in :mod:`faice.connectors`."""

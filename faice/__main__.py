@@ -1,0 +1,5 @@
+"""``python -m faice``."""
+
+from faice.cli import main
+
+raise SystemExit(main())

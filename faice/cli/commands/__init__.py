@@ -1,0 +1,1 @@
+"""One module per command: ``add_parser(subparsers)`` (stdlib only) and ``run(args) -> int``."""

@@ -1,0 +1,54 @@
+"""``faice agency serve`` and ``faice agency user add``: the CC-Agency-compatible server."""
+
+from __future__ import annotations
+
+from faice.cli.options import add_debug
+from faice.cli.parser import new_command
+
+DEFAULT_DB = "sqlite:///faice-agency.db"
+
+
+def add_parser(subparsers) -> None:
+    agency = new_command(subparsers, "agency", help="run a CC-Agency-compatible server and manage its users")
+    commands = agency.add_subparsers(title="actions", metavar="ACTION")
+
+    serve = new_command(
+        commands,
+        "serve",
+        help="serve the CC-Agency 9.3 REST API",
+        examples="  faice agency serve --db sqlite:///agency.db --host 127.0.0.1 --port 8080",
+    )
+    serve.add_argument("--db", default=DEFAULT_DB, help=f"database URL: sqlite:///PATH or postgresql://... (default: {DEFAULT_DB})")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8080, help="port (default: 8080)")
+    serve.add_argument("--workdir", metavar="DIR", help="where batch run directories are kept (default: next to the database)")
+    serve.add_argument("--engine", choices=("local", "slurm"), default="local", help="where batches run (default: local)")
+    serve.add_argument("--parallel", type=int, help="batches at a time on this host (default: automatic)")
+    serve.add_argument("--secret-key-file", metavar="FILE", help="key that encrypts secrets at rest (default: created next to the database, mode 0600)")
+    serve.add_argument("--notification-hook", metavar="URL", action="append", default=[], help="POST final batch states to this URL; repeatable")
+    add_debug(serve)
+    serve.set_defaults(run=_action("serve"))
+
+    user = new_command(commands, "user", help="manage agency users")
+    user_commands = user.add_subparsers(title="user actions", metavar="ACTION")
+    add = new_command(
+        user_commands,
+        "add",
+        help="create a user (or replace its password)",
+        examples="  echo \"$PW\" | faice agency user add alice --db sqlite:///agency.db --password-stdin",
+    )
+    add.add_argument("name", metavar="NAME")
+    add.add_argument("--db", default=DEFAULT_DB)
+    add.add_argument("--password-stdin", action="store_true", help="read the password from stdin (else prompt)")
+    add.add_argument("--admin", action="store_true", help="the user sees and cancels everyone's work")
+    add_debug(add)
+    add.set_defaults(run=_action("user-add"))
+
+
+def _action(name: str):
+    def run(args) -> int:
+        from faice.agency.cli import run_agency_command
+
+        return run_agency_command(name, args)
+
+    return run

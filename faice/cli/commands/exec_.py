@@ -1,0 +1,62 @@
+"""``faice exec REDFILE``: run every batch on the engine named in ``execution.engine``."""
+
+from __future__ import annotations
+
+from faice.cli.options import add_debug, add_format, add_variables
+from faice.cli.parser import new_command
+
+
+def add_parser(subparsers) -> None:
+    parser = new_command(
+        subparsers,
+        "exec",
+        help="run an experiment: locally in Docker, on a CC-Agency, or on Slurm",
+        description=(
+            "Run every batch of a RED file. The engine comes from execution.engine:\n"
+            "ccfaice/local (this host's Docker engine, the default), ccagency (a remote\n"
+            "CC-Agency) or slurm. Locally each batch runs in its own container, concurrently,\n"
+            "with its own GPUs and memory limit; records go to --outdir."
+        ),
+        examples=(
+            "  faice exec sweep.red.yml --dry-run\n"
+            "  faice exec sweep.red.yml --outdir runs/lr --parallel 2 --variables vars.yml\n"
+            "  faice exec sweep.red.yml --resume --outdir runs/lr\n"
+            "  faice exec agency.red.yml --wait"
+        ),
+    )
+    parser.add_argument("red_file", metavar="REDFILE", help="RED file: path, - for stdin, or http(s) URL")
+    add_variables(parser)
+
+    local = parser.add_argument_group("local engine (ccfaice)")
+    local.add_argument("--outdir", metavar="DIR", help="run directory (default: ./faice-runs/<time>-<run id>)")
+    local.add_argument("--parallel", metavar="N", type=int, help="batches at a time (default: from free GPUs, RAM and CPUs)")
+    local.add_argument("--dry-run", action="store_true", help="print the plan (batches, commands, image, GPUs, mounts) and run nothing")
+    local.add_argument("--resume", action="store_true", help="skip batches that already succeeded in --outdir with the same batch id")
+    failing = local.add_mutually_exclusive_group()
+    failing.add_argument("--keep-going", dest="fail_fast", action="store_false", default=False, help="run every batch even if some fail (default)")
+    failing.add_argument("--fail-fast", dest="fail_fast", action="store_true", help="stop starting batches after the first failure")
+    local.add_argument("--max-failures", metavar="N", type=int, help="stop starting batches after N failures")
+    local.add_argument("--retries", metavar="N", type=int, default=0, help="retry a batch N times after a transient failure (default: 0)")
+    local.add_argument("--timeout", metavar="SECONDS", type=float, help="wall-clock limit of one batch's command")
+    local.add_argument("--gpu-ids", metavar="IDS", help='restrict GPUs to these ids, e.g. "0,2" (never more than requested)')
+    local.add_argument("--disable-pull", action="store_true", help="never pull the image; it must exist locally")
+    local.add_argument("--leave-container", action="store_true", help="keep containers (and their mounts) after the batch")
+    local.add_argument("--preserve-environment", metavar="ENVVAR", action="append", default=[], help="pass this host environment variable into the container; repeatable")
+    local.add_argument("--insecure", action="store_true", help="accepted for compatibility; mounts are made on the host, no extra capabilities needed")
+    local.add_argument("--no-progress", action="store_true", help="plain log lines instead of the live progress display")
+
+    remote = parser.add_argument_group("ccagency / slurm engines")
+    remote.add_argument("--wait", action="store_true", help="follow the batches until all are final; exit 1 if any failed")
+    remote.add_argument("--disable-retry", action="store_true", help="ask CC-Agency not to retry failed batches")
+
+    parser.add_argument("--disable-connector-validation", action="store_true", help="skip the connector access checks before running")
+    parser.add_argument("--json", action="store_true", help="print the run summary as JSON on stdout")
+    add_format(parser)
+    add_debug(parser)
+    parser.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from faice.engines import execute
+
+    return execute(args)

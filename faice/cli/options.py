@@ -1,0 +1,41 @@
+"""Options shared by several commands, with upstream faice's names and defaults."""
+
+from __future__ import annotations
+
+import argparse
+
+FORMATS = ("json", "yaml", "yml")
+
+
+def add_debug(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-d", "--debug", action="store_true", help="show tracebacks and debug messages on errors"
+    )
+
+
+def add_format(parser: argparse.ArgumentParser, default: str = "yaml") -> None:
+    parser.add_argument(
+        "--format", choices=FORMATS, default=default, help=f"output format (default: {default})"
+    )
+
+
+def add_variables(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("variables ({{name}} placeholders under access/auth)")
+    group.add_argument(
+        "--variables",
+        metavar="FILE",
+        action="append",
+        default=[],
+        help="YAML/JSON mapping of variable values; repeatable, later files win",
+    )
+    group.add_argument(
+        "--non-interactive",
+        action="store_true",
+        help="never prompt; fail listing every variable that the file and keyring leave unresolved",
+    )
+    group.add_argument(
+        "--keyring-service",
+        metavar="NAME",
+        default="red",
+        help="keyring service to look variables up in (default: red)",
+    )

@@ -1,0 +1,94 @@
+"""The user-facing error types.
+
+Every error a user can cause derives from :class:`FaiceError`; the CLI's single error handler
+prints its message (redacted) without a traceback and exits with ``exit_code``. Anything else
+is a bug and shows a traceback only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+KeyPath = tuple[str | int, ...]
+
+
+def format_key_path(path: Sequence[str | int]) -> str:
+    """Render a key path the way users write it: ``batches[1].inputs.learning_rate``."""
+    text = ""
+    for part in path:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif text:
+            text += f".{part}"
+        else:
+            text = str(part)
+    return text or "(top level)"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with an input file: where it is and what was expected."""
+
+    file: str
+    path: KeyPath
+    message: str
+    line: int | None = None  # 1-based, when the loader knows it
+    column: int | None = None
+
+    def __str__(self) -> str:
+        where = self.file
+        if self.line is not None:
+            where += f":{self.line}"
+            if self.column is not None:
+                where += f":{self.column}"
+        return f"{where}: {format_key_path(self.path)}: {self.message}"
+
+
+class FaiceError(Exception):
+    """An error caused by input, environment or a remote service; shown without traceback."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message if not self.hint else f"{self.message}\nhint: {self.hint}"
+
+
+class UsageError(FaiceError):
+    """Bad command line usage (exit code 2, like argparse)."""
+
+    exit_code = 2
+
+
+class LoadError(FaiceError):
+    """A file could not be read or parsed."""
+
+
+class ValidationError(FaiceError):
+    """One or more problems in a RED/CWL file; all of them are reported at once."""
+
+    def __init__(self, problems: Iterable[Problem], *, summary: str | None = None):
+        self.problems = list(problems)
+        files = sorted({p.file for p in self.problems})
+        head = summary or (
+            f"{', '.join(files) or 'input'} is not valid "
+            f"({len(self.problems)} problem{'s' if len(self.problems) != 1 else ''}):"
+        )
+        super().__init__(head + "".join(f"\n  {p}" for p in self.problems))
+
+
+class VariableError(FaiceError):
+    """``{{variables}}`` that could not be resolved."""
+
+
+class ConnectorError(FaiceError):
+    """A connector failed to move data; the message says which input/output and why."""
+
+
+class EngineError(FaiceError):
+    """The execution engine (Docker, the agency, Slurm) could not do what was asked."""

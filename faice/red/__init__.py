@@ -1,0 +1,1 @@
+"""RED files: loading, schemas, semantic checks, variables, sweeps and batches."""

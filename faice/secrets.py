@@ -1,0 +1,112 @@
+"""Protected values and their redaction (DESIGN §5).
+
+A value is protected when it sits under a protected key (``password``, ``privateKey``,
+``passphrase``, ``secretAccessKey``, ``sessionToken`` or any key starting with ``_``) or was
+filled into a ``{{variable}}``. Every protected value is registered with the process-wide
+:data:`REDACTOR`, and everything faice prints or writes passes through it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+PROTECTED_KEYS = frozenset({"password", "privateKey", "passphrase", "secretAccessKey", "sessionToken"})
+MASK = "********"
+
+
+def is_protected_key(key: object) -> bool:
+    return isinstance(key, str) and (key in PROTECTED_KEYS or key.startswith("_"))
+
+
+def normalise_key(key: str) -> str:
+    """``_username`` → ``username``: the underscore only marks the value as protected."""
+    return key[1:] if key.startswith("_") and len(key) > 1 else key
+
+
+def normalise_protected_keys(data: Any) -> Any:
+    """A copy of ``data`` with every ``_key`` renamed to ``key`` (recursively)."""
+    if isinstance(data, dict):
+        return {
+            (normalise_key(k) if isinstance(k, str) else k): normalise_protected_keys(v)
+            for k, v in data.items()
+        }
+    if isinstance(data, list):
+        return [normalise_protected_keys(v) for v in data]
+    return data
+
+
+def protected_values(data: Any, *, inside: bool = False) -> Iterator[str]:
+    """Every scalar below a protected key, as text."""
+    if isinstance(data, dict):
+        for key, value in data.items():
+            yield from protected_values(value, inside=inside or is_protected_key(key))
+    elif isinstance(data, list):
+        for value in data:
+            yield from protected_values(value, inside=inside)
+    elif inside and data is not None and not isinstance(data, bool):
+        yield str(data)
+
+
+class Redactor:
+    """Replaces every registered secret, and its JSON-escaped form, with ``********``."""
+
+    def __init__(self) -> None:
+        self._secrets: set[str] = set()
+        self._pattern: re.Pattern[str] | None = None
+        self._lock = threading.Lock()
+
+    def add(self, *values: object) -> None:
+        self.add_all(values)
+
+    def add_all(self, values: Iterable[object]) -> None:
+        with self._lock:
+            for value in values:
+                if value is None or isinstance(value, bool):
+                    continue
+                text = str(value)
+                if not text.strip():
+                    continue
+                variants = {text, json.dumps(text)[1:-1], repr(text)[1:-1]}
+                self._secrets.update(v for v in variants if v.strip())
+            self._pattern = None
+
+    def __bool__(self) -> bool:
+        return bool(self._secrets)
+
+    def _compiled(self) -> re.Pattern[str] | None:
+        with self._lock:
+            if self._pattern is None and self._secrets:
+                ordered = sorted(self._secrets, key=len, reverse=True)
+                self._pattern = re.compile("|".join(re.escape(s) for s in ordered))
+            return self._pattern
+
+    def redact(self, text: str) -> str:
+        pattern = self._compiled()
+        return pattern.sub(MASK, text) if pattern and text else text
+
+    def redact_bytes(self, data: bytes) -> bytes:
+        if not self._secrets:
+            return data
+        return self.redact(data.decode("utf-8", "surrogateescape")).encode("utf-8", "surrogateescape")
+
+    def redact_data(self, data: Any) -> Any:
+        """A copy of a JSON-like structure with secrets masked in every string."""
+        if isinstance(data, str):
+            return self.redact(data)
+        if isinstance(data, dict):
+            return {self.redact_data(k): self.redact_data(v) for k, v in data.items()}
+        if isinstance(data, (list, tuple)):
+            return [self.redact_data(v) for v in data]
+        return data
+
+    def clear(self) -> None:
+        with self._lock:
+            self._secrets.clear()
+            self._pattern = None
+
+
+REDACTOR = Redactor()
