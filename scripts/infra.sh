@@ -2,6 +2,7 @@
 # Test infrastructure for faice: the real services the integration tests talk to.
 #
 #   scripts/infra.sh up       install what is missing and start what is not healthy
+#   scripts/infra.sh engine   only Docker and the base images (what scripts/demo.sh needs)
 #   scripts/infra.sh down     stop what `up` started, remove test containers
 #   scripts/infra.sh status   one line per service; exit 0 when everything is healthy
 #
@@ -15,7 +16,8 @@
 #   FAICE_INFRA_SLURM   0 = no munge/Slurm (default 1)
 #   FAICE_VENV          Python venv that provides moto_server and boto3 (default <repo>/.venv)
 #   FAICE_DEBIAN_MIRROR mirror for debootstrap (default http://deb.debian.org/debian)
-set -euo pipefail
+set -Eeuo pipefail
+trap 'printf "infra: error: line %s: %s (exit %s)\n" "$LINENO" "$BASH_COMMAND" "$?" >&2' ERR
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 STATE=${FAICE_INFRA_DIR:-/tmp/faice-infra}
@@ -31,8 +33,11 @@ SSH_KEY_USER=faicekey SSH_KEY_PASS=faicekey-pass
 HTTP_USER=faicehttp HTTP_PASS=faicehttp-secret
 BASE_IMAGE=faice-test/base:bookworm
 USER_IMAGE=faice-test/user:bookworm
-IMAGE_VERSION=1   # bump to force a rebuild of both images when their recipe changes
+IMAGE_VERSION=2   # bump to force a rebuild of both images when their recipe changes
 TEST_LABEL=org.faice.test
+# The images are marked org.faice.test.image, NOT org.faice.test: a container inherits its
+# image's labels, so an image labelled org.faice.test would make every container of it (faice's
+# own run containers included) match the test-container cleanup of any concurrent pytest session.
 
 # ---------------------------------------------------------------- helpers
 say() { printf 'infra: %-7s %s\n' "$1" "$2"; }
@@ -94,12 +99,15 @@ lock_state() {
 }
 
 # ---------------------------------------------------------------- packages
-apt_packages() {
-  local pkgs=(docker.io debootstrap openssh-server openssh-client sshfs fuse3 nginx-light
-    openssl curl gnome-keyring dbus-daemon) missing=() installed p
-  [[ $WANT_SLURM == 0 ]] || pkgs+=(slurmctld slurmd slurm-client munge)
+apt_packages() { # apt_packages [PACKAGE...]: the given ones, or everything the tests need
+  local pkgs=("$@") missing=() installed p
+  if ((${#pkgs[@]} == 0)); then
+    pkgs=(docker.io debootstrap openssh-server openssh-client sshfs fuse3 nginx-light
+      openssl curl gnome-keyring dbus-daemon)
+    [[ $WANT_SLURM == 0 ]] || pkgs+=(slurmctld slurmd slurm-client munge)
+  fi
   installed=" $(dpkg-query -W -f='${Package}|${db:Status-Abbrev}\n' "${pkgs[@]}" 2>/dev/null |
-    awk -F'|' '$2 ~ /^ii/ {printf "%s ", $1}')"
+    awk -F'|' '$2 ~ /^ii/ {printf "%s ", $1}' || true)"
   for p in "${pkgs[@]}"; do
     [[ $installed == *" $p "* ]] || missing+=("$p")
   done
@@ -141,7 +149,7 @@ image_label() { docker image inspect -f "{{index .Config.Labels \"$2\"}}" "$1" 2
 # unmount anything below DIR (debootstrap mounts proc/sys in its target)
 umount_below() {
   local m
-  for m in $(findmnt -rn -o TARGET | grep -F -- "$1/" | sort -r); do
+  for m in $(findmnt -rn -o TARGET | grep -F -- "$1/" | sort -r || true); do
     umount -l "$m" 2>/dev/null || true
   done
 }
@@ -161,7 +169,7 @@ images_up() {
     rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/cache/apt/*.bin \
       "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/log/*.log "$rootfs"/var/log/apt/*
     tar --numeric-owner -C "$rootfs" -c . | docker import \
-      -c "LABEL $TEST_LABEL=1 $TEST_LABEL.version=$IMAGE_VERSION" \
+      -c "LABEL $TEST_LABEL.image=base $TEST_LABEL.version=$IMAGE_VERSION" \
       -c 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8' \
       -c 'CMD ["/bin/bash"]' - "$BASE_IMAGE" >/dev/null
     rm -rf "$rootfs"
@@ -176,11 +184,11 @@ FROM $BASE_IMAGE
 RUN groupadd -g 1000 cc && useradd -m -u 1000 -g 1000 -s /bin/bash cc
 USER cc
 WORKDIR /home/cc
-LABEL $TEST_LABEL=1 $TEST_LABEL.version=$IMAGE_VERSION $TEST_LABEL.base=$base_id
+LABEL $TEST_LABEL.image=user $TEST_LABEL.version=$IMAGE_VERSION $TEST_LABEL.base=$base_id
 EOF
     docker build --network none -t "$USER_IMAGE" "$ctx" >"$STATE/user-image.log" 2>&1 ||
       die "docker build of $USER_IMAGE failed, see $STATE/user-image.log"
-    docker image prune -f --filter "label=$TEST_LABEL=1" >/dev/null 2>&1 || true
+    docker image prune -f --filter "label=$TEST_LABEL.image" >/dev/null 2>&1 || true
     say image "$USER_IMAGE built"
   fi
 }
@@ -192,8 +200,10 @@ ssh_user() { # ssh_user NAME: create the account once, with a data/ dir in its h
   install -d -m 755 -o "$u" -g "$u" "/home/$u/data"
 }
 
+sshd_ok() { pid_of "$STATE/ssh/sshd.pid" sshd >/dev/null && port_open $SSH_PORT; }
+
 sshd_up() {
-  local d=$STATE/ssh conf restart=0
+  local d=$STATE/ssh conf hostkey restart=0
   mkdir -p "$d" /run/sshd
   chmod 755 /run/sshd
   [[ -f $d/host_ed25519_key ]] || ssh-keygen -q -t ed25519 -N '' -C faice-test-host -f "$d/host_ed25519_key"
@@ -205,9 +215,9 @@ sshd_up() {
     cp "$d/id_ed25519.pub" "$d/id_ed25519_enc.pub"
     mv "$d/id_ed25519_enc.tmp" "$d/id_ed25519_enc"
   fi
-  write_if_changed "$d/known_hosts" \
-    "$(printf '[%s]:%s %s\n[localhost]:%s %s' "$HOST" "$SSH_PORT" "$(cut -d' ' -f1,2 "$d/host_ed25519_key.pub")" \
-      "$SSH_PORT" "$(cut -d' ' -f1,2 "$d/host_ed25519_key.pub")")" || true
+  hostkey=$(cut -d' ' -f1,2 "$d/host_ed25519_key.pub")
+  write_if_changed "$d/known_hosts" "[$HOST]:$SSH_PORT $hostkey
+[localhost]:$SSH_PORT $hostkey" || true
 
   ssh_user "$SSH_PW_USER"
   ssh_user "$SSH_KEY_USER"
@@ -240,7 +250,7 @@ Subsystem sftp internal-sftp
 Match User $SSH_KEY_USER
     PasswordAuthentication no"
   if write_if_changed "$d/sshd_config" "$conf"; then restart=1; fi
-  if ((restart == 0)) && pid_of "$d/sshd.pid" sshd >/dev/null && port_open $SSH_PORT; then
+  if ((restart == 0)) && sshd_ok; then
     say sshd "ok ($HOST:$SSH_PORT)"
     return
   fi
@@ -254,6 +264,10 @@ Match User $SSH_KEY_USER
 }
 
 # ---------------------------------------------------------------- nginx
+nginx_ok() {
+  pid_of "$STATE/nginx/nginx.pid" nginx >/dev/null && port_open $HTTP_PORT && port_open $HTTPS_PORT
+}
+
 nginx_up() {
   local n=$STATE/nginx conf restart=0
   mkdir -p "$n/data" "$n/tmp" "$n/tls"
@@ -299,8 +313,7 @@ http {
   }
 }"
   if write_if_changed "$n/nginx.conf" "$conf"; then restart=1; fi
-  if ((restart == 0)) && pid_of "$n/nginx.pid" nginx >/dev/null &&
-    port_open $HTTP_PORT && port_open $HTTPS_PORT; then
+  if ((restart == 0)) && nginx_ok; then
     say nginx "ok (http $HOST:$HTTP_PORT, https $HOST:$HTTPS_PORT)"
     return
   fi
@@ -335,10 +348,19 @@ moto_start() { # moto_start NAME PORT [ENV=VALUE...]
   wait_until 30 port_open "$port" || die "moto on port $port did not start, see $STATE/$name.log"
 }
 
+moto_ok() { pid_of "$STATE/moto.pid" moto_server >/dev/null && port_open $S3_PORT; }
+
+# healthy only with the key pair that was made for this very process
+moto_auth_ok() {
+  local pid
+  pid=$(pid_of "$STATE/moto-auth.pid" moto_server) && port_open $S3_AUTH_PORT &&
+    [[ -s $STATE/moto-auth.keys && $(head -n1 "$STATE/moto-auth.keys") == "$pid" ]]
+}
+
 moto_up() {
   local pid
   venv_up
-  if pid_of "$STATE/moto.pid" moto_server >/dev/null && port_open $S3_PORT; then
+  if moto_ok; then
     say s3 "ok ($HOST:$S3_PORT, no auth)"
   else
     stop_pidfile s3 "$STATE/moto.pid" moto_server
@@ -346,8 +368,7 @@ moto_up() {
     say s3 "started ($HOST:$S3_PORT, no auth)"
   fi
   # The second moto enforces IAM auth after its first three requests, which create the key.
-  if pid=$(pid_of "$STATE/moto-auth.pid" moto_server) && port_open $S3_AUTH_PORT &&
-    [[ -s $STATE/moto-auth.keys ]] && [[ $(head -n1 "$STATE/moto-auth.keys") == "$pid" ]]; then
+  if moto_auth_ok; then
     say s3auth "ok ($HOST:$S3_AUTH_PORT, IAM auth)"
     return
   fi
@@ -385,6 +406,11 @@ EOF
 munge_ok() { munge -n 2>/dev/null | unmunge >/dev/null 2>&1; }
 
 slurm_node_ok() { sinfo -h -o '%T' 2>/dev/null | grep -Eq '^(idle|mixed|allocated|completing)'; }
+
+slurm_ok() {
+  pid_of "$STATE/slurm/slurmctld.pid" slurmctld >/dev/null &&
+    pid_of "$STATE/slurm/slurmd.pid" slurmd >/dev/null && slurm_node_ok
+}
 
 slurm_up() {
   local sd=$STATE/slurm h conf restart=0 pid
@@ -431,8 +457,7 @@ MpiDefault=none
 NodeName=$h NodeAddr=$HOST CPUs=$(nproc) RealMemory=4096 State=UNKNOWN
 PartitionName=debug Nodes=$h Default=YES MaxTime=INFINITE State=UP"
   if write_if_changed /etc/slurm/slurm.conf "$conf"; then restart=1; fi
-  if ((restart == 0)) && pid_of "$sd/slurmctld.pid" slurmctld >/dev/null &&
-    pid_of "$sd/slurmd.pid" slurmd >/dev/null && slurm_node_ok; then
+  if ((restart == 0)) && slurm_ok; then
     say slurm "ok (partition debug, node $h)"
     return
   fi
@@ -511,19 +536,29 @@ cmd_up() {
   say up "done in $((SECONDS - t0)) s"
 }
 
+# Only what `faice exec` needs on the local engine: Docker and the base images (scripts/demo.sh).
+cmd_engine() {
+  local t0=$SECONDS
+  [[ $(id -u) == 0 ]] || die "infra.sh needs root"
+  lock_state
+  apt_packages docker.io debootstrap sshfs fuse3
+  docker_up
+  images_up
+  say engine "done in $((SECONDS - t0)) s"
+}
+
 cmd_down() {
   local ids m
   lock_state
   if docker_ok; then
-    ids=$( (docker ps -aq --filter "label=$TEST_LABEL=1"; docker ps -aq --filter label=org.faice.test
-      docker ps -aq --filter label=org.faice.run) | sort -u)
+    ids=$( (docker ps -aq --filter "label=$TEST_LABEL"; docker ps -aq --filter label=org.faice.run) | sort -u)
     if [[ -n $ids ]]; then
       # shellcheck disable=SC2086
       docker rm -f $ids >/dev/null 2>&1 || true
       say docker "removed $(wc -w <<<"$ids") test container(s)"
     fi
   fi
-  for m in $(findmnt -rn -t fuse.sshfs -o TARGET | grep -F -- "$STATE/" | sort -r); do
+  for m in $(findmnt -rn -t fuse.sshfs -o TARGET | grep -F -- "$STATE/" | sort -r || true); do
     fusermount3 -u "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true
     say sshfs "unmounted $m"
   done
@@ -540,26 +575,24 @@ cmd_down() {
   say down "done"
 }
 
+image_ok() { docker image inspect "$1" >/dev/null 2>&1; }
+
 cmd_status() {
-  local bad=0 sd=$STATE/slurm
+  local bad=0
   check() { # check NAME DETAIL CMD...
     local name=$1 detail=$2; shift 2
-    if "$@"; then say "$name" "ok $detail"; else say "$name" "DOWN $detail"; bad=1; fi
+    if "$@"; then say "$name" "ok${detail:+ $detail}"; else say "$name" "DOWN${detail:+ $detail}"; bad=1; fi
   }
   check docker "" docker_ok
-  if docker_ok; then
-    check image "$BASE_IMAGE" eval 'docker image inspect "$BASE_IMAGE" >/dev/null 2>&1'
-    check image "$USER_IMAGE" eval 'docker image inspect "$USER_IMAGE" >/dev/null 2>&1'
-  fi
-  check sshd "$HOST:$SSH_PORT" eval 'pid_of "$STATE/ssh/sshd.pid" sshd >/dev/null && port_open $SSH_PORT'
-  check nginx "$HOST:$HTTP_PORT $HOST:$HTTPS_PORT" \
-    eval 'pid_of "$STATE/nginx/nginx.pid" nginx >/dev/null && port_open $HTTP_PORT && port_open $HTTPS_PORT'
-  check s3 "$HOST:$S3_PORT" eval 'pid_of "$STATE/moto.pid" moto_server >/dev/null && port_open $S3_PORT'
-  check s3auth "$HOST:$S3_AUTH_PORT" \
-    eval 'pid_of "$STATE/moto-auth.pid" moto_server >/dev/null && port_open $S3_AUTH_PORT && [[ -s $STATE/moto-auth.keys ]]'
+  check image "$BASE_IMAGE" image_ok "$BASE_IMAGE"
+  check image "$USER_IMAGE" image_ok "$USER_IMAGE"
+  check sshd "$HOST:$SSH_PORT" sshd_ok
+  check nginx "$HOST:$HTTP_PORT $HOST:$HTTPS_PORT" nginx_ok
+  check s3 "$HOST:$S3_PORT" moto_ok
+  check s3auth "$HOST:$S3_AUTH_PORT" moto_auth_ok
   if [[ $WANT_SLURM != 0 ]]; then
     check munge "" munge_ok
-    check slurm "" eval 'pid_of "$sd/slurmctld.pid" slurmctld >/dev/null && pid_of "$sd/slurmd.pid" slurmd >/dev/null && slurm_node_ok'
+    check slurm "" slurm_ok
   fi
   check env "$STATE/env.json" test -s "$STATE/env.json"
   return $bad
@@ -567,7 +600,8 @@ cmd_status() {
 
 case ${1:-} in
   up) cmd_up ;;
+  engine) cmd_engine ;;
   down) cmd_down ;;
   status) cmd_status ;;
-  *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+  *) echo "usage: $0 up|engine|down|status" >&2; exit 2 ;;
 esac
