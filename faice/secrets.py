@@ -16,6 +16,7 @@ from typing import Any
 
 PROTECTED_KEYS = frozenset({"password", "privateKey", "passphrase", "secretAccessKey", "sessionToken"})
 MASK = "********"
+VARIABLE_MIN_LENGTH = 4
 
 
 def is_protected_key(key: object) -> bool:
@@ -62,13 +63,20 @@ class Redactor:
     def add(self, *values: object) -> None:
         self.add_all(values)
 
-    def add_all(self, values: Iterable[object]) -> None:
+    def add_variable(self, value: object) -> None:
+        """A filled ``{{variable}}``: protected, but a value shorter than
+        :data:`VARIABLE_MIN_LENGTH` (a port like ``22``, a host ``h``) would mask unrelated text
+        in every message, so it is masked only when it also sits under a protected key (where
+        :func:`protected_values` registers it regardless of length)."""
+        self.add_all([value], min_length=VARIABLE_MIN_LENGTH)
+
+    def add_all(self, values: Iterable[object], *, min_length: int = 1) -> None:
         with self._lock:
             for value in values:
                 if value is None or isinstance(value, bool):
                     continue
                 text = str(value)
-                if not text.strip():
+                if len(text.strip()) < min_length:
                     continue
                 variants = {text, json.dumps(text)[1:-1], repr(text)[1:-1]}
                 self._secrets.update(v for v in variants if v.strip())
@@ -76,6 +84,11 @@ class Redactor:
 
     def __bool__(self) -> bool:
         return bool(self._secrets)
+
+    def values(self) -> list[str]:
+        """Every registered secret: handed to worker processes (Slurm tasks) so they mask alike."""
+        with self._lock:
+            return sorted(self._secrets)
 
     def _compiled(self) -> re.Pattern[str] | None:
         with self._lock:
