@@ -1,0 +1,426 @@
+"""Batches of a RED file: explicit ``batches``, a single batch, or a ``sweep`` (DESIGN §2).
+
+A sweep turns the single-batch template (``inputs``/``outputs``) into one batch per
+combination of parameter values. The order is documented and stable:
+
+* ``grid``: cartesian product, the first key varies slowest (like nested for-loops);
+* ``zip``: lists of equal length advanced in lock-step;
+* ``random``: ``samples`` draws made up front from ``random.Random(seed)`` (seed 0 when
+  omitted, so a file always expands the same way), parameters drawn in key order;
+* the three are combined as a product: grid outermost, then zip, then random innermost.
+
+``$(sweep.NAME)`` and ``$(sweep.index)`` (0-based) are substituted in every string of the
+template; a string that is exactly one reference becomes the typed value. A parameter named
+like a ``cli`` input sets that input.
+
+Batch ids hash the *unfilled* document (``{{variables}}`` still in place), so secrets never
+influence them and the same file always yields the same ids; see :func:`batch_id`.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+import math
+import random
+import re
+from collections.abc import Iterator
+from typing import Any
+
+from faice.errors import KeyPath, Problem, ValidationError
+from faice.red.experiment import Batch
+
+SWEEP_REFERENCE = re.compile(r"\$\(sweep\.([^)]*)\)")
+PARAMETER_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+INDEX = "index"
+SECTIONS = ("grid", "zip", "random")
+DISTRIBUTIONS = ("uniform", "loguniform", "randint", "choice")
+ID_PREFIX = "b-"
+ID_HEX_CHARS = 12
+
+
+# ---------------------------------------------------------------- expansion
+
+
+def expand_batches(data: dict, source: str) -> list[Batch]:
+    """All batches of a (validated, unfilled) RED document, in execution order."""
+    if "batches" in data and isinstance(data["batches"], list):
+        batches = [
+            _batch(data, index, item.get("inputs") or {}, item.get("outputs") or {}, {}, item)
+            for index, item in enumerate(data["batches"])
+        ]
+    elif isinstance(data.get("sweep"), dict):
+        problems = sweep_problems(data, source)
+        if problems:
+            raise ValidationError(problems)
+        batches = [
+            _batch(data, index, inputs, outputs, parameters, data)
+            for index, (inputs, outputs, parameters) in enumerate(_sweep_batches(data))
+        ]
+    else:
+        batches = [_batch(data, 0, data.get("inputs") or {}, data.get("outputs") or {}, {}, data)]
+    _make_ids_unique(batches)
+    return batches
+
+
+def _batch(data: dict, index: int, inputs: dict, outputs: dict, parameters: dict, origin: dict) -> Batch:
+    inputs, outputs = copy.deepcopy(inputs), copy.deepcopy(outputs)
+    return Batch(
+        index=index,
+        id=batch_id(data, inputs, outputs, parameters),
+        inputs=inputs,
+        outputs=outputs,
+        parameters=dict(parameters),
+        doc=origin.get("doc") if origin is not data else None,
+        cloud=copy.deepcopy(origin.get("cloud")),
+    )
+
+
+def batch_id(data: dict, inputs: Any, outputs: Any, parameters: dict) -> str:
+    """``b-`` + 12 hex chars of sha256 over the canonical JSON of what defines a batch."""
+    container = data.get("container") or {}
+    settings = container.get("settings") if isinstance(container, dict) else None
+    image = (settings or {}).get("image") if isinstance(settings, dict) else None
+    content = {
+        "cli": data.get("cli"),
+        "image": (image or {}).get("url") if isinstance(image, dict) else None,
+        "inputs": inputs,
+        "outputs": outputs,
+        "parameters": parameters,
+    }
+    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return ID_PREFIX + hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:ID_HEX_CHARS]
+
+
+def _make_ids_unique(batches: list[Batch]) -> None:
+    """Identical batches keep distinct ids: the 2nd, 3rd … occurrence gets ``-1``, ``-2`` …"""
+    seen: dict[str, int] = {}
+    for batch in batches:
+        count = seen.get(batch.id, 0)
+        seen[batch.id] = count + 1
+        if count:
+            batch.id = f"{batch.id}-{count}"
+
+
+def _sweep_batches(data: dict) -> Iterator[tuple[dict, dict, dict]]:
+    sweep = data["sweep"]
+    cli_inputs = _cli_inputs(data)
+    template = {"inputs": data.get("inputs") or {}, "outputs": data.get("outputs") or {}}
+    for index, parameters in enumerate(combinations(sweep)):
+        values = {**parameters, INDEX: index}
+        filled = substitute(template, values)
+        inputs = filled["inputs"]
+        for name, value in parameters.items():
+            if name in cli_inputs:
+                inputs[name] = copy.deepcopy(value)
+        yield inputs, filled["outputs"], parameters
+
+
+def combinations(sweep: dict) -> list[dict[str, Any]]:
+    """Every parameter combination of a (valid) sweep, in the documented order."""
+    axes: list[list[dict[str, Any]]] = []
+    grid = sweep.get("grid") or {}
+    for name, values in grid.items():
+        axes.append([{name: value} for value in values])
+    zipped = sweep.get("zip") or {}
+    if zipped:
+        names = list(zipped)
+        axes.append([dict(zip(names, row, strict=True)) for row in zip(*zipped.values(), strict=True)])
+    if sweep.get("random"):
+        axes.append(random_samples(sweep["random"]))
+    result = []
+    for parts in itertools.product(*axes):
+        merged: dict[str, Any] = {}
+        for part in parts:
+            merged.update(part)
+        result.append(merged)
+    return result
+
+
+def random_samples(spec: dict) -> list[dict[str, Any]]:
+    """``samples`` draws from ``random.Random(seed)``; parameters drawn in key order."""
+    rng = random.Random(spec.get("seed", 0))
+    parameters = spec.get("parameters") or {}
+    samples = []
+    for _ in range(int(spec.get("samples", 1))):
+        sample = {}
+        for name, distribution in parameters.items():
+            (kind, arguments), = distribution.items()
+            sample[name] = _draw(rng, kind, arguments)
+        samples.append(sample)
+    return samples
+
+
+def _draw(rng: random.Random, kind: str, arguments: list) -> Any:
+    if kind == "uniform":
+        return rng.uniform(arguments[0], arguments[1])
+    if kind == "loguniform":
+        return math.exp(rng.uniform(math.log(arguments[0]), math.log(arguments[1])))
+    if kind == "randint":  # both ends inclusive, like random.randint
+        return rng.randint(arguments[0], arguments[1])
+    return copy.deepcopy(rng.choice(arguments))
+
+
+def substitute(data: Any, values: dict[str, Any]) -> Any:
+    """A copy of ``data`` with ``$(sweep.NAME)`` replaced in every string (keys untouched)."""
+    if isinstance(data, str):
+        whole = SWEEP_REFERENCE.fullmatch(data)
+        if whole and whole.group(1) in values:
+            return copy.deepcopy(values[whole.group(1)])
+        return SWEEP_REFERENCE.sub(lambda m: _render(values[m.group(1)]) if m.group(1) in values else m.group(0), data)
+    if isinstance(data, dict):
+        return {key: substitute(value, values) for key, value in data.items()}
+    if isinstance(data, list):
+        return [substitute(value, values) for value in data]
+    return data
+
+
+def _render(value: Any) -> str:
+    """Text of a value embedded in a string: floats in their shortest round-trip form."""
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, sort_keys=True)
+    return str(value)
+
+
+def expanded_red(data: dict, source: str) -> dict:
+    """The RED document with its sweep replaced by an explicit ``batches`` list (plain RED).
+
+    Without a sweep the document is returned unchanged (as a copy). Every batch carries an
+    ``outputs`` key (CC-Agency requires it); a top-level ``cloud`` moves into each batch.
+    """
+    result = copy.deepcopy(data)
+    if "sweep" not in data:
+        return result
+    batches = expand_batches(data, source)
+    cloud = result.pop("cloud", None)
+    for key in ("sweep", "inputs", "outputs"):
+        result.pop(key, None)
+    items = []
+    for batch in batches:
+        item: dict[str, Any] = {"inputs": batch.inputs, "outputs": batch.outputs}
+        if cloud is not None:
+            item["cloud"] = copy.deepcopy(cloud)
+        items.append(item)
+    result["batches"] = items
+    return result
+
+
+# ---------------------------------------------------------------- problems
+
+
+def sweep_problems(data: dict, source: str) -> list[Problem]:
+    """Everything wrong with the ``sweep`` of a RED document (none when there is no sweep)."""
+    if not isinstance(data, dict) or "sweep" not in data:
+        return []
+    found: list[tuple[KeyPath, str]] = []
+    sweep = data["sweep"]
+    if "batches" in data:
+        found.append((("sweep",), "a sweep needs the single-batch form (inputs/outputs as the template), not batches"))
+    if not isinstance(sweep, dict):
+        found.append((("sweep",), f"expected a mapping with grid, zip and/or random, got {_kind(sweep)}"))
+        return _problems(data, source, found)
+    for key in sweep:
+        if key not in SECTIONS:
+            found.append((("sweep", key), f"unknown key; expected one of {', '.join(SECTIONS)}"))
+    if not any(sweep.get(section) for section in SECTIONS):
+        found.append((("sweep",), "empty sweep: give at least one of grid, zip or random"))
+    names: dict[str, KeyPath] = {}
+    _check_lists(sweep, "grid", names, found)
+    _check_lists(sweep, "zip", names, found)
+    _check_zip_lengths(sweep, found)
+    _check_random(sweep, names, found)
+    _check_types(data, sweep, names, found)
+    _check_references(data, names, found)
+    return _problems(data, source, found)
+
+
+def _check_lists(sweep: dict, section: str, names: dict[str, KeyPath], found: list) -> None:
+    if section not in sweep:
+        return
+    block = sweep[section]
+    if not isinstance(block, dict):
+        found.append((("sweep", section), f"expected a mapping of parameter name to a list of values, got {_kind(block)}"))
+        return
+    for name, values in block.items():
+        path = ("sweep", section, name)
+        _check_name(name, path, names, found)
+        if not isinstance(values, list):
+            found.append((path, f"expected a list of values, got {_kind(values)}"))
+        elif not values:
+            found.append((path, "empty list: a parameter needs at least one value"))
+
+
+def _check_zip_lengths(sweep: dict, found: list) -> None:
+    block = sweep.get("zip")
+    if not isinstance(block, dict):
+        return
+    lists = [(name, values) for name, values in block.items() if isinstance(values, list) and values]
+    if not lists:
+        return
+    first_name, first = lists[0]
+    for name, values in lists[1:]:
+        if len(values) != len(first):
+            found.append((
+                ("sweep", "zip", name),
+                f"zip lists must have equal lengths: {first_name!s} has {len(first)} values, {name!s} has {len(values)}",
+            ))
+
+
+def _check_name(name: Any, path: KeyPath, names: dict[str, KeyPath], found: list) -> None:
+    if not isinstance(name, str) or not PARAMETER_NAME.match(name):
+        found.append((path, "parameter names must be identifiers (letters, digits, _; not starting with a digit)"))
+        return
+    if name == INDEX:
+        found.append((path, "'index' is reserved for $(sweep.index), the 0-based batch number"))
+        return
+    if name in names:
+        other = ".".join(str(p) for p in names[name])
+        found.append((path, f"parameter {name!r} is already defined in {other}; a parameter may appear only once"))
+        return
+    names[name] = path
+
+
+def _check_random(sweep: dict, names: dict[str, KeyPath], found: list) -> None:
+    if "random" not in sweep:
+        return
+    spec = sweep["random"]
+    if not isinstance(spec, dict):
+        found.append((("sweep", "random"), f"expected a mapping with samples, seed and parameters, got {_kind(spec)}"))
+        return
+    for key in spec:
+        if key not in ("samples", "seed", "parameters"):
+            found.append((("sweep", "random", key), "unknown key; expected samples, seed or parameters"))
+    samples = spec.get("samples")
+    if not _is_int(samples) or samples < 1:
+        found.append((("sweep", "random", "samples"), f"expected a positive integer number of samples, got {samples!r}"))
+    if "seed" in spec and not _is_int(spec["seed"]):
+        found.append((("sweep", "random", "seed"), f"expected an integer seed, got {spec['seed']!r}"))
+    parameters = spec.get("parameters")
+    if not isinstance(parameters, dict) or not parameters:
+        found.append((("sweep", "random", "parameters"), "expected a non-empty mapping of parameter name to distribution"))
+        return
+    for name, distribution in parameters.items():
+        path = ("sweep", "random", "parameters", name)
+        _check_name(name, path, names, found)
+        message = _distribution_problem(distribution)
+        if message:
+            found.append((path, message))
+
+
+def _distribution_problem(distribution: Any) -> str | None:
+    expected = "expected one of {uniform: [low, high]}, {loguniform: [low, high]}, {randint: [low, high]}, {choice: [values]}"
+    if not isinstance(distribution, dict) or len(distribution) != 1:
+        return expected
+    (kind, arguments), = distribution.items()
+    if kind not in DISTRIBUTIONS:
+        return f"unknown distribution {kind!r}; {expected}"
+    if kind == "choice":
+        if not isinstance(arguments, list) or not arguments:
+            return "choice needs a non-empty list of values"
+        return None
+    numbers = _is_int if kind == "randint" else _is_number
+    if not isinstance(arguments, list) or len(arguments) != 2 or not all(numbers(a) for a in arguments):
+        what = "integers" if kind == "randint" else "numbers"
+        return f"{kind} needs a list of two {what} [low, high], got {arguments!r}"
+    low, high = arguments
+    if kind == "randint" and low > high:
+        return f"randint needs low <= high, got [{low}, {high}]"
+    if kind != "randint" and low >= high:
+        return f"{kind} needs low < high, got [{low}, {high}]"
+    if kind == "loguniform" and low <= 0:
+        return f"loguniform needs low > 0 (it samples the logarithm), got [{low}, {high}]"
+    return None
+
+
+def _check_types(data: dict, sweep: dict, names: dict[str, KeyPath], found: list) -> None:
+    """Values of parameters that set a cli input must have that input's type."""
+    try:
+        from faice.red.semantics import check_value
+    except ImportError:  # the semantics module is optional for this check
+        return
+    cli_inputs = _cli_inputs(data)
+    for name, path in names.items():
+        spec = cli_inputs.get(name)
+        if not isinstance(spec, dict) or "type" not in spec:
+            continue
+        for value_path, value in _example_values(sweep, path):
+            message = check_value(spec["type"], value)
+            if message:
+                found.append((value_path, f"value {value!r} does not fit cli input {name!r}: {message}"))
+
+
+def _example_values(sweep: dict, path: KeyPath) -> Iterator[tuple[KeyPath, Any]]:
+    section = path[1]
+    if section in ("grid", "zip"):
+        values = sweep[section][path[2]]
+        if isinstance(values, list):
+            for i, value in enumerate(values):
+                yield (*path, i), value
+        return
+    distribution = sweep["random"]["parameters"][path[-1]]
+    if _distribution_problem(distribution):
+        return
+    (kind, arguments), = distribution.items()
+    if kind == "choice":
+        for i, value in enumerate(arguments):
+            yield (*path, kind, i), value
+    elif kind == "randint":
+        yield (*path, kind), int(arguments[0])
+    else:
+        yield (*path, kind), float(arguments[0])
+
+
+def _check_references(data: dict, names: dict[str, KeyPath], found: list) -> None:
+    cli_inputs = _cli_inputs(data)
+    used: set[str] = set()
+    for section in ("inputs", "outputs"):
+        for path, text in _strings(data.get(section), (section,)):
+            for match in SWEEP_REFERENCE.finditer(text):
+                name = match.group(1)
+                used.add(name)
+                if name != INDEX and name not in names:
+                    known = ", ".join(sorted(names)) or "none"
+                    found.append((path, f"unknown sweep parameter in {match.group(0)}; parameters: {known} (and index)"))
+    for name, path in names.items():
+        if name not in cli_inputs and name not in used:
+            found.append((path, f"parameter {name!r} is neither a cli input nor used as $(sweep.{name}) in inputs/outputs"))
+
+
+def _strings(data: Any, path: KeyPath) -> Iterator[tuple[KeyPath, str]]:
+    if isinstance(data, str):
+        yield path, data
+    elif isinstance(data, dict):
+        for key, value in data.items():
+            yield from _strings(value, (*path, key))
+    elif isinstance(data, list):
+        for i, value in enumerate(data):
+            yield from _strings(value, (*path, i))
+
+
+def _problems(data: dict, source: str, found: list[tuple[KeyPath, str]]) -> list[Problem]:
+    from faice.red.load import Document
+
+    document = Document(source, data)
+    return [Problem(source, path, message, *document.locate(path)) for path, message in found]
+
+
+def _cli_inputs(data: dict) -> dict:
+    cli = data.get("cli")
+    inputs = cli.get("inputs") if isinstance(cli, dict) else None
+    return inputs if isinstance(inputs, dict) else {}
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _kind(value: Any) -> str:
+    return "nothing" if value is None else type(value).__name__

@@ -1,0 +1,285 @@
+"""Sweep expansion and batch ids: the order users rely on, typed values, stable ids, errors."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+
+from faice.errors import ValidationError, format_key_path
+from faice.red.load import load_mapping, to_plain
+from faice.red.sweep import batch_id, expand_batches, expanded_red, sweep_problems
+
+DATA = Path(__file__).resolve().parent.parent / "data" / "sweeps"
+LR_SWEEP = DATA / "lr-sweep.red.yml"
+
+
+def red(**top) -> dict:
+    """A small valid single-batch RED document; keyword arguments replace top-level keys."""
+    document = {
+        "redVersion": "9",
+        "cli": {
+            "cwlVersion": "v1.0",
+            "class": "CommandLineTool",
+            "baseCommand": "train",
+            "inputs": {
+                "learning_rate": {"type": "float", "inputBinding": {"prefix": "--lr"}},
+                "batch_size": {"type": "int", "inputBinding": {"prefix": "--bs"}},
+                "optimizer": {"type": "string?", "inputBinding": {"prefix": "--opt"}},
+                "log": {"type": "string", "inputBinding": {"prefix": "--log"}},
+            },
+            "outputs": {},
+        },
+        "inputs": {"learning_rate": 0.1, "batch_size": 8, "log": "run.log"},
+        "outputs": {},
+        "container": {"engine": "docker", "settings": {"image": {"url": "python:3.12"}, "ram": 256}},
+    }
+    document.update(top)
+    return document
+
+
+def paths(problems) -> list[str]:
+    return [format_key_path(p.path) for p in problems]
+
+
+# ---------------------------------------------------------------- shapes and order
+
+
+def test_single_batch_and_batches_forms_give_one_batch_per_item():
+    single = expand_batches(red(), "x.red")
+    assert [(b.index, b.inputs, b.parameters) for b in single] == [
+        (0, {"learning_rate": 0.1, "batch_size": 8, "log": "run.log"}, {})
+    ]
+    batches_form = red(batches=[{"inputs": {"learning_rate": v, "batch_size": 1, "log": "l"}} for v in (1.0, 2.0)])
+    del batches_form["inputs"], batches_form["outputs"]
+    expanded = expand_batches(batches_form, "x.red")
+    assert [b.inputs["learning_rate"] for b in expanded] == [1.0, 2.0]
+    assert [b.outputs for b in expanded] == [{}, {}]
+
+
+def test_grid_is_a_cartesian_product_with_the_first_key_slowest():
+    data = red(sweep={"grid": {"learning_rate": [0.1, 0.2], "batch_size": [16, 32, 64]}})
+    batches = expand_batches(data, "x.red")
+    assert [(b.inputs["learning_rate"], b.inputs["batch_size"]) for b in batches] == [
+        (0.1, 16), (0.1, 32), (0.1, 64), (0.2, 16), (0.2, 32), (0.2, 64)
+    ]
+    assert [b.index for b in batches] == list(range(6))
+    assert batches[4].parameters == {"learning_rate": 0.2, "batch_size": 32}
+
+
+def test_zip_advances_in_lock_step_and_combines_with_grid_as_product():
+    data = red(sweep={
+        "grid": {"optimizer": ["adam", "sgd"]},
+        "zip": {"learning_rate": [0.1, 0.2, 0.3], "batch_size": [1, 2, 3]},
+    })
+    batches = expand_batches(data, "x.red")
+    assert [(b.inputs["optimizer"], b.inputs["learning_rate"], b.inputs["batch_size"]) for b in batches] == [
+        ("adam", 0.1, 1), ("adam", 0.2, 2), ("adam", 0.3, 3),
+        ("sgd", 0.1, 1), ("sgd", 0.2, 2), ("sgd", 0.3, 3),
+    ]
+
+
+def test_random_is_reproducible_with_its_seed_and_differs_with_another():
+    def sweep(seed):
+        return red(sweep={"random": {"samples": 5, "seed": seed, "parameters": {
+            "learning_rate": {"loguniform": [1e-5, 1e-2]},
+            "batch_size": {"randint": [8, 64]},
+            "optimizer": {"choice": ["adam", "sgd", "rmsprop"]},
+        }}})
+
+    first = [b.parameters for b in expand_batches(sweep(42), "x.red")]
+    again = [b.parameters for b in expand_batches(sweep(42), "x.red")]
+    other = [b.parameters for b in expand_batches(sweep(7), "x.red")]
+    assert first == again
+    assert first != other
+    assert len(first) == 5
+    for values in first:
+        assert 1e-5 <= values["learning_rate"] <= 1e-2
+        assert 8 <= values["batch_size"] <= 64 and isinstance(values["batch_size"], int)
+        assert values["optimizer"] in ("adam", "sgd", "rmsprop")
+    # the samples are spread, not one value repeated
+    assert len({v["learning_rate"] for v in first}) == 5
+
+
+def test_random_uniform_stays_in_range_and_combines_with_grid():
+    data = red(sweep={
+        "grid": {"batch_size": [1, 2]},
+        "random": {"samples": 3, "seed": 1, "parameters": {"learning_rate": {"uniform": [0.1, 0.5]}}},
+    })
+    batches = expand_batches(data, "x.red")
+    assert [b.inputs["batch_size"] for b in batches] == [1, 1, 1, 2, 2, 2]
+    rates = [b.inputs["learning_rate"] for b in batches]
+    assert rates[:3] == rates[3:]  # the same samples for every grid point
+    assert all(0.1 <= r <= 0.5 for r in rates)
+
+
+def test_sweep_index_and_values_are_substituted_anywhere_in_the_template():
+    connector = {"command": "red-connector-ssh", "access": {
+        "host": "{{host}}", "port": 22, "auth": {"username": "u", "password": "{{pw}}"},
+        "filePath": "/results/$(sweep.index)/weights_lr$(sweep.learning_rate)_$(sweep.tag).h5",
+    }}
+    data = red(
+        sweep={"grid": {"learning_rate": [0.0001, 0.5]}, "zip": {"tag": ["a"]}},
+        inputs={"learning_rate": 1.0, "batch_size": 8, "log": "train_$(sweep.index).log"},
+        outputs={"weights": {"class": "File", "connector": connector}},
+    )
+    batches = expand_batches(data, "x.red")
+    assert [b.inputs["log"] for b in batches] == ["train_0.log", "train_1.log"]
+    assert [b.outputs["weights"]["connector"]["access"]["filePath"] for b in batches] == [
+        "/results/0/weights_lr0.0001_a.h5",
+        "/results/1/weights_lr0.5_a.h5",
+    ]
+    # variables are left alone (filled later), and the template itself is not modified
+    assert batches[0].outputs["weights"]["connector"]["access"]["host"] == "{{host}}"
+    assert data["inputs"]["log"] == "train_$(sweep.index).log"
+
+
+def test_a_string_that_is_exactly_one_reference_becomes_the_typed_value():
+    data = red(
+        sweep={"zip": {"size": [32, 64], "rate": [0.5, 1e-05], "flag": [True, False]}},
+        inputs={"learning_rate": "$(sweep.rate)", "batch_size": "$(sweep.size)", "log": "s$(sweep.size)_r$(sweep.rate)_$(sweep.flag)"},
+    )
+    batches = expand_batches(data, "x.red")
+    assert [b.inputs["batch_size"] for b in batches] == [32, 64]
+    assert all(type(b.inputs["batch_size"]) is int for b in batches)
+    assert [b.inputs["learning_rate"] for b in batches] == [0.5, 1e-05]
+    assert [b.inputs["log"] for b in batches] == ["s32_r0.5_True", "s64_r1e-05_False"]
+
+
+# ---------------------------------------------------------------- ids
+
+
+def test_ids_are_stable_content_derived_and_distinct():
+    data = to_plain(load_mapping(str(LR_SWEEP)).data)
+    first = [b.id for b in expand_batches(data, "a")]
+    second = [b.id for b in expand_batches(to_plain(load_mapping(str(LR_SWEEP)).data), "b")]
+    assert first == second
+    assert len(set(first)) == len(first) == 8
+    assert all(i.startswith("b-") and len(i) >= 14 for i in first)
+
+
+def test_changing_one_value_changes_exactly_that_batchs_id():
+    data = red(batches=[{"inputs": {"learning_rate": v, "batch_size": 1, "log": "l"}, "outputs": {}} for v in (1.0, 2.0, 3.0)])
+    del data["inputs"], data["outputs"]
+    before = [b.id for b in expand_batches(data, "x")]
+    changed = copy.deepcopy(data)
+    changed["batches"][1]["inputs"]["learning_rate"] = 2.5
+    after = [b.id for b in expand_batches(changed, "x")]
+    assert [a == b for a, b in zip(before, after, strict=True)] == [True, False, True]
+    # reordering batches keeps each batch's id (resume never mixes runs)
+    changed["batches"].reverse()
+    assert [b.id for b in expand_batches(changed, "x")] == list(reversed(after))
+
+
+def test_ids_change_with_the_image_and_the_cli():
+    base = [b.id for b in expand_batches(red(), "x")]
+    image = red()
+    image["container"]["settings"]["image"]["url"] = "python:3.13"
+    cli = red()
+    cli["cli"]["baseCommand"] = "train2"
+    assert [b.id for b in expand_batches(image, "x")] != base
+    assert [b.id for b in expand_batches(cli, "x")] != base
+
+
+def test_ids_are_computed_on_unfilled_variables_so_secrets_never_influence_them():
+    data = red(outputs={"w": {"class": "File", "connector": {"command": "ssh", "access": {"auth": {"password": "{{pw}}"}}}}})
+    ids = [b.id for b in expand_batches(data, "x")]
+    filled_a = copy.deepcopy(data)
+    filled_a["outputs"]["w"]["connector"]["access"]["auth"]["password"] = "secret-one"
+    # the id of the unfilled document does not depend on any value the variable will get
+    assert batch_id(data, data["inputs"], data["outputs"], {}) == ids[0]
+    assert batch_id(filled_a, filled_a["inputs"], filled_a["outputs"], {}) != ids[0]
+
+
+def test_identical_batches_get_distinct_ids_by_occurrence():
+    item = {"inputs": {"learning_rate": 1.0, "batch_size": 1, "log": "l"}, "outputs": {}}
+    data = red(batches=[item, item, item])
+    del data["inputs"], data["outputs"]
+    ids = [b.id for b in expand_batches(data, "x")]
+    assert ids[1] == ids[0] + "-1" and ids[2] == ids[0] + "-2"
+
+
+# ---------------------------------------------------------------- expanded RED
+
+
+def test_expanded_red_is_plain_red_with_explicit_batches():
+    data = red(sweep={"grid": {"batch_size": [1, 2]}}, cloud={"enable": True, "mountDir": "/m"}, doc="d")
+    expanded = expanded_red(data, "x")
+    assert "sweep" not in expanded and "inputs" not in expanded and "outputs" not in expanded and "cloud" not in expanded
+    assert expanded["doc"] == "d"
+    assert [b["inputs"]["batch_size"] for b in expanded["batches"]] == [1, 2]
+    assert all(b["outputs"] == {} and b["cloud"] == {"enable": True, "mountDir": "/m"} for b in expanded["batches"])
+    assert "sweep" in data  # the input is untouched
+    plain = red()
+    assert expanded_red(plain, "x") == plain
+
+
+# ---------------------------------------------------------------- problems
+
+
+def test_problems_name_the_key_path_and_what_was_expected():
+    data = red(
+        sweep={
+            "grid": {"learning_rate": [], "batch_size": [1, 2]},
+            "zip": {"batch_size": [1], "optimizer": ["a", "b", "c"], "log": ["x", "y"]},
+            "random": {"samples": 0, "parameters": {
+                "lr": {"uniform": [0.5, 0.1]},
+                "decay": {"loguniform": [0, 1]},
+                "beta": {"gamma": [1, 2]},
+            }},
+            "bogus": 1,
+        },
+        inputs={"learning_rate": 0.1, "batch_size": 8, "log": "$(sweep.missing)"},
+    )
+    problems = sweep_problems(data, "sweep.red.yml")
+    by_path: dict[str, str] = {}
+    for p in problems:
+        by_path[format_key_path(p.path)] = by_path.get(format_key_path(p.path), "") + p.message + "\n"
+    assert all(p.file == "sweep.red.yml" for p in problems)
+    assert "empty list" in by_path["sweep.grid.learning_rate"]
+    assert "already defined in sweep.grid.batch_size" in by_path["sweep.zip.batch_size"]
+    assert "batch_size has 1 values, optimizer has 3" in by_path["sweep.zip.optimizer"]
+    assert "batch_size has 1 values, log has 2" in by_path["sweep.zip.log"]
+    assert "positive integer" in by_path["sweep.random.samples"]
+    assert "low < high" in by_path["sweep.random.parameters.lr"]
+    assert "low > 0" in by_path["sweep.random.parameters.decay"]
+    assert "unknown distribution 'gamma'" in by_path["sweep.random.parameters.beta"]
+    assert "unknown key" in by_path["sweep.bogus"]
+    assert "$(sweep.missing)" in by_path["inputs.log"]
+
+
+def test_unused_parameter_and_reserved_name_are_errors():
+    data = red(sweep={"grid": {"unused": [1], "index": [2]}})
+    by_path = {format_key_path(p.path): p.message for p in sweep_problems(data, "f")}
+    assert "neither a cli input nor used" in by_path["sweep.grid.unused"]
+    assert "reserved" in by_path["sweep.grid.index"]
+
+
+def test_sweep_with_batches_form_and_empty_sweep_are_errors():
+    data = red(sweep={}, batches=[])
+    messages = [p.message for p in sweep_problems(data, "f")]
+    assert any("single-batch form" in m for m in messages)
+    assert any("empty sweep" in m for m in messages)
+
+
+def test_values_that_do_not_fit_the_cli_type_are_reported_per_item():
+    pytest.importorskip("faice.red.semantics", reason="check_value comes with the semantics module")
+    data = red(sweep={"grid": {"batch_size": [8, "big", 16]}})
+    assert "sweep.grid.batch_size[1]" in paths(sweep_problems(data, "f"))
+
+
+def test_a_valid_sweep_has_no_problems_and_line_numbers_come_from_yaml():
+    document = load_mapping(str(LR_SWEEP))
+    assert sweep_problems(document.data, document.name) == []
+    broken = document.data
+    broken["sweep"]["zip"]["tag"] = ["a"]
+    (problem,) = sweep_problems(broken, document.name)
+    assert format_key_path(problem.path) == "sweep.zip.tag"
+    assert problem.line == 29  # where `tag:` is written in the file
+
+
+def test_expand_batches_refuses_an_invalid_sweep():
+    with pytest.raises(ValidationError) as caught:
+        expand_batches(red(sweep={"zip": {"learning_rate": [1.0, 2.0], "batch_size": [1]}}), "bad.red")
+    assert "bad.red" in str(caught.value) and "sweep.zip.batch_size" in str(caught.value)
