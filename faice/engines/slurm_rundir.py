@@ -1,0 +1,160 @@
+"""The Slurm part of a run directory: what the submitting host and the tasks on the nodes share.
+
+The run directory must be on a filesystem that the login node and every compute node see
+under the same path. Besides the usual layout (``run.json``, ``batches/<id>/``) a Slurm run
+keeps::
+
+    slurm/                      mode 0700
+      submissions.json          one entry per sbatch call: job id, run id, batch id per task id
+      <tag>/job.sh              the batch script of that job array
+      <tag>/options.json        the run options every task uses (no secrets)
+      <tag>/tasks/<task>.json   mode 0600: the filled batch (it may hold secrets); the task
+                                deletes it as soon as it has read it, faice deletes the specs
+                                of tasks that never started when the array is final or cancelled
+      logs/slurm-<job>_<task>.out   what the task printed (Slurm's --output)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from faice.secrets import REDACTOR
+
+SLURM_DIR = "slurm"
+SUBMISSIONS = "submissions.json"
+LOGS = "logs"
+
+
+def slurm_dir(outdir: Path) -> Path:
+    return outdir / SLURM_DIR
+
+
+def is_slurm_run(outdir: Path) -> bool:
+    return (slurm_dir(outdir) / SUBMISSIONS).is_file()
+
+
+def write_json(path: Path, data: Any, *, mode: int = 0o644, redact: bool = True) -> None:
+    """Write JSON atomically (temp file + rename) so a reader on another node never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(data, indent=2, sort_keys=False) + "\n"
+    if redact:
+        text = REDACTOR.redact(text)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def read_json(path: Path) -> Any:
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def read_submissions(outdir: Path) -> list[dict[str, Any]]:
+    path = slurm_dir(outdir) / SUBMISSIONS
+    return read_json(path) if path.is_file() else []
+
+
+def new_submission_dir(outdir: Path) -> tuple[str, Path]:
+    """A fresh ``slurm/<tag>/`` (tags count up: 1, 2, … one per ``--resume``)."""
+    base = slurm_dir(outdir)
+    base.mkdir(parents=True, exist_ok=True)
+    os.chmod(base, 0o700)
+    (base / LOGS).mkdir(exist_ok=True)
+    number = len(read_submissions(outdir)) + 1
+    while (base / str(number)).exists():
+        number += 1
+    path = base / str(number)
+    (path / "tasks").mkdir(parents=True)
+    os.chmod(path / "tasks", 0o700)
+    return str(number), path
+
+
+def add_submission(outdir: Path, entry: dict[str, Any]) -> None:
+    entries = read_submissions(outdir)
+    entries.append(entry)
+    write_json(slurm_dir(outdir) / SUBMISSIONS, entries)
+
+
+def task_spec_path(submission: Path, task_id: int) -> Path:
+    return submission / "tasks" / f"{task_id}.json"
+
+
+def write_task_spec(submission: Path, task_id: int, spec: dict[str, Any]) -> None:
+    """Write a task's spec readable by its owner only (it may hold filled secrets), unredacted."""
+    path = task_spec_path(submission, task_id)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(spec, handle)
+
+
+def take_task_spec(submission: Path, task_id: int) -> dict[str, Any]:
+    """Read a task's spec and delete it at once, so secrets rest on disk only while queued."""
+    path = task_spec_path(submission, task_id)
+    try:
+        return read_json(path)
+    finally:
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def remove_task_specs(submission: Path, task_ids: list[int] | None = None) -> None:
+    tasks = submission / "tasks"
+    if not tasks.is_dir():
+        return
+    for path in tasks.glob("*.json"):
+        if task_ids is None or (path.stem.isdigit() and int(path.stem) in task_ids):
+            path.unlink(missing_ok=True)
+
+
+def log_path(outdir: Path, job_id: str, task_id: int) -> Path:
+    return slurm_dir(outdir) / LOGS / f"slurm-{job_id}_{task_id}.out"
+
+
+def log_pattern(outdir: Path) -> str:
+    return str(slurm_dir(outdir) / LOGS / "slurm-%A_%a.out")
+
+
+def tail(path: Path, limit: int = 4000) -> str:
+    """The last ``limit`` characters of a text file, redacted; empty when there is none."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - limit))
+            data = handle.read()
+    except OSError:
+        return ""
+    return REDACTOR.redact(data.decode("utf-8", "replace"))
+
+
+def batch_record_path(outdir: Path, batch_id: str) -> Path:
+    return outdir / "batches" / batch_id / "result.json"
+
+
+def read_batch_record(outdir: Path, batch_id: str) -> dict[str, Any] | None:
+    path = batch_record_path(outdir, batch_id)
+    try:
+        data = read_json(path)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")

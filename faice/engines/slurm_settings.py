@@ -1,0 +1,135 @@
+"""``execution.settings`` of the ``slurm`` engine and the sbatch options they become.
+
+Settings (all optional)::
+
+    execution:
+      engine: slurm
+      settings:
+        partition: gpu            # --partition
+        account: my-project       # --account
+        qos: normal               # --qos
+        time: "02:00:00"          # --time, per batch
+        cpusPerTask: 4            # --cpus-per-task
+        batchConcurrencyLimit: 8  # at most this many batches at a time (--array=...%8)
+        runDir: /shared/faice-runs      # default parent of run directories (shared by all nodes)
+        python: /opt/faice/bin/python   # the Python with faice installed on the nodes
+        extraArgs: ["--constraint=a100"]  # appended to sbatch's options as given
+
+Memory and GPUs come from the batch's container request: ``container.settings.ram`` (MB)
+becomes ``--mem=<ram>M`` and ``container.settings.gpus`` (``count``, or one GPU per
+``devices`` item) becomes ``--gres=gpu:N`` (``vramMin`` cannot be expressed as a generic
+resource: select such nodes with ``extraArgs``, e.g. ``--gres=gpu:a100:1`` or ``--constraint``).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+from faice.errors import Problem, ValidationError
+
+SETTINGS_PATH = ("execution", "settings")
+
+
+@dataclass(frozen=True)
+class SlurmSettings:
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    time: str | None = None
+    cpus_per_task: int | None = None
+    max_running: int | None = None
+    run_dir: str | None = None
+    python: str = field(default_factory=lambda: sys.executable)
+    extra_args: tuple[str, ...] = ()
+
+    @classmethod
+    def from_experiment(cls, experiment) -> SlurmSettings:
+        """Read and check the settings; every problem is reported with its key path."""
+        settings = experiment.execution.get("settings") or {}
+        source = experiment.source
+        problems: list[Problem] = []
+
+        def problem(key: str, message: str) -> None:
+            problems.append(Problem(source, (*SETTINGS_PATH, key), message))
+
+        if not isinstance(settings, dict):
+            raise ValidationError([Problem(source, SETTINGS_PATH, "expected a mapping of Slurm settings")])
+        known = {"partition", "account", "qos", "time", "cpusPerTask", "batchConcurrencyLimit", "runDir", "python", "extraArgs"}
+        for key in settings:
+            if key not in known:
+                problem(str(key), f"unknown Slurm setting; expected one of {', '.join(sorted(known))}")
+        values: dict[str, Any] = {}
+        for key, attr in (("partition", "partition"), ("account", "account"), ("qos", "qos"), ("time", "time"), ("python", "python"), ("runDir", "run_dir")):
+            value = settings.get(key)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (str, int)) or not str(value).strip():
+                problem(key, "expected a non-empty string")
+            else:
+                values[attr] = str(value)
+        for key, attr in (("cpusPerTask", "cpus_per_task"), ("batchConcurrencyLimit", "max_running")):
+            value = settings.get(key)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                problem(key, "expected an integer >= 1")
+            else:
+                values[attr] = value
+        extra = settings.get("extraArgs", [])
+        if not isinstance(extra, list) or not all(isinstance(a, str) for a in extra):
+            problem("extraArgs", 'expected a list of strings, e.g. ["--constraint=a100"]')
+        else:
+            values["extra_args"] = tuple(extra)
+        if problems:
+            raise ValidationError(problems)
+        return cls(**values)
+
+
+def gpu_count(container_settings: dict[str, Any]) -> int:
+    """How many GPUs one batch asks for (``count``, or one per ``devices`` item)."""
+    gpus = container_settings.get("gpus") or {}
+    if not isinstance(gpus, dict):
+        return 0
+    if isinstance(gpus.get("count"), int):
+        return max(0, gpus["count"])
+    devices = gpus.get("devices")
+    return len(devices) if isinstance(devices, list) else 0
+
+
+def sbatch_options(
+    settings: SlurmSettings,
+    container_settings: dict[str, Any],
+    *,
+    job_name: str,
+    array: str,
+    output: str,
+    workdir: str,
+) -> list[str]:
+    """The sbatch options of one job array: every task is one batch with the same resources."""
+    options = [
+        f"--job-name={job_name}",
+        f"--array={array}",
+        f"--output={output}",
+        f"--chdir={workdir}",
+        # A task deletes its secret-bearing spec when it starts; a requeued task could not run.
+        "--no-requeue",
+    ]
+    for flag, value in (
+        ("--partition", settings.partition),
+        ("--account", settings.account),
+        ("--qos", settings.qos),
+        ("--time", settings.time),
+        ("--cpus-per-task", settings.cpus_per_task),
+    ):
+        if value is not None:
+            options.append(f"{flag}={value}")
+    ram = container_settings.get("ram")
+    if isinstance(ram, int) and not isinstance(ram, bool):
+        options.append(f"--mem={ram}M")
+    gpus = gpu_count(container_settings)
+    if gpus:
+        options.append(f"--gres=gpu:{gpus}")
+    options.extend(settings.extra_args)
+    return options

@@ -1,0 +1,201 @@
+"""``faice exec`` with ``engine: slurm`` end to end: the real CLI, the real single-node Slurm
+cluster and the real Docker engine (the node is this machine)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from faice.engines import slurm as engine
+from faice.engines import slurm_cli
+
+pytestmark = [pytest.mark.slurm, pytest.mark.docker]
+
+RED = """\
+redVersion: "9"
+cli:
+  cwlVersion: v1.0
+  class: CommandLineTool
+  baseCommand: [sh, -c]
+  inputs:
+    script: {{type: string, inputBinding: {{position: 0}}}}
+  outputs:
+    result: {{type: File, outputBinding: {{glob: result.txt}}}}
+sweep:
+  grid:
+    n: {values}
+inputs:
+  script: {script}
+outputs: {{}}
+container:
+  engine: docker
+  settings: {{image: {{url: "{image}"}}, ram: 256}}
+execution:
+  engine: slurm
+  settings: {settings}
+"""
+
+
+def write_red(tmp_path: Path, image: str, values: list, script: str, settings: dict) -> Path:
+    path = tmp_path / "sweep.red.yml"
+    path.write_text(RED.format(values=json.dumps(values), script=json.dumps(script), image=image,
+                               settings=json.dumps(settings)))
+    return path
+
+
+def faice(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "faice", *args], capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL, env={**os.environ, "NO_COLOR": "1"})
+
+
+def records(outdir: Path) -> dict[str, dict]:
+    return {p.parent.name: json.loads(p.read_text()) for p in (outdir / "batches").glob("*/result.json")}
+
+
+def test_four_batch_sweep_completes_with_all_results_in_the_run_directory(slurm, test_image, tmp_path):
+    red = write_red(tmp_path, test_image, [1, 2, 3, 4], "echo $(( $(sweep.n) * 10 )) > result.txt",
+                    {"partition": slurm.partition})
+    outdir = tmp_path / "run"
+    result = faice("exec", str(red), "--outdir", str(outdir))  # submit, then follow with status
+    assert result.returncode == 0, result.stderr
+    assert "submitted Slurm job array" in result.stderr
+    status = faice("status", "--outdir", str(outdir), "--wait", "--json")
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["state"] == "succeeded"
+    run = json.loads((outdir / "run.json").read_text())
+    assert run["engine"] == "slurm" and run["state"] == "succeeded"
+    assert run["counts"] == {"succeeded": 4}
+    found = records(outdir)
+    assert len(found) == 4
+    values = sorted(int((outdir / "batches" / b / "outputs" / "result.txt").read_text()) for b in found)
+    assert values == [10, 20, 30, 40]
+    for record in found.values():
+        assert record["state"] == "succeeded" and record["process"]["returnCode"] == 0
+    submission = json.loads((outdir / "slurm" / "submissions.json").read_text())
+    assert len(submission) == 1 and len(submission[0]["batchIds"]) == 4  # ONE job array
+    assert not list((outdir / "slurm" / "1" / "tasks").iterdir())  # no spec left behind
+
+
+def test_failing_batch_is_reported_failed_with_its_stderr_and_resume_resubmits_only_it(slurm, test_image, tmp_path):
+    script = "echo boom-$(sweep.n) >&2; echo $(sweep.n) > result.txt; test $(sweep.n) -ne 3"
+    red = write_red(tmp_path, test_image, [1, 3], script, {"partition": slurm.partition})
+    outdir = tmp_path / "run"
+    result = faice("exec", str(red), "--outdir", str(outdir), "--wait", "--no-progress")
+    assert result.returncode == 1
+    assert "boom-3" in result.stderr and "failed" in result.stderr
+    run = json.loads((outdir / "run.json").read_text())
+    assert run["state"] == "failed" and run["counts"] == {"succeeded": 1, "failed": 1}
+    failed = [e for e in run["batches"] if e["state"] == "failed"]
+    assert failed[0]["failureClass"] == "exit-code" and failed[0]["parameters"] == {"n": 3}
+    assert "boom-3" in (outdir / "batches" / failed[0]["id"] / "stderr.txt").read_text()
+
+    # Without --resume the run directory is never reused.
+    again = faice("exec", str(red), "--outdir", str(outdir), "--wait", "--no-progress")
+    assert again.returncode == 2 and "--resume" in again.stderr
+
+    resumed = faice("exec", str(red), "--outdir", str(outdir), "--resume", "--wait", "--no-progress")
+    assert resumed.returncode == 1
+    submissions = json.loads((outdir / "slurm" / "submissions.json").read_text())
+    assert [s["batchIds"] for s in submissions][1] == [failed[0]["id"]]
+    assert json.loads((outdir / "run.json").read_text())["counts"] == {"succeeded": 1, "failed": 1}
+
+
+def labelled_containers(docker_client, run_id: str) -> list:
+    return docker_client.containers.list(all=True, filters={"label": f"org.faice.run={run_id}"})
+
+
+def test_cancel_removes_the_jobs_and_their_containers(slurm, test_image, docker_client, tmp_path):
+    # Three batches, two at a time: two run (sleeping), one stays pending.
+    red = write_red(tmp_path, test_image, [1, 2, 3], "sleep 120; echo $(sweep.n)",
+                    {"partition": slurm.partition, "batchConcurrencyLimit": 2})
+    outdir = tmp_path / "run"
+    result = faice("exec", str(red), "--outdir", str(outdir))  # submit only
+    assert result.returncode == 0, result.stderr
+    run = json.loads((outdir / "run.json").read_text())
+    job = engine.open_run(outdir)[0]
+    deadline = time.monotonic() + 60
+    while len([c for c in labelled_containers(docker_client, run["runId"]) if c.status == "running"]) < 2:
+        assert time.monotonic() < deadline, "the batch containers did not start"
+        time.sleep(0.3)
+
+    status = faice("status", "--outdir", str(outdir), "--json")
+    assert status.returncode == 0, status.stderr
+    live = json.loads(status.stdout)
+    assert live["state"] == "running" and live["counts"] == {"running": 2, "pending": 1}
+
+    cancel = faice("cancel", "--outdir", str(outdir), run["runId"])
+    assert cancel.returncode == 0, cancel.stderr
+    assert "cancelled 3 batches" in cancel.stderr
+    states = job.poll()
+    assert set(states.values()) == {"cancelled"}
+    assert not slurm_cli.queued_tasks(job.job_id)
+    assert labelled_containers(docker_client, run["runId"]) == []
+    assert {r["state"] for r in records(outdir).values()} == {"cancelled"}
+    assert not list((outdir / "slurm" / "1" / "tasks").iterdir())
+    assert engine.refresh_run(outdir)["state"] == "cancelled"
+
+
+SECRET_RED = """\
+redVersion: "9"
+cli:
+  cwlVersion: v1.0
+  class: CommandLineTool
+  baseCommand: [sh, -c, 'cat "$0" > result.txt']
+  inputs:
+    data: {{type: File, inputBinding: {{position: 0}}}}
+  outputs:
+    result: {{type: File, outputBinding: {{glob: result.txt}}}}
+inputs:
+  data:
+    class: File
+    connector: {{command: file, access: {{path: "{{{{data_dir}}}}/input.txt"}}}}
+outputs: {{}}
+container:
+  engine: docker
+  settings: {{image: {{url: "{image}"}}, ram: 256}}
+execution:
+  engine: slurm
+  settings: {{partition: {partition}}}
+"""
+
+
+def test_filled_secrets_reach_the_task_but_never_the_run_directory(slurm, test_image, tmp_path):
+    token = "s3cr3t-Dir-7q"
+    secret_dir = tmp_path / token
+    secret_dir.mkdir()
+    (secret_dir / "input.txt").write_text("payload 42\n")
+    red = tmp_path / "secret.red.yml"
+    red.write_text(SECRET_RED.format(image=test_image, partition=slurm.partition))
+    variables = tmp_path / "vars.yml"
+    variables.write_text(f"data_dir: {secret_dir}\n")
+    outdir = tmp_path / "run"
+    result = faice("exec", str(red), "--variables", str(variables), "--non-interactive",
+                   "--outdir", str(outdir), "--wait", "--no-progress", "--json")
+    assert result.returncode == 0, result.stderr
+    (batch,) = records(outdir)
+    assert (outdir / "batches" / batch / "outputs" / "result.txt").read_text() == "payload 42\n"
+    assert token not in result.stdout + result.stderr
+    for path in outdir.rglob("*"):
+        if path.is_file():
+            assert token not in path.read_text(errors="replace"), f"secret written to {path}"
+    assert not list((outdir / "slurm" / "1" / "tasks").iterdir())
+
+    # A connector error on the node names the path: the task masks it like a local run would.
+    missing = tmp_path / "missing-run"
+    (secret_dir / "input.txt").unlink()
+    result = faice("exec", str(red), "--variables", str(variables), "--non-interactive",
+                   "--outdir", str(missing), "--wait", "--no-progress")
+    assert result.returncode == 1
+    (batch,) = records(missing)
+    assert records(missing)[batch]["failureClass"] == "connector"
+    assert "does not exist" in (missing / "batches" / batch / "stderr.txt").read_text()
+    assert token not in result.stdout + result.stderr
+    for path in missing.rglob("*"):
+        if path.is_file():
+            assert token not in path.read_text(errors="replace"), f"secret written to {path}"
