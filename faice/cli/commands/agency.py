@@ -26,6 +26,10 @@ def add_parser(subparsers) -> None:
     serve.add_argument("--parallel", type=int, help="batches at a time on this host (default: automatic)")
     serve.add_argument("--secret-key-file", metavar="FILE", help="key that encrypts secrets at rest (default: created next to the database, mode 0600)")
     serve.add_argument("--notification-hook", metavar="URL", action="append", default=[], help="POST final batch states to this URL; repeatable")
+    serve.add_argument("--max-attempts", metavar="N", type=int, default=2, help="attempts per batch unless the client disabled retries (default: 2, like CC-Agency)")
+    serve.add_argument("--login-attempts", metavar="N", type=int, default=5, help="failed logins tolerated before a user is blocked (default: 5)")
+    serve.add_argument("--block-seconds", metavar="S", type=float, default=60, help="failure window and block duration in seconds (default: 60)")
+    serve.add_argument("--paused", action="store_true", help="accept and store experiments but start no batch")
     add_debug(serve)
     serve.set_defaults(run=_action("serve"))
 

@@ -1,0 +1,321 @@
+"""The CC-Agency 9.3 REST API as a WSGI application (werkzeug routing, no framework).
+
+Status codes and bodies follow upstream-spec §7.3: errors are JSON strings, invalid ids are
+400 "Not a valid BSON ObjectId.", other users' work is 404 to non-admins.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+from werkzeug.routing import Map, Rule
+from werkzeug.wrappers import Request, Response
+
+from faice.agency import AGENCY_VERSION
+from faice.agency.auth import Authenticator, AuthError, User
+from faice.agency.dispatcher import Dispatcher
+from faice.agency.ids import is_valid_id
+from faice.agency.store import FINAL_STATES, STATES, Store
+from faice.agency.submit import BadRequest, build_documents, check_red, parse_flag, parse_red
+from faice.agency.vault import Vault
+
+log = logging.getLogger("faice.agency")
+CHALLENGE = 'Basic realm="Please fill in username and password"'
+_LIST_KEYS = ("_id", "username", "registrationTime", "state", "experimentId", "node", "batchesListIndex")
+_PUBLIC = {"hello", "schema_red", "schema_container"}
+MAX_BODY_BYTES = 64 * 2**20  # a RED with many thousands of batches still fits
+
+
+@dataclass
+class Agency:
+    store: Store
+    vault: Vault
+    auth: Authenticator
+    dispatcher: Dispatcher
+
+
+def _json(data: Any, status: int = 200) -> Response:
+    return Response(json.dumps(data), status=status, mimetype="application/json")
+
+
+def _error(status: int, text: str) -> Response:
+    names = {400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed", 500: "Internal Server Error"}
+    return _json(f"{status} {names.get(status, '')}: {text}", status)
+
+
+class AgencyApp:
+    url_map = Map(
+        [
+            Rule("/", endpoint="hello", methods=["GET"]),
+            Rule("/version", endpoint="version", methods=["GET"]),
+            Rule("/login", endpoint="login", methods=["POST"]),
+            Rule("/refreshtoken", endpoint="refresh", methods=["POST"]),
+            Rule("/schema/red", endpoint="schema_red", methods=["GET"]),
+            Rule("/schema/engines/container", endpoint="schema_container", methods=["GET"]),
+            Rule("/red", endpoint="red", methods=["POST"]),
+            Rule("/experiments", endpoint="experiments", methods=["GET"]),
+            Rule("/experiments/count", endpoint="experiments_count", methods=["GET"]),
+            Rule("/experiments/<eid>", endpoint="experiment", methods=["GET"]),
+            Rule("/batches", endpoint="batches", methods=["GET"]),
+            Rule("/batches/count", endpoint="batches_count", methods=["GET"]),
+            Rule("/batches/<bid>", endpoint="batch", methods=["GET", "DELETE"]),
+            Rule("/batches/<bid>/<name>", endpoint="batch_file", methods=["GET"]),
+            Rule("/nodes", endpoint="nodes", methods=["GET"]),
+        ],
+        strict_slashes=False,
+    )
+
+    def __init__(self, agency: Agency):
+        self.agency = agency
+
+    def __call__(self, environ, start_response):
+        request = Request(environ)
+        response = self.dispatch(request)
+        log.info("%s %s %s", request.method, request.path, response.status_code)
+        return response(environ, start_response)
+
+    # ------------------------------------------------------------ plumbing
+    def dispatch(self, request: Request) -> Response:
+        adapter = self.url_map.bind_to_environ(request.environ)
+        try:
+            endpoint, values = adapter.match()
+        except NotFound:
+            return _error(404, "The requested URL was not found on the server.")
+        except MethodNotAllowed:
+            return _error(405, "The method is not allowed for the requested URL.")
+        except HTTPException as exc:  # redirects for trailing slashes and the like
+            return exc.get_response(request.environ)
+        request.max_content_length = MAX_BODY_BYTES
+        try:
+            user = None if endpoint in _PUBLIC else self.authenticate(request, refresh=endpoint == "refresh")
+            return getattr(self, "on_" + endpoint)(request, user, **values)
+        except HTTPException as exc:  # e.g. a body over MAX_BODY_BYTES
+            return _error(exc.code or 400, exc.description or exc.name)
+        except AuthError as exc:
+            response = Response(str(exc) if str(exc) else "Unauthorized", status=401, mimetype="text/plain")
+            response.headers["WWW-Authenticate"] = CHALLENGE
+            return response
+        except BadRequest as exc:
+            return _error(400, str(exc))
+        except Exception:
+            log.exception("request %s %s failed", request.method, request.path)
+            return _error(500, "The server could not complete the request; see the agency log.")
+
+    def authenticate(self, request: Request, *, refresh: bool = False) -> User:
+        header = request.headers.get("Authorization", "")
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() == "bearer" and value:
+            return self.agency.auth.bearer(value.strip(), "refresh" if refresh else "access")
+        if scheme.lower() == "basic" and value and not refresh:
+            try:
+                name, _, password = base64.b64decode(value.strip()).decode("utf-8").partition(":")
+            except (ValueError, UnicodeDecodeError):
+                raise AuthError("Unauthorized") from None
+            return self.agency.auth.basic(name, password)
+        raise AuthError("Unauthorized")
+
+    @staticmethod
+    def _int(request: Request, name: str, minimum: int) -> int | None:
+        text = request.args.get(name)
+        if text is None:
+            return None
+        try:
+            value = int(text)
+        except ValueError:
+            raise BadRequest(f"Query parameter {name} must be an integer, got {text!r}.") from None
+        if value < minimum:
+            raise BadRequest(f"Query parameter {name} must be at least {minimum}, got {value}.")
+        return value
+
+    def _filters(self, request: Request, user: User, *, batches: bool, validate: bool) -> dict[str, Any]:
+        username = request.args.get("username")
+        if not user.is_admin:
+            if username not in (None, user.name):
+                username = "\0nobody"  # another user's work is invisible, not an error
+            else:
+                username = user.name
+        filters: dict[str, Any] = {"username": username}
+        if batches:
+            filters["node"] = request.args.get("node")
+            filters["state"] = request.args.get("state")
+            filters["experimentId"] = request.args.get("experimentId")
+            if validate and filters["state"] is not None and filters["state"] not in STATES:
+                raise BadRequest(f"Query parameter state must be one of {', '.join(STATES)}.")
+            if validate and filters["experimentId"] is not None and not is_valid_id(filters["experimentId"]):
+                raise BadRequest("Query parameter experimentId is not a valid BSON ObjectId.")
+        return filters
+
+    def _visible(self, doc: dict[str, Any] | None, user: User, what: str) -> dict[str, Any]:
+        if doc is None or (not user.is_admin and doc.get("username") != user.name):
+            raise _NotFound(f"Could not find {what}.")
+        return doc
+
+    # ------------------------------------------------------------ endpoints
+    def on_hello(self, request, user):
+        return _json({"Hello": "World"})
+
+    def on_version(self, request, user):
+        import faice
+
+        return _json({"agencyVersion": AGENCY_VERSION, "faiceVersion": faice.__version__})
+
+    def on_login(self, request, user):
+        auth = self.agency.auth
+        return _json({"username": user.name, "access_token": auth.issue(user), "refresh_token": auth.issue(user, "refresh")})
+
+    def on_refresh(self, request, user):
+        return _json({"access_token": self.agency.auth.issue(user)})
+
+    def on_schema_red(self, request, user):
+        return _json(_schema("red-9.json"))
+
+    def on_schema_container(self, request, user):
+        return _json({"docker": _schema("red-engine-container-docker.json")})
+
+    def on_red(self, request, user):
+        data = check_red(parse_red(request.get_data(cache=False)))
+        experiment, batches = build_documents(
+            data,
+            user.name,
+            self.agency.vault,
+            disable_retry=parse_flag(request.args.get("disableRetry")),
+            disable_connector_validation=parse_flag(request.args.get("disableConnectorValidation")),
+        )
+        self.agency.store.insert_experiment(experiment, batches)
+        self.agency.dispatcher.wake()
+        return _json({"experimentId": experiment["_id"]})
+
+    def _list(self, request, user, table: str):
+        docs = self.agency.store.list(
+            table,
+            self._filters(request, user, batches=table == "batches", validate=True),
+            skip=self._int(request, "skip", 0) or 0,
+            limit=self._int(request, "limit", 1),
+            ascending=parse_flag(request.args.get("ascending")),
+        )
+        if table == "experiments":
+            return _json([_experiment_summary(d) for d in docs])
+        return _json([_batch_summary(d) for d in docs])
+
+    def on_experiments(self, request, user):
+        return self._list(request, user, "experiments")
+
+    def on_batches(self, request, user):
+        return self._list(request, user, "batches")
+
+    def on_experiments_count(self, request, user):
+        return _json({"count": self.agency.store.count("experiments", self._filters(request, user, batches=False, validate=False))})
+
+    def on_batches_count(self, request, user):
+        return _json({"count": self.agency.store.count("batches", self._filters(request, user, batches=True, validate=False))})
+
+    def on_experiment(self, request, user, eid: str):
+        _check_id(eid)
+        try:
+            return _json(_public(self._visible(self.agency.store.experiment(eid), user, "experiment")))
+        except _NotFound as exc:
+            return _error(404, str(exc))
+
+    def on_batch(self, request, user, bid: str):
+        _check_id(bid)
+        store = self.agency.store
+        try:
+            batch = self._visible(store.batch(bid), user, "batch")
+        except _NotFound as exc:
+            return _error(404, str(exc))
+        if request.method == "DELETE" and batch["state"] not in FINAL_STATES:
+            cancelled = store.transition(bid, "cancelled", expect=set(STATES) - FINAL_STATES, node=batch["node"], debug_info=f"cancelled by {user.name}")
+            self.agency.dispatcher.cancel(bid)
+            batch = cancelled or store.batch(bid)
+        return _json(_public(batch))
+
+    def on_batch_file(self, request, user, bid: str, name: str):
+        _check_id(bid)
+        if name not in ("stdout", "stderr"):
+            raise BadRequest("Filename must be stdout or stderr.")
+        try:
+            self._visible(self.agency.store.batch(bid), user, "batch")
+        except _NotFound as exc:
+            return _error(404, str(exc))
+        text = self.agency.store.log(bid, name)
+        if text is None:
+            return _error(404, f"No {name} was recorded for this batch.")
+        return Response(text, mimetype="text/plain")
+
+    def on_nodes(self, request, user):
+        store = self.agency.store
+        active = store.batches_in({"scheduled", "processing"})
+        if not user.is_admin:
+            active = [b for b in active if b["username"] == user.name]
+        experiments: dict[str, int] = {}
+        current = []
+        for batch in active:
+            if batch["experimentId"] not in experiments:
+                exp = store.experiment(batch["experimentId"]) or {}
+                experiments[batch["experimentId"]] = ((exp.get("container") or {}).get("settings") or {}).get("ram")
+            current.append({"batchId": batch["_id"], "ram": experiments[batch["experimentId"]]})
+        return _json(
+            [
+                {
+                    "nodeName": "local",
+                    "state": "online",
+                    "history": [],
+                    "ram": _ram_mb(),
+                    "cpus": os.cpu_count(),
+                    "gpus": None,
+                    "currentBatches": current,
+                }
+            ]
+        )
+
+
+class _NotFound(Exception):
+    pass
+
+
+def _check_id(value: str) -> None:
+    if not is_valid_id(value):
+        raise BadRequest("Not a valid BSON ObjectId.")
+
+
+def _public(doc: dict[str, Any]) -> dict[str, Any]:
+    return doc
+
+
+def _batch_summary(doc: dict[str, Any]) -> dict[str, Any]:
+    summary = {k: doc.get(k) for k in _LIST_KEYS}
+    summary["history"] = [{k: h.get(k) for k in ("node", "state", "time")} for h in doc.get("history", [])]
+    return summary
+
+
+def _experiment_summary(doc: dict[str, Any]) -> dict[str, Any]:
+    settings = (doc.get("container") or {}).get("settings") or {}
+    return {
+        "_id": doc["_id"],
+        "username": doc["username"],
+        "registrationTime": doc["registrationTime"],
+        "redVersion": doc.get("redVersion"),
+        "image": (settings.get("image") or {}).get("url"),
+    }
+
+
+def _schema(name: str) -> Any:
+    from importlib import resources
+
+    try:
+        return json.loads(resources.files("faice.schemas").joinpath(name).read_text())
+    except (FileNotFoundError, ModuleNotFoundError, ValueError):
+        raise BadRequest(f"schema {name} is not part of this build") from None
+
+
+def _ram_mb() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
+    except (ValueError, OSError):
+        return None

@@ -1,0 +1,223 @@
+"""Runs registered batches on this host, with attempts, cancellation, restart recovery,
+secret voiding and notifications.
+
+A single scheduling thread claims ``registered`` batches FIFO (by registration time) up to
+``parallel`` at a time and hands each to a worker thread running the :class:`Runner`. Every
+state change is an optimistic transition in the store, so a cancel that races with a
+finishing batch is decided by the database, not by timing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from faice.agency.notify import Hook, post
+from faice.agency.runner import BatchJob, Outcome, Runner
+from faice.agency.store import FINAL_STATES, Store
+from faice.agency.vault import Vault, unseal
+
+log = logging.getLogger("faice.agency")
+NODE = "local"
+ACTIVE = frozenset({"scheduled", "processing"})
+# Hold a finished batch's notification while its experiment still runs (one message per
+# experiment, like upstream's per-round batching), but never longer than this.
+NOTIFY_HOLD_SECONDS = 30.0
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        store: Store,
+        vault: Vault,
+        runner: Runner,
+        workdir: Path,
+        *,
+        parallel: int | None = None,
+        max_attempts: int = 2,
+        hooks: list[Hook] | None = None,
+        paused: bool = False,
+    ):
+        self.store = store
+        self.vault = vault
+        self.runner = runner
+        self.workdir = workdir
+        self.parallel = max(1, parallel or os.cpu_count() or 1)
+        self.max_attempts = max(1, max_attempts)
+        self.hooks = hooks or []
+        self.paused = paused
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._running: dict[str, threading.Event] = {}
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(self.parallel, thread_name_prefix="batch")
+        self._notify_pool = ThreadPoolExecutor(1, thread_name_prefix="notify")
+        self._thread = threading.Thread(target=self._loop, name="dispatcher", daemon=True)
+
+    # ------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        self.recover()
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop scheduling, cancel running batches (they are retried after a restart)."""
+        self._stopping.set()
+        self._wake.set()
+        with self._lock:
+            for event in self._running.values():
+                event.set()
+        self._pool.shutdown(wait=True)
+        self._notify_pool.shutdown(wait=True)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def recover(self) -> None:
+        """Batches that were running when the server stopped: retry or fail, with the reason."""
+        for batch in self.store.batches_in(ACTIVE):
+            self.runner.cleanup(batch["_id"])
+            self._failed(batch, "agency was restarted while the batch was " + batch["state"], retryable=True)
+        for batch in self.store.batches_in(FINAL_STATES):
+            if not batch.get("protectedKeysVoided"):
+                self._void(batch)
+
+    # ------------------------------------------------------------ cancellation
+    def cancel(self, batch_id: str) -> None:
+        with self._lock:
+            event = self._running.get(batch_id)
+        if event is not None:
+            event.set()
+        self.wake()
+
+    # ------------------------------------------------------------ the loop
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                if not self.paused:
+                    self._schedule()
+                self._notify()
+            except Exception:  # a database hiccup must not kill the scheduler
+                log.exception("dispatcher round failed")
+            self._wake.wait(timeout=2.0)
+            self._wake.clear()
+
+    def _schedule(self) -> None:
+        with self._lock:
+            free = self.parallel - len(self._running)
+        if free <= 0:
+            return
+        for batch in self.store.batches_in({"registered"}, limit=free):
+            claimed = self.store.transition(
+                batch["_id"], "scheduled", expect={"registered"}, node=NODE, count_attempt=True
+            )
+            if claimed is None:
+                continue
+            event = threading.Event()
+            with self._lock:
+                self._running[claimed["_id"]] = event
+            self._pool.submit(self._run_batch, claimed, event)
+
+    def _run_batch(self, batch: dict[str, Any], cancel: threading.Event) -> None:
+        batch_id = batch["_id"]
+        try:
+            outcome = self._execute(batch, cancel)
+            self._finish(batch, outcome, cancel)
+        except Exception as exc:  # never leave a batch stuck in processing
+            log.exception("batch %s crashed", batch_id)
+            self._failed(self.store.batch(batch_id) or batch, f"internal error: {exc}", retryable=True)
+        finally:
+            with self._lock:
+                self._running.pop(batch_id, None)
+            self.wake()
+
+    def _execute(self, batch: dict[str, Any], cancel: threading.Event) -> Outcome:
+        batch_id = batch["_id"]
+        if self.store.transition(batch_id, "processing", expect={"scheduled"}, node=NODE) is None:
+            return Outcome("cancelled", "cancelled before it started")
+        experiment = self.store.experiment(batch["experimentId"])
+        try:
+            red = {
+                "redVersion": experiment["redVersion"],
+                "cli": experiment["cli"],
+                "container": unseal(self.vault, experiment["container"]),
+                "inputs": unseal(self.vault, batch["inputs"]),
+                "outputs": unseal(self.vault, batch["outputs"]),
+            }
+        except KeyError:
+            return Outcome("failed", "the batch's secrets are no longer stored", retryable=False)
+        from faice.secrets import REDACTOR, protected_values
+
+        REDACTOR.add_all(protected_values(red))
+        job = BatchJob(
+            batch_id=batch_id,
+            experiment_id=batch["experimentId"],
+            index=batch["batchesListIndex"],
+            attempt=batch["attempts"],
+            red=red,
+            workdir=self.workdir / "batches" / batch_id,
+            disable_connector_validation=bool(experiment["execution"]["settings"].get("disableConnectorValidation")),
+        )
+        return self.runner.run(job, cancel)
+
+    def _finish(self, batch: dict[str, Any], outcome: Outcome, cancel: threading.Event) -> None:
+        from faice.secrets import REDACTOR
+
+        batch_id = batch["_id"]
+        for name, text in (("stdout", outcome.stdout), ("stderr", outcome.stderr)):
+            if text is not None:
+                self.store.save_log(batch_id, name, REDACTOR.redact(text))
+        if self._stopping.is_set():
+            current = self.store.batch(batch_id)
+            if current and current["state"] in ACTIVE:
+                return  # the server is shutting down: recover() retries it at the next start
+        debug = REDACTOR.redact(outcome.debug_info) if outcome.debug_info else None
+        record = REDACTOR.redact_data(outcome.record) if outcome.record else None
+        if outcome.state == "succeeded":
+            done = self.store.transition(batch_id, "succeeded", expect={"processing"}, node=NODE, debug_info=debug, ccagent=record)
+        elif outcome.state == "cancelled" or cancel.is_set():
+            done = self.store.transition(batch_id, "cancelled", expect=ACTIVE, node=NODE, debug_info=debug)
+        else:
+            done = self._failed(self.store.batch(batch_id) or batch, debug or "batch failed", retryable=outcome.retryable, ccagent=record)
+        self._void(done or self.store.batch(batch_id) or batch)
+        shutil.rmtree(self.workdir / "batches" / batch_id, ignore_errors=True)
+
+    def _failed(self, batch: dict[str, Any], reason: str, *, retryable: bool, ccagent: Any = None) -> dict[str, Any] | None:
+        """Back to ``registered`` when attempts and the experiment allow, else ``failed``."""
+        experiment = self.store.experiment(batch["experimentId"]) or {}
+        allowed = bool(((experiment.get("execution") or {}).get("settings") or {}).get("retryIfFailed"))
+        if retryable and allowed and batch["attempts"] < self.max_attempts:
+            return self.store.transition(batch["_id"], "registered", expect=ACTIVE, debug_info=reason, ccagent=ccagent)
+        return self.store.transition(batch["_id"], "failed", expect=ACTIVE, node=batch.get("node"), debug_info=reason, ccagent=ccagent)
+
+    # ------------------------------------------------------------ secrets and notifications
+    def _void(self, batch: dict[str, Any] | None) -> None:
+        if batch is None or batch["state"] not in FINAL_STATES:
+            return
+        self.vault.delete_owner(batch["_id"])
+        self.store.set_voided(batch["_id"])
+        states = self.store.experiment_batch_states(batch["experimentId"])
+        if all(s in FINAL_STATES for s in states):
+            self.vault.delete_owner(batch["experimentId"])
+
+    def _notify(self) -> None:
+        if not self.hooks:
+            return
+        pending = self.store.unnotified_final()
+        if not pending:
+            return
+        now = time.time()
+        ready = []
+        for batch in pending:
+            finished = batch["history"][-1]["time"]
+            states = self.store.experiment_batch_states(batch["experimentId"])
+            if all(s in FINAL_STATES for s in states) or now - finished > NOTIFY_HOLD_SECONDS:
+                ready.append(batch)
+        if ready:
+            self.store.mark_notified([b["_id"] for b in ready])
+            self._notify_pool.submit(post, self.hooks, ready)

@@ -1,0 +1,69 @@
+"""Following batches on an agency until they are final: a live table on a terminal, one
+plain line per state change otherwise (logs, CI). Progress goes to stderr so that stdout
+stays machine-readable."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import Counter
+from typing import Any, TextIO
+
+from faice.agency.client import FINAL, AgencyClient
+
+STYLE = {"succeeded": "green", "failed": "red", "cancelled": "yellow", "processing": "cyan", "scheduled": "blue"}
+
+
+def summary(batches: list[dict[str, Any]]) -> str:
+    counts = Counter(b["state"] for b in batches)
+    parts = [f"{counts[s]} {s}" for s in ("succeeded", "failed", "cancelled", "processing", "scheduled", "registered") if counts[s]]
+    return f"{len(batches)} batch{'es' if len(batches) != 1 else ''}: " + ", ".join(parts)
+
+
+def follow(client: AgencyClient, experiment_id: str, *, stream: TextIO | None = None, interval: float = 1.0, live: bool | None = None) -> list[dict[str, Any]]:
+    """Poll until every batch of the experiment is final; return the final batch list."""
+    stream = stream or sys.stderr
+    if live is None:
+        live = stream.isatty()
+    if live:
+        return _follow_live(client, experiment_id, stream, interval)
+    seen: dict[str, str] = {}
+    while True:
+        batches = client.experiment_batches(experiment_id)
+        for batch in batches:
+            if seen.get(batch["_id"]) != batch["state"]:
+                seen[batch["_id"]] = batch["state"]
+                stamp = time.strftime("%H:%M:%S")
+                print(f"{stamp} batch {batch.get('batchesListIndex', 0)} {batch['_id']}: {batch['state']}", file=stream, flush=True)
+        if batches and all(b["state"] in FINAL for b in batches):
+            print(summary(batches), file=stream, flush=True)
+            return batches
+        time.sleep(interval)
+
+
+def _follow_live(client: AgencyClient, experiment_id: str, stream: TextIO, interval: float) -> list[dict[str, Any]]:
+    from rich.console import Console
+    from rich.live import Live
+    from rich.table import Table
+
+    console = Console(file=stream)
+
+    def render(batches: list[dict[str, Any]]) -> Table:
+        table = Table(title=f"experiment {experiment_id} — {summary(batches) if batches else 'waiting'}", expand=False)
+        for column in ("#", "batch", "state", "attempts"):
+            table.add_column(column)
+        for batch in batches:
+            state = batch["state"]
+            table.add_row(
+                str(batch.get("batchesListIndex", 0)), batch["_id"], f"[{STYLE.get(state, 'white')}]{state}[/]",
+                str(len([h for h in batch.get("history", []) if h.get("state") == "scheduled"])),
+            )
+        return table
+
+    with Live(render([]), console=console, refresh_per_second=4, transient=False) as display:
+        while True:
+            batches = client.experiment_batches(experiment_id)
+            display.update(render(batches))
+            if batches and all(b["state"] in FINAL for b in batches):
+                return batches
+            time.sleep(interval)

@@ -1,0 +1,124 @@
+"""``faice agency serve``: wire storage, vault, auth and dispatcher, and serve with waitress."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from faice.agency.notify import Hook
+from faice.secrets import REDACTOR
+
+log = logging.getLogger("faice.agency")
+
+
+class _Redacting(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = REDACTOR.redact(record.getMessage())
+        record.args = ()
+        return True
+
+
+def setup_logging(debug: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(_Redacting())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
+
+
+def parse_hook(url: str) -> Hook:
+    """``https://user:pw@host/path`` → a Hook with the credentials kept out of the URL."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        from faice.errors import UsageError
+
+        raise UsageError(f"--notification-hook {REDACTOR.redact(url)!r}: expected an http(s) URL")
+    REDACTOR.add(parts.password)
+    netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
+    return Hook(urlunsplit((parts.scheme, netloc, parts.path, parts.query, "")), parts.username, parts.password)
+
+
+def default_paths(db_url: str, workdir: str | None, key_file: str | None) -> tuple[Path, Path]:
+    if db_url.startswith("sqlite:///") and db_url[len("sqlite:///"):] not in ("", ":memory:"):
+        base = Path(db_url[len("sqlite:///"):]).resolve()
+        work = Path(workdir) if workdir else base.with_name(base.name + ".work")
+        key = Path(key_file) if key_file else base.with_name(base.name + ".key")
+    else:
+        work = Path(workdir or "faice-agency-work")
+        key = Path(key_file) if key_file else work / "agency.key"
+    work.mkdir(parents=True, exist_ok=True)
+    return work.resolve(), key
+
+
+def build(args):
+    """The WSGI app and its dispatcher for these arguments (also used by tests in-process)."""
+    from faice.agency.app import Agency, AgencyApp
+    from faice.agency.auth import Authenticator, LockoutPolicy
+    from faice.agency.db import Database
+    from faice.agency.dispatcher import Dispatcher
+    from faice.agency.runner import default_runner
+    from faice.agency.store import Store
+    from faice.agency.vault import Vault, load_or_create_key
+
+    db = Database(args.db)
+    workdir, key_file = default_paths(args.db, getattr(args, "workdir", None), getattr(args, "secret_key_file", None))
+    vault = Vault(db, load_or_create_key(str(key_file)))
+    policy = LockoutPolicy(
+        max_failures=getattr(args, "login_attempts", None) or LockoutPolicy.max_failures,
+        window=getattr(args, "block_seconds", None) or LockoutPolicy.window,
+    )
+    store = Store(db)
+    dispatcher = Dispatcher(
+        store,
+        vault,
+        default_runner(),
+        workdir,
+        parallel=getattr(args, "parallel", None),
+        max_attempts=getattr(args, "max_attempts", None) or 2,
+        hooks=[parse_hook(u) for u in getattr(args, "notification_hook", None) or []],
+        paused=bool(getattr(args, "paused", False)),
+    )
+    app = AgencyApp(Agency(store, vault, Authenticator(db, vault.signing_key, policy), dispatcher))
+    return app, dispatcher, db
+
+
+def serve(args) -> int:
+    from waitress.server import create_server
+
+    setup_logging(bool(getattr(args, "debug", False)))
+    app, dispatcher, db = build(args)
+    server = create_server(app, host=args.host, port=args.port, threads=8, ident="faice-agency")
+    stopping = threading.Event()
+
+    def shutdown(signum, frame):
+        if not stopping.is_set():
+            stopping.set()
+            raise KeyboardInterrupt  # leaves waitress's loop in the main thread
+
+    signal.signal(signal.SIGTERM, shutdown)
+    signal.signal(signal.SIGINT, shutdown)
+    dispatcher.start()
+    log.info(
+        "faice agency %s listening on http://%s:%s (database %s, runner %s, parallel %d)",
+        os.getpid(), args.host, server.effective_port, REDACTOR.redact(args.db),
+        type(dispatcher.runner).__name__, dispatcher.parallel,
+    )
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        log.info("stopping: running batches are stopped and resume at the next start")
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        server.close()
+        dispatcher.stop()
+        db.close()
+        log.info("stopped")
+    return 0

@@ -1,0 +1,171 @@
+"""Experiments, batches and their captured output, as CC-Agency documents.
+
+Queried fields are columns; the rest of a document is JSON in ``doc``. Every state change
+goes through :meth:`Store.transition`, which checks the previous state (optimistic locking)
+and appends a history entry, so concurrent cancel/finish can never both win.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from faice.agency.db import Database
+
+STATES = ("registered", "scheduled", "processing", "succeeded", "failed", "cancelled")
+FINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
+_BATCH_COLUMNS = "id, experiment_id, username, registration_time, state, node, list_index, attempts, notifications_sent, doc"
+_EXPERIMENT_COLUMNS = "id, username, registration_time, doc"
+
+
+def _batch(row: tuple) -> dict[str, Any]:
+    doc = json.loads(row[9])
+    doc.update(
+        _id=row[0], experimentId=row[1], username=row[2], registrationTime=row[3], state=row[4],
+        node=row[5], batchesListIndex=row[6], attempts=row[7], notificationsSent=bool(row[8]),
+    )
+    return doc
+
+
+def _experiment(row: tuple) -> dict[str, Any]:
+    doc = json.loads(row[3])
+    doc.update(_id=row[0], username=row[1], registrationTime=row[2])
+    return doc
+
+
+_BATCH_KEYS = {"_id", "experimentId", "username", "registrationTime", "state", "node", "batchesListIndex", "attempts", "notificationsSent"}
+
+
+class Store:
+    def __init__(self, db: Database):
+        self.db = db
+
+    # ------------------------------------------------------------ writes
+    def insert_experiment(self, experiment: dict[str, Any], batches: list[dict[str, Any]]) -> None:
+        with self.db.transaction():
+            rest = {k: v for k, v in experiment.items() if k not in {"_id", "username", "registrationTime"}}
+            self.db.execute(
+                f"INSERT INTO experiments ({_EXPERIMENT_COLUMNS}) VALUES (?, ?, ?, ?)",
+                (experiment["_id"], experiment["username"], experiment["registrationTime"], json.dumps(rest)),
+            )
+            for batch in batches:
+                self.db.execute(
+                    f"INSERT INTO batches ({_BATCH_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        batch["_id"], batch["experimentId"], batch["username"], batch["registrationTime"],
+                        batch["state"], batch["node"], batch["batchesListIndex"], batch["attempts"], 0,
+                        json.dumps({k: v for k, v in batch.items() if k not in _BATCH_KEYS}),
+                    ),
+                )
+
+    def transition(
+        self,
+        batch_id: str,
+        state: str,
+        *,
+        expect: frozenset[str] | set[str] | None = None,
+        debug_info: str | None = None,
+        ccagent: Any = None,
+        node: str | None = None,
+        count_attempt: bool = False,
+        extra: dict[str, Any] | None = None,
+    ) -> dict[str, Any] | None:
+        """Move a batch to ``state`` if its current state is in ``expect``; the new document or None."""
+        with self.db.transaction():
+            row = self.db.query_one(f"SELECT {_BATCH_COLUMNS} FROM batches WHERE id = ?", (batch_id,))
+            if row is None or (expect is not None and row[4] not in expect):
+                return None
+            batch = _batch(row)
+            batch["history"].append(
+                {"state": state, "time": time.time(), "debugInfo": debug_info, "node": node, "ccagent": ccagent}
+            )
+            batch.update(extra or {})
+            attempts = batch["attempts"] + (1 if count_attempt else 0)
+            self.db.execute(
+                "UPDATE batches SET state = ?, node = ?, attempts = ?, doc = ? WHERE id = ?",
+                (state, node, attempts, json.dumps({k: v for k, v in batch.items() if k not in _BATCH_KEYS}), batch_id),
+            )
+        batch.update(state=state, node=node, attempts=attempts)
+        return batch
+
+    def save_log(self, batch_id: str, name: str, content: str) -> None:
+        self.db.execute(
+            "INSERT INTO batch_logs (batch_id, name, content) VALUES (?, ?, ?) "
+            "ON CONFLICT (batch_id, name) DO UPDATE SET content = excluded.content",
+            (batch_id, name, content),
+        )
+
+    def set_voided(self, batch_id: str) -> None:
+        """Record that the batch's secrets were deleted (``protectedKeysVoided``)."""
+        with self.db.transaction():
+            row = self.db.query_one("SELECT doc FROM batches WHERE id = ?", (batch_id,))
+            if row is not None:
+                doc = json.loads(row[0])
+                if not doc.get("protectedKeysVoided"):
+                    doc["protectedKeysVoided"] = True
+                    self.db.execute("UPDATE batches SET doc = ? WHERE id = ?", (json.dumps(doc), batch_id))
+
+    def mark_notified(self, batch_ids: list[str]) -> None:
+        for batch_id in batch_ids:
+            self.db.execute("UPDATE batches SET notifications_sent = 1 WHERE id = ?", (batch_id,))
+
+    # ------------------------------------------------------------ reads
+    def experiment(self, experiment_id: str) -> dict[str, Any] | None:
+        row = self.db.query_one(f"SELECT {_EXPERIMENT_COLUMNS} FROM experiments WHERE id = ?", (experiment_id,))
+        return _experiment(row) if row else None
+
+    def batch(self, batch_id: str) -> dict[str, Any] | None:
+        row = self.db.query_one(f"SELECT {_BATCH_COLUMNS} FROM batches WHERE id = ?", (batch_id,))
+        return _batch(row) if row else None
+
+    def log(self, batch_id: str, name: str) -> str | None:
+        row = self.db.query_one("SELECT content FROM batch_logs WHERE batch_id = ? AND name = ?", (batch_id, name))
+        return row[0] if row else None
+
+    def batches_in(self, states: set[str] | frozenset[str], *, limit: int | None = None) -> list[dict[str, Any]]:
+        marks = ", ".join("?" for _ in states)
+        sql = f"SELECT {_BATCH_COLUMNS} FROM batches WHERE state IN ({marks}) ORDER BY registration_time, list_index"
+        if limit:
+            sql += f" LIMIT {int(limit)}"
+        return [_batch(r) for r in self.db.query(sql, tuple(sorted(states)))]
+
+    def unnotified_final(self) -> list[dict[str, Any]]:
+        marks = ", ".join("?" for _ in FINAL_STATES)
+        rows = self.db.query(
+            f"SELECT {_BATCH_COLUMNS} FROM batches WHERE notifications_sent = 0 AND state IN ({marks}) "
+            "ORDER BY registration_time, list_index",
+            tuple(sorted(FINAL_STATES)),
+        )
+        return [_batch(r) for r in rows]
+
+    def experiment_batch_states(self, experiment_id: str) -> list[str]:
+        return [r[0] for r in self.db.query("SELECT state FROM batches WHERE experiment_id = ?", (experiment_id,))]
+
+    # ------------------------------------------------------------ listings
+    @staticmethod
+    def _where(filters: dict[str, Any]) -> tuple[str, list[Any]]:
+        columns = {"username": "username", "experimentId": "experiment_id", "state": "state", "node": "node"}
+        clauses, params = [], []
+        for key, value in filters.items():
+            if value is not None:
+                clauses.append(f"{columns[key]} = ?")
+                params.append(value)
+        return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+    def list(self, table: str, filters: dict[str, Any], *, skip: int = 0, limit: int | None = None, ascending: bool = False) -> list[dict[str, Any]]:
+        where, params = self._where(filters)
+        columns = _BATCH_COLUMNS if table == "batches" else _EXPERIMENT_COLUMNS
+        order = "ASC" if ascending else "DESC"
+        sql = f"SELECT {columns} FROM {table}{where} ORDER BY registration_time {order}, id {order}"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        if skip:
+            sql += f" OFFSET {int(skip)}" if limit is not None else f" LIMIT -1 OFFSET {int(skip)}" if self.db.dialect == "sqlite" else f" OFFSET {int(skip)}"
+        rows = self.db.query(sql, params)
+        return [_batch(r) if table == "batches" else _experiment(r) for r in rows]
+
+    def count(self, table: str, filters: dict[str, Any]) -> int:
+        where, params = self._where(filters)
+        row = self.db.query_one(f"SELECT COUNT(*) FROM {table}{where}", params)
+        return int(row[0]) if row else 0

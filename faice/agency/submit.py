@@ -1,0 +1,157 @@
+"""``POST /red``: the checks in upstream's order, then the experiment and batch documents.
+
+Every check raises :class:`BadRequest` with upstream's message (a 400 whose body is a JSON
+string), so clients written against CC-Agency see the same answers.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from typing import Any
+
+from faice.agency.ids import new_id
+from faice.agency.vault import Vault, seal
+
+INVALID_RED = "Given RED data is invalid. Consider using the FAICE commandline tools for local validation."
+_VARIABLE = re.compile(r"\{\{[^{}]*\}\}")
+
+
+class BadRequest(Exception):
+    """400 with this message."""
+
+
+def parse_flag(text: str | None) -> bool:
+    """Upstream's lenient booleans: true/yes/y (any case) or a non-zero integer."""
+    if text is None:
+        return False
+    if text.strip().lower() in {"true", "yes", "y"}:
+        return True
+    try:
+        return int(text) != 0
+    except ValueError:
+        return False
+
+
+def parse_red(body: bytes) -> dict[str, Any]:
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("Did not send RED data as JSON.") from None
+    if not isinstance(data, dict):
+        raise BadRequest("Did not send RED data as JSON.")
+    return data
+
+
+def _validate(data: dict[str, Any]) -> dict[str, Any]:
+    from faice.errors import FaiceError
+
+    try:
+        from faice.red.load import Document
+        from faice.red.validate import validate_red
+    except ImportError:  # the validator is not installed in this build: structural checks only
+        if not isinstance(data.get("cli"), dict) or "redVersion" not in data:
+            raise BadRequest(f"{INVALID_RED}\nexpected the keys redVersion and cli") from None
+    else:
+        try:
+            validate_red(Document("RED data", data))
+        except FaiceError as exc:
+            raise BadRequest(f"{INVALID_RED}\n{exc}") from None
+    if "sweep" in data:
+        from faice.red.sweep import expanded_red
+
+        data = expanded_red(data, "RED data")
+    return data
+
+
+def _variables(data: Any) -> list[str]:
+    found: list[str] = []
+    if isinstance(data, dict):
+        for key, value in data.items():
+            found += _variables(key) + _variables(value)
+    elif isinstance(data, list):
+        for value in data:
+            found += _variables(value)
+    elif isinstance(data, str):
+        found += [m.group(0) for m in _VARIABLE.finditer(data)]
+    return found
+
+
+def check_red(data: dict[str, Any]) -> dict[str, Any]:
+    """Upstream's order: valid RED, no variables, outputs, docker, ram, execution engine."""
+    from faice.secrets import normalise_protected_keys
+
+    data = _validate(data)
+    variables = sorted(set(_variables(data)))
+    if variables:
+        raise BadRequest(
+            "Given RED data contains variables that must be filled before submission: " + ", ".join(variables)
+        )
+    if "batches" in data:
+        if not all(isinstance(b, dict) and "outputs" in b for b in data["batches"]):
+            raise BadRequest("CC-Agency requires all batches to have outputs defined in RED data.")
+    elif "outputs" not in data:
+        raise BadRequest("CC-Agency requires outputs to be defined in RED data.")
+    container = data.get("container") or {}
+    if container.get("engine") != "docker":
+        raise BadRequest(f"{INVALID_RED}\ncontainer.engine: CC-Agency supports only docker")
+    if not isinstance((container.get("settings") or {}).get("ram"), int):
+        raise BadRequest(f"{INVALID_RED}\ncontainer.settings.ram: CC-Agency requires ram (MB) to be set")
+    execution = data.get("execution")
+    if execution is not None and execution.get("engine") != "ccagency":
+        raise BadRequest(f"{INVALID_RED}\nexecution.engine: must be ccagency when sent to CC-Agency, got {execution.get('engine')!r}")
+    return normalise_protected_keys(data)
+
+
+def build_documents(
+    data: dict[str, Any], username: str, vault: Vault, *, disable_retry: bool, disable_connector_validation: bool
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    now = time.time()
+    experiment_id = new_id()
+    container = json.loads(json.dumps(data["container"]))
+    image = container["settings"].get("image") or {}
+    if "auth" in image:
+        image["auth"] = vault.put(experiment_id, image["auth"])
+    settings = {k: v for k, v in ((data.get("execution") or {}).get("settings") or {}).items() if k != "access"}
+    # RED 9 retries by default (also without an execution section: upstream flaw 22);
+    # RED 8 only when the file asked for it.
+    wanted = bool(settings.get("retryIfFailed")) if str(data.get("redVersion")) == "8" else True
+    settings["retryIfFailed"] = wanted and not disable_retry
+    settings["disableConnectorValidation"] = disable_connector_validation
+    experiment = {
+        "_id": experiment_id,
+        "username": username,
+        "registrationTime": now,
+        "redVersion": data.get("redVersion"),
+        "cli": data["cli"],
+        "container": container,
+        "execution": {"engine": "ccagency", "settings": settings},
+        "protectedKeysVoided": False,
+    }
+    jobs = data["batches"] if "batches" in data else [{"inputs": data.get("inputs", {}), "outputs": data.get("outputs", {})}]
+    batches = []
+    for index, job in enumerate(jobs):
+        batch_id = new_id()
+        batch = {
+            "_id": batch_id,
+            "experimentId": experiment_id,
+            "username": username,
+            "registrationTime": now,
+            "state": "registered",
+            "batchesListIndex": index,
+            "protectedKeysVoided": False,
+            "notificationsSent": False,
+            "node": None,
+            "attempts": 0,
+            "history": [{"state": "registered", "time": now, "debugInfo": None, "node": None, "ccagent": None}],
+            "inputs": seal(vault, batch_id, job.get("inputs", {})),
+            "outputs": seal(vault, batch_id, job.get("outputs", {})),
+            "usedGPUs": None,
+            "mount": False,
+        }
+        for key in ("doc", "cloud"):
+            if key in job:
+                batch[key] = job[key]
+        batches.append(batch)
+    return experiment, batches

@@ -1,0 +1,71 @@
+"""The ``ccagency`` engine: submit the experiment to a CC-Agency and (with ``--wait``) follow it.
+
+What is sent is plain RED (sweeps expanded into ``batches``, no faice-only keys, protected
+keys normalised) with every ``{{variable}}`` already filled, so upstream CC-Agency accepts
+it as well as ``faice agency serve``. stdout gets ``{"experimentId": ...}`` as JSON (upstream
+printed a Python repr, §9 item 21); progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from faice.errors import EngineError
+from faice.secrets import REDACTOR
+
+
+def agency_access(data: dict[str, Any], source: str) -> tuple[str, str, str]:
+    """(url, username, password) from ``execution.settings.access``."""
+    access = ((data.get("execution") or {}).get("settings") or {}).get("access")
+    if not isinstance(access, dict) or not access.get("url"):
+        raise EngineError(f"{source}: execution.settings.access.url: needed to send the experiment to CC-Agency")
+    auth = access.get("auth")
+    if not isinstance(auth, dict):
+        raise EngineError(f"{source}: execution.settings.access.auth: needed to send the experiment to CC-Agency")
+    username = auth.get("username", auth.get("_username"))
+    password = auth.get("password", auth.get("_password"))
+    if username is None or password is None:
+        raise EngineError(f"{source}: execution.settings.access.auth: expected username and password")
+    REDACTOR.add(password)
+    return str(access["url"]), str(username), str(password)
+
+
+def red_to_send(experiment) -> dict[str, Any]:
+    from faice.red.sweep import expanded_red
+    from faice.secrets import normalise_protected_keys
+
+    return normalise_protected_keys(expanded_red(experiment.data, experiment.source))
+
+
+def run(experiment, args) -> int:
+    from faice.agency.client import AgencyClient
+
+    url, username, password = agency_access(experiment.data, experiment.source)
+    red = red_to_send(experiment)
+    if getattr(args, "dry_run", False):
+        plan = {"agency": url, "batches": len(red.get("batches") or [None]), "red": red}
+        print(REDACTOR.redact(json.dumps(REDACTOR.redact_data(plan), indent=2)))
+        return 0
+    client = AgencyClient(url, username, password)
+    experiment_id = client.submit(
+        red,
+        disable_retry=bool(getattr(args, "disable_retry", False)),
+        disable_connector_validation=bool(getattr(args, "disable_connector_validation", False)),
+    )
+    result: dict[str, Any] = {"experimentId": experiment_id}
+    if getattr(args, "json", False):
+        result["batchIds"] = [b["_id"] for b in client.experiment_batches(experiment_id)]
+    print(json.dumps(result), flush=True)
+    if not getattr(args, "wait", False):
+        return 0
+    from faice.agency.progress import follow
+
+    batches = follow(client, experiment_id, stream=sys.stderr, live=False if getattr(args, "no_progress", False) else None)
+    failed = [b for b in batches if b["state"] != "succeeded"]
+    for batch in failed:
+        detail = client.batch(batch["_id"])
+        reason = next((h.get("debugInfo") for h in reversed(detail.get("history", [])) if h.get("debugInfo")), None)
+        print(REDACTOR.redact(f"batch {batch['_id']} {batch['state']}" + (f": {reason}" if reason else "")), file=sys.stderr)
+    return 1 if failed else 0
