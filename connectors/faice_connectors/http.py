@@ -1,0 +1,272 @@
+"""``http`` (also ``red-connector-http``, ``red-connector-http-archive``): HTTP(S) transfers.
+
+Access keys follow the upstream red-connector-http schemas: ``url``, ``method``, ``auth``
+{``username``, ``password``, ``method`` basic|digest}, ``disableSSLVerification`` and, for
+archives, ``archiveFormat``. Downloads stream in large chunks (4 KiB chunks halve Python's
+throughput); a directory is received from a listing (``url/relative/path``) or unpacked
+from an archive. Uploads stream the file as the request body (PUT/POST).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from pathlib import Path
+
+from faice.connectors import (
+    Connector,
+    ConnectorFailure,
+    Listing,
+    Progress,
+    TransientFailure,
+    listed_files,
+    safe_relative,
+)
+
+CHUNK = 4 * 1024 * 1024
+CONNECT_TIMEOUT = 12.05
+READ_TIMEOUT = 300.0
+ARCHIVE_FORMATS = ["zip", "tar", "gztar", "bztar", "xztar"]
+METHODS = [m for name in ("get", "put", "post") for m in (name, name.upper(), name.title())]
+TRANSIENT_STATUS = {408, 425, 429, 500, 502, 503, 504}
+
+_AUTH = {
+    "type": "object",
+    "properties": {
+        "username": {"type": "string"},
+        "password": {"type": "string"},
+        "method": {"enum": ["basic", "Basic", "BASIC", "digest", "Digest", "DIGEST"]},
+    },
+    "required": ["username", "password"],
+    "additionalProperties": False,
+}
+
+
+class HttpConnector(Connector):
+    """GET/PUT/POST of files; directories from a listing or an archive; no mounts."""
+
+    names = ("http", "red-connector-http", "red-connector-http-archive")
+    access_schema = {
+        "type": "object",
+        "properties": {
+            "url": {"type": "string", "pattern": "^[Hh][Tt][Tt][Pp][Ss]?://"},
+            "method": {"enum": METHODS},
+            "auth": _AUTH,
+            "disableSSLVerification": {"type": "boolean"},
+            "archiveFormat": {"enum": ARCHIVE_FORMATS},
+        },
+        "required": ["url"],
+        "additionalProperties": False,
+    }
+
+    def __init__(self, *, timeout: float | None = None) -> None:
+        super().__init__(timeout=timeout)
+        self._local = threading.local()  # requests.Session is not shared between threads
+
+    # ---------------------------------------------------------------- plumbing
+
+    def _session(self):
+        session = getattr(self._local, "session", None)
+        if session is None:
+            import requests
+
+            session = requests.Session()
+            self._local.session = session
+            sessions = self.__dict__.setdefault("_sessions", [])
+            sessions.append(session)
+        return session
+
+    def _timeouts(self) -> tuple[float, float]:
+        return (self.timeout or CONNECT_TIMEOUT, self.timeout or READ_TIMEOUT)
+
+    def _request(self, access, method: str, url: str, **kwargs):
+        """One request with the access's auth/TLS settings; HTTP errors become failures."""
+        import requests
+
+        auth = access.get("auth")
+        if auth:
+            if str(auth.get("method", "basic")).lower() == "digest":
+                kwargs["auth"] = requests.auth.HTTPDigestAuth(auth["username"], auth["password"])
+            else:
+                kwargs["auth"] = (auth["username"], auth["password"])
+        verify = not access.get("disableSSLVerification", False)
+        if not verify:
+            import urllib3
+
+            urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
+        try:
+            response = self._session().request(method, url, verify=verify, timeout=self._timeouts(), **kwargs)
+        except requests.exceptions.SSLError as exc:
+            raise ConnectorFailure(f"TLS error for {url}: {_reason(exc)}") from None
+        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
+            raise TransientFailure(f"cannot reach {url}: {_reason(exc)}") from None
+        if response.status_code >= 400:
+            status = f"HTTP {response.status_code} {response.reason or ''}".strip()
+            response.close()
+            if response.status_code in (401, 403):
+                raise ConnectorFailure(f"{method} {url}: {status} (check auth username/password)")
+            if response.status_code == 404:
+                raise ConnectorFailure(f"{method} {url}: {status}: the remote file does not exist")
+            if response.status_code in TRANSIENT_STATUS:
+                raise TransientFailure(f"{method} {url}: {status}")
+            raise ConnectorFailure(f"{method} {url}: {status}")
+        return response
+
+    def _download(self, access, url: str, dest: Path, progress: Progress) -> None:
+        import requests
+
+        with self._request(access, "GET", url, stream=True) as response:
+            length = response.headers.get("Content-Length")
+            if length and length.isdigit() and not response.headers.get("Content-Encoding"):
+                progress.expect(int(length))
+            received = 0
+            try:
+                with open(dest, "wb") as handle:
+                    while chunk := response.raw.read(CHUNK, decode_content=True):
+                        handle.write(chunk)
+                        received += len(chunk)
+                        progress.advance(len(chunk))
+            except (requests.exceptions.RequestException, OSError) as exc:
+                if isinstance(exc, OSError) and not _is_network_error(exc):
+                    raise
+                raise TransientFailure(f"GET {url}: transfer interrupted: {_reason(exc)}") from None
+            except Exception as exc:  # urllib3 ProtocolError/ReadTimeoutError
+                raise TransientFailure(f"GET {url}: transfer interrupted: {_reason(exc)}") from None
+            if length and length.isdigit() and not response.headers.get("Content-Encoding") and received != int(length):
+                raise TransientFailure(f"GET {url}: transfer interrupted after {received} of {length} bytes")
+
+    def _upload(self, access, url: str, src: Path, progress: Progress) -> None:
+        method = str(access.get("method", "POST")).upper()
+        with open(src, "rb") as handle:
+            body = _ProgressReader(handle, src.stat().st_size, progress)
+            self._request(access, method, url, data=body).close()
+
+    # ---------------------------------------------------------------- validation
+
+    def validate(self, access, operation, listing=None):
+        url = access["url"]
+        if operation == "receive-file":
+            self._request(access, "GET", url, stream=True).close()
+        elif operation == "receive-dir":
+            if access.get("archiveFormat"):
+                self._request(access, "GET", url, stream=True).close()
+            elif listing is None:
+                raise ConnectorFailure(
+                    "receiving a directory over http needs a listing (or archiveFormat for an archive)"
+                )
+            else:
+                for rel, _item in listed_files(listing):
+                    self._request(access, "GET", _join(url, rel), stream=True).close()
+        elif operation in ("send-file", "send-dir"):
+            # Probe credentials without writing: servers that need auth for writes answer
+            # an unauthenticated or wrongly authenticated OPTIONS with 401/403.
+            try:
+                self._request(access, "OPTIONS", url).close()
+            except ConnectorFailure as exc:
+                if "401" in str(exc) or "403" in str(exc) or isinstance(exc, TransientFailure):
+                    raise
+
+    # ---------------------------------------------------------------- primitives
+
+    def receive_file(self, access, dest: Path, progress: Progress) -> None:
+        self._download(access, access["url"], dest, progress)
+
+    def receive_dir(self, access, dest: Path, listing: Listing | None, progress: Progress) -> None:
+        url = access["url"]
+        archive_format = access.get("archiveFormat")
+        if archive_format:
+            archive = dest.parent / f".{dest.name}.archive"
+            try:
+                self._download(access, url, archive, progress)
+                unpack_archive(archive, dest, archive_format)
+            finally:
+                archive.unlink(missing_ok=True)
+            return
+        if listing is None:
+            raise ConnectorFailure("receiving a directory over http needs a listing (or archiveFormat)")
+        for rel, _item in listed_files(listing):
+            target = dest / safe_relative(rel)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self._download(access, _join(url, rel), target, progress)
+
+    def send_file(self, access, src: Path, progress: Progress) -> None:
+        self._upload(access, access["url"], src, progress)
+
+    def send_dir(self, access, src: Path, listing: Listing | None, progress: Progress) -> None:
+        if listing is not None:
+            files = [rel for rel, _item in listed_files(listing)]
+        else:
+            files = sorted(p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file())
+        for rel in files:
+            self._upload(access, _join(access["url"], rel), src / rel, progress)
+
+    def close(self) -> None:
+        for session in self.__dict__.get("_sessions", []):
+            session.close()
+
+
+class _ProgressReader:
+    """A file body for requests: known length (no chunked encoding), progress per read."""
+
+    def __init__(self, handle, size: int, progress: Progress) -> None:
+        self._handle = handle
+        self._size = size
+        self._progress = progress
+
+    def __len__(self) -> int:
+        return self._size
+
+    def read(self, amount: int = -1) -> bytes:
+        data = self._handle.read(max(amount, CHUNK) if amount and amount > 0 else -1)
+        self._progress.advance(len(data))
+        return data
+
+
+def _join(url: str, rel: str) -> str:
+    from urllib.parse import quote
+
+    return url.rstrip("/") + "/" + quote(safe_relative(rel))
+
+
+def _reason(exc: BaseException) -> str:
+    """The innermost cause of a requests/urllib3 error, without the noisy wrappers."""
+    while exc.__context__ is not None and exc.args and not isinstance(exc.args[0], str):
+        exc = exc.__context__
+    text = str(exc)
+    if "Connection refused" in text:
+        return "connection refused"
+    if "timed out" in text.lower():
+        return "timed out"
+    return text
+
+
+def _is_network_error(exc: OSError) -> bool:
+    import errno
+
+    return exc.errno in (errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED, errno.ETIMEDOUT) or exc.errno is None
+
+
+def unpack_archive(archive: Path, dest: Path, archive_format: str) -> None:
+    """Unpack without letting entries escape ``dest`` (absolute paths, ``..``, links)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    if archive_format == "zip":
+        import zipfile
+
+        with zipfile.ZipFile(archive) as bundle:
+            for member in bundle.infolist():
+                safe_relative(member.filename.rstrip("/") or ".")
+                if (member.external_attr >> 16) & 0o170000 == 0o120000:
+                    raise ConnectorFailure(f"refusing symbolic link {member.filename!r} in the archive")
+            bundle.extractall(dest)
+        return
+    try:
+        shutil.unpack_archive(os.fspath(archive), os.fspath(dest), archive_format, filter="data")
+    except Exception as exc:
+        import tarfile
+
+        if isinstance(exc, tarfile.FilterError):
+            raise ConnectorFailure(f"refusing unsafe archive entry: {exc}") from None
+        if isinstance(exc, (tarfile.TarError, EOFError, ValueError)):
+            raise ConnectorFailure(f"cannot unpack the {archive_format} archive: {exc}") from None
+        raise

@@ -1,0 +1,143 @@
+"""External connectors: programs on the host PATH speaking the RED connector CLI 1 protocol.
+
+``PROGRAM cli-version`` must print ``1`` (or ``0.1``); then ``PROGRAM <op>-validate
+ACCESS_JSON [--listing=LISTING_JSON]`` and ``PROGRAM <op> ACCESS_JSON PATH
+[--listing=LISTING_JSON]``, ``PROGRAM umount-dir PATH``. ACCESS_JSON and LISTING_JSON are
+0600 temp files removed right after the call, so secrets never appear in argv or the
+environment; the program's stderr becomes the error message (redacted by the framework).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import tempfile
+import threading
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+from faice.connectors.api import Connector, ConnectorFailure, Listing, Progress
+
+SUPPORTED_CLI_VERSIONS = ("1", "0.1")
+_DIR_OPERATIONS = ("receive-dir", "send-dir")
+
+
+class ExternalConnector(Connector):
+    """Runs one external connector program; the program validates ``access`` itself."""
+
+    names = ()
+    access_schema = {"type": "object"}
+
+    def __init__(self, command: str, program: str, *, timeout: float | None = None) -> None:
+        super().__init__(timeout=timeout)
+        self.command = command
+        self.program = program
+        self._version_lock = threading.Lock()
+        self._version_checked = False
+
+    # ---------------------------------------------------------------- protocol plumbing
+
+    def _check_version(self) -> None:
+        with self._version_lock:
+            if self._version_checked:
+                return
+            result = self._run(["cli-version"])
+            lines = result.stdout.strip().splitlines()
+            if len(lines) != 1:
+                raise ConnectorFailure(
+                    f"{self.command} cli-version printed {len(lines)} lines; a RED connector prints exactly one"
+                )
+            if lines[0].strip() not in SUPPORTED_CLI_VERSIONS:
+                raise ConnectorFailure(
+                    f"{self.command} speaks connector cli-version {lines[0].strip()!r}; faice supports "
+                    f"{', '.join(SUPPORTED_CLI_VERSIONS)}"
+                )
+            self._version_checked = True
+
+    def _run(self, args: list[str]) -> subprocess.CompletedProcess:
+        try:
+            result = subprocess.run(
+                [self.program, *args], capture_output=True, text=True, errors="replace",
+                timeout=self.timeout, stdin=subprocess.DEVNULL,
+            )
+        except subprocess.TimeoutExpired:
+            raise ConnectorFailure(f"{self.command} {args[0]} did not finish within {self.timeout:g} s") from None
+        except OSError as exc:
+            raise ConnectorFailure(f"cannot run {self.program}: {exc.strerror or exc}") from None
+        if result.returncode != 0:
+            raise ConnectorFailure(_failure_text(self.command, args[0], result))
+        return result
+
+    def _call(self, operation: str, access, path: Path | None, listing: Listing | None) -> None:
+        self._check_version()
+        with ExitStack() as stack:
+            args = [operation, stack.enter_context(_json_file(dict(access)))]
+            if path is not None:
+                args.append(str(path))
+            base = operation.removesuffix("-validate")
+            if listing is not None and base in _DIR_OPERATIONS:
+                args.append(f"--listing={stack.enter_context(_json_file(listing))}")
+            self._run(args)
+
+    # ---------------------------------------------------------------- the connector API
+
+    def validate(self, access, operation, listing=None):
+        self._call(f"{operation}-validate", access, None, listing if operation != "mount-dir" else None)
+
+    def receive_file(self, access, dest: Path, progress: Progress) -> None:
+        self._call("receive-file", access, dest, None)
+        progress.advance(dest.stat().st_size if dest.exists() else 0)
+
+    def receive_dir(self, access, dest: Path, listing: Listing | None, progress: Progress) -> None:
+        self._call("receive-dir", access, dest, listing)
+
+    def send_file(self, access, src: Path, progress: Progress) -> None:
+        self._call("send-file", access, src, None)
+        progress.advance(src.stat().st_size)
+
+    def send_dir(self, access, src: Path, listing: Listing | None, progress: Progress) -> None:
+        self._call("send-dir", access, src, listing)
+
+    def mount_dir(self, access, mountpoint: Path, writable: bool) -> None:
+        self._call("mount-dir", access, mountpoint, None)
+
+    def umount_dir(self, mountpoint: Path) -> None:
+        self._check_version()
+        self._run(["umount-dir", str(mountpoint)])
+
+
+@contextmanager
+def _json_file(data):
+    """A 0600 temp file holding ``data`` as JSON, removed afterwards whatever happens."""
+    fd, name = tempfile.mkstemp(prefix="faice-connector-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle)
+        yield name
+    finally:
+        try:
+            os.unlink(name)
+        except FileNotFoundError:
+            pass
+
+
+def _failure_text(command: str, subcommand: str, result: subprocess.CompletedProcess) -> str:
+    """Upstream's rule: the connector's stderr, else its stdout, else the exit status."""
+    if result.returncode < 0:
+        try:
+            name = signal.Signals(-result.returncode).name
+        except ValueError:
+            name = str(-result.returncode)
+        status = f"killed by signal {name}"
+    else:
+        status = f"exit code {result.returncode}"
+    stderr, stdout = result.stderr.strip(), result.stdout.strip()
+    if stderr:
+        detail = stderr
+    elif stdout:
+        detail = f"connector stderr was empty; its stdout: {stdout}"
+    else:
+        detail = "no message"
+    return f"{command} {subcommand} failed ({status}): {detail}"

@@ -1,0 +1,542 @@
+"""The connector framework the engines call: validate, stage in, mount, send, clean up.
+
+One :class:`StagingSession` per run. It owns what every connector would otherwise repeat:
+finding the connector, checking ``access`` against its schema with messages that name the
+RED key path, retrying transient failures with backoff, writing downloads under a temp
+name that is renamed only when complete, fetching an input shared by several batches once,
+verifying sizes/checksums, progress, redaction, and unmounting/removing everything on close.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import stat
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from faice.connectors.api import (
+    OPERATIONS,
+    Connector,
+    ConnectorFailure,
+    Progress,
+    TransientFailure,
+    listed_files,
+)
+from faice.errors import ConnectorError, FaiceError
+from faice.secrets import REDACTOR, normalise_protected_keys, protected_values
+
+ProgressCallback = Callable[[str, int, "int | None"], None]
+
+RETRY_DELAYS = (0.5, 1.5)  # seconds before the 2nd and 3rd attempt
+
+
+@dataclass
+class ConnectorRequest:
+    """One input or output to move: where it lives and what it is called in messages.
+
+    ``label`` is the RED key path (``batches[0].inputs.data_dir``). ``checksum``
+    (``sha1$…``, ``sha256$…``, ``md5$…``) and ``size`` are verified after a File download.
+    """
+
+    label: str
+    command: str
+    access: dict[str, Any]
+    listing: list[dict[str, Any]] | None = None
+    mount: bool = False
+    checksum: str | None = None
+    size: int | None = None
+    _access: dict[str, Any] | None = field(default=None, repr=False, compare=False)
+
+    def prepared_access(self) -> dict[str, Any]:
+        """``access`` with ``_key`` renamed to ``key``; its secrets registered for redaction."""
+        if self._access is None:
+            REDACTOR.add_all(protected_values(self.access))
+            self._access = normalise_protected_keys(dict(self.access or {}))
+        return self._access
+
+
+class StagingSession:
+    """Moves the data of one run; thread-safe; :meth:`close` is idempotent."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        progress: ProgressCallback | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        self.workdir = Path(workdir)
+        self.progress = progress
+        self.timeout = timeout
+        self._lock = threading.Lock()
+        self._connectors: dict[str, Connector] = {}
+        self._cache: dict[str, Future[Path]] = {}
+        self._mounts: dict[Path, Connector] = {}
+        self._dir: Path | None = None
+        self._closed = False
+
+    # ------------------------------------------------------------------ public API
+
+    def validate(self, request: ConnectorRequest, operation: str) -> None:
+        """Schema + connector checks (credentials, remote path) for one operation."""
+        connector = self._prepare(request, operation)
+        self._call(request, operation, "validate", lambda: connector.validate(
+            request.prepared_access(), operation, request.listing))
+
+    def stage_in(self, request: ConnectorRequest, kind: str) -> Path:
+        """Download a File/Directory input into the session cache; a read-only host path.
+
+        Requests with the same command, access and listing share one download, also when
+        several threads ask at the same time.
+        """
+        operation = _operation("receive", kind)
+        connector = self._prepare(request, operation)
+        key = _cache_key(request, kind)
+        with self._lock:
+            self._check_open()
+            future = self._cache.get(key)
+            owner = future is None
+            if owner:
+                future = Future()
+                self._cache[key] = future
+        if not owner:
+            return future.result()
+        try:
+            path = self._download(connector, request, operation, key)
+        except BaseException as exc:
+            with self._lock:
+                self._cache.pop(key, None)
+            future.set_exception(exc)
+            raise
+        future.set_result(path)
+        return path
+
+    def send(self, request: ConnectorRequest, kind: str, src: Path) -> None:
+        """Upload a File/Directory output from the host path ``src``."""
+        operation = _operation("send", kind)
+        src = Path(src)
+        if kind == "File" and not src.is_file():
+            raise ConnectorError(f"{request.label}: output file {src} does not exist")
+        if kind == "Directory" and not src.is_dir():
+            raise ConnectorError(f"{request.label}: output directory {src} does not exist")
+        connector = self._prepare(request, operation)
+        progress = self._progress(request)
+        access = request.prepared_access()
+        if kind == "File":
+            progress.expect(src.stat().st_size)
+            self._call(request, operation, "send", lambda: connector.send_file(access, src, progress))
+        else:
+            self._call(request, operation, "send", lambda: connector.send_dir(
+                access, src, request.listing, progress))
+
+    def mount_dir(self, request: ConnectorRequest, mountpoint: Path, writable: bool) -> None:
+        """Mount a remote directory on the host (sshfs); the engine bind-mounts it."""
+        connector = self._prepare(request, "mount-dir")
+        mountpoint = Path(mountpoint)
+        mountpoint.mkdir(parents=True, exist_ok=True)
+        access = request.prepared_access()
+        self._call(request, "mount-dir", "mount", lambda: connector.mount_dir(access, mountpoint, writable),
+                   retry=False)
+        with self._lock:
+            self._mounts[mountpoint] = connector
+
+    def umount(self, mountpoint: Path) -> None:
+        """Unmount a directory mounted by :meth:`mount_dir` (no-op when not mounted)."""
+        mountpoint = Path(mountpoint)
+        with self._lock:
+            connector = self._mounts.pop(mountpoint, None)
+        if connector is None:
+            return
+        try:
+            connector.umount_dir(mountpoint)
+        except ConnectorError:
+            raise
+        except Exception as exc:
+            raise ConnectorError(REDACTOR.redact(f"unmounting {mountpoint} failed: {_describe(exc)}")) from exc
+
+    def close(self) -> None:
+        """Unmount everything, remove the cache, release connections. Idempotent."""
+        with self._lock:
+            self._closed = True
+            mounts = list(self._mounts)
+            connectors = list(self._connectors.values())
+            self._connectors.clear()
+            staging_dir, self._dir = self._dir, None
+        for mountpoint in mounts:
+            try:
+                self.umount(mountpoint)
+            except Exception:  # cleanup goes on; the mount is retried lazily by fusermount -z
+                _lazy_unmount(mountpoint)
+        for connector in connectors:
+            try:
+                connector.close()
+            except Exception:
+                pass
+        if staging_dir is not None:
+            remove_tree(staging_dir)
+
+    def __enter__(self) -> StagingSession:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ internals
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ConnectorError("the staging session is closed")
+
+    def _staging_dir(self) -> Path:
+        with self._lock:
+            self._check_open()
+            if self._dir is None:
+                self.workdir.mkdir(parents=True, exist_ok=True)
+                self._dir = Path(tempfile.mkdtemp(prefix="faice-staging-", dir=self.workdir))
+            return self._dir
+
+    def _connector(self, command: str) -> Connector:
+        from faice.connectors.registry import resolve
+
+        with self._lock:
+            self._check_open()
+            connector = self._connectors.get(command)
+        if connector is None:
+            connector = resolve(command, timeout=self.timeout)
+            with self._lock:
+                connector = self._connectors.setdefault(command, connector)
+        return connector
+
+    def _prepare(self, request: ConnectorRequest, operation: str) -> Connector:
+        if operation not in OPERATIONS:
+            raise ValueError(f"unknown connector operation {operation!r}")
+        if request.mount and operation != "mount-dir":
+            kind = "File" if operation.endswith("-file") else "Directory"
+            if operation.startswith("send") or kind == "File":
+                raise ConnectorError(
+                    f"{request.label}.connector.mount: only Directory inputs can be mounted "
+                    f"(this is a {'output' if operation.startswith('send') else 'File input'})"
+                )
+        try:
+            connector = self._connector(request.command)
+        except FaiceError as exc:
+            raise ConnectorError(f"{request.label}.connector.command: {exc.message}") from exc
+        if not connector.supports(operation):
+            raise ConnectorError(
+                f"{request.label}: connector {request.command!r} does not support {operation} "
+                f"(it supports: {', '.join(sorted(connector.capabilities())) or 'nothing'})"
+            )
+        check_access(connector, request, operation)
+        check_listing(request)
+        return connector
+
+    def _progress(self, request: ConnectorRequest) -> Progress:
+        if self.progress is None:
+            return Progress()
+        callback = self.progress
+        return Progress(lambda done, total: callback(request.label, done, total))
+
+    def _call(self, request: ConnectorRequest, operation: str, verb: str, action: Callable[[], Any],
+              *, retry: bool = True, before_retry: Callable[[], None] | None = None) -> Any:
+        """Run a connector primitive; retry transient failures; wrap errors for the user."""
+        delays = RETRY_DELAYS if retry else ()
+        attempt = 0
+        while True:
+            try:
+                return action()
+            except FaiceError as exc:
+                raise ConnectorError(REDACTOR.redact(
+                    f"{request.label}: {operation} with connector {request.command!r} failed: {exc.message}"
+                )) from None
+            except (TransientFailure, ConnectionError, TimeoutError) as exc:
+                if attempt >= len(delays):
+                    raise self._wrap(request, operation, exc, attempt + 1) from None
+                time.sleep(delays[attempt])
+                attempt += 1
+                if before_retry is not None:
+                    before_retry()
+            except ConnectorFailure as exc:
+                raise self._wrap(request, operation, exc, attempt + 1) from None
+            except NotImplementedError:
+                raise ConnectorError(
+                    f"{request.label}: connector {request.command!r} does not support {operation}"
+                ) from None
+            except OSError as exc:
+                raise self._wrap(request, operation, exc, attempt + 1) from None
+            except Exception as exc:  # a plugin bug or an unmapped library error: still one clear line
+                raise self._wrap(request, operation, exc, attempt + 1) from exc
+
+    @staticmethod
+    def _wrap(request: ConnectorRequest, operation: str, exc: BaseException, attempts: int) -> ConnectorError:
+        tries = f" (after {attempts} attempts)" if attempts > 1 else ""
+        return ConnectorError(REDACTOR.redact(
+            f"{request.label}: {operation} with connector {request.command!r} failed{tries}: {_describe(exc)}"
+        ))
+
+    def _download(self, connector: Connector, request: ConnectorRequest, operation: str, key: str) -> Path:
+        root = self._staging_dir()
+        final_dir = root / key
+        name = _basename(request)
+        part_dir = Path(tempfile.mkdtemp(prefix=f".part-{key}-", dir=root))
+        part = part_dir / name
+        progress = self._progress(request)
+        access = request.prepared_access()
+
+        def reset() -> None:
+            remove_tree(part)
+            progress.done = 0
+
+        try:
+            if operation == "receive-file":
+                self._call(request, operation, "receive",
+                           lambda: connector.receive_file(access, part, progress), before_retry=reset)
+                if not part.is_file():
+                    raise ConnectorError(f"{request.label}: connector {request.command!r} wrote no file")
+                verify_file(request.label, part, size=request.size, checksum=request.checksum)
+            else:
+                part.mkdir()
+
+                def receive() -> None:
+                    part.mkdir(exist_ok=True)
+                    connector.receive_dir(access, part, request.listing, progress)
+
+                self._call(request, operation, "receive", receive, before_retry=reset)
+                verify_listing(request.label, part, request.listing)
+            make_read_only(part)
+            os.rename(part_dir, final_dir)
+        except BaseException:
+            remove_tree(part_dir)
+            raise
+        return final_dir / name
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _operation(direction: str, kind: str) -> str:
+    if kind not in ("File", "Directory"):
+        raise ValueError(f"kind must be 'File' or 'Directory', not {kind!r}")
+    return f"{direction}-{'file' if kind == 'File' else 'dir'}"
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ConnectorFailure):
+        return str(exc)
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, OSError) and not isinstance(exc, ConnectionError | TimeoutError):
+        return text
+    return f"{type(exc).__name__}: {text}" if str(exc) else text
+
+
+def _cache_key(request: ConnectorRequest, kind: str) -> str:
+    material = json.dumps(
+        [kind, request.command, request.prepared_access(), request.listing, request.checksum, request.size],
+        sort_keys=True, default=str,
+    )
+    return hashlib.sha256(material.encode()).hexdigest()[:24]
+
+
+def _basename(request: ConnectorRequest) -> str:
+    """A readable name for the cached copy: the remote basename when the access shows one."""
+    access = request.prepared_access()
+    for key in ("filePath", "dirPath", "path", "url"):
+        value = access.get(key)
+        if isinstance(value, str):
+            base = value.rstrip("/").split("?", 1)[0].rsplit("/", 1)[-1]
+            if base and base not in (".", "..", "~") and ":" not in base:
+                return base
+    return "data"
+
+
+def check_access(connector: Connector, request: ConnectorRequest, operation: str) -> None:
+    """Validate ``access`` against the connector's schema; errors name the RED key path."""
+    from jsonschema import Draft202012Validator
+
+    schema = connector.schema_for(operation)
+    validator = Draft202012Validator(schema)
+    access = request.prepared_access()
+    problems = sorted(validator.iter_errors(access), key=lambda e: list(e.absolute_path))
+    if problems:
+        lines = [f"{_access_path(request.label, e)}: {_explain(e)}" for e in problems]
+        raise ConnectorError(REDACTOR.redact("\n".join(lines)))
+
+
+def _access_path(label: str, error) -> str:
+    from faice.errors import format_key_path
+
+    tail = format_key_path(list(error.absolute_path)) if error.absolute_path else ""
+    base = f"{label}.connector.access"
+    return f"{base}.{tail}" if tail and not tail.startswith("[") else base + tail
+
+
+_TYPE_WORDS = {"integer": "integer", "number": "number", "string": "string", "boolean": "boolean (true/false)",
+               "object": "mapping", "array": "list", "null": "null"}
+
+
+def _explain(error) -> str:
+    """A short message that never repeats the offending value (it may be a secret)."""
+    kind = error.validator
+    if kind == "type":
+        expected = error.validator_value
+        names = [expected] if isinstance(expected, str) else list(expected)
+        return "expected " + " or ".join(_TYPE_WORDS.get(n, n) for n in names)
+    if kind == "required":
+        missing = [k for k in error.validator_value if k not in (error.instance or {})]
+        return "missing required key " + ", ".join(repr(k) for k in missing)
+    if kind == "additionalProperties":
+        allowed = set(error.schema.get("properties") or {})
+        extra = sorted(k for k in (error.instance or {}) if k not in allowed)
+        return f"unknown key {', '.join(repr(k) for k in extra)} (allowed: {', '.join(sorted(allowed))})"
+    if kind == "enum":
+        return "expected one of " + ", ".join(json.dumps(v) for v in error.validator_value)
+    if kind in ("oneOf", "anyOf"):
+        options = []
+        for sub in error.validator_value:
+            keys = sub.get("required") or list(sub.get("properties") or {})
+            if keys:
+                options.append("{" + ", ".join(keys) + "}")
+        return "expected one of " + " or ".join(options) if options else "does not match any allowed form"
+    if kind == "minimum":
+        return f"expected at least {error.validator_value}"
+    if kind == "maximum":
+        return f"expected at most {error.validator_value}"
+    if kind == "minLength":
+        return "must not be empty" if error.validator_value == 1 else f"expected at least {error.validator_value} characters"
+    if kind == "pattern":
+        return f"expected text matching {error.validator_value}"
+    return f"not valid ({kind})"
+
+
+def check_listing(request: ConnectorRequest) -> None:
+    """Listing items need a class and a plain basename (never a path that leaves the target)."""
+
+    def walk(items: Any, path: str) -> None:
+        if not isinstance(items, list):
+            raise ConnectorError(f"{path}: expected a list")
+        for index, item in enumerate(items):
+            where = f"{path}[{index}]"
+            if not isinstance(item, dict):
+                raise ConnectorError(f"{where}: expected a mapping with class and basename")
+            if item.get("class") not in ("File", "Directory"):
+                raise ConnectorError(f"{where}.class: expected one of \"File\", \"Directory\"")
+            name = item.get("basename")
+            if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name:
+                raise ConnectorError(f"{where}.basename: expected a plain file name (no '/', not '..')")
+            if item["class"] == "Directory" and item.get("listing") is not None:
+                walk(item["listing"], f"{where}.listing")
+
+    if request.listing is not None:
+        walk(request.listing, f"{request.label}.listing")
+
+
+def file_digest(path: Path, algorithm: str) -> str:
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_file(label: str, path: Path, *, size: int | None = None, checksum: str | None = None) -> None:
+    """Size and CWL checksum (``sha1$hex``) checks; a mismatch fails the input."""
+    if size is not None:
+        actual = path.stat().st_size
+        if actual != int(size):
+            raise ConnectorError(f"{label}: received {actual} bytes but the RED file says size {size}")
+    if checksum:
+        algorithm, _, expected = str(checksum).partition("$")
+        if not expected:
+            algorithm, expected = "sha1", algorithm
+        algorithm = algorithm.lower()
+        if algorithm not in hashlib.algorithms_available:
+            raise ConnectorError(f"{label}.checksum: unknown checksum algorithm {algorithm!r}")
+        actual = file_digest(path, algorithm)
+        if actual.lower() != expected.lower():
+            raise ConnectorError(
+                f"{label}: checksum mismatch: expected {algorithm}${expected}, received {algorithm}${actual}"
+            )
+
+
+def verify_listing(label: str, root: Path, listing: list[dict[str, Any]] | None) -> None:
+    """Every listed file arrived, with the listed size/checksum."""
+    for rel, item in listed_files(listing):
+        path = root / rel
+        if not path.is_file():
+            raise ConnectorError(f"{label}: listed file {rel!r} was not received")
+        verify_file(f"{label}.listing ({rel})", path, size=item.get("size"), checksum=item.get("checksum"))
+
+
+def make_read_only(path: Path) -> None:
+    """Files 0444, directories 0555: a shared input cannot be changed by one batch."""
+    if path.is_symlink():
+        return
+    if path.is_dir():
+        for child in path.iterdir():
+            make_read_only(child)
+        path.chmod(0o555)
+    elif path.exists():
+        path.chmod(stat.S_IMODE(path.stat().st_mode) & 0o555 | 0o444)
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a file or directory, also one made read-only by :func:`make_read_only`."""
+    path = Path(path)
+    if path.is_symlink() or path.is_file():
+        path.unlink(missing_ok=True)
+        return
+    if not path.exists():
+        return
+
+    for dirpath, dirnames, _files in os.walk(path):
+        os.chmod(dirpath, 0o700)
+        for name in dirnames:
+            full = os.path.join(dirpath, name)
+            if not os.path.islink(full):
+                os.chmod(full, 0o700)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _lazy_unmount(mountpoint: Path) -> None:
+    import subprocess
+
+    for tool in ("fusermount3", "fusermount"):
+        if shutil.which(tool):
+            subprocess.run([tool, "-u", "-z", str(mountpoint)], capture_output=True, timeout=30)
+            return
+
+
+def cleanup_stale(root: Path) -> list[str]:
+    """Leftovers of a killed run under ``root``: unmount sshfs mounts, remove staging dirs.
+
+    Engines call it at start-up (DESIGN §1: leftovers of a killed run are cleaned at the
+    next start). Returns what was cleaned, for a log line.
+    """
+    root = Path(root).absolute()
+    cleaned: list[str] = []
+    try:
+        with open("/proc/self/mounts") as mounts:
+            entries = [line.split() for line in mounts]
+    except OSError:
+        entries = []
+    for fields in entries:
+        if len(fields) < 3 or not fields[2].startswith("fuse"):
+            continue
+        mountpoint = fields[1].replace("\\040", " ")
+        if mountpoint == str(root) or mountpoint.startswith(str(root) + os.sep):
+            _lazy_unmount(Path(mountpoint))
+            cleaned.append(f"unmounted {mountpoint}")
+    if root.is_dir():
+        for stale in root.glob("**/faice-staging-*"):
+            if stale.is_dir() and not os.path.ismount(stale):
+                remove_tree(stale)
+                cleaned.append(f"removed {stale}")
+    return cleaned

@@ -1,0 +1,143 @@
+"""What the user sees on stderr while a run goes on.
+
+On a terminal: a rich live display with counts per state and the phase of every running
+batch. Otherwise (logs, CI, ``--no-progress``): one plain line per batch state change. Rich
+honours ``NO_COLOR``; everything printed passes through the redactor.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from faice.secrets import REDACTOR
+
+STATES = ("pending", "waiting", "running", "succeeded", "failed", "cancelled", "skipped")
+
+
+@dataclass
+class BatchEvent:
+    """A state or phase change of one batch (also what ``on_event`` callers receive)."""
+
+    batch_id: str
+    index: int
+    state: str  # pending, running, succeeded, failed, cancelled, skipped
+    phase: str | None = None  # preflight, stage-in, run, collect, stage-out, record
+    message: str | None = None
+    failure_class: str | None = None
+    seconds: float | None = None
+    time: float = field(default_factory=time.time)
+
+
+class ProgressDisplay:
+    """Turns :class:`BatchEvent` s into a live display or plain lines; thread-safe."""
+
+    def __init__(self, total: int, *, stream: TextIO | None = None, live: bool | None = None):
+        self.total = total
+        self.stream = stream or sys.stderr
+        isatty = getattr(self.stream, "isatty", lambda: False)()
+        self.live_mode = isatty and os.environ.get("TERM") != "dumb" if live is None else live
+        self._lock = threading.Lock()
+        self._state: dict[str, BatchEvent] = {}
+        self._live: Any = None
+        self._console: Any = None
+        self._started = time.monotonic()
+
+    def __enter__(self) -> ProgressDisplay:
+        if self.live_mode:
+            try:
+                from rich.console import Console
+                from rich.live import Live
+
+                self._console = Console(file=self.stream)
+                self._live = Live(self._render(), console=self._console, refresh_per_second=4, transient=True)
+                self._live.start()
+            except Exception:
+                self.live_mode = False
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
+
+    def note(self, text: str) -> None:
+        """A line that is not about one batch (image pull, cleanup of leftovers)."""
+        self._print(f"faice: {text}")
+
+    def __call__(self, event: BatchEvent) -> None:
+        with self._lock:
+            previous = self._state.get(event.batch_id)
+            self._state[event.batch_id] = event
+        if self._live is not None:
+            self._live.update(self._render())
+        changed = previous is None or previous.state != event.state
+        if changed and event.state in ("running", "succeeded", "failed", "cancelled", "skipped"):
+            self._print(self._line(event))
+
+    def _line(self, event: BatchEvent) -> str:
+        width = len(str(self.total))
+        text = f"batch {event.index + 1:>{width}}/{self.total} {event.batch_id} {event.state}"
+        if event.seconds is not None and event.state != "running":
+            text += f" in {event.seconds:.1f}s"
+        if event.failure_class:
+            text += f" [{event.failure_class}]"
+        if event.message and event.state in ("failed", "cancelled"):
+            text += f": {event.message.splitlines()[0]}"
+        return text
+
+    def _print(self, text: str) -> None:
+        text = REDACTOR.redact(text)
+        if self._live is not None:
+            self._live.console.print(text, markup=False, highlight=False)
+        else:
+            with self._lock:
+                self.stream.write(text + "\n")
+                self.stream.flush()
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            counts = dict.fromkeys(STATES, 0)
+            for event in self._state.values():
+                counts[event.state] = counts.get(event.state, 0) + 1
+            counts["pending"] += self.total - len(self._state)
+            return counts
+
+    def _render(self):
+        from rich.table import Table
+
+        counts = self.counts()
+        table = Table.grid(padding=(0, 2))
+        elapsed = time.monotonic() - self._started
+        head = "  ".join(f"{k} {v}" for k, v in counts.items() if v) + f"  ({elapsed:.0f}s)"
+        table.add_row(REDACTOR.redact(head))
+        with self._lock:
+            running = [e for e in self._state.values() if e.state == "running"]
+        for event in sorted(running, key=lambda e: e.index)[:20]:
+            table.add_row(f"  {event.batch_id}  {event.phase or ''}")
+        return table
+
+
+def summary_table(summary: dict[str, Any], stream: TextIO | None = None) -> None:
+    """The final table: one line per batch, then the totals and where the records are."""
+    stream = stream or sys.stderr
+    batches = summary.get("batches") or []
+    lines = []
+    if len(batches) > 1:
+        lines.append(f"{'#':>4}  {'batch':<16} {'state':<10} {'seconds':>8}  failure")
+        for entry in batches:
+            seconds = entry.get("seconds")
+            lines.append(
+                f"{(entry.get('index') or 0):>4}  {entry.get('id') or '':<16} {entry.get('state') or '':<10} "
+                f"{(f'{seconds:.1f}' if isinstance(seconds, (int, float)) else '-'):>8}  "
+                f"{entry.get('failureClass') or ''}"
+            )
+    counts = summary.get("counts") or {}
+    totals = ", ".join(f"{v} {k}" for k, v in counts.items())
+    lines.append(f"faice: run {summary.get('runId')} {summary.get('state')}: {totals}; records in {summary.get('outdir')}")
+    stream.write(REDACTOR.redact("\n".join(lines)) + "\n")
+    stream.flush()

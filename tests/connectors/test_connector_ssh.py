@@ -1,0 +1,393 @@
+"""The ``ssh`` connector against the test sshd: SFTP, host key policies, keys, sshfs mounts."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from conformance import ConnectorConformance
+
+from faice.connectors.staging import ConnectorRequest, StagingSession
+from faice.errors import ConnectorError
+
+pytestmark = pytest.mark.ssh
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class SshPlace:
+    def __init__(self, server, prefix, known_hosts):
+        self.server = server
+        self.prefix = prefix
+        self.known_hosts = known_hosts
+
+    def base(self, password=None, port=None):
+        return {"host": self.server.host, "port": port or self.server.port,
+                "auth": {"username": self.server.user, "password": password or self.server.password},
+                "hostKeyPolicy": "strict", "knownHostsFile": str(self.known_hosts)}
+
+    def file(self, name):
+        return {**self.base(), "filePath": f"data/{self.prefix}/{name}"}
+
+    def dir(self, name):
+        return {**self.base(), "dirPath": f"~/data/{self.prefix}/{name}"}
+
+    def missing_file(self):
+        return {**self.base(), "filePath": f"data/{self.prefix}/does-not-exist.bin"}
+
+    def bad_credentials(self, operation):
+        return {**self.base(password="wrong-secret-value"), "filePath": f"data/{self.prefix}/x.bin"}
+
+    def unreachable(self):
+        return {**self.base(port=closed_port()), "filePath": "x.bin"}
+
+
+@pytest.fixture
+def known_hosts(ssh_server, tmp_path_factory):
+    path = tmp_path_factory.mktemp("known-hosts") / "known_hosts"
+    shutil.copy(ssh_server.known_hosts, path)
+    return path
+
+
+@pytest.fixture
+def ssh_prefix(ssh_server):
+    prefix = f"conf-{uuid.uuid4().hex[:10]}"
+    yield prefix
+    shutil.rmtree(ssh_server.home / "data" / prefix, ignore_errors=True)
+
+
+@pytest.fixture
+def place(ssh_server, ssh_prefix, known_hosts):
+    return SshPlace(ssh_server, ssh_prefix, known_hosts)
+
+
+class TestSshConnector(ConnectorConformance):
+    command = "ssh"
+
+
+def put_remote(ssh_server, ssh_prefix, rel: str, data: bytes) -> None:
+    path = ssh_server.home / "data" / ssh_prefix / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    shutil.chown(path, ssh_server.user, ssh_server.user)
+    for parent in path.relative_to(ssh_server.home / "data").parents:
+        if str(parent) != ".":
+            shutil.chown(ssh_server.home / "data" / parent, ssh_server.user, ssh_server.user)
+
+
+# ------------------------------------------------------------------ host keys
+
+
+def test_accept_new_records_an_unknown_host_key(place, ssh_server, ssh_prefix, tmp_path):
+    put_remote(ssh_server, ssh_prefix, "a.txt", b"hello")
+    fresh = tmp_path / "sub" / "known_hosts"
+    access = {**place.file("a.txt"), "hostKeyPolicy": "accept-new", "knownHostsFile": str(fresh)}
+    with StagingSession(tmp_path / "w") as session:
+        assert session.stage_in(ConnectorRequest("i", "red-connector-ssh", access), "File").read_bytes() == b"hello"
+    recorded = fresh.read_text()
+    host_key = ssh_server.host_key_pub.read_text().split()[1]
+    assert f"[{ssh_server.host}]:{ssh_server.port}" in recorded and host_key in recorded
+
+
+def test_strict_refuses_an_unknown_host(place, tmp_path):
+    empty = tmp_path / "empty_known_hosts"
+    empty.write_text("")
+    access = {**place.file("a.txt"), "knownHostsFile": str(empty)}
+    with StagingSession(tmp_path / "w") as session, pytest.raises(ConnectorError, match="hostKeyPolicy is strict"):
+        session.validate(ConnectorRequest("i", "ssh", access), "receive-file")
+
+
+@pytest.mark.parametrize("policy", ["accept-new", "strict"])
+def test_changed_host_key_is_refused(place, tmp_path, policy):
+    other = tmp_path / "other_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    wrong = tmp_path / "wrong_known_hosts"
+    host = f"[{place.server.host}]:{place.server.port}"
+    wrong.write_text(f"{host} {other.with_suffix('.pub').read_text().split()[0]} "
+                     f"{other.with_suffix('.pub').read_text().split()[1]}\n")
+    access = {**place.file("a.txt"), "hostKeyPolicy": policy, "knownHostsFile": str(wrong)}
+    with StagingSession(tmp_path / "w") as session, pytest.raises(ConnectorError) as err:
+        session.validate(ConnectorRequest("batches[0].inputs.f", "ssh", access), "receive-file")
+    assert "CHANGED" in str(err.value) and "batches[0].inputs.f" in str(err.value)
+
+
+def test_ignore_policy_connects_without_known_hosts(place, ssh_server, ssh_prefix, tmp_path):
+    put_remote(ssh_server, ssh_prefix, "a.txt", b"x")
+    access = {**place.file("a.txt"), "hostKeyPolicy": "ignore", "knownHostsFile": str(tmp_path / "none")}
+    with StagingSession(tmp_path / "w") as session:
+        session.validate(ConnectorRequest("i", "ssh", access), "receive-file")
+    assert not (tmp_path / "none").exists()
+
+
+# ------------------------------------------------------------------ keys
+
+
+@pytest.mark.parametrize("which", ["ed25519", "rsa", "ed25519_enc"])
+def test_private_keys(place, ssh_server, tmp_path, which):
+    key_path = {"ed25519": ssh_server.key_ed25519, "rsa": ssh_server.key_rsa,
+                "ed25519_enc": ssh_server.key_ed25519_enc}[which]
+    auth = {"username": ssh_server.key_user, "privateKey": key_path.read_text()}
+    if which.endswith("_enc"):
+        auth["passphrase"] = ssh_server.key_passphrase
+    data = f"key {which}".encode()
+    remote = ssh_server.key_home / "data" / f"k-{uuid.uuid4().hex[:8]}.txt"
+    access = {**place.base(), "auth": auth, "filePath": f"data/{remote.name}"}
+    src = tmp_path / "src.txt"
+    src.write_bytes(data)
+    try:
+        with StagingSession(tmp_path / "w") as session:
+            session.send(ConnectorRequest("o", "ssh", access), "File", src)
+            assert session.stage_in(ConnectorRequest("i", "ssh", access), "File").read_bytes() == data
+    finally:
+        remote.unlink(missing_ok=True)
+
+
+def test_encrypted_key_without_passphrase_is_explained(place, ssh_server, tmp_path):
+    access = {**place.base(), "auth": {"username": ssh_server.key_user,
+                                       "privateKey": ssh_server.key_ed25519_enc.read_text()}, "filePath": "x"}
+    with StagingSession(tmp_path) as session, pytest.raises(ConnectorError, match="passphrase"):
+        session.validate(ConnectorRequest("i", "ssh", access), "receive-file")
+
+
+def test_port_must_be_an_integer(place, tmp_path):
+    access = {**place.file("a"), "port": "2222"}
+    with StagingSession(tmp_path) as session, pytest.raises(ConnectorError) as err:
+        session.validate(ConnectorRequest("batches[0].inputs.data", "ssh", access), "receive-file")
+    assert "batches[0].inputs.data.connector.access.port: expected integer" in str(err.value)
+
+
+# ------------------------------------------------------------------ sshfs
+
+
+def _proc_cmdlines() -> list[str]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                found.append((entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+            except OSError:
+                pass
+    return found
+
+
+def _proc_environ() -> list[str]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                found.append((entry / "environ").read_bytes().decode(errors="replace"))
+            except OSError:
+                pass
+    return found
+
+
+def test_sshfs_read_only_and_writable_mounts(place, ssh_server, ssh_prefix, tmp_path):
+    put_remote(ssh_server, ssh_prefix, "share/in.txt", b"remote content")
+    remote_dir = ssh_server.home / "data" / ssh_prefix / "share"
+    with StagingSession(tmp_path / "w") as session:
+        ro = tmp_path / "ro"
+        session.mount_dir(ConnectorRequest("i", "ssh", place.dir("share"), mount=True), ro, writable=False)
+        assert os.path.ismount(ro)
+        assert (ro / "in.txt").read_bytes() == b"remote content"
+        with pytest.raises(OSError):
+            (ro / "new.txt").write_text("x")
+        assert not any(ssh_server.password in line for line in _proc_cmdlines())
+        assert not any(ssh_server.password in env for env in _proc_environ())
+        rw = tmp_path / "rw"
+        session.mount_dir(ConnectorRequest("o", "ssh", {**place.dir("share"), "writable": True}, mount=True),
+                          rw, writable=True)
+        with open(rw / "live.log", "w") as handle:
+            handle.write("epoch 1\n")
+            handle.flush()
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and not (
+                (remote_dir / "live.log").exists() and (remote_dir / "live.log").read_text()
+            ):
+                time.sleep(0.05)
+            assert (remote_dir / "live.log").read_text() == "epoch 1\n", "visible while still open"
+        session.umount(ro)
+        assert not os.path.ismount(ro)
+    assert not os.path.ismount(rw), "close() unmounts what is left"
+
+
+def test_sshfs_with_encrypted_key(place, ssh_server, tmp_path):
+    auth = {"username": ssh_server.key_user, "privateKey": ssh_server.key_ed25519_enc.read_text(),
+            "passphrase": ssh_server.key_passphrase}
+    access = {**place.base(), "auth": auth, "dirPath": "data"}
+    mnt = tmp_path / "m"
+    with StagingSession(tmp_path / "w") as session:
+        session.mount_dir(ConnectorRequest("i", "ssh", access, mount=True), mnt, writable=False)
+        assert os.path.ismount(mnt)
+        assert not list(Path(tempfile_dir()).glob("faice-sshfs-*")), "temp key copy removed after mount"
+    assert not os.path.ismount(mnt)
+
+
+def tempfile_dir() -> str:
+    import tempfile
+
+    return tempfile.gettempdir()
+
+
+def test_sshfs_changed_host_key_is_refused(place, tmp_path):
+    other = tmp_path / "other_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    wrong = tmp_path / "wrong_known_hosts"
+    pub = other.with_suffix(".pub").read_text().split()
+    wrong.write_text(f"[{place.server.host}]:{place.server.port} {pub[0]} {pub[1]}\n")
+    access = {**place.dir("x"), "dirPath": "data", "knownHostsFile": str(wrong), "hostKeyPolicy": "accept-new"}
+    with StagingSession(tmp_path / "w") as session, pytest.raises(ConnectorError, match="CHANGED"):
+        session.mount_dir(ConnectorRequest("i", "ssh", access, mount=True), tmp_path / "m", writable=False)
+    assert not os.path.ismount(tmp_path / "m")
+
+
+@pytest.mark.parametrize("auth_kind", ["password", "encrypted-key"])
+def test_secrets_not_in_process_list_during_large_transfers(place, ssh_server, ssh_prefix, tmp_path, auth_kind):
+    """Large files go through OpenSSH scp: the secret must reach it without argv or env."""
+    data = os.urandom(16 * 1024 * 1024)
+    src = tmp_path / "big.bin"
+    src.write_bytes(data)
+    if auth_kind == "password":
+        access, secret = place.file("big.bin"), ssh_server.password
+    else:
+        secret = ssh_server.key_passphrase
+        auth = {"username": ssh_server.key_user, "privateKey": ssh_server.key_ed25519_enc.read_text(),
+                "passphrase": secret}
+        access = {**place.base(), "auth": auth, "filePath": f"data/big-{ssh_prefix}.bin"}
+    leaked = []
+    done = threading.Event()
+
+    def watch():
+        while not done.is_set():
+            leaked.extend(line for line in _proc_cmdlines() if secret in line)
+            leaked.extend("environ" for env in _proc_environ() if secret in env)
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    seen = []
+    try:
+        with StagingSession(tmp_path / "w", progress=lambda label, done, total: seen.append((label, done))) as session:
+            session.send(ConnectorRequest("o", "ssh", access), "File", src)
+            assert session.stage_in(ConnectorRequest("i", "ssh", access), "File").read_bytes() == data
+        assert seen[-1] == ("i", len(data)), "progress reaches the full size"
+    finally:
+        done.set()
+        watcher.join()
+        if auth_kind != "password":
+            (ssh_server.key_home / "data" / f"big-{ssh_prefix}.bin").unlink(missing_ok=True)
+    assert leaked == []
+    assert not list(Path(tempfile_dir()).glob("faice-ssh-*")), "askpass/key temp files removed"
+
+
+# ------------------------------------------------------------------ interrupted transfer
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo.extend(children.get(current, []))
+    return found
+
+
+@pytest.fixture
+def private_sshd(ssh_server, tmp_path_factory):
+    """Our own sshd on a free port (same users and host key), so a test can kill it."""
+    import signal
+
+    state = tmp_path_factory.mktemp("private-sshd")
+    port = closed_port()
+    config = state / "sshd_config"
+    config.write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {ssh_server.host_key_pub.with_suffix('')}\n"
+        f"PidFile {state}/sshd.pid\nPasswordAuthentication yes\nKbdInteractiveAuthentication no\n"
+        f"UsePAM no\nPermitRootLogin no\nAllowUsers {ssh_server.user}\nSubsystem sftp internal-sftp\n"
+    )
+    Path("/run/sshd").mkdir(exist_ok=True)
+    process = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(config)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.05)
+
+    def kill() -> None:
+        for pid in reversed(_descendants(process.pid)):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        process.wait()
+
+    yield port, kill
+    if process.poll() is None:
+        kill()
+
+
+# Without scp, paramiko's prefetch thread reports the dropped link on its own (a warning).
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+@pytest.mark.parametrize("native", ["1", "0"], ids=["scp", "paramiko"])
+def test_server_killed_mid_transfer(private_sshd, place, ssh_server, ssh_prefix, tmp_path, monkeypatch, native):
+    monkeypatch.setenv("FAICE_SSH_NATIVE", native)
+    port, kill = private_sshd
+    put_remote(ssh_server, ssh_prefix, "big.bin", os.urandom(128 * 1024 * 1024))
+    access = {**place.file("big.bin"), "port": port, "hostKeyPolicy": "ignore"}
+    work = tmp_path / "w"
+    part_seen = threading.Event()
+
+    def killer():
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            parts = [p for p in work.rglob("big.bin") if p.is_file() and p.stat().st_size > 1024 * 1024]
+            if parts:
+                part_seen.set()
+                kill()
+                return
+            time.sleep(0.01)
+
+    thread = threading.Thread(target=killer)
+    thread.start()
+    try:
+        with StagingSession(work, timeout=5) as session:
+            with pytest.raises(ConnectorError) as err:
+                session.stage_in(ConnectorRequest("batches[0].inputs.big", "ssh", access), "File")
+            assert "batches[0].inputs.big" in str(err.value)
+            assert part_seen.is_set(), "the transfer had begun before the server died"
+            assert [p for p in work.rglob("*") if p.is_file()] == []
+    finally:
+        thread.join()
+
+
+def test_cleanup_stale_unmounts_a_leftover_sshfs_mount(place, ssh_server, tmp_path):
+    from faice.connectors.staging import cleanup_stale
+
+    session = StagingSession(tmp_path / "w")
+    mnt = tmp_path / "run" / "mounts" / "data"
+    session.mount_dir(ConnectorRequest("i", "ssh", {**place.dir("x"), "dirPath": "data"}, mount=True), mnt,
+                      writable=False)
+    assert os.path.ismount(mnt)
+    cleaned = cleanup_stale(tmp_path / "run")  # as if the run had been killed
+    assert not os.path.ismount(mnt) and cleaned
+    session.close()

@@ -1,0 +1,62 @@
+"""``mount: true`` inputs: sshfs on the host (real sshd), bind-mounted into the container
+read-only unless ``writable`` — no SYS_ADMIN, no FUSE in the image."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import uuid
+from pathlib import Path
+
+import pytest
+from engine_helpers import read, sh_red
+
+from faice.engines.local import RunOptions, run_experiment
+from faice.red.experiment import load_experiment
+
+pytestmark = [pytest.mark.docker, pytest.mark.ssh]
+
+
+@pytest.fixture
+def remote_dir(ssh_server):
+    name = f"engine-{uuid.uuid4().hex[:10]}"
+    root = ssh_server.home / "data" / name
+    (root / "share").mkdir(parents=True)
+    (root / "share" / "dataset.txt").write_text("remote data\n")
+    (root / "logs").mkdir()
+    for path in (root, root / "share", root / "share" / "dataset.txt", root / "logs"):
+        shutil.chown(path, ssh_server.user, ssh_server.user)
+    yield name, root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def test_sshfs_mounts_are_bind_mounted_and_removed(tmp_path, ssh_server, remote_dir, docker_client, test_image):
+    name, root = remote_dir
+    access = {"host": ssh_server.host, "port": ssh_server.port,
+              "auth": {"username": ssh_server.user, "password": ssh_server.password},
+              "hostKeyPolicy": "strict", "knownHostsFile": str(ssh_server.known_hosts)}
+    red = sh_red(
+        tmp_path / "r.json",
+        'cat "$1/dataset.txt" > copy.txt; echo "live log" > "$2/run.log"; '
+        'if touch "$1/x" 2>/dev/null; then exit 9; fi',
+        test_image,
+        extra_inputs={"data": {"type": "Directory", "inputBinding": {"position": 2}},
+                      "logs": {"type": "Directory", "inputBinding": {"position": 3}}},
+        outputs={"copy": {"type": "File", "outputBinding": {"glob": "copy.txt"}}},
+    )
+    doc = read(red)
+    doc["inputs"]["data"] = {"class": "Directory", "connector": {
+        "command": "ssh", "mount": True, "access": {**access, "dirPath": f"data/{name}/share"}}}
+    doc["inputs"]["logs"] = {"class": "Directory", "connector": {
+        "command": "ssh", "mount": True, "access": {**access, "dirPath": f"data/{name}/logs", "writable": True}}}
+    red.write_text(json.dumps(doc))
+
+    summary = run_experiment(load_experiment(str(red)), RunOptions(), tmp_path / "run")
+    assert summary.exit_code == 0, summary.to_dict()
+    (entry,) = summary.to_dict()["batches"]
+    bdir = tmp_path / "run" / "batches" / entry["id"]
+    assert (bdir / "outputs" / "copy.txt").read_text() == "remote data\n"
+    assert (root / "logs" / "run.log").read_text() == "live log\n"  # written through the writable mount
+    assert not (root / "share" / "x").exists()
+    assert f"faice-run-{summary.to_dict()['runId']}" not in Path("/proc/self/mounts").read_text()
+    assert ssh_server.password not in (bdir / "result.json").read_text()
