@@ -6,7 +6,7 @@
 # 1. creates the virtual environment .venv and installs faice into it,
 # 2. installs and starts Docker (no bridge, no iptables) and builds the base image without a
 #    registry (scripts/infra.sh engine; about a minute the first time),
-# 3. validates examples/local/sweep.red.yml and shows the plan (--dry-run),
+# 3. validates examples/local/word-count.red.yml (a 3-batch sweep) and shows the plan (--dry-run),
 # 4. runs the sweep: every batch in its own container, concurrently,
 # 5. prints where the results are.
 set -euo pipefail
@@ -25,8 +25,10 @@ FAICE=$PWD/$VENV/bin/faice
 log "Docker engine and base image"
 bash scripts/infra.sh engine
 
-RED=examples/local/sweep.red.yml
-OUTDIR=faice-runs/demo-$(date +%Y%m%d-%H%M%S)
+# The example refers to its data relative to its own folder (file connector paths).
+cd examples/local
+RED=word-count.red.yml
+OUTDIR=$OLDPWD/faice-runs/demo-$(date +%Y%m%d-%H%M%S)
 
 log "faice validate $RED"
 "$FAICE" validate "$RED"
@@ -41,5 +43,6 @@ log "results"
 "$FAICE" status --outdir "$OUTDIR"
 echo
 echo "run summary:      $OUTDIR/run.json"
+echo "sent by the file connector: examples/local/results/"
 echo "batch records:    $OUTDIR/batches/<batch id>/result.json, stdout.txt, stderr.txt"
 echo "batch outputs:    $OUTDIR/batches/<batch id>/outputs/"

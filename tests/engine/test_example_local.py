@@ -18,7 +18,7 @@ def test_word_count_example_runs_and_sends_summaries(tmp_path, test_image):
     work = tmp_path / "local"
     shutil.copytree(EXAMPLE, work)
     red = work / "word-count.red.yml"
-    red.write_text(red.read_text().replace("debian:bookworm-slim", test_image))
+    red.write_text(red.read_text().replace("faice-test/base:bookworm", test_image))
     done = subprocess.run([sys.executable, "-m", "faice", "exec", red.name, "--outdir", "runs/words", "--no-progress"],
                           cwd=work, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
