@@ -13,7 +13,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,22 +23,10 @@ from typing import Any
 
 import pytest
 import requests
+from agency_helpers import faice, free_port  # noqa: F401  (re-exported for fixtures)
 
 FINAL = ("succeeded", "failed", "cancelled")
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def faice(*args: str, **kwargs) -> subprocess.CompletedProcess:
-    kwargs.setdefault("capture_output", True)
-    kwargs.setdefault("text", True)
-    kwargs.setdefault("timeout", 120)
-    return subprocess.run([sys.executable, "-m", "faice", *args], **kwargs)
 
 
 @dataclass

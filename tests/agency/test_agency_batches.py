@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import agency_reds as reds
 import docker
 import pytest
-from conftest import free_port
+from agency_helpers import free_port
 
 pytestmark = pytest.mark.docker
 

@@ -186,7 +186,7 @@ def test_schema_and_nodes(paused_agency):
 
 
 def test_user_add_command_creates_a_working_login(paused_agency):
-    from conftest import faice
+    from agency_helpers import faice
 
     result = faice("agency", "user", "add", "carol-cli", "--db", paused_agency.db_url, "--password-stdin", input="carol secret\n")
     assert result.returncode == 0, result.stderr

@@ -9,7 +9,7 @@ import time
 
 import agency_reds as reds
 import pytest
-from conftest import faice
+from agency_helpers import faice
 
 pytestmark = pytest.mark.docker
 
@@ -78,7 +78,7 @@ def test_exec_wrong_password_is_a_clear_401(paused_agency, tmp_path):
 
 
 def test_exec_unreachable_agency_is_retried_then_fails_cleanly(tmp_path):
-    from conftest import free_port
+    from agency_helpers import free_port
 
     red_file = tmp_path / "min.red.json"
     red_file.write_text(json.dumps(reds.minimal(f"http://127.0.0.1:{free_port()}", "alice", "pw")))
