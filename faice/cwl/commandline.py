@@ -16,7 +16,6 @@ Where inputs appear in the container (chosen and documented here):
 
 from __future__ import annotations
 
-import copy
 import posixpath
 import threading
 from dataclasses import dataclass, field
@@ -88,26 +87,16 @@ class CommandBuilder:
         self._tool = self._load(cli)
 
     def _load(self, cli: dict[str, Any]):
-        from cwltool.context import LoadingContext
-        from cwltool.load_tool import load_tool
-        from cwltool.workflow import default_make_tool
-        from schema_salad.exceptions import ValidationException
+        """The tool validation already loaded (cached in :mod:`faice.cwl.tool`): one cwltool
+        load per run instead of two."""
+        from faice.cwl.tool import load_cli
 
-        doc = copy.deepcopy(cli)
-        base = doc.get("baseCommand")
-        if base is None:
-            doc.pop("baseCommand", None)
-        else:
-            doc["baseCommand"] = [str(t).strip() for t in ([base] if isinstance(base, str) else base)]
-        doc["id"] = "_:faice-cli"
-        context = LoadingContext()
-        context.construct_tool_object = default_make_tool
-        context.do_validate = False
-        try:
-            with _CWL_LOCK:
-                return load_tool(doc, context)
-        except ValidationException as exc:
-            raise ValidationError([], summary=f"{self.source}: cli: not a valid CWL tool: {exc}") from None
+        with _CWL_LOCK:
+            tool, problems = load_cli(cli, self.source)
+        if tool is None:
+            detail = "; ".join(message for _, message in problems)
+            raise ValidationError([], summary=f"{self.source}: cli: not a valid CWL tool: {detail}")
+        return tool
 
     def build(self, inputs: dict[str, Any], *, label: str = "inputs") -> BatchCommand:
         """argv, staged inputs and output globs for one batch's ``inputs``."""

@@ -25,8 +25,11 @@ def cwl_document(cli: dict[str, Any], source: str | None = None) -> dict[str, An
     document = copy.deepcopy(cli)
     version = document.get("cwlVersion")
     document["cwlVersion"] = version if version in CWL_VERSIONS else "v1.0"  # RED 8 allowed numbers
-    if document.get("baseCommand") is None:
+    base = document.get("baseCommand")
+    if base is None:
         document.pop("baseCommand", None)
+    else:  # upstream strips every token; the command line built from this tool must agree
+        document["baseCommand"] = [str(t).strip() for t in ([base] if isinstance(base, str) else base)]
     if source and "://" not in source and source not in ("-", "<stdin>"):
         document["id"] = f"file://{os.path.abspath(source)}#cli"
     else:
