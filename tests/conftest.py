@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 import uuid
 from datetime import datetime, timedelta, timezone
 
@@ -34,6 +35,18 @@ MARKERS = {
 def pytest_configure(config: pytest.Config) -> None:
     for name, text in MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {text}")
+    # faice remembers tools cwltool accepted (faice.cwl.checked); keep that out of the
+    # user's cache, and inherited by every faice subprocess the tests start.
+    if "FAICE_CACHE_DIR" not in os.environ:
+        config._faice_cache_dir = tempfile.mkdtemp(prefix="faice-test-cache-")
+        os.environ["FAICE_CACHE_DIR"] = config._faice_cache_dir
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    cache_dir = getattr(config, "_faice_cache_dir", None)
+    if cache_dir:
+        shutil.rmtree(cache_dir, ignore_errors=True)
+        os.environ.pop("FAICE_CACHE_DIR", None)
 
 
 def unavailable(what: str) -> None:

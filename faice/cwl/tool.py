@@ -2,7 +2,8 @@
 
 RED's schema already restricts ``cli`` to a small CommandLineTool subset; cwltool adds what only
 a CWL implementation knows (type names, bindings, expressions). Results are cached per process
-because every batch of a file shares one ``cli``.
+because every batch of a file shares one ``cli``, and a tool cwltool accepted is remembered on
+disk (:mod:`faice.cwl.checked`), so running the same tool again does not pay the cwltool load.
 """
 
 from __future__ import annotations
@@ -67,7 +68,14 @@ def load_cli(cli: dict[str, Any], source: str | None = None) -> tuple[Any, list[
 
 
 def cli_problems(cli: dict[str, Any], source: str | None = None) -> list[tuple[KeyPath, str]]:
-    return load_cli(cli, source)[1]
+    from faice.cwl import checked
+
+    if checked.is_known_good(cli):
+        return []
+    problems = load_cli(cli, source)[1]
+    if not problems:
+        checked.remember_good(cli)
+    return problems
 
 
 def _problem(text: str, cli: dict[str, Any]) -> tuple[KeyPath, str]:
