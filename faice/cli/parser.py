@@ -53,10 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def new_command(subparsers, name: str, *, help: str, description: str = "", examples: str = "", **kwargs):
-    """Create a sub-command parser with faice's help layout (description + examples)."""
+def new_command(
+    subparsers, name: str, *, help: str, description: str = "", examples: str = "", run=None, **kwargs
+):
+    """Create a sub-command parser with faice's help layout (description + examples);
+    ``run(args) -> exit code`` is what the command does (see :func:`lazy`)."""
     epilog = f"examples:\n{examples}" if examples else None
-    return subparsers.add_parser(
+    parser = subparsers.add_parser(
         name,
         help=help,
         description=description or help,
@@ -64,3 +67,18 @@ def new_command(subparsers, name: str, *, help: str, description: str = "", exam
         formatter_class=HelpFormatter,
         **kwargs,
     )
+    if run is not None:
+        parser.set_defaults(run=run)
+    return parser
+
+
+def lazy(target: str, *leading):
+    """A ``run`` that imports ``"module:function"`` only when the command runs, so that
+    building the parser (and ``--help``) stays cheap; ``leading`` arguments come before args."""
+    module_name, function_name = target.split(":")
+
+    def run(args) -> int:
+        function = getattr(importlib.import_module(module_name), function_name)
+        return function(*leading, args)
+
+    return run

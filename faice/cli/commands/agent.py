@@ -13,10 +13,10 @@ def add_parser(subparsers) -> None:
         subparsers,
         "agent",
         help="removed upstream in RED 9: use faice exec",
+        run=run,
         examples="  faice exec experiment.red.yml",
     )
     parser.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-    parser.set_defaults(run=run)
 
 
 def run(args) -> int:

@@ -10,10 +10,10 @@ def add_parser(subparsers) -> None:
         subparsers,
         "completion",
         help="print a shell completion script",
+        run=run,
         examples='  eval "$(faice completion bash)"\n  faice completion zsh > ~/.zfunc/_faice',
     )
     parser.add_argument("shell", choices=("bash", "zsh"))
-    parser.set_defaults(run=run)
 
 
 def run(args) -> int:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from faice.cli.options import add_debug, add_format, add_variables
-from faice.cli.parser import new_command
+from faice.cli.parser import lazy, new_command
 
 
 def add_parser(subparsers) -> None:
     parser = new_command(
         subparsers,
         "exec",
+        run=lazy("faice.engines:execute"),
         help="run an experiment: locally in Docker, on a CC-Agency, or on Slurm",
         description=(
             "Run every batch of a RED file. The engine comes from execution.engine:\n"
@@ -53,10 +54,4 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--json", action="store_true", help="print the run summary as JSON on stdout")
     add_format(parser)
     add_debug(parser)
-    parser.set_defaults(run=run)
 
-
-def run(args) -> int:
-    from faice.engines import execute
-
-    return execute(args)

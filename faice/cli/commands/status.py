@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from faice.cli.options import add_debug, add_variables
-from faice.cli.parser import new_command
+from faice.cli.parser import lazy, new_command
 
 
 def _add_agency_options(parser) -> None:
@@ -17,53 +17,26 @@ def _add_agency_options(parser) -> None:
 
 
 def add_parser(subparsers) -> None:
-    status = new_command(
-        subparsers,
-        "status",
-        help="show the state of an experiment or batch (agency, Slurm or local run)",
-        examples="  faice status 65f0c1...\n  faice status --outdir runs/lr\n  faice status --agency https://agency.example.org --json",
-    )
+    def command(name: str, help: str, examples: str):
+        return new_command(subparsers, name, help=help, examples=examples,
+                           run=lazy("faice.engines.follow:run_follow_command", name))
+
+    status = command("status", "show the state of an experiment or batch (agency, Slurm or local run)",
+                     "  faice status 65f0c1...\n  faice status --outdir runs/lr\n"
+                     "  faice status --agency https://agency.example.org --json")
     status.add_argument("id", metavar="ID", nargs="?", help="experiment or batch id (default: your recent experiments)")
     status.add_argument("--wait", action="store_true", help="follow until every batch is final")
     _add_agency_options(status)
-    status.set_defaults(run=_command("status"))
 
-    logs = new_command(
-        subparsers,
-        "logs",
-        help="print a batch's stdout (or --stderr)",
-        examples="  faice logs 65f0c1...\n  faice logs --stderr 65f0c1...",
-    )
+    logs = command("logs", "print a batch's stdout (or --stderr)", "  faice logs 65f0c1...\n  faice logs --stderr 65f0c1...")
     logs.add_argument("id", metavar="BATCH_ID")
     logs.add_argument("--stderr", action="store_true", help="print stderr instead of stdout")
     _add_agency_options(logs)
-    logs.set_defaults(run=_command("logs"))
 
-    cancel = new_command(
-        subparsers,
-        "cancel",
-        help="cancel a batch or every batch of an experiment",
-        examples="  faice cancel 65f0c1...",
-    )
+    cancel = command("cancel", "cancel a batch or every batch of an experiment", "  faice cancel 65f0c1...")
     cancel.add_argument("id", metavar="ID", help="experiment or batch id")
     _add_agency_options(cancel)
-    cancel.set_defaults(run=_command("cancel"))
 
-    listing = new_command(
-        subparsers,
-        "list",
-        help="list experiments on an agency",
-        examples="  faice list --agency http://127.0.0.1:8080 --limit 5",
-    )
+    listing = command("list", "list experiments on an agency", "  faice list --agency http://127.0.0.1:8080 --limit 5")
     listing.add_argument("--limit", type=int, default=20, help="at most this many (default: 20)")
     _add_agency_options(listing)
-    listing.set_defaults(run=_command("list"))
-
-
-def _command(name: str):
-    def run(args) -> int:
-        from faice.engines.follow import run_follow_command
-
-        return run_follow_command(name, args)
-
-    return run

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from faice.cli.options import add_debug, add_variables
-from faice.cli.parser import new_command
+from faice.cli.parser import lazy, new_command
 
 
 def add_parser(subparsers) -> None:
     parser = new_command(
         subparsers,
         "validate",
+        run=lazy("faice.red.validate:run_validate_command"),
         help="check a RED file (schema, semantics, embedded CWL) and report every problem",
         description=(
             "Check a RED file against the RED 8/9 schemas and faice's extensions, the semantic\n"
@@ -32,10 +33,4 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     add_variables(parser)
     add_debug(parser)
-    parser.set_defaults(run=run)
 
-
-def run(args) -> int:
-    from faice.red.validate import run_validate_command
-
-    return run_validate_command(args)
