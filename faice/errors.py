@@ -87,7 +87,15 @@ class VariableError(FaiceError):
 
 
 class ConnectorError(FaiceError):
-    """A connector failed to move data; the message says which input/output and why."""
+    """A connector failed to move data; the message says which input/output and why.
+
+    ``transient`` marks a failure that may go away when tried again (dropped connection,
+    HTTP 503): ``faice exec --retries`` runs such a batch again, never a permanent one.
+    """
+
+    def __init__(self, message: str, *, hint: str | None = None, transient: bool = False):
+        super().__init__(message, hint=hint)
+        self.transient = transient
 
 
 class EngineError(FaiceError):

@@ -16,6 +16,9 @@ from typing import Any, TextIO
 
 from faice.secrets import REDACTOR
 
+REFRESH_PER_SECOND = 4
+MAX_RUNNING_ROWS = 20  # a sweep of hundreds must not push the counts off the screen
+
 STATES = ("pending", "waiting", "running", "succeeded", "failed", "cancelled", "skipped")
 
 
@@ -42,9 +45,15 @@ class ProgressDisplay:
         isatty = getattr(self.stream, "isatty", lambda: False)()
         self.live_mode = isatty and os.environ.get("TERM") != "dumb" if live is None else live
         self._lock = threading.Lock()
+        # Every write to the terminal holds this lock: rich's Live erases its last frame by the
+        # height it remembers, so a refresh racing a print from another batch's thread leaves
+        # stale lines on the screen. An RLock, because a signal handler may print mid-draw.
+        self._draw = threading.RLock()
         self._state: dict[str, BatchEvent] = {}
         self._live: Any = None
         self._console: Any = None
+        self._ticker: threading.Thread | None = None
+        self._closing = threading.Event()
         self._started = time.monotonic()
 
     def __enter__(self) -> ProgressDisplay:
@@ -54,16 +63,38 @@ class ProgressDisplay:
                 from rich.live import Live
 
                 self._console = Console(file=self.stream)
-                self._live = Live(self._render(), console=self._console, refresh_per_second=4, transient=True)
-                self._live.start()
+                # get_renderable: every refresh renders anew, so the clocks move between events.
+                # Our own ticker instead of rich's auto refresh, so refreshes take the draw lock.
+                self._live = Live(console=self._console, get_renderable=self._render, auto_refresh=False,
+                                  transient=True)
+                with self._draw:
+                    self._live.start(refresh=True)
             except Exception:
+                self._live = None
                 self.live_mode = False
+            else:
+                self._ticker = threading.Thread(target=self._tick, name="faice-progress", daemon=True)
+                self._ticker.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._live is not None:
-            self._live.stop()
-            self._live = None
+        self._closing.set()
+        if self._ticker is not None:
+            self._ticker.join()
+            self._ticker = None
+        with self._draw:
+            if self._live is not None:
+                self._live.stop()
+                self._live = None
+
+    def _tick(self) -> None:
+        while not self._closing.wait(1 / REFRESH_PER_SECOND):
+            self._refresh()
+
+    def _refresh(self) -> None:
+        with self._draw:
+            if self._live is not None:
+                self._live.refresh()
 
     def note(self, text: str) -> None:
         """A line that is not about one batch (image pull, cleanup of leftovers)."""
@@ -73,11 +104,11 @@ class ProgressDisplay:
         with self._lock:
             previous = self._state.get(event.batch_id)
             self._state[event.batch_id] = event
-        if self._live is not None:
-            self._live.update(self._render())
         changed = previous is None or previous.state != event.state
-        if changed and event.state in ("running", "succeeded", "failed", "cancelled", "skipped"):
-            self._print(self._line(event))
+        with self._draw:
+            if changed and event.state in ("running", "succeeded", "failed", "cancelled", "skipped"):
+                self._print(self._line(event))
+            self._refresh()  # the counts change now, not at the next tick
 
     def _line(self, event: BatchEvent) -> str:
         width = len(str(self.total))
@@ -92,10 +123,10 @@ class ProgressDisplay:
 
     def _print(self, text: str) -> None:
         text = REDACTOR.redact(text)
-        if self._live is not None:
-            self._live.console.print(text, markup=False, highlight=False)
-        else:
-            with self._lock:
+        with self._draw:
+            if self._live is not None:
+                self._live.console.print(text, markup=False, highlight=False)
+            else:
                 self.stream.write(text + "\n")
                 self.stream.flush()
 
@@ -116,9 +147,14 @@ class ProgressDisplay:
         head = "  ".join(f"{k} {v}" for k, v in counts.items() if v) + f"  ({elapsed:.0f}s)"
         table.add_row(REDACTOR.redact(head))
         with self._lock:
-            running = [e for e in self._state.values() if e.state == "running"]
-        for event in sorted(running, key=lambda e: e.index)[:20]:
-            table.add_row(f"  {event.batch_id}  {event.phase or ''}")
+            running = sorted((e for e in self._state.values() if e.state == "running"), key=lambda e: e.index)
+        width = len(str(self.total))
+        now = time.time()
+        for event in running[:MAX_RUNNING_ROWS]:
+            phase = f"{event.phase or 'starting'} {max(0.0, now - event.time):.0f}s"
+            table.add_row(REDACTOR.redact(f"  batch {event.index + 1:>{width}}/{self.total} {event.batch_id}  {phase}"))
+        if len(running) > MAX_RUNNING_ROWS:
+            table.add_row(f"  … and {len(running) - MAX_RUNNING_ROWS} more running")
         return table
 
 

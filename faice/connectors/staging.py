@@ -280,7 +280,7 @@ class StagingSession:
         tries = f" (after {attempts} attempts)" if attempts > 1 else ""
         return ConnectorError(REDACTOR.redact(
             f"{request.label}: {operation} with connector {request.command!r} failed{tries}: {_describe(exc)}"
-        ))
+        ), transient=isinstance(exc, TransientFailure | ConnectionError | TimeoutError))
 
     def _download(self, connector: Connector, request: ConnectorRequest, operation: str, key: str) -> Path:
         root = self._staging_dir()

@@ -80,6 +80,7 @@ class BatchRunner:
         self.record: dict[str, Any] = {}
         self.gpus: list = []
         self.mounts: list[Path] = []
+        self.unsent: list | None = None  # outputs of a command that succeeded but whose stage-out failed
 
     # ------------------------------------------------------------------ events
 
@@ -116,7 +117,7 @@ class BatchRunner:
                 failure = exc
             except FaiceError as exc:
                 failure = BatchFailure("connector" if isinstance(exc, ConnectorError) else "engine", exc.message,
-                                       transient=isinstance(exc, ConnectorError))
+                                       transient=bool(getattr(exc, "transient", False)))
             except Exception as exc:  # docker API errors and the like
                 failure = _classify_unexpected(exc)
             if failure is None:
@@ -162,6 +163,11 @@ class BatchRunner:
         }
 
     def _attempt(self) -> None:
+        if self.unsent is not None:
+            # The command succeeded and only sending its outputs failed: a retry sends them
+            # again instead of re-running what may have been hours of work.
+            self._stage_out(self.unsent)
+            return
         self._reset_dir()
         try:
             binds = self._stage_in()
@@ -180,6 +186,7 @@ class BatchRunner:
             self._umount()
         with self._timed("collect"):
             collected = self._collect()
+        self.unsent = collected
         self._stage_out(collected)
 
     def _reset_dir(self) -> None:
@@ -360,20 +367,21 @@ class BatchRunner:
             return
         with self._timed("stage-out"):
             session = self.run.staging()
-            errors = []
+            errors: list[ConnectorError] = []
             for item in collected:
                 value = wanted.get(item.key)
-                if value is None or item.path is None:
+                if value is None or item.path is None or self.record["outputs"][item.key].get("sent"):
                     continue
                 kind = "Directory" if item.kind == "Directory" else "File"
                 request = connector_request(f"batches[{self.batch.index}].outputs.{item.key}", value)
                 try:
                     session.send(request, kind, item.path)
                     self.record["outputs"][item.key]["sent"] = True
-                except FaiceError as exc:
-                    errors.append(exc.message)
+                except ConnectorError as exc:
+                    errors.append(exc)
             if errors:
-                raise BatchFailure("connector", "; ".join(errors), transient=True)
+                raise BatchFailure("connector", "; ".join(e.message for e in errors),
+                                   transient=all(e.transient for e in errors))
 
     def _debug_info(self, failure: BatchFailure) -> list[str]:
         lines = [f"[{failure.failure_class}] {failure.message}"]
