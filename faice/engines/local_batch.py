@@ -401,7 +401,10 @@ def _classify_unexpected(exc: Exception) -> BatchFailure:
     except ImportError:  # pragma: no cover
         return BatchFailure("engine", f"{type(exc).__name__}: {exc}")
     if isinstance(exc, docker.errors.APIError):
-        return BatchFailure("engine", REDACTOR.redact(f"Docker: {exc.explanation or exc}"), transient=True)
+        # A 4xx (bad mount, missing image) or a 500 from the OCI runtime repeats itself;
+        # only a gateway/unavailable answer is worth another attempt.
+        return BatchFailure("engine", REDACTOR.redact(f"Docker: {exc.explanation or exc}"),
+                            transient=exc.status_code in (502, 503, 504))
     if isinstance(exc, requests.exceptions.RequestException | docker.errors.DockerException):
         return BatchFailure("engine", REDACTOR.redact(f"Docker: {exc}"), transient=True)
     if isinstance(exc, EngineError):
