@@ -23,6 +23,7 @@ from faice.connectors import (
     listed_files,
     safe_relative,
 )
+from faice_connectors._shared import files_to_send, strings_block
 
 CHUNK = 4 * 1024 * 1024
 CONNECT_TIMEOUT = 12.05
@@ -31,16 +32,7 @@ ARCHIVE_FORMATS = ["zip", "tar", "gztar", "bztar", "xztar"]
 METHODS = [m for name in ("get", "put", "post") for m in (name, name.upper(), name.title())]
 TRANSIENT_STATUS = {408, 425, 429, 500, 502, 503, 504}
 
-_AUTH = {
-    "type": "object",
-    "properties": {
-        "username": {"type": "string"},
-        "password": {"type": "string"},
-        "method": {"enum": ["basic", "Basic", "BASIC", "digest", "Digest", "DIGEST"]},
-    },
-    "required": ["username", "password"],
-    "additionalProperties": False,
-}
+_AUTH = strings_block(["username", "password"], method={"enum": ["basic", "Basic", "BASIC", "digest", "Digest", "DIGEST"]})
 
 
 class HttpConnector(Connector):
@@ -80,16 +72,27 @@ class HttpConnector(Connector):
     def _timeouts(self) -> tuple[float, float]:
         return (self.timeout or CONNECT_TIMEOUT, self.timeout or READ_TIMEOUT)
 
+    def _auth(self, access):
+        """Basic credentials, or this thread's Digest state for them (it keeps the server's
+        nonce, so later requests authenticate at once instead of after a 401)."""
+        auth = access.get("auth")
+        if not auth:
+            return None
+        credentials = (auth["username"], auth["password"])
+        if str(auth.get("method", "basic")).lower() != "digest":
+            return credentials
+        digests = self._local.__dict__.setdefault("digests", {})
+        if credentials not in digests:
+            import requests
+
+            digests[credentials] = requests.auth.HTTPDigestAuth(*credentials)
+        return digests[credentials]
+
     def _request(self, access, method: str, url: str, **kwargs):
         """One request with the access's auth/TLS settings; HTTP errors become failures."""
         import requests
 
-        auth = access.get("auth")
-        if auth:
-            if str(auth.get("method", "basic")).lower() == "digest":
-                kwargs["auth"] = requests.auth.HTTPDigestAuth(auth["username"], auth["password"])
-            else:
-                kwargs["auth"] = (auth["username"], auth["password"])
+        kwargs["auth"] = self._auth(access)
         verify = not access.get("disableSSLVerification", False)
         if not verify:
             import urllib3
@@ -138,9 +141,37 @@ class HttpConnector(Connector):
 
     def _upload(self, access, url: str, src: Path, progress: Progress) -> None:
         method = str(access.get("method", "POST")).upper()
+        self._prime_digest(access, url)
         with open(src, "rb") as handle:
             body = _ProgressReader(handle, src.stat().st_size, progress)
             self._request(access, method, url, data=body).close()
+
+    def _prime_digest(self, access, url: str) -> None:
+        """Get a Digest nonce with a bodyless request before the first upload to a server.
+
+        Digest answers the first request with a 401 challenge; without this, every file would
+        cross the network twice (and wrong credentials are found before sending anything).
+        """
+        from urllib.parse import urlsplit
+
+        auth = self._auth(access)
+        if auth is None or isinstance(auth, tuple):
+            return
+        primed = self._local.__dict__.setdefault("primed", set())
+        key = (id(auth), urlsplit(url)[:2])
+        if key in primed:
+            return
+        self._probe_write(access, url)
+        primed.add(key)
+
+    def _probe_write(self, access, url: str) -> None:
+        """Check credentials for a write without writing: servers that need auth for writes
+        answer an unauthenticated or wrongly authenticated OPTIONS with 401/403."""
+        try:
+            self._request(access, "OPTIONS", url).close()
+        except ConnectorFailure as exc:
+            if "401" in str(exc) or "403" in str(exc) or isinstance(exc, TransientFailure):
+                raise
 
     # ---------------------------------------------------------------- validation
 
@@ -159,13 +190,7 @@ class HttpConnector(Connector):
                 for rel, _item in listed_files(listing):
                     self._request(access, "GET", _join(url, rel), stream=True).close()
         elif operation in ("send-file", "send-dir"):
-            # Probe credentials without writing: servers that need auth for writes answer
-            # an unauthenticated or wrongly authenticated OPTIONS with 401/403.
-            try:
-                self._request(access, "OPTIONS", url).close()
-            except ConnectorFailure as exc:
-                if "401" in str(exc) or "403" in str(exc) or isinstance(exc, TransientFailure):
-                    raise
+            self._probe_write(access, url)
 
     # ---------------------------------------------------------------- primitives
 
@@ -194,11 +219,7 @@ class HttpConnector(Connector):
         self._upload(access, access["url"], src, progress)
 
     def send_dir(self, access, src: Path, listing: Listing | None, progress: Progress) -> None:
-        if listing is not None:
-            files = [rel for rel, _item in listed_files(listing)]
-        else:
-            files = sorted(p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file())
-        for rel in files:
+        for rel in files_to_send(src, listing):
             self._upload(access, _join(access["url"], rel), src / rel, progress)
 
     def close(self) -> None:
@@ -207,20 +228,34 @@ class HttpConnector(Connector):
 
 
 class _ProgressReader:
-    """A file body for requests: known length (no chunked encoding), progress per read."""
+    """A file body for requests: known length (no chunked encoding), progress per read.
+
+    Seekable, so that requests can send the body again after a Digest 401 challenge;
+    progress counts each byte once, however often it is sent.
+    """
 
     def __init__(self, handle, size: int, progress: Progress) -> None:
         self._handle = handle
         self._size = size
         self._progress = progress
+        self._reported = 0
 
     def __len__(self) -> int:
         return self._size
 
     def read(self, amount: int = -1) -> bytes:
         data = self._handle.read(max(amount, CHUNK) if amount and amount > 0 else -1)
-        self._progress.advance(len(data))
+        position = self._handle.tell()
+        if position > self._reported:
+            self._progress.advance(position - self._reported)
+            self._reported = position
         return data
+
+    def tell(self) -> int:
+        return self._handle.tell()
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self._handle.seek(offset, whence)
 
 
 def _join(url: str, rel: str) -> str:

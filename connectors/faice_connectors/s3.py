@@ -21,6 +21,7 @@ from faice.connectors import (
     listed_files,
     safe_relative,
 )
+from faice_connectors._shared import files_to_send, strings_block
 
 MiB = 1024 * 1024
 
@@ -35,16 +36,7 @@ class S3Connector(Connector):
             "url": {"type": "string", "pattern": "^s3://[^/]{3,}(/.*)?$"},
             "endpointUrl": {"type": "string", "pattern": "^https?://"},
             "region": {"type": "string"},
-            "auth": {
-                "type": "object",
-                "properties": {
-                    "accessKeyId": {"type": "string"},
-                    "secretAccessKey": {"type": "string"},
-                    "sessionToken": {"type": "string"},
-                },
-                "required": ["accessKeyId", "secretAccessKey"],
-                "additionalProperties": False,
-            },
+            "auth": strings_block(["accessKeyId", "secretAccessKey"], ["sessionToken"]),
             "disableSSLVerification": {"type": "boolean"},
         },
         "required": ["url"],
@@ -157,11 +149,14 @@ class S3Connector(Connector):
 
     # ---------------------------------------------------------------- primitives
 
+    def _managed(self, where: str, transfer, *args, progress: Progress) -> None:
+        """One boto3 managed transfer (multipart, several threads) with progress; errors mapped."""
+        self._call(where, lambda: transfer(*args, Callback=progress.advance, Config=self._transfer_config()))
+
     def receive_file(self, access, dest: Path, progress: Progress) -> None:
         bucket, key = split_url(access["url"])
         client = self._client(access)
-        self._call(access["url"], lambda: client.download_file(
-            bucket, key, str(dest), Callback=progress.advance, Config=self._transfer_config()))
+        self._managed(access["url"], client.download_file, bucket, key, str(dest), progress=progress)
 
     def receive_dir(self, access, dest: Path, listing: Listing | None, progress: Progress) -> None:
         bucket, key = split_url(access["url"])
@@ -177,28 +172,23 @@ class S3Connector(Connector):
         for rel in keys:
             target = dest / safe_relative(rel)
             target.parent.mkdir(parents=True, exist_ok=True)
-            self._call(f"s3://{bucket}/{prefix}{rel}", lambda rel=rel, target=target: client.download_file(
-                bucket, prefix + rel, str(target), Callback=progress.advance, Config=self._transfer_config()))
+            self._managed(f"s3://{bucket}/{prefix}{rel}", client.download_file, bucket, prefix + rel, str(target),
+                          progress=progress)
 
     def send_file(self, access, src: Path, progress: Progress) -> None:
         bucket, key = split_url(access["url"])
         if not key or key.endswith("/"):
             key = _prefix(key) + src.name
         client = self._client(access)
-        self._call(access["url"], lambda: client.upload_file(
-            str(src), bucket, key, Callback=progress.advance, Config=self._transfer_config()))
+        self._managed(access["url"], client.upload_file, str(src), bucket, key, progress=progress)
 
     def send_dir(self, access, src: Path, listing: Listing | None, progress: Progress) -> None:
         bucket, key = split_url(access["url"])
         prefix = _prefix(key)
         client = self._client(access)
-        if listing is not None:
-            files = [rel for rel, _item in listed_files(listing)]
-        else:
-            files = sorted(p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file())
-        for rel in files:
-            self._call(f"s3://{bucket}/{prefix}{rel}", lambda rel=rel: client.upload_file(
-                str(src / rel), bucket, prefix + rel, Callback=progress.advance, Config=self._transfer_config()))
+        for rel in files_to_send(src, listing):
+            self._managed(f"s3://{bucket}/{prefix}{rel}", client.upload_file, str(src / rel), bucket, prefix + rel,
+                          progress=progress)
 
     def close(self) -> None:
         with self._lock:

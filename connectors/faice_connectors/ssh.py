@@ -19,6 +19,7 @@ import stat
 import subprocess
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from faice.connectors import (
@@ -31,26 +32,11 @@ from faice.connectors import (
     listed_files,
     safe_relative,
 )
+from faice_connectors._shared import files_to_send, strings_block
 
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
 
-_AUTH = {
-    "oneOf": [
-        {
-            "type": "object",
-            "properties": {"username": {"type": "string"}, "password": {"type": "string"}},
-            "required": ["username", "password"],
-            "additionalProperties": False,
-        },
-        {
-            "type": "object",
-            "properties": {"username": {"type": "string"}, "privateKey": {"type": "string"},
-                           "passphrase": {"type": "string"}},
-            "required": ["username", "privateKey"],
-            "additionalProperties": False,
-        },
-    ]
-}
+_AUTH = {"oneOf": [strings_block(["username", "password"]), strings_block(["username", "privateKey"], ["passphrase"])]}
 _COMMON = {
     "host": {"type": "string", "minLength": 1},
     "port": {"type": "integer", "minimum": 1, "maximum": 65535},
@@ -241,7 +227,7 @@ class SshConnector(Connector):
             files = [safe_relative(rel) for rel, _item in listed_files(listing)]
         else:
             dirs = sorted(p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_dir())
-            files = sorted(p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file())
+            files = files_to_send(src, None)
         with _transfer(self, access) as sftp, OpenSsh(access, self.timeout) as native:
             _makedirs(sftp, root)
             for rel in dirs:
@@ -406,7 +392,8 @@ def _expect_kind(sftp, path: str, kind: str):
 def _get(sftp, native: OpenSsh, remote: str, local: Path, size: int, progress: Progress) -> None:
     """Large files through OpenSSH (about twice paramiko's speed), small ones over SFTP."""
     if native.available and size >= NATIVE_MIN_BYTES:
-        native.copy(f"{native.target}:{remote}", str(local), watch=local, progress=progress, size=size)
+        native.copy(f"{native.target}:{remote}", str(local), progress=progress, size=size,
+                    measure=lambda: local.stat().st_size)
         return
     seen = [0]
 
@@ -434,8 +421,9 @@ def _put(sftp, native: OpenSsh, local: Path, remote: str, progress: Progress) ->
     size = local.stat().st_size
     try:
         if native.available and size >= NATIVE_MIN_BYTES:
-            native.copy(str(local), f"{native.target}:{part}")
-            progress.advance(size)
+            # scp prints no progress without a tty: follow the growing remote part file
+            native.copy(str(local), f"{native.target}:{part}", progress=progress, size=size,
+                        measure=lambda: sftp.stat(part).st_size or 0)
         else:
             sftp.put(str(local), part, callback=callback, confirm=True)
         try:
@@ -452,6 +440,7 @@ def _put(sftp, native: OpenSsh, local: Path, remote: str, progress: Progress) ->
 
 
 NATIVE_MIN_BYTES = 8 * 1024 * 1024
+PROGRESS_INTERVAL = 0.1  # seconds between looks at a growing scp target
 
 
 class OpenSsh:
@@ -524,24 +513,24 @@ class OpenSsh:
                 options.append("BatchMode=yes")
         self.options = [arg for option in options for arg in ("-o", option)]
 
-    def copy(self, src: str, dst: str, *, watch: Path | None = None, progress: Progress | None = None,
-             size: int = 0) -> None:
-        """One scp; with ``watch``, progress follows the growing local file."""
+    def copy(self, src: str, dst: str, *, progress: Progress | None = None, size: int = 0,
+             measure: Callable[[], int] | None = None) -> None:
+        """One scp; with ``measure`` (bytes of the growing target so far), progress follows it."""
         command = ["scp", "-q", "-p", *self.options, "--", src, dst]
         stop = threading.Event()
         reported = [0]
 
         def follow() -> None:
-            while not stop.wait(0.25):
+            while not stop.wait(PROGRESS_INTERVAL):
                 try:
-                    now = watch.stat().st_size
-                except OSError:
+                    now = min(measure(), size)
+                except Exception:  # not created yet, or the link is going down: scp reports that
                     continue
                 if now > reported[0]:
                     progress.advance(now - reported[0])
                     reported[0] = now
 
-        follower = threading.Thread(target=follow, daemon=True) if watch and progress else None
+        follower = threading.Thread(target=follow, daemon=True) if measure and progress else None
         if follower:
             follower.start()
         try:

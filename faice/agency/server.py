@@ -57,13 +57,38 @@ def default_paths(db_url: str, workdir: str | None, key_file: str | None) -> tup
     return work.resolve(), key
 
 
+def make_runner(args, workdir: Path):
+    """The runner for ``--engine`` and how many batches it keeps running (on Slurm: submitted)
+    at once. Problems with the Slurm tools or options are reported before anything starts."""
+    from faice.agency.runner import default_runner
+    from faice.agency.slurm_runner import (
+        DEFAULT_PARALLEL,
+        SlurmRunner,
+        SlurmServerSettings,
+        check_cluster,
+        slurm_options_given,
+    )
+    from faice.errors import UsageError
+
+    parallel = getattr(args, "parallel", None)
+    if parallel is not None and parallel < 1:
+        raise UsageError("--parallel: expected a number >= 1")
+    if (getattr(args, "engine", None) or "local") != "slurm":
+        given = slurm_options_given(args)
+        if given:
+            raise UsageError(f"{', '.join(given)}: only with --engine slurm")
+        return default_runner(), parallel
+    settings = SlurmServerSettings.from_args(args)
+    check_cluster(settings, workdir)
+    return SlurmRunner(settings, workdir), parallel or DEFAULT_PARALLEL
+
+
 def build(args):
     """The WSGI app and its dispatcher for these arguments (also used by tests in-process)."""
     from faice.agency.app import Agency, AgencyApp
     from faice.agency.auth import Authenticator, LockoutPolicy
     from faice.agency.db import Database
     from faice.agency.dispatcher import Dispatcher
-    from faice.agency.runner import default_runner
     from faice.agency.store import Store
     from faice.agency.vault import Vault, load_or_create_key
 
@@ -74,13 +99,14 @@ def build(args):
         max_failures=getattr(args, "login_attempts", None) or LockoutPolicy.max_failures,
         window=getattr(args, "block_seconds", None) or LockoutPolicy.window,
     )
-    store = Store(db)
+    store = Store(db, log_cap=getattr(args, "max_log_bytes", None))
+    runner, parallel = make_runner(args, workdir)
     dispatcher = Dispatcher(
         store,
         vault,
-        default_runner(),
+        runner,
         workdir,
-        parallel=getattr(args, "parallel", None),
+        parallel=parallel,
         max_attempts=getattr(args, "max_attempts", None) or 2,
         hooks=[parse_hook(u) for u in getattr(args, "notification_hook", None) or []],
         paused=bool(getattr(args, "paused", False)),

@@ -8,10 +8,12 @@ and appends a history entry, so concurrent cancel/finish can never both win.
 from __future__ import annotations
 
 import json
+import os
 import time
 from typing import Any
 
 from faice.agency.db import Database
+from faice.errors import UsageError
 
 STATES = ("registered", "scheduled", "processing", "succeeded", "failed", "cancelled")
 FINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
@@ -34,12 +36,46 @@ def _experiment(row: tuple) -> dict[str, Any]:
     return doc
 
 
+LOG_CAP_ENV = "FAICE_AGENCY_LOG_CAP"
+DEFAULT_LOG_CAP = 4 * 1024 * 1024  # bytes kept per stream (stdout, stderr) of a batch
+
+
+def log_cap_from(value: int | str | None) -> int:
+    """The per-stream log cap in bytes: ``value``, else ``$FAICE_AGENCY_LOG_CAP``, else 4 MiB."""
+    source = "--max-log-bytes" if value is not None else LOG_CAP_ENV
+    if value is None:
+        value = os.environ.get(LOG_CAP_ENV) or DEFAULT_LOG_CAP
+    try:
+        cap = int(value)
+    except ValueError:
+        cap = 0
+    if cap <= 0:
+        raise UsageError(f"{source}: expected a positive number of bytes, not {value!r}")
+    return cap
+
+
+def cap_log(text: str, cap: int) -> str:
+    """The last ``cap`` bytes (UTF-8) of a batch's output, marked at the start when cut.
+
+    A batch may print without end; the database keeps only the tail, where errors are.
+    Cut only redacted text: a secret cut in half would no longer be recognised.
+    """
+    data = text.encode("utf-8", "replace")
+    if len(data) <= cap:
+        return text
+    start = len(data) - cap
+    while start < len(data) and data[start] & 0xC0 == 0x80:  # start on a whole character
+        start += 1
+    return f"[… {start} bytes truncated …]\n" + data[start:].decode("utf-8", "replace")
+
+
 _BATCH_KEYS = {"_id", "experimentId", "username", "registrationTime", "state", "node", "batchesListIndex", "attempts", "notificationsSent"}
 
 
 class Store:
-    def __init__(self, db: Database):
+    def __init__(self, db: Database, *, log_cap: int | None = None):
         self.db = db
+        self.log_cap = log_cap_from(log_cap)
 
     # ------------------------------------------------------------ writes
     def insert_experiment(self, experiment: dict[str, Any], batches: list[dict[str, Any]]) -> None:
@@ -90,6 +126,8 @@ class Store:
         return batch
 
     def save_log(self, batch_id: str, name: str, content: str) -> None:
+        """Store a stream's (redacted) text, capped to its last :attr:`log_cap` bytes."""
+        content = cap_log(content, self.log_cap)
         self.db.execute(
             "INSERT INTO batch_logs (batch_id, name, content) VALUES (?, ?, ?) "
             "ON CONFLICT (batch_id, name) DO UPDATE SET content = excluded.content",

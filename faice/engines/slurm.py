@@ -14,10 +14,13 @@ The agency server and ``faice status/cancel --outdir`` use the public API:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import shlex
+import signal
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -229,8 +232,12 @@ def submit_batches(
     *,
     run_id: str | None = None,
     max_running: int | None = None,
+    protected: Iterable[str] | None = None,
 ) -> SlurmJob:
-    """Submit one job array with a task per batch (only those in ``only`` when given)."""
+    """Submit one job array with a task per batch (only those in ``only`` when given).
+
+    ``protected``: the secrets the tasks must mask (default: every value registered with
+    the process's redactor; a long-running server passes only the batch's own)."""
     settings = SlurmSettings.from_experiment(experiment)
     outdir = Path(outdir).resolve()
     batches = [b for b in experiment.batches if only is None or b.id in only]
@@ -243,7 +250,7 @@ def submit_batches(
     option_data["run_id"] = run_id
     rundir.write_json(submission / "options.json", option_data)
     shared = _shared_data(experiment)
-    protected = REDACTOR.values()
+    protected = sorted(set(protected)) if protected is not None else REDACTOR.values()
     for task_id, batch in enumerate(batches):
         # A stale record of an earlier attempt must not pass for this attempt's result.
         rundir.batch_record_path(outdir, batch.id).unlink(missing_ok=True)
@@ -441,16 +448,18 @@ def _run_options(args) -> Any:
 
 
 def follow(job: SlurmJob, args) -> int:
-    """Follow the array until every batch is final; Ctrl-C cancels it (nothing left behind)."""
+    """Follow the array until every batch is final; Ctrl-C or SIGTERM cancels it (nothing is
+    left running behind the user's back) and exits 130 or 143 like a local run."""
     from faice.engines.slurm_progress import Follower
 
     follower = Follower(job.outdir, job.batch_index, live=False if getattr(args, "no_progress", False) else None)
-    interrupted = False
-    with follower:
+    received: list[int] = []
+    with follower, _interrupts(received):
         try:
             states = job.wait(follower.update)
         except KeyboardInterrupt:
-            interrupted = True
+            if not received:
+                received.append(signal.SIGINT)
             follower.note(f"interrupted: cancelling Slurm job array {job.job_id}")
             job.cancel()
             states = job.wait(follower.update)
@@ -458,9 +467,33 @@ def follow(job: SlurmJob, args) -> int:
     if getattr(args, "json", False):
         print(REDACTOR.redact(json.dumps(summary, indent=2)))
     follower.report(summary)
-    if interrupted:
-        return 130
+    if received:
+        return EXIT_SIGNAL.get(received[0], 130)
     return 0 if summary["state"] == SUCCEEDED else 1
+
+
+EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+@contextlib.contextmanager
+def _interrupts(received: list[int]):
+    """SIGINT and SIGTERM interrupt the wait once; while the array is being cancelled further
+    signals are noted and ignored, so the cancellation itself cannot be cut short."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_signal(signum, _frame) -> None:
+        if not received:
+            received.append(signum)
+            raise KeyboardInterrupt
+
+    previous = {signum: signal.signal(signum, on_signal) for signum in EXIT_SIGNAL}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _dry_run(experiment, settings: SlurmSettings, args) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import time
 from pathlib import Path
 
@@ -21,6 +22,23 @@ from faice.connectors.staging import ConnectorRequest, StagingSession
 from faice.errors import ConnectorError
 
 LABEL = "batches[0].inputs.data"
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (for "unreachable" cases and private servers)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, seconds: float = 10) -> None:
+    """Wait until a server a test started accepts connections on 127.0.0.1:``port``."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
 
 
 def make_tree(root: Path) -> dict[str, bytes]:

@@ -5,25 +5,18 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import socket
 import tarfile
 import uuid
 import zipfile
 from pathlib import Path
 
 import pytest
-from conformance import ConnectorConformance, make_tree, read_tree
+from conformance import ConnectorConformance, closed_port, make_tree, read_tree, wait_for_port
 
 from faice.connectors.staging import ConnectorRequest, StagingSession
 from faice.errors import ConnectorError
 
 pytestmark = pytest.mark.http
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class NginxPlace:
@@ -187,7 +180,6 @@ def private_nginx(tmp_path):
     import signal
     import subprocess
     import tempfile
-    import time
 
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     if not os.path.exists(nginx):
@@ -209,12 +201,7 @@ http {{
 """)
     process = subprocess.Popen([nginx, "-c", str(conf), "-p", root], stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        time.sleep(0.05)
+    wait_for_port(port)
     yield port, Path(root) / "data", process
     if process.poll() is None:
         os.killpg(process.pid, signal.SIGKILL)

@@ -3,21 +3,14 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
-from conformance import ConnectorConformance
+from conformance import ConnectorConformance, closed_port, wait_for_port
 
 from faice.connectors.staging import ConnectorRequest, StagingSession
 from faice.errors import ConnectorError
 
 pytestmark = pytest.mark.s3
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class BucketPlace:
@@ -100,7 +93,6 @@ def private_moto(tmp_path_factory):
     import signal
     import subprocess
     import sys
-    import time
     from pathlib import Path
 
     program = Path(sys.executable).with_name("moto_server")
@@ -111,12 +103,7 @@ def private_moto(tmp_path_factory):
     port = closed_port()
     process = subprocess.Popen([str(program), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        time.sleep(0.1)
+    wait_for_port(port, 20)
     yield f"http://127.0.0.1:{port}", process
     if process.poll() is None:
         os.killpg(process.pid, signal.SIGKILL)

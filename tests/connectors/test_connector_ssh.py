@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -12,18 +11,12 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conformance import ConnectorConformance
+from conformance import ConnectorConformance, closed_port, wait_for_port
 
 from faice.connectors.staging import ConnectorRequest, StagingSession
 from faice.errors import ConnectorError
 
 pytestmark = pytest.mark.ssh
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class SshPlace:
@@ -330,12 +323,7 @@ def private_sshd(ssh_server, tmp_path_factory):
     Path("/run/sshd").mkdir(exist_ok=True)
     process = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(config)], stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        time.sleep(0.05)
+    wait_for_port(port)
 
     def kill() -> None:
         for pid in reversed(_descendants(process.pid)):
@@ -395,3 +383,23 @@ def test_cleanup_stale_unmounts_a_leftover_sshfs_mount(place, ssh_server, tmp_pa
     cleaned = cleanup_stale(tmp_path / "run")  # as if the run had been killed
     assert not os.path.ismount(mnt) and cleaned
     session.close()
+
+
+# ------------------------------------------------------------------ upload progress
+
+
+@pytest.mark.parametrize(("native", "mib"), [("1", 64), ("0", 6)], ids=["scp", "paramiko"])
+def test_upload_progress_is_reported_while_sending(place, ssh_server, ssh_prefix, tmp_path, monkeypatch, native, mib):
+    """A long upload shows progress as it goes, not one jump to 100 % at the end."""
+    monkeypatch.setenv("FAICE_SSH_NATIVE", native)
+    data = os.urandom(mib * 1024 * 1024)
+    src = tmp_path / "up.bin"
+    src.write_bytes(data)
+    seen: list[tuple[int, int | None]] = []
+    with StagingSession(tmp_path / "w", progress=lambda label, done, total: seen.append((done, total))) as session:
+        session.send(ConnectorRequest("o", "ssh", place.file("up.bin")), "File", src)
+    assert (ssh_server.home / "data" / ssh_prefix / "up.bin").read_bytes() == data
+    partial = sorted({done for done, _total in seen if 0 < done < len(data)})
+    assert len(partial) >= 2, f"only {len(partial)} intermediate progress updates: {partial}"
+    assert [done for done, _total in seen] == sorted(done for done, _total in seen), "progress never goes back"
+    assert seen[-1] == (len(data), len(data))

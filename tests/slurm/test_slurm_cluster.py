@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import pytest
+from slurm_helpers import wait_for
 
 from faice.engines import slurm as engine
 from faice.engines import slurm_cli
@@ -15,16 +15,6 @@ from faice.red.experiment import Batch, Experiment
 
 pytestmark = pytest.mark.slurm
 
-
-def wait_for(predicate, timeout: float = 30.0, interval: float = 0.2):
-    end = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > end:
-            raise AssertionError(f"condition not met within {timeout} s")
-        time.sleep(interval)
 
 
 def test_array_task_states_and_exit_codes(slurm, tmp_path):

@@ -11,43 +11,12 @@ import time
 from pathlib import Path
 
 import pytest
+from slurm_helpers import write_sweep_red
 
 from faice.engines import slurm as engine
 from faice.engines import slurm_cli
 
 pytestmark = [pytest.mark.slurm, pytest.mark.docker]
-
-RED = """\
-redVersion: "9"
-cli:
-  cwlVersion: v1.0
-  class: CommandLineTool
-  baseCommand: [sh, -c]
-  inputs:
-    script: {{type: string, inputBinding: {{position: 0}}}}
-  outputs:
-    result: {{type: File, outputBinding: {{glob: result.txt}}}}
-sweep:
-  grid:
-    n: {values}
-inputs:
-  script: {script}
-outputs: {{}}
-container:
-  engine: docker
-  settings: {{image: {{url: "{image}"}}, ram: 256}}
-execution:
-  engine: slurm
-  settings: {settings}
-"""
-
-
-def write_red(tmp_path: Path, image: str, values: list, script: str, settings: dict) -> Path:
-    path = tmp_path / "sweep.red.yml"
-    path.write_text(RED.format(values=json.dumps(values), script=json.dumps(script), image=image,
-                               settings=json.dumps(settings)))
-    return path
-
 
 def faice(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "faice", *args], capture_output=True, text=True,
@@ -59,7 +28,7 @@ def records(outdir: Path) -> dict[str, dict]:
 
 
 def test_four_batch_sweep_completes_with_all_results_in_the_run_directory(slurm, test_image, tmp_path):
-    red = write_red(tmp_path, test_image, [1, 2, 3, 4], "echo $(( $(sweep.n) * 10 )) > result.txt",
+    red = write_sweep_red(tmp_path, test_image, [1, 2, 3, 4], "echo $(( $(sweep.n) * 10 )) > result.txt",
                     {"partition": slurm.partition})
     outdir = tmp_path / "run"
     result = faice("exec", str(red), "--outdir", str(outdir))  # submit, then follow with status
@@ -84,7 +53,7 @@ def test_four_batch_sweep_completes_with_all_results_in_the_run_directory(slurm,
 
 def test_failing_batch_is_reported_failed_with_its_stderr_and_resume_resubmits_only_it(slurm, test_image, tmp_path):
     script = "echo boom-$(sweep.n) >&2; echo $(sweep.n) > result.txt; test $(sweep.n) -ne 3"
-    red = write_red(tmp_path, test_image, [1, 3], script, {"partition": slurm.partition})
+    red = write_sweep_red(tmp_path, test_image, [1, 3], script, {"partition": slurm.partition})
     outdir = tmp_path / "run"
     result = faice("exec", str(red), "--outdir", str(outdir), "--wait", "--no-progress")
     assert result.returncode == 1
@@ -112,7 +81,7 @@ def labelled_containers(docker_client, run_id: str) -> list:
 
 def test_cancel_removes_the_jobs_and_their_containers(slurm, test_image, docker_client, tmp_path):
     # Three batches, two at a time: two run (sleeping), one stays pending.
-    red = write_red(tmp_path, test_image, [1, 2, 3], "sleep 120; echo $(sweep.n)",
+    red = write_sweep_red(tmp_path, test_image, [1, 2, 3], "sleep 120; echo $(sweep.n)",
                     {"partition": slurm.partition, "batchConcurrencyLimit": 2})
     outdir = tmp_path / "run"
     result = faice("exec", str(red), "--outdir", str(outdir))  # submit only

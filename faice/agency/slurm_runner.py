@@ -1,0 +1,215 @@
+"""How the server runs one batch on a Slurm cluster (``faice agency serve --engine slurm``).
+
+Each attempt of a batch is a one-task job array submitted with the ``slurm`` engine into
+``<workdir>/batches/<batch id>/attempt-N``, which must be on a filesystem the compute nodes
+share: the task reads its (0600, self-deleting) spec there and writes the batch record back.
+The runner polls Slurm until the task is final, scancels it when the batch is cancelled, and
+reads the record the task wrote, like :class:`faice.agency.runner.PipelineRunner` does for a
+local run. Slurm settings come from the server's command line, not from the client's RED.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from faice.agency.runner import BatchJob, Outcome, _remove_containers, read_record
+from faice.errors import FaiceError, UsageError
+
+log = logging.getLogger("faice.agency")
+
+# One squeue/scontrol pair per submitted batch per interval: gentle on slurmctld, yet a
+# finished batch is noticed within about a second.
+POLL_INTERVAL_S = 1.0
+# Slurm commands may fail for a while (slurmctld restart); give up on a batch after this long.
+SLURM_OUTAGE_S = 120.0
+# After scancel, how long to wait for the task to end (it stops its container and writes
+# its record) before the batch is reported cancelled anyway.
+CANCEL_WAIT_S = 60.0
+# Batches kept submitted at once when --parallel is not given: Slurm queues them fairly.
+DEFAULT_PARALLEL = 32
+
+FLAGS = {  # server flag → key of the slurm engine's execution.settings
+    "slurm_partition": "partition",
+    "slurm_account": "account",
+    "slurm_qos": "qos",
+    "slurm_time": "time",
+    "slurm_python": "python",
+}
+
+
+@dataclass(frozen=True)
+class SlurmServerSettings:
+    """The slurm engine's ``execution.settings`` every batch of this server is submitted with."""
+
+    settings: dict[str, Any]
+
+    @classmethod
+    def from_args(cls, args: Any) -> SlurmServerSettings:
+        settings: dict[str, Any] = {}
+        for attr, key in FLAGS.items():
+            value = getattr(args, attr, None)
+            if value is None:
+                continue
+            if not str(value).strip():
+                raise UsageError(f"--{attr.replace('_', '-')}: expected a non-empty value")
+            settings[key] = str(value)
+        extra = list(getattr(args, "slurm_sbatch_arg", None) or [])
+        if any(not a.strip() for a in extra):
+            raise UsageError("--slurm-sbatch-arg: expected a non-empty sbatch option, e.g. --constraint=a100")
+        if extra:
+            settings["extraArgs"] = extra
+        result = cls(settings)
+        result.engine_settings()  # the slurm engine's own checks, so flags and RED settings agree
+        return result
+
+    def engine_settings(self):
+        """These settings as the slurm engine reads them from ``execution.settings``."""
+        from faice.engines.slurm_settings import SlurmSettings
+        from faice.red.experiment import Experiment
+
+        execution = {"engine": "slurm", "settings": self.settings}
+        return SlurmSettings.from_experiment(Experiment("faice agency serve", {"execution": execution}, []))
+
+
+def slurm_options_given(args: Any) -> list[str]:
+    """The ``--slurm-*`` flags on this command line (they need ``--engine slurm``)."""
+    given = [f"--{attr.replace('_', '-')}" for attr in FLAGS if getattr(args, attr, None) is not None]
+    if getattr(args, "slurm_sbatch_arg", None):
+        given.append("--slurm-sbatch-arg")
+    return given
+
+
+def check_cluster(settings: SlurmServerSettings, workdir: Path) -> None:
+    """Fail at start, not at the first batch: the Slurm tools must be there and Slurm must
+    accept the server's options (``sbatch --test-only`` checks partition, account, QOS and
+    time limit without queueing anything)."""
+    from faice.engines import slurm_cli
+    from faice.engines.slurm_settings import sbatch_options
+
+    slurm_cli.require_tools()
+    argv = sbatch_options(
+        settings.engine_settings(), {}, job_name="faice-agency-check", array="0",
+        output="/dev/null", workdir=str(workdir),
+    )
+    try:
+        probe = subprocess.run(
+            ["sbatch", "--test-only", *argv, "--wrap=true"], capture_output=True, text=True,
+            timeout=slurm_cli.COMMAND_TIMEOUT_S, stdin=subprocess.DEVNULL,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise UsageError(f"--engine slurm: sbatch --test-only did not answer: {exc}") from None
+    if probe.returncode != 0:
+        message = " ".join(line.strip() for line in (probe.stderr or probe.stdout).splitlines() if line.strip())
+        raise UsageError(f"--engine slurm: Slurm refuses the server's --slurm-* options: {message or f'exit code {probe.returncode}'}")
+
+
+class SlurmRunner:
+    """Runs each batch as a one-task Slurm job array (see the module docstring)."""
+
+    def __init__(self, settings: SlurmServerSettings, workdir: Path, *, poll_interval: float = POLL_INTERVAL_S):
+        self.settings = settings
+        self.workdir = Path(workdir)
+        self.poll_interval = poll_interval
+
+    def _experiment(self, job: BatchJob):
+        from faice.red.experiment import Batch, Experiment
+
+        red = job.red
+        data = {k: v for k, v in red.items() if k not in {"inputs", "outputs", "execution"}}
+        data["execution"] = {"engine": "slurm", "settings": dict(self.settings.settings)}
+        batch = Batch(index=job.index, id=job.batch_id, inputs=red["inputs"], outputs=red["outputs"])
+        return Experiment(source=f"experiment {job.experiment_id}", data=data, batches=[batch])
+
+    def run(self, job: BatchJob, cancel: threading.Event) -> Outcome:
+        from faice.engines.local import RunOptions
+        from faice.engines.slurm import submit_batches
+        from faice.secrets import protected_values
+
+        if cancel.is_set():
+            return Outcome("cancelled", "cancelled before it was submitted")
+        outdir = job.workdir / f"attempt-{job.attempt}"
+        outdir.mkdir(parents=True, exist_ok=True)
+        options = RunOptions(parallel=1, disable_connector_validation=job.disable_connector_validation)
+        try:
+            slurm_job = submit_batches(
+                self._experiment(job), options, outdir, protected=protected_values(job.red)
+            )
+        except FaiceError as exc:
+            return Outcome("failed", str(exc))
+        log.info("batch %s: Slurm job %s (attempt %d)", job.batch_id, slurm_job.job_id, job.attempt)
+        cancelled = self._follow(slurm_job, job.batch_id, cancel)
+        outcome = read_record(outdir / "batches" / job.batch_id, cancelled=cancelled)
+        outcome.extra["slurmJobId"] = slurm_job.job_id
+        return outcome
+
+    def _follow(self, slurm_job, batch_id: str, cancel: threading.Event) -> bool:
+        """Poll until the task is final; scancel it once ``cancel`` is set. True if cancelled."""
+        from faice.engines import slurm_rundir as rundir
+        from faice.engines.slurm import FINAL
+
+        cancelled_at: float | None = None
+        failing_since: float | None = None
+        try:
+            while True:
+                if cancel.is_set() and cancelled_at is None:
+                    cancelled_at = time.monotonic()
+                    try:
+                        slurm_job.cancel()
+                    except FaiceError as exc:
+                        log.warning("batch %s: scancel of Slurm job %s failed: %s", batch_id, slurm_job.job_id, exc)
+                try:
+                    state = slurm_job.poll().get(batch_id)
+                    failing_since = None
+                except FaiceError as exc:
+                    failing_since = failing_since or time.monotonic()
+                    log.warning("batch %s: asking Slurm failed: %s", batch_id, exc)
+                    if time.monotonic() - failing_since > SLURM_OUTAGE_S:
+                        self._cancel_quietly(slurm_job)  # do not leave it running unwatched
+                        return cancelled_at is not None
+                    state = None
+                if state in FINAL:
+                    return cancelled_at is not None
+                if cancelled_at is not None and time.monotonic() - cancelled_at > CANCEL_WAIT_S:
+                    log.warning("batch %s: Slurm job %s did not end within %.0f s of scancel", batch_id, slurm_job.job_id, CANCEL_WAIT_S)
+                    return True
+                if cancelled_at is None:
+                    cancel.wait(self.poll_interval)  # wakes at once on cancel
+                else:
+                    time.sleep(self.poll_interval)
+        finally:
+            # A task that never started still holds its secret-bearing spec.
+            rundir.remove_task_specs(slurm_job.submission_dir)
+
+    @staticmethod
+    def _cancel_quietly(slurm_job) -> None:
+        try:
+            slurm_job.cancel()
+        except FaiceError:
+            pass
+
+    def cleanup(self, batch_id: str) -> None:
+        """At server start, for a batch that was running when the server stopped: scancel its
+        Slurm jobs (every attempt) and remove its containers on this host. Nothing waits for
+        the tasks to end (the server must answer soon): a cancelled task stops its container on
+        its node and writes into its own attempt directory, never into the next attempt's."""
+        from faice.engines import slurm as engine
+        from faice.engines import slurm_rundir as rundir
+
+        base = self.workdir / "batches" / batch_id
+        for attempt in sorted(base.glob("attempt-*")):
+            if not rundir.is_slurm_run(attempt):
+                continue
+            try:
+                for slurm_job in engine.open_run(attempt):
+                    slurm_job.cancel()
+                    rundir.remove_task_specs(slurm_job.submission_dir)
+                    log.info("batch %s: cancelled Slurm job %s left by the previous server", batch_id, slurm_job.job_id)
+            except FaiceError as exc:
+                log.warning("batch %s: cancelling its Slurm jobs failed: %s", batch_id, exc)
+        _remove_containers(batch_id)
