@@ -131,12 +131,17 @@ class StagingSession:
         connector = self._prepare(request, operation)
         progress = self._progress(request)
         access = request.prepared_access()
+
+        def restart_progress() -> None:  # a retried upload starts from zero again
+            progress.done = 0
+
         if kind == "File":
             progress.expect(src.stat().st_size)
-            self._call(request, operation, "send", lambda: connector.send_file(access, src, progress))
+            self._call(request, operation, "send", lambda: connector.send_file(access, src, progress),
+                       before_retry=restart_progress)
         else:
             self._call(request, operation, "send", lambda: connector.send_dir(
-                access, src, request.listing, progress))
+                access, src, request.listing, progress), before_retry=restart_progress)
 
     def mount_dir(self, request: ConnectorRequest, mountpoint: Path, writable: bool) -> None:
         """Mount a remote directory on the host (sshfs); the engine bind-mounts it."""
