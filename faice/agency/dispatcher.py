@@ -24,7 +24,6 @@ from faice.agency.store import FINAL_STATES, Store
 from faice.agency.vault import Vault, unseal
 
 log = logging.getLogger("faice.agency")
-NODE = "local"
 ACTIVE = frozenset({"scheduled", "processing"})
 # Hold a finished batch's notification while its experiment still runs (one message per
 # experiment, like upstream's per-round batching), but never longer than this.
@@ -47,6 +46,8 @@ class Dispatcher:
         self.store = store
         self.vault = vault
         self.runner = runner
+        # The node CC-Agency's API reports for a batch: "local", or "slurm" for the Slurm runner.
+        self.node = getattr(runner, "node", "local")
         self.workdir = workdir
         self.parallel = max(1, parallel or os.cpu_count() or 1)
         self.max_attempts = max(1, max_attempts)
@@ -114,7 +115,7 @@ class Dispatcher:
             return
         for batch in self.store.batches_in({"registered"}, limit=free):
             claimed = self.store.transition(
-                batch["_id"], "scheduled", expect={"registered"}, node=NODE, count_attempt=True
+                batch["_id"], "scheduled", expect={"registered"}, node=self.node, count_attempt=True
             )
             if claimed is None:
                 continue
@@ -138,7 +139,7 @@ class Dispatcher:
 
     def _execute(self, batch: dict[str, Any], cancel: threading.Event) -> Outcome:
         batch_id = batch["_id"]
-        if self.store.transition(batch_id, "processing", expect={"scheduled"}, node=NODE) is None:
+        if self.store.transition(batch_id, "processing", expect={"scheduled"}, node=self.node) is None:
             return Outcome("cancelled", "cancelled before it started")
         experiment = self.store.experiment(batch["experimentId"])
         try:
@@ -179,9 +180,9 @@ class Dispatcher:
         debug = REDACTOR.redact(outcome.debug_info) if outcome.debug_info else None
         record = REDACTOR.redact_data(outcome.record) if outcome.record else None
         if outcome.state == "succeeded":
-            done = self.store.transition(batch_id, "succeeded", expect={"processing"}, node=NODE, debug_info=debug, ccagent=record)
+            done = self.store.transition(batch_id, "succeeded", expect={"processing"}, node=self.node, debug_info=debug, ccagent=record)
         elif outcome.state == "cancelled" or cancel.is_set():
-            done = self.store.transition(batch_id, "cancelled", expect=ACTIVE, node=NODE, debug_info=debug)
+            done = self.store.transition(batch_id, "cancelled", expect=ACTIVE, node=self.node, debug_info=debug)
         else:
             done = self._failed(self.store.batch(batch_id) or batch, debug or "batch failed", retryable=outcome.retryable, ccagent=record)
         self._void(done or self.store.batch(batch_id) or batch)

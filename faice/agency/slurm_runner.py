@@ -112,6 +112,8 @@ def check_cluster(settings: SlurmServerSettings, workdir: Path) -> None:
 class SlurmRunner:
     """Runs each batch as a one-task Slurm job array (see the module docstring)."""
 
+    node = "slurm"  # what the agency API reports as the batch's node
+
     def __init__(self, settings: SlurmServerSettings, workdir: Path, *, poll_interval: float = POLL_INTERVAL_S):
         self.settings = settings
         self.workdir = Path(workdir)

@@ -84,6 +84,7 @@ def test_two_batches_from_the_client_run_as_slurm_jobs(agency, slurm, tmp_path):
     for batch_id, word in zip(batch_ids, ["first", "second"], strict=True):
         batch = agency.get(f"/batches/{batch_id}").json()
         assert batch["state"] == "succeeded" and batch["attempts"] == 1
+        assert batch["node"] == "slurm"
         assert batch["history"][-1]["ccagent"]["process"]["returnCode"] == 0
         assert agency.get(f"/batches/{batch_id}/stdout").text == f"{word}\n"
         logs = faice("logs", batch_id, "--red-file", str(red_file), "--variables", str(variables))
