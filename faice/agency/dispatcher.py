@@ -172,7 +172,8 @@ class Dispatcher:
         batch_id = batch["_id"]
         for name, text in (("stdout", outcome.stdout), ("stderr", outcome.stderr)):
             if text is not None:
-                self.store.save_log(batch_id, name, REDACTOR.redact(text))
+                skipped = outcome.extra.get("skipped", {}).get(name, 0)
+                self.store.save_log(batch_id, name, REDACTOR.redact(text), skipped=skipped)
         if self._stopping.is_set():
             current = self.store.batch(batch_id)
             if current and current["state"] in ACTIVE:

@@ -97,12 +97,39 @@ class PipelineRunner:
         _remove_containers(batch_id)
 
 
+# The most of a stream read back into memory; the store keeps only its cap of this tail.
+LOG_READ_LIMIT = 64 * 2**20
+
+
+def read_tail(path: Path, limit: int | None = None) -> tuple[str, int]:
+    """(text, bytes skipped): the last ``limit`` bytes of a stream file.
+
+    A cut tail starts after its first newline, so that a secret cut in half at the start
+    (which the redactor would no longer recognise) is dropped with the rest.
+    """
+    limit = LOG_READ_LIMIT if limit is None else limit
+    with open(path, "rb") as handle:
+        size = handle.seek(0, 2)
+        skipped = max(0, size - limit)
+        handle.seek(skipped)
+        data = handle.read()
+    if skipped:
+        newline = data.find(b"\n")
+        cut = newline + 1 if newline >= 0 else len(data)
+        skipped, data = skipped + cut, data[cut:]
+    return data.decode("utf-8", "replace"), skipped
+
+
 def read_record(batch_dir: Path, *, cancelled: bool = False) -> Outcome:
     """The outcome a batch record (result.json, stdout.txt, stderr.txt) describes."""
+    skipped: dict[str, int] = {}
 
     def text(name: str) -> str | None:
-        path = batch_dir / name
-        return path.read_text(errors="replace") if path.exists() else None
+        path = batch_dir / f"{name}.txt"
+        if not path.exists():
+            return None
+        content, skipped[name] = read_tail(path)
+        return content
 
     try:
         record = json.loads((batch_dir / "result.json").read_text())
@@ -118,4 +145,5 @@ def read_record(batch_dir: Path, *, cancelled: bool = False) -> Outcome:
         debug = "\n".join(str(d) for d in debug)
     # Like CC-Agency, any failure gets the remaining attempts (the client can disable retries).
     retryable = state != "cancelled"
-    return Outcome(state, debug, text("stdout.txt"), text("stderr.txt"), record, retryable)
+    stdout, stderr = text("stdout"), text("stderr")
+    return Outcome(state, debug, stdout, stderr, record, retryable, extra={"skipped": skipped})

@@ -54,19 +54,20 @@ def log_cap_from(value: int | str | None) -> int:
     return cap
 
 
-def cap_log(text: str, cap: int) -> str:
-    """The last ``cap`` bytes (UTF-8) of a batch's output, marked at the start when cut.
+def cap_log(text: str, cap: int, skipped: int = 0) -> str:
+    """The last ``cap`` bytes (UTF-8) of a batch's output, marked at the start when cut;
+    ``skipped`` bytes before ``text`` were never read (see ``runner.read_tail``).
 
     A batch may print without end; the database keeps only the tail, where errors are.
     Cut only redacted text: a secret cut in half would no longer be recognised.
     """
     data = text.encode("utf-8", "replace")
     if len(data) <= cap:
-        return text
+        return f"[… {skipped} bytes truncated …]\n" + text if skipped else text
     start = len(data) - cap
     while start < len(data) and data[start] & 0xC0 == 0x80:  # start on a whole character
         start += 1
-    return f"[… {start} bytes truncated …]\n" + data[start:].decode("utf-8", "replace")
+    return f"[… {skipped + start} bytes truncated …]\n" + data[start:].decode("utf-8", "replace")
 
 
 _BATCH_KEYS = {"_id", "experimentId", "username", "registrationTime", "state", "node", "batchesListIndex", "attempts", "notificationsSent"}
@@ -125,9 +126,9 @@ class Store:
         batch.update(state=state, node=node, attempts=attempts)
         return batch
 
-    def save_log(self, batch_id: str, name: str, content: str) -> None:
+    def save_log(self, batch_id: str, name: str, content: str, *, skipped: int = 0) -> None:
         """Store a stream's (redacted) text, capped to its last :attr:`log_cap` bytes."""
-        content = cap_log(content, self.log_cap)
+        content = cap_log(content, self.log_cap, skipped)
         self.db.execute(
             "INSERT INTO batch_logs (batch_id, name, content) VALUES (?, ?, ?) "
             "ON CONFLICT (batch_id, name) DO UPDATE SET content = excluded.content",

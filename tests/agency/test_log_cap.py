@@ -106,3 +106,31 @@ def test_batch_printing_more_than_the_cap(make_agency, test_image, tmp_path):
     logs = faice("logs", batch_id, "--red-file", str(red_file), "--variables", str(variables))
     assert logs.returncode == 0, logs.stderr
     assert MARKER.match(logs.stdout) and logs.stdout.endswith("\n20000\n")
+
+
+def test_a_huge_stream_is_read_back_only_as_far_as_it_can_be_kept(tmp_path):
+    from faice.agency.runner import read_tail
+
+    stream = tmp_path / "stdout.txt"
+    stream.write_text(_numbers(5000))
+    size = stream.stat().st_size
+    text, skipped = read_tail(stream, limit=1000)
+    assert skipped + len(text.encode()) == size and size - 1000 <= skipped < size - 1000 + 6
+    assert text.endswith("4999\n5000\n") and text.split("\n")[0].isdigit()
+    assert _numbers(5000).endswith(text)  # whole lines only: the cut line is dropped
+    kept = cap_log(text, 200, skipped)
+    cut = int(MARKER.match(kept).group(1))
+    assert cut + len(MARKER.sub("", kept).encode()) == size
+    assert cap_log("short\n", 200, 12) == "[… 12 bytes truncated …]\nshort\n"
+
+
+def test_a_secret_cut_at_the_read_boundary_is_dropped_not_half_kept(tmp_path):
+    from faice.agency.runner import read_tail
+
+    stream = tmp_path / "stdout.txt"
+    secret = "s3cr3t-Pa55w0rd-value"
+    stream.write_text("x" * 100 + "\n" + f"token={secret}\n" + "after\n" * 3)
+    limit = len("after\n" * 3) + len(secret) // 2 + 1  # the read starts inside the secret
+    text, skipped = read_tail(stream, limit=limit)
+    assert text == "after\n" * 3 and secret[-4:] not in text
+    assert skipped == stream.stat().st_size - len(text)
