@@ -128,13 +128,7 @@ def _print_batches(batches: list[dict[str, Any]]) -> None:
 
 def _status(client, args) -> int:
     if not args.id:
-        experiments = client.experiments(limit=10)
-        rows = [{**e, "batches": client.experiment_batches(e["_id"])} for e in experiments]
-        if args.json:
-            print(json.dumps(rows, indent=2))
-        else:
-            _print_experiments(rows)
-        return 0
+        return _show_experiments(client, 10, args.json)
     kind, doc = _find(client, args.id)
     experiment_id = doc["experimentId"] if kind == "batch" else doc["_id"]
     if args.wait:
@@ -187,9 +181,13 @@ def _cancel(client, args) -> int:
 
 
 def _list(client, args) -> int:
-    experiments = client.experiments(limit=args.limit)
+    return _show_experiments(client, args.limit, args.json)
+
+
+def _show_experiments(client, limit: int, as_json: bool) -> int:
+    experiments = client.experiments(limit=limit)
     rows = [{**e, "batches": client.experiment_batches(e["_id"])} for e in experiments]
-    if args.json:
+    if as_json:
         print(json.dumps(rows, indent=2))
     else:
         _print_experiments(rows)

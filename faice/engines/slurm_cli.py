@@ -112,15 +112,7 @@ def parse_task_ids(text: str) -> list[int]:
 
 def queued_tasks(job_id: str) -> dict[int, TaskState]:
     """Array tasks of ``job_id`` that squeue still lists (pending or running), by task id."""
-    try:
-        out = _run(
-            ["squeue", "-h", "-r", "-j", job_id, "-o", "%K|%T|%r"], what=f"querying job {job_id} (squeue)"
-        )
-    except EngineError as exc:
-        # squeue refuses a job id it has forgotten; that just means nothing is queued.
-        if "Invalid job id" in exc.message:
-            return {}
-        raise
+    out = _query_job(["squeue", "-h", "-r", "-j", job_id, "-o", "%K|%T|%r"], f"querying job {job_id} (squeue)")
     tasks: dict[int, TaskState] = {}
     for line in out.splitlines():
         fields = line.strip().split("|")
@@ -134,14 +126,19 @@ def queued_tasks(job_id: str) -> dict[int, TaskState]:
 _FIELD = re.compile(r"(\w+)=(\S*)")
 
 
-def job_records(job_id: str) -> dict[int, TaskState]:
-    """Every array task slurmctld still remembers (finished ones for ``MinJobAge``), with exit codes."""
+def _query_job(argv: list[str], what: str) -> str:
+    """A query's output; "" when Slurm has forgotten the job id (nothing queued or remembered)."""
     try:
-        out = _run(["scontrol", "-o", "show", "job", job_id], what=f"querying job {job_id} (scontrol)")
+        return _run(argv, what=what)
     except EngineError as exc:
         if "Invalid job id" in exc.message:
-            return {}
+            return ""
         raise
+
+
+def job_records(job_id: str) -> dict[int, TaskState]:
+    """Every array task slurmctld still remembers (finished ones for ``MinJobAge``), with exit codes."""
+    out = _query_job(["scontrol", "-o", "show", "job", job_id], f"querying job {job_id} (scontrol)")
     tasks: dict[int, TaskState] = {}
     for line in out.splitlines():
         fields = dict(_FIELD.findall(line))
