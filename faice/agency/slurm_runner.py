@@ -161,10 +161,7 @@ class SlurmRunner:
             while True:
                 if cancel.is_set() and cancelled_at is None:
                     cancelled_at = time.monotonic()
-                    try:
-                        slurm_job.cancel()
-                    except FaiceError as exc:
-                        log.warning("batch %s: scancel of Slurm job %s failed: %s", batch_id, slurm_job.job_id, exc)
+                    self._cancel_quietly(slurm_job, batch_id)
                 try:
                     state = slurm_job.poll().get(batch_id)
                     failing_since = None
@@ -172,7 +169,7 @@ class SlurmRunner:
                     failing_since = failing_since or time.monotonic()
                     log.warning("batch %s: asking Slurm failed: %s", batch_id, exc)
                     if time.monotonic() - failing_since > SLURM_OUTAGE_S:
-                        self._cancel_quietly(slurm_job)  # do not leave it running unwatched
+                        self._cancel_quietly(slurm_job, batch_id)  # do not leave it running unwatched
                         return cancelled_at is not None
                     state = None
                 if state in FINAL:
@@ -189,11 +186,12 @@ class SlurmRunner:
             rundir.remove_task_specs(slurm_job.submission_dir)
 
     @staticmethod
-    def _cancel_quietly(slurm_job) -> None:
+    def _cancel_quietly(slurm_job, batch_id: str) -> None:
+        """scancel; a failure is logged, not raised (the caller is already giving up on the job)."""
         try:
             slurm_job.cancel()
-        except FaiceError:
-            pass
+        except FaiceError as exc:
+            log.warning("batch %s: scancel of Slurm job %s failed: %s", batch_id, slurm_job.job_id, exc)
 
     def cleanup(self, batch_id: str) -> None:
         """At server start, for a batch that was running when the server stopped: scancel its

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import posixpath
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -111,8 +112,7 @@ class CommandBuilder:
         from cwltool.utils import visit_class
         from schema_salad.exceptions import ValidationException
 
-        staged: list[StagedInput] = []
-        job = {key: self._job_value(key, value, staged) for key, value in inputs.items() if value is not None}
+        job, staged = self._job(inputs)
         runtime = RuntimeContext()
         runtime.outdir = OUTPUTS_DIR
         runtime.tmpdir = "/tmp"
@@ -130,40 +130,27 @@ class CommandBuilder:
                 argv: list[str] = []
                 for binding in sorted(builder.bindings, key=lambda b: b["position"]):
                     argv.extend(str(a) for a in builder.generate_arg(binding))
-                globs, types = self._outputs(builder)
+                command = self._command(argv, staged, builder.do_eval)
         except (WorkflowException, ValidationException) as exc:
             message = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
             raise ValidationError([], summary=f"{self.source}: {label}: {message}") from None
-        return BatchCommand(
-            argv=argv,
-            staged=staged,
-            globs=globs,
-            output_types=types,
-            stdout=self.cli.get("stdout"),
-            stderr=self.cli.get("stderr"),
-        )
+        return command
 
     def _build_plain(self, inputs: dict[str, Any], label: str) -> BatchCommand:
         from faice.cwl.binding import BindingError, build_argv
 
-        staged: list[StagedInput] = []
-        job = {key: self._job_value(key, value, staged) for key, value in inputs.items() if value is not None}
-        for value in job.values():
-            for item in value if isinstance(value, list) else [value]:
-                if isinstance(item, dict) and "location" in item:
-                    item["path"] = unquote(item["location"][len("file://") :])
+        job, staged = self._job(inputs)
         try:
             argv = build_argv(self.cli, job)
         except BindingError as exc:
             raise ValidationError([], summary=f"{self.source}: {label}: {exc}") from None
-        types = {key: str(spec.get("type")) for key, spec in self.cli["outputs"].items()}
-        globs = {
-            key: (self.cli.get(kind) or "") if kind in ("stdout", "stderr") else str(spec["outputBinding"]["glob"])
-            for key, spec in self.cli["outputs"].items()
-            if (kind := str(spec.get("type"))) in ("stdout", "stderr") or "glob" in (spec.get("outputBinding") or {})
-        }
-        return BatchCommand(argv=argv, staged=staged, globs=globs, output_types=types,
-                            stdout=self.cli.get("stdout"), stderr=self.cli.get("stderr"))
+        return self._command(argv, staged, lambda pattern: pattern)  # plain globs are literal
+
+    def _job(self, inputs: dict[str, Any]) -> tuple[dict[str, Any], list[StagedInput]]:
+        """The CWL job object (File/Directory values at their container paths) and the inputs to stage."""
+        staged: list[StagedInput] = []
+        job = {key: self._job_value(key, value, staged) for key, value in inputs.items() if value is not None}
+        return job, staged
 
     def _job_value(self, key: str, value: Any, staged: list[StagedInput]) -> Any:
         if isinstance(value, list):
@@ -177,7 +164,7 @@ class CommandBuilder:
         name = basename_for(label.split(":")[0], value)
         path = f"{INPUTS_ROOT}/{where}/{name}"
         staged.append(StagedInput(label, value["class"], value, path))
-        cwl: dict[str, Any] = {"class": value["class"], "location": "file://" + path, "basename": name}
+        cwl: dict[str, Any] = {"class": value["class"], "location": "file://" + path, "path": path, "basename": name}
         for extra in ("size", "checksum"):
             if extra in value and value["class"] == "File":
                 cwl[extra] = value[extra]
@@ -185,7 +172,8 @@ class CommandBuilder:
             cwl["listing"] = []  # the content is staged later; cwltool must not list it now
         return cwl
 
-    def _outputs(self, builder) -> tuple[dict[str, str], dict[str, str]]:
+    def _command(self, argv: list[str], staged: list[StagedInput], evaluate: Callable[[str], Any]) -> BatchCommand:
+        """The batch's command with its output globs, each evaluated by ``evaluate``."""
         globs: dict[str, str] = {}
         types: dict[str, str] = {}
         for key, spec in (self.cli.get("outputs") or {}).items():
@@ -196,5 +184,6 @@ class CommandBuilder:
                 continue
             pattern = (spec.get("outputBinding") or {}).get("glob")
             if pattern is not None:
-                globs[key] = str(builder.do_eval(pattern))
-        return globs, types
+                globs[key] = str(evaluate(pattern))
+        return BatchCommand(argv=argv, staged=staged, globs=globs, output_types=types,
+                            stdout=self.cli.get("stdout"), stderr=self.cli.get("stderr"))

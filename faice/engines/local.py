@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import queue
-import signal
 import sys
 import threading
 import time
@@ -23,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from faice.engines.interrupts import EXIT_SIGNAL, interrupts_to
 from faice.errors import EngineError, FaiceError, UsageError
 from faice.progress import BatchEvent
 from faice.records import (
@@ -36,8 +36,6 @@ from faice.records import (
     write_run,
 )
 from faice.secrets import REDACTOR
-
-EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
 @dataclass
@@ -601,23 +599,15 @@ def run(experiment, args) -> int:
         else:
             local.kill()
 
-    handlers = {}
-    if threading.current_thread() is threading.main_thread():
-        for signum in EXIT_SIGNAL:
-            handlers[signum] = signal.signal(signum, on_signal)
-    try:
-        with display:
-            try:
-                local.start()
-            except FaiceError:
-                if received:  # interrupted during preflight: nothing ran
-                    return EXIT_SIGNAL[received[0]]
-                raise
-            while (summary := local.wait(0.2)) is None:
-                pass
-    finally:
-        for signum, handler in handlers.items():
-            signal.signal(signum, handler)
+    with interrupts_to(on_signal), display:
+        try:
+            local.start()
+        except FaiceError:
+            if received:  # interrupted during preflight: nothing ran
+                return EXIT_SIGNAL[received[0]]
+            raise
+        while (summary := local.wait(0.2)) is None:
+            pass
     if getattr(args, "json", False):
         sys.stdout.write(REDACTOR.redact(json.dumps(summary.to_dict(), indent=2)) + "\n")
         sys.stdout.flush()

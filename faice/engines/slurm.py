@@ -14,13 +14,11 @@ The agency server and ``faice status/cancel --outdir`` use the public API:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import shlex
 import signal
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -29,6 +27,7 @@ from typing import Any
 
 from faice.engines import slurm_cli
 from faice.engines import slurm_rundir as rundir
+from faice.engines.interrupts import EXIT_SIGNAL, interrupts_to
 from faice.engines.slurm_settings import SlurmSettings, sbatch_options
 from faice.errors import EngineError, UsageError
 from faice.secrets import REDACTOR
@@ -472,28 +471,16 @@ def follow(job: SlurmJob, args) -> int:
     return 0 if summary["state"] == SUCCEEDED else 1
 
 
-EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
-
-
-@contextlib.contextmanager
 def _interrupts(received: list[int]):
     """SIGINT and SIGTERM interrupt the wait once; while the array is being cancelled further
     signals are noted and ignored, so the cancellation itself cannot be cut short."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
 
     def on_signal(signum, _frame) -> None:
         if not received:
             received.append(signum)
             raise KeyboardInterrupt
 
-    previous = {signum: signal.signal(signum, on_signal) for signum in EXIT_SIGNAL}
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+    return interrupts_to(on_signal)
 
 
 def _dry_run(experiment, settings: SlurmSettings, args) -> int:
