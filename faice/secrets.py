@@ -53,12 +53,18 @@ def protected_values(data: Any, *, inside: bool = False) -> Iterator[str]:
 
 
 class Redactor:
-    """Replaces every registered secret, and its JSON-escaped form, with ``********``."""
+    """Replaces every registered secret, and its JSON-escaped form, with ``********``.
 
-    def __init__(self) -> None:
+    A batch gets a redactor of its own (its secrets only), so one user's output is never
+    masked with, or checked against, another user's secrets; ``parent`` adds the process's
+    own secrets (a local run's variables, the agency's database password)."""
+
+    def __init__(self, values: Iterable[object] = (), *, parent: Redactor | None = None) -> None:
         self._secrets: set[str] = set()
         self._pattern: re.Pattern[str] | None = None
         self._lock = threading.Lock()
+        self.parent = parent
+        self.add_all(values)
 
     def add(self, *values: object) -> None:
         self.add_all(values)
@@ -83,12 +89,13 @@ class Redactor:
             self._pattern = None
 
     def __bool__(self) -> bool:
-        return bool(self._secrets)
+        return bool(self._secrets) or bool(self.parent)
 
     def values(self) -> list[str]:
         """Every registered secret: handed to worker processes (Slurm tasks) so they mask alike."""
         with self._lock:
-            return sorted(self._secrets)
+            own = set(self._secrets)
+        return sorted(own | set(self.parent.values() if self.parent else ()))
 
     def _compiled(self) -> re.Pattern[str] | None:
         with self._lock:
@@ -99,10 +106,12 @@ class Redactor:
 
     def redact(self, text: str) -> str:
         pattern = self._compiled()
-        return pattern.sub(MASK, text) if pattern and text else text
+        if pattern and text:
+            text = pattern.sub(MASK, text)
+        return self.parent.redact(text) if self.parent is not None else text
 
     def redact_bytes(self, data: bytes) -> bytes:
-        if not self._secrets:
+        if not self:
             return data
         return self.redact(data.decode("utf-8", "surrogateescape")).encode("utf-8", "surrogateescape")
 
@@ -122,4 +131,13 @@ class Redactor:
             self._pattern = None
 
 
-REDACTOR = Redactor()
+REDACTOR = Redactor()  # the process's own: a local user's variables, a server's credentials
+
+
+def batch_redactor(*documents: Any, parent: Redactor | None = None) -> Redactor:
+    """A redactor for one batch: every protected value in ``documents`` (its inputs, outputs,
+    container settings), on top of ``parent``."""
+    values: list[str] = []
+    for document in documents:
+        values.extend(protected_values(document))
+    return Redactor(values, parent=parent)

@@ -152,9 +152,8 @@ class Dispatcher:
             }
         except KeyError:
             return Outcome("failed", "the batch's secrets are no longer stored", retryable=False)
-        from faice.secrets import REDACTOR, protected_values
-
-        REDACTOR.add_all(protected_values(red))
+        # The runner masks the batch's own secrets (never another user's); the process-wide
+        # redactor holds only the server's own credentials.
         job = BatchJob(
             batch_id=batch_id,
             experiment_id=batch["experimentId"],

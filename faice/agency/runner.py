@@ -1,21 +1,27 @@
-"""How the server runs one batch: the same batch pipeline as ``faice exec`` on this host.
+"""How the server runs one batch: the same batch pipeline as ``faice exec``, on this host.
 
-:class:`PipelineRunner` hands the batch to :func:`faice.engines.local.run_experiment` (GPU
-assignment, RAM limit, connectors, records), stops it through the run's ``stop`` event when
-the batch is cancelled, and reads the batch record it writes (DESIGN §4). The dispatcher
-only knows the small :class:`Runner` interface, so other pipelines (Slurm) plug in.
+:class:`PipelineRunner` calls :func:`faice.pipeline.batch.run_batch` (through the server's one
+:class:`faice.pipeline.host.Host`: GPU assignment, RAM limit, connectors, records) and stops
+it through the batch's ``cancel`` event. The dispatcher only knows the small :class:`Runner`
+interface, so other places to run (Slurm) plug in.
 """
 
 from __future__ import annotations
 
-import json
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-BATCH_LABEL = "org.faice.batch"
-RUN_LABEL = "org.faice.run"
+from faice.errors import FaiceError
+from faice.files import read_json, read_tail
+from faice.pipeline.host import Host
+from faice.pipeline.options import RunOptions
+from faice.pipeline.plan import plan_batches
+from faice.pipeline.records import RESULT_FILE, BatchRecord, FailureClass, batch_dir
+from faice.red.experiment import Batch, Experiment
+from faice.runtime.gpus import host_allocator
+from faice.secrets import Redactor, batch_redactor
 
 
 @dataclass
@@ -50,100 +56,72 @@ def default_runner() -> Runner:
     return PipelineRunner()
 
 
-def _remove_containers(batch_id: str) -> None:
-    try:
-        import docker
-
-        client = docker.from_env(timeout=60)
-    except Exception:  # no engine: nothing can be left over
-        return
-    try:
-        for container in client.containers.list(all=True, filters={"label": f"{BATCH_LABEL}={batch_id}"}):
-            container.remove(force=True)
-    except Exception:
-        pass
-    finally:
-        client.close()
-
-
 class PipelineRunner:
-    """The local engine's batch pipeline, restricted to one batch."""
+    """Runs each batch with :func:`faice.pipeline.batch.run_batch` on this host.
+
+    One :class:`faice.pipeline.host.Host` per server: its GPU allocator hands each device to
+    one batch at a time across all users. Each batch gets a redactor of its own secrets only."""
+
+    node = "local"
+
+    def __init__(self, host: Host | None = None):
+        self._host = host
+        self._lock = threading.Lock()
+
+    @property
+    def host(self) -> Host:
+        with self._lock:
+            if self._host is None:
+                self._host = Host(host_allocator(None))
+            return self._host
 
     def run(self, job: BatchJob, cancel: threading.Event) -> Outcome:
-        from faice.engines.local import RunOptions, run_experiment
-        from faice.errors import FaiceError
-        from faice.red.experiment import Batch, Experiment
-
         red = job.red
-        experiment = Experiment(
-            source=f"experiment {job.experiment_id}",
-            data={k: v for k, v in red.items() if k not in {"inputs", "outputs"}},
-            batches=[Batch(index=job.index, id=job.batch_id, inputs=red["inputs"], outputs=red["outputs"])],
+        experiment = Experiment.of_batch(
+            f"experiment {job.experiment_id}", red,
+            Batch(index=job.index, id=job.batch_id, inputs=red["inputs"], outputs=red["outputs"]),
         )
-        options = RunOptions()
-        for name, value in (("parallel", 1), ("disable_connector_validation", job.disable_connector_validation), ("progress", False)):
-            if hasattr(options, name):
-                setattr(options, name, value)
+        redactor = batch_redactor(red)
         outdir = job.workdir / f"attempt-{job.attempt}"
+        options = RunOptions(parallel=1, disable_connector_validation=job.disable_connector_validation)
         try:
-            run_experiment(experiment, options, outdir, only={job.batch_id}, stop=cancel)
+            (plan,) = plan_batches(experiment)
         except FaiceError as exc:
-            if cancel.is_set():
-                return Outcome("cancelled", "cancelled")
-            return Outcome("failed", str(exc))
-        return read_record(outdir / "batches" / job.batch_id, cancelled=cancel.is_set())
+            return Outcome("failed", redactor.redact(str(exc)), retryable=False)
+        self.host.remove_leftovers()
+        record = self.host.run_alone(plan, run_id=job.experiment_id, outdir=outdir, redactor=redactor,
+                                     options=options, cancel=cancel, engine={"name": "agency", "node": self.node})
+        return outcome_of(record, batch_dir(outdir, job.batch_id), redactor=redactor, cancelled=cancel.is_set())
 
     def cleanup(self, batch_id: str) -> None:
-        _remove_containers(batch_id)
+        from faice.runtime.docker import remove_batch_containers
+
+        remove_batch_containers(batch_id)
 
 
-# The most of a stream read back into memory; the store keeps only its cap of this tail.
-LOG_READ_LIMIT = 64 * 2**20
-
-
-def read_tail(path: Path, limit: int | None = None) -> tuple[str, int]:
-    """(text, bytes skipped): the last ``limit`` bytes of a stream file.
-
-    A cut tail starts after its first newline, so that a secret cut in half at the start
-    (which the redactor would no longer recognise) is dropped with the rest.
-    """
-    limit = LOG_READ_LIMIT if limit is None else limit
-    with open(path, "rb") as handle:
-        size = handle.seek(0, 2)
-        skipped = max(0, size - limit)
-        handle.seek(skipped)
-        data = handle.read()
-    if skipped:
-        newline = data.find(b"\n")
-        cut = newline + 1 if newline >= 0 else len(data)
-        skipped, data = skipped + cut, data[cut:]
-    return data.decode("utf-8", "replace"), skipped
-
-
-def read_record(batch_dir: Path, *, cancelled: bool = False) -> Outcome:
-    """The outcome a batch record (result.json, stdout.txt, stderr.txt) describes."""
+def outcome_of(record: BatchRecord, directory: Path, *, redactor: Redactor, cancelled: bool = False) -> Outcome:
+    """What the server stores of a finished batch: its state, reason, record and log tails."""
     skipped: dict[str, int] = {}
 
     def text(name: str) -> str | None:
-        path = batch_dir / f"{name}.txt"
+        path = directory / f"{name}.txt"
         if not path.exists():
             return None
         content, skipped[name] = read_tail(path)
         return content
 
-    try:
-        record = json.loads((batch_dir / "result.json").read_text())
-    except (OSError, ValueError) as exc:
+    state = "cancelled" if cancelled or record.failure_class == FailureClass.CANCELLED else record.state.value
+    debug = "\n".join(str(d) for d in record.debug_info) if record.debug_info else None
+    # Like CC-Agency, any failure gets the remaining attempts (the client can disable retries).
+    return Outcome(state, redactor.redact(debug) if debug else None, text("stdout"), text("stderr"),
+                   redactor.redact_data(record.to_dict()), state != "cancelled", extra={"skipped": skipped})
+
+
+def read_record(directory: Path, *, redactor: Redactor, cancelled: bool = False) -> Outcome:
+    """The outcome a batch record written by another process (a Slurm task) describes."""
+    data = read_json(directory / RESULT_FILE)
+    if not isinstance(data, dict):
         if cancelled:
             return Outcome("cancelled", "cancelled")
-        return Outcome("failed", f"batch record missing or unreadable: {exc}")
-    state = record.get("state", "failed")
-    if cancelled or record.get("failureClass") == "cancelled":
-        state = "cancelled"
-    debug = record.get("debugInfo")
-    if isinstance(debug, list):
-        debug = "\n".join(str(d) for d in debug)
-    # Like CC-Agency, any failure gets the remaining attempts (the client can disable retries).
-    retryable = state != "cancelled"
-    stdout, stderr = text("stdout"), text("stderr")
-    return Outcome(state, debug, stdout, stderr, record, retryable, extra={"skipped": skipped})
+        return Outcome("failed", f"batch record missing or unreadable: {directory / RESULT_FILE}")
+    return outcome_of(BatchRecord.from_dict(data), directory, redactor=redactor, cancelled=cancelled)

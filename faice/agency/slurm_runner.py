@@ -11,15 +11,19 @@ local run. Slurm settings come from the server's command line, not from the clie
 from __future__ import annotations
 
 import logging
-import subprocess
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from faice.agency.runner import BatchJob, Outcome, _remove_containers, read_record
+from faice.agency.runner import BatchJob, Outcome, read_record
 from faice.errors import FaiceError, UsageError
+from faice.pipeline.options import RunOptions
+from faice.pipeline.records import batch_dir
+from faice.red.experiment import Batch, Experiment
+from faice.runtime.docker import remove_batch_containers
+from faice.secrets import batch_redactor
 
 log = logging.getLogger("faice.agency")
 
@@ -70,8 +74,7 @@ class SlurmServerSettings:
 
     def engine_settings(self):
         """These settings as the slurm engine reads them from ``execution.settings``."""
-        from faice.engines.slurm_settings import SlurmSettings
-        from faice.red.experiment import Experiment
+        from faice.engines.slurm.settings import SlurmSettings
 
         execution = {"engine": "slurm", "settings": self.settings}
         return SlurmSettings.from_experiment(Experiment("faice agency serve", {"execution": execution}, []))
@@ -89,24 +92,11 @@ def check_cluster(settings: SlurmServerSettings, workdir: Path) -> None:
     """Fail at start, not at the first batch: the Slurm tools must be there and Slurm must
     accept the server's options (``sbatch --test-only`` checks partition, account, QOS and
     time limit without queueing anything)."""
-    from faice.engines import slurm_cli
-    from faice.engines.slurm_settings import sbatch_options
+    from faice.engines.slurm.job import check_submission
 
-    slurm_cli.require_tools()
-    argv = sbatch_options(
-        settings.engine_settings(), {}, job_name="faice-agency-check", array="0",
-        output="/dev/null", workdir=str(workdir),
-    )
-    try:
-        probe = subprocess.run(
-            ["sbatch", "--test-only", *argv, "--wrap=true"], capture_output=True, text=True,
-            timeout=slurm_cli.COMMAND_TIMEOUT_S, stdin=subprocess.DEVNULL,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise UsageError(f"--engine slurm: sbatch --test-only did not answer: {exc}") from None
-    if probe.returncode != 0:
-        message = " ".join(line.strip() for line in (probe.stderr or probe.stdout).splitlines() if line.strip())
-        raise UsageError(f"--engine slurm: Slurm refuses the server's --slurm-* options: {message or f'exit code {probe.returncode}'}")
+    problem = check_submission(settings.engine_settings(), workdir)
+    if problem:
+        raise UsageError(f"--engine slurm: Slurm refuses the server's --slurm-* options: {problem}")
 
 
 class SlurmRunner:
@@ -119,41 +109,34 @@ class SlurmRunner:
         self.workdir = Path(workdir)
         self.poll_interval = poll_interval
 
-    def _experiment(self, job: BatchJob):
-        from faice.red.experiment import Batch, Experiment
-
+    def _experiment(self, job: BatchJob) -> Experiment:
         red = job.red
-        data = {k: v for k, v in red.items() if k not in {"inputs", "outputs", "execution"}}
-        data["execution"] = {"engine": "slurm", "settings": dict(self.settings.settings)}
+        data = {**red, "execution": {"engine": "slurm", "settings": dict(self.settings.settings)}}
         batch = Batch(index=job.index, id=job.batch_id, inputs=red["inputs"], outputs=red["outputs"])
-        return Experiment(source=f"experiment {job.experiment_id}", data=data, batches=[batch])
+        return Experiment.of_batch(f"experiment {job.experiment_id}", data, batch)
 
     def run(self, job: BatchJob, cancel: threading.Event) -> Outcome:
-        from faice.engines.local import RunOptions
-        from faice.engines.slurm import submit_batches
-        from faice.secrets import protected_values
+        from faice.engines.slurm.job import submit_batches
 
         if cancel.is_set():
             return Outcome("cancelled", "cancelled before it was submitted")
         outdir = job.workdir / f"attempt-{job.attempt}"
         outdir.mkdir(parents=True, exist_ok=True)
         options = RunOptions(parallel=1, disable_connector_validation=job.disable_connector_validation)
+        redactor = batch_redactor(job.red)
         try:
-            slurm_job = submit_batches(
-                self._experiment(job), options, outdir, protected=protected_values(job.red)
-            )
+            slurm_job = submit_batches(self._experiment(job), options, outdir, protected=redactor.values())
         except FaiceError as exc:
-            return Outcome("failed", str(exc))
+            return Outcome("failed", redactor.redact(str(exc)))
         log.info("batch %s: Slurm job %s (attempt %d)", job.batch_id, slurm_job.job_id, job.attempt)
         cancelled = self._follow(slurm_job, job.batch_id, cancel)
-        outcome = read_record(outdir / "batches" / job.batch_id, cancelled=cancelled)
+        outcome = read_record(batch_dir(outdir, job.batch_id), redactor=redactor, cancelled=cancelled)
         outcome.extra["slurmJobId"] = slurm_job.job_id
         return outcome
 
     def _follow(self, slurm_job, batch_id: str, cancel: threading.Event) -> bool:
         """Poll until the task is final; scancel it once ``cancel`` is set. True if cancelled."""
-        from faice.engines import slurm_rundir as rundir
-        from faice.engines.slurm import FINAL
+        from faice.engines.slurm.job import FINAL
 
         cancelled_at: float | None = None
         failing_since: float | None = None
@@ -183,7 +166,7 @@ class SlurmRunner:
                     time.sleep(self.poll_interval)
         finally:
             # A task that never started still holds its secret-bearing spec.
-            rundir.remove_task_specs(slurm_job.submission_dir)
+            slurm_job.remove_specs()
 
     @staticmethod
     def _cancel_quietly(slurm_job, batch_id: str) -> None:
@@ -198,18 +181,11 @@ class SlurmRunner:
         Slurm jobs (every attempt) and remove its containers on this host. Nothing waits for
         the tasks to end (the server must answer soon): a cancelled task stops its container on
         its node and writes into its own attempt directory, never into the next attempt's."""
-        from faice.engines import slurm as engine
-        from faice.engines import slurm_rundir as rundir
+        from faice.engines.slurm.job import cancel_jobs_below
 
-        base = self.workdir / "batches" / batch_id
-        for attempt in sorted(base.glob("attempt-*")):
-            if not rundir.is_slurm_run(attempt):
-                continue
-            try:
-                for slurm_job in engine.open_run(attempt):
-                    slurm_job.cancel()
-                    rundir.remove_task_specs(slurm_job.submission_dir)
-                    log.info("batch %s: cancelled Slurm job %s left by the previous server", batch_id, slurm_job.job_id)
-            except FaiceError as exc:
-                log.warning("batch %s: cancelling its Slurm jobs failed: %s", batch_id, exc)
-        _remove_containers(batch_id)
+        try:
+            for job_id in cancel_jobs_below(self.workdir / "batches" / batch_id):
+                log.info("batch %s: cancelled Slurm job %s left by the previous server", batch_id, job_id)
+        except FaiceError as exc:
+            log.warning("batch %s: cancelling its Slurm jobs failed: %s", batch_id, exc)
+        remove_batch_containers(batch_id)

@@ -39,3 +39,14 @@ def add_variables(parser: argparse.ArgumentParser) -> None:
         default="red",
         help="keyring service to look variables up in (default: red)",
     )
+
+
+def variable_sources(args: argparse.Namespace):
+    """Where ``{{variable}}`` values come from, as the variable flags say."""
+    from faice.red.variables import VariableSources
+
+    return VariableSources(
+        files=list(getattr(args, "variables", None) or []),
+        keyring_service=getattr(args, "keyring_service", None) or "red",
+        non_interactive=bool(getattr(args, "non_interactive", False)),
+    )

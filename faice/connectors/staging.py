@@ -32,7 +32,7 @@ from faice.connectors.api import (
     listed_files,
 )
 from faice.errors import ConnectorError, FaiceError
-from faice.secrets import REDACTOR, normalise_protected_keys, protected_values
+from faice.secrets import REDACTOR, Redactor, normalise_protected_keys, protected_values
 
 ProgressCallback = Callable[[str, int, "int | None"], None]
 
@@ -57,9 +57,8 @@ class ConnectorRequest:
     _access: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     def prepared_access(self) -> dict[str, Any]:
-        """``access`` with ``_key`` renamed to ``key``; its secrets registered for redaction."""
+        """``access`` with ``_key`` renamed to ``key`` (the session registers its secrets)."""
         if self._access is None:
-            REDACTOR.add_all(protected_values(self.access))
             self._access = normalise_protected_keys(dict(self.access or {}))
         return self._access
 
@@ -73,8 +72,12 @@ class StagingSession:
         *,
         progress: ProgressCallback | None = None,
         timeout: float | None = None,
+        redactor: Redactor | None = None,
     ) -> None:
         self.workdir = Path(workdir)
+        # Masks what its connectors report; a batch of the agency passes its own, so one
+        # user's messages are never matched against another user's secrets.
+        self.redactor = REDACTOR if redactor is None else redactor
         self.progress = progress
         self.timeout = timeout
         self._lock = threading.Lock()
@@ -166,7 +169,7 @@ class StagingSession:
         except ConnectorError:
             raise
         except Exception as exc:
-            raise ConnectorError(REDACTOR.redact(f"unmounting {mountpoint} failed: {_describe(exc)}")) from exc
+            raise ConnectorError(self.redactor.redact(f"unmounting {mountpoint} failed: {_describe(exc)}")) from exc
 
     def close(self) -> None:
         """Unmount everything, remove the cache, release connections. Idempotent."""
@@ -240,7 +243,8 @@ class StagingSession:
                 f"{request.label}: connector {request.command!r} does not support {operation} "
                 f"(it supports: {', '.join(sorted(connector.capabilities())) or 'nothing'})"
             )
-        check_access(connector, request, operation)
+        self.redactor.add_all(protected_values(request.access))
+        check_access(connector, request, operation, redactor=self.redactor)
         check_listing(request)
         return connector
 
@@ -259,7 +263,7 @@ class StagingSession:
             try:
                 return action()
             except FaiceError as exc:
-                raise ConnectorError(REDACTOR.redact(
+                raise ConnectorError(self.redactor.redact(
                     f"{request.label}: {operation} with connector {request.command!r} failed: {exc.message}"
                 )) from None
             except (TransientFailure, ConnectionError, TimeoutError) as exc:
@@ -280,10 +284,9 @@ class StagingSession:
             except Exception as exc:  # a plugin bug or an unmapped library error: still one clear line
                 raise self._wrap(request, operation, exc, attempt + 1) from exc
 
-    @staticmethod
-    def _wrap(request: ConnectorRequest, operation: str, exc: BaseException, attempts: int) -> ConnectorError:
+    def _wrap(self, request: ConnectorRequest, operation: str, exc: BaseException, attempts: int) -> ConnectorError:
         tries = f" (after {attempts} attempts)" if attempts > 1 else ""
-        return ConnectorError(REDACTOR.redact(
+        return ConnectorError(self.redactor.redact(
             f"{request.label}: {operation} with connector {request.command!r} failed{tries}: {_describe(exc)}"
         ), transient=isinstance(exc, TransientFailure | ConnectionError | TimeoutError))
 
@@ -362,7 +365,8 @@ def _basename(request: ConnectorRequest) -> str:
     return "data"
 
 
-def check_access(connector: Connector, request: ConnectorRequest, operation: str) -> None:
+def check_access(connector: Connector, request: ConnectorRequest, operation: str, *,
+                 redactor: Redactor = REDACTOR) -> None:
     """Validate ``access`` against the connector's schema; errors name the RED key path."""
     from jsonschema import Draft202012Validator
 
@@ -372,7 +376,7 @@ def check_access(connector: Connector, request: ConnectorRequest, operation: str
     problems = sorted(validator.iter_errors(access), key=lambda e: list(e.absolute_path))
     if problems:
         lines = [f"{_access_path(request.label, e)}: {_explain(e)}" for e in problems]
-        raise ConnectorError(REDACTOR.redact("\n".join(lines)))
+        raise ConnectorError(redactor.redact("\n".join(lines)))
 
 
 def _access_path(label: str, error) -> str:

@@ -1,23 +1,61 @@
-"""Execution engines decide *where* the batch pipeline runs.
+"""Execution engines decide *where* batch plans run; the batch pipeline is the same everywhere.
 
-Each engine module exposes ``run(experiment, args) -> int`` (the process exit code):
-
-* ``ccfaice`` / ``local`` → :mod:`faice.engines.local` (this host's Docker engine)
+* ``ccfaice`` / ``local`` → :mod:`faice.engines.local` (this host's container runtime)
 * ``ccagency`` → :mod:`faice.engines.agency` (a remote CC-Agency over REST)
-* ``slurm`` → :mod:`faice.engines.slurm` (one job-array task per batch)
+* ``slurm`` → :mod:`faice.engines.slurm` (Slurm job arrays; each task runs one batch)
+
+An engine is a function ``(experiment, ExecRequest) -> exit code`` in :data:`ENGINES`.
 """
 
 from __future__ import annotations
 
-import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from faice.errors import UsageError
+from faice.pipeline.options import RunOptions
 
-ENGINE_MODULES = {
-    "ccfaice": "faice.engines.local",
-    "ccagency": "faice.engines.agency",
-    "slurm": "faice.engines.slurm",
-}
+if TYPE_CHECKING:
+    from faice.red.experiment import Experiment
+
+
+@dataclass
+class ExecRequest:
+    """What ``faice exec`` asked for, beyond the run options every engine shares."""
+
+    options: RunOptions = field(default_factory=RunOptions)
+    outdir: Path | None = None
+    dry_run: bool = False
+    json: bool = False
+    wait: bool = False  # agency/slurm: follow until every batch is final
+    progress: bool = True  # False: plain lines instead of a live display
+    disable_retry: bool = False  # agency: ask the server not to retry failed batches
+
+
+Engine = Callable[["Experiment", ExecRequest], int]
+
+
+def _local(experiment: Experiment, request: ExecRequest) -> int:
+    from faice.engines.local import run
+
+    return run(experiment, request)
+
+
+def _agency(experiment: Experiment, request: ExecRequest) -> int:
+    from faice.engines.agency.engine import run
+
+    return run(experiment, request)
+
+
+def _slurm(experiment: Experiment, request: ExecRequest) -> int:
+    from faice.engines.slurm.engine import run
+
+    return run(experiment, request)
+
+
+# Imported lazily by each entry, so `faice exec` loads only the engine it uses.
+ENGINES: dict[str, Engine] = {"ccfaice": _local, "ccagency": _agency, "slurm": _slurm}
 
 # Flags that only make sense for some engines (upstream's cross-check, minus harmless ones).
 ENGINE_ONLY_FLAGS = {
@@ -28,25 +66,3 @@ ENGINE_ONLY_FLAGS = {
     "gpu_ids": {"ccfaice"},
     "dry_run": {"ccfaice", "slurm", "ccagency"},
 }
-
-
-def execute(args) -> int:
-    """``faice exec``: prepare the experiment, check flags against its engine, dispatch."""
-    from faice.red.experiment import load_experiment
-    from faice.red.variables import VariableSources
-
-    sources = VariableSources.from_args(args)
-    # A dry run never needs secret values.
-    experiment = load_experiment(args.red_file, variables=sources, fill=not args.dry_run)
-    engine = experiment.engine
-    if engine not in ENGINE_MODULES:
-        raise UsageError(
-            f"{experiment.source}: execution.engine: unknown engine {engine!r}; "
-            f"expected one of {', '.join(sorted(ENGINE_MODULES))} (or local)"
-        )
-    for flag, engines in ENGINE_ONLY_FLAGS.items():
-        if getattr(args, flag, None) and engine not in engines:
-            option = "--" + flag.replace("_", "-")
-            raise UsageError(f"{option} does not apply to the {engine} engine of {experiment.source}")
-    module = importlib.import_module(ENGINE_MODULES[engine])
-    return module.run(experiment, args)

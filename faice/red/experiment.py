@@ -1,10 +1,4 @@
-"""The prepared experiment every engine receives.
-
-    load → validate → expand sweep (batch ids) → fill variables → engine
-
-Batch ids are computed before variables are filled, so they never depend on secret values
-and the same RED file always gives the same ids.
-"""
+"""The prepared experiment every engine receives (built by :mod:`faice.red.prepare`)."""
 
 from __future__ import annotations
 
@@ -58,25 +52,10 @@ class Experiment:
         name = str(self.execution.get("engine", "ccfaice"))
         return ENGINE_ALIASES.get(name, name)
 
+    @classmethod
+    def of_batch(cls, source: str, data: dict[str, Any], batch: Batch) -> Experiment:
+        """An experiment of one batch, as a Slurm task or the agency server receives it:
+        ``data`` holds cli, container and execution; the batch its inputs and outputs."""
+        shared = {k: v for k, v in data.items() if k not in ("batches", "inputs", "outputs", "sweep")}
+        return cls(source, shared, [batch])
 
-def load_experiment(
-    source: str,
-    *,
-    variables=None,
-    fill: bool = True,
-) -> Experiment:
-    """Load, validate (all problems at once), expand and — unless ``fill`` is false — fill
-    ``{{variables}}`` from ``variables`` (a :class:`faice.red.variables.VariableSources`)."""
-    from faice.red.load import load_mapping, to_plain
-    from faice.red.sweep import expand_batches
-    from faice.red.validate import validate_red
-
-    document = load_mapping(source, "RED file")
-    validate_red(document)
-    data = to_plain(document.data)
-    experiment = Experiment(document.name, data, expand_batches(data, document.name))
-    if fill:
-        from faice.red.variables import fill_experiment
-
-        fill_experiment(experiment, variables)
-    return experiment

@@ -10,7 +10,6 @@ user sees the errors of the branch they meant, not the noise of all branches.
 from __future__ import annotations
 
 import json
-import sys
 from functools import cache, lru_cache
 from typing import Any
 
@@ -236,43 +235,3 @@ def _required_alternatives(alternatives: Any) -> list[str]:
             return []
         keys.append(alternative["required"][0])
     return keys
-
-
-# ------------------------------------------------------------------- faice schema
-
-
-def slash_path(path: KeyPath) -> str:
-    """Upstream's key notation in ``faice schema validate`` output: ``batches/0/inputs``."""
-    return "/".join(str(p) for p in path)
-
-
-def run_schema_command(action: str, args) -> int:
-    """``faice schema list|show|validate`` with upstream's output and exit codes (§1.4)."""
-    from faice.cli.output import dumps
-    from faice.secrets import REDACTOR
-
-    fmt = getattr(args, "format", "yaml")
-    if action == "list":
-        sys.stdout.write(dumps({"schemas": schema_names()}, fmt))
-        return 0
-    if action == "show":
-        sys.stdout.write(dumps(bundled_schema(args.schema), fmt))
-        return 0
-    if action != "validate":
-        raise FaiceError(f"unknown schema action {action!r}")
-    load_schema(args.schema)  # unknown name → clear error before reading the file
-    from faice.red.load import load_document, to_plain
-    from faice.secrets import protected_values
-
-    document = load_document(args.file)
-    REDACTOR.add_all(protected_values(document.data))
-    found = schema_problems(args.schema, to_plain(document.data))
-    if not found:
-        return 0
-    lines = [f'[RedValidationError]\nFile "{document.name}" does not comply with schema "{args.schema}":']
-    for path, message in found:
-        line, column = document.locate(path)
-        where = f" (line {line}, column {column})" if line is not None else ""
-        lines.append(f"\tkey in red file: {slash_path(path)}{where}\n\treason: {message}")
-    sys.stderr.write(REDACTOR.redact("\n".join(lines)) + "\n")
-    return 1

@@ -1,5 +1,5 @@
 """``validate_red``: every problem of a RED file at once — schema, semantics, variables, sweep
-and the embedded CWL tool — each with file, line, column and key path; and ``faice validate``.
+and the embedded CWL tool — each with file, line, column and key path.
 
 Order of checks: non-string keys and ``redVersion`` first (a file of an unknown RED version is
 not checked further: its rules are unknown); then the ``red`` JSON Schema (RED 8 or 9 plus
@@ -9,12 +9,9 @@ accepted, because its messages about a malformed tool would repeat the schema's 
 
 from __future__ import annotations
 
-import importlib
-import json
-import sys
 from typing import Any
 
-from faice.errors import FaiceError, KeyPath, Problem, ValidationError, format_key_path
+from faice.errors import KeyPath, Problem, ValidationError
 from faice.red.load import Document
 
 Found = tuple[KeyPath, str]
@@ -32,6 +29,8 @@ def red_problems(document: Document) -> list[Problem]:
     from faice.red import semantics
     from faice.red.load import to_plain
     from faice.red.schemas import schema_problems
+    from faice.red.sweep import sweep_problems
+    from faice.red.variables import variable_problems
     from faice.secrets import REDACTOR, protected_values
 
     REDACTOR.add_all(protected_values(document.data))  # messages may quote values
@@ -56,14 +55,8 @@ def red_problems(document: Document) -> list[Problem]:
     specific = {path for path, message in semantic_found if message.startswith("expected")}
     found += [f for f in schema_found if f[0] not in specific] + semantic_found
     found += semantics.protected_key_problems(data)
-    extra: list[Problem] = []
-    variable_problems = _optional("faice.red.variables", "variable_problems")
-    if variable_problems is not None:
-        extra += variable_problems(data, document.name)
-    else:
-        found += semantics.variable_placement_problems(data)
-    sweep_problems = _optional("faice.red.sweep", "sweep_problems")
-    if sweep_problems is not None and "sweep" in data and "batches" not in data:
+    extra: list[Problem] = variable_problems(data, document.name)
+    if "sweep" in data and "batches" not in data:
         extra += sweep_problems(data, document.name)
     cli = data.get("cli")
     if isinstance(cli, dict) and not any(path[:1] == ("cli",) for path, _ in schema_found + found):
@@ -105,14 +98,6 @@ def _mapping(value: Any) -> dict:
     return value if isinstance(value, dict) else {}
 
 
-def _optional(module: str, name: str):
-    """A colleague's function when its module exists (variables, sweep), else None."""
-    try:
-        return getattr(importlib.import_module(module), name, None)
-    except ImportError:
-        return None
-
-
 def _at(document: Document, path: KeyPath, message: str) -> Problem:
     line, column = document.locate(path)
     return Problem(document.name, tuple(path), message, line, column)
@@ -129,126 +114,3 @@ def _problems(document: Document, found: list[Found]) -> list[Problem]:
 
 def _position(problem: Problem) -> tuple:
     return (problem.line is None, problem.line or 0, problem.column or 0)
-
-
-# ------------------------------------------------------------------- faice validate
-
-
-def count_batches(data: dict, source: str) -> int:
-    """Batches after sweep expansion (when the sweep module is there)."""
-    expand = _optional("faice.red.sweep", "expand_batches")
-    if expand is not None:
-        return len(expand(data, source))
-    batches = data.get("batches")
-    return len(batches) if isinstance(batches, list) else 1
-
-
-def run_validate_command(args) -> int:
-    """``faice validate REDFILE [--json] [--check-access]``: exit 0 when valid, 1 otherwise."""
-    from faice.red.load import load_mapping, to_plain
-    from faice.secrets import REDACTOR
-
-    as_json = bool(getattr(args, "json", False))
-    try:
-        document = load_mapping(args.red_file, "RED file")
-        validate_red(document)
-        data = to_plain(document.data)
-        count = count_batches(data, document.name)
-    except ValidationError as exc:
-        if not as_json:
-            raise
-        _print_json({"valid": False, "problems": [_problem_json(p) for p in exc.problems]})
-        return 1
-    except FaiceError as exc:
-        if not as_json:
-            raise
-        _print_json({"valid": False, "problems": [_problem_json(Problem(args.red_file, (), exc.message))]})
-        return exc.exit_code
-    version = str(data.get("redVersion"))
-    if getattr(args, "check_access", False):
-        access_problems = check_access(args)
-        if access_problems:
-            if as_json:
-                _print_json({"valid": False, "problems": [_problem_json(p) for p in access_problems]})
-                return 1
-            raise ValidationError(
-                access_problems, summary=f"{document.name}: connector access checks failed ({len(access_problems)}):"
-            )
-    if as_json:
-        _print_json({"valid": True, "redVersion": version, "batches": count, "problems": []})
-    else:
-        sys.stdout.write(
-            REDACTOR.redact(f"{document.name} is valid (RED {version}, {count} batch{'es' if count != 1 else ''})")
-            + "\n"
-        )
-    return 0
-
-
-def check_access(args) -> list[Problem]:
-    """``--check-access``: every connector's validate step (credentials, remote paths) for every
-    input and output of every batch, with variables filled; all failures, not the first."""
-    try:
-        from faice.connectors.staging import ConnectorRequest, StagingSession
-    except ImportError:
-        raise FaiceError("--check-access is not available in this faice build (no connector framework)") from None
-    import tempfile
-    from pathlib import Path
-
-    from faice.red.experiment import load_experiment
-    from faice.red.variables import VariableSources
-
-    experiment = load_experiment(args.red_file, variables=VariableSources.from_args(args), fill=True)
-    problems: list[Problem] = []
-    with tempfile.TemporaryDirectory(prefix="faice-check-") as workdir, StagingSession(Path(workdir)) as session:
-        for batch in experiment.batches:
-            prefix = f"batches[{batch.index}]" if len(experiment.batches) > 1 or "batches" in experiment.data else ""
-            for section, values in (("inputs", batch.inputs), ("outputs", batch.outputs)):
-                for name, value in (values or {}).items():
-                    items = value if isinstance(value, list) else [value]
-                    for index, item in enumerate(items):
-                        connector = _mapping(item).get("connector")
-                        if not isinstance(connector, dict):
-                            continue
-                        label = ".".join(p for p in (prefix, section, name) if p)
-                        label += f"[{index}]" if isinstance(value, list) else ""
-                        request = ConnectorRequest(
-                            label=label,
-                            command=connector.get("command", ""),
-                            access=connector.get("access") or {},
-                            listing=item.get("listing"),
-                            mount=bool(connector.get("mount")),
-                            checksum=item.get("checksum"),
-                            size=item.get("size"),
-                        )
-                        try:
-                            session.validate(request, _operation(section, item.get("class"), request.mount))
-                        except FaiceError as exc:
-                            path = (("batches", batch.index) if prefix else ()) + (section, name)
-                            path += (index,) if isinstance(value, list) else ()
-                            message = exc.message.removeprefix(f"{label}: ").removeprefix(f"{label}.")
-                            problems.append(Problem(experiment.source, path, message))
-    return problems
-
-
-def _operation(section: str, cls: Any, mount: bool) -> str:
-    if section == "outputs":
-        return "send-dir" if cls == "Directory" else "send-file"
-    if cls == "Directory":
-        return "mount-dir" if mount else "receive-dir"
-    return "receive-file"
-
-
-def _problem_json(problem: Problem) -> dict[str, Any]:
-    return {
-        "file": problem.file,
-        "path": format_key_path(problem.path) if problem.path else "",
-        "line": problem.line,
-        "column": problem.column,
-        "message": problem.message,
-    }
-
-
-def _print_json(data: dict[str, Any]) -> None:
-    from faice.secrets import REDACTOR
-
-    sys.stdout.write(REDACTOR.redact(json.dumps(data, indent=4)) + "\n")

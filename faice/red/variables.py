@@ -108,14 +108,6 @@ class VariableSources:
     keyring_service: str = "red"
     non_interactive: bool = False
 
-    @classmethod
-    def from_args(cls, args: Any) -> VariableSources:
-        return cls(
-            files=list(getattr(args, "variables", None) or []),
-            keyring_service=getattr(args, "keyring_service", None) or "red",
-            non_interactive=bool(getattr(args, "non_interactive", False)),
-        )
-
     def file_values(self) -> dict[str, Any]:
         """The merged mapping of every variables file; later files win."""
         from faice.red.load import load_mapping, to_plain

@@ -59,8 +59,37 @@ def add_parser(subparsers) -> None:
 
 def _action(name: str):
     def run(args) -> int:
-        from faice.agency.cli import run_agency_command
-
-        return run_agency_command(name, args)
+        return {"serve": _serve, "user-add": _user_add}[name](args)
 
     return run
+
+
+def _serve(args) -> int:
+    from faice.agency.server import serve
+
+    return serve(args)
+
+
+def _user_add(args) -> int:
+    import getpass
+    import sys
+
+    from faice.agency.auth import add_user
+    from faice.agency.db import Database
+    from faice.errors import UsageError
+
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = getpass.getpass(f"Password for {args.name}: ")
+        if password != getpass.getpass("Repeat it: "):
+            raise UsageError("the passwords differ")
+    if not password:
+        raise UsageError("the password must not be empty")
+    db = Database(args.db)
+    try:
+        add_user(db, args.name, password, admin=args.admin)
+    finally:
+        db.close()
+    print(f"user {args.name} saved{' (admin)' if args.admin else ''}", file=sys.stderr)
+    return 0

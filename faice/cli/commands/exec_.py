@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from faice.cli.options import add_debug, add_format, add_variables
+from pathlib import Path
+from typing import Any
+
+from faice.cli.options import add_debug, add_format, add_variables, variable_sources
 from faice.cli.parser import lazy, new_command
+from faice.errors import UsageError
 
 
 def add_parser(subparsers) -> None:
     parser = new_command(
         subparsers,
         "exec",
-        run=lazy("faice.engines:execute"),
+        run=lazy("faice.cli.commands.exec_:run"),
         help="run an experiment: locally in Docker, on a CC-Agency, or on Slurm",
         description=(
             "Run every batch of a RED file. The engine comes from execution.engine:\n"
@@ -55,3 +59,45 @@ def add_parser(subparsers) -> None:
     add_format(parser)
     add_debug(parser)
 
+
+def run(args: Any) -> int:
+    """Prepare the experiment, check the flags against its engine, hand it to the engine."""
+    from faice.engines import ENGINE_ONLY_FLAGS, ENGINES, ExecRequest
+    from faice.pipeline.options import RunOptions
+    from faice.red.prepare import load_experiment
+
+    options = RunOptions(
+        parallel=args.parallel,
+        fail_fast=args.fail_fast,
+        max_failures=args.max_failures,
+        retries=args.retries,
+        timeout=args.timeout,
+        gpu_ids=args.gpu_ids,
+        disable_pull=args.disable_pull,
+        leave_container=args.leave_container,
+        preserve_environment=list(args.preserve_environment or []),
+        disable_connector_validation=args.disable_connector_validation,
+        resume=args.resume,
+    )
+    # A dry run never needs secret values.
+    experiment = load_experiment(args.red_file, variables=variable_sources(args), fill=not args.dry_run)
+    engine = experiment.engine
+    if engine not in ENGINES:
+        raise UsageError(
+            f"{experiment.source}: execution.engine: unknown engine {engine!r}; "
+            f"expected one of {', '.join(sorted(ENGINES))} (or local)"
+        )
+    for flag, engines in ENGINE_ONLY_FLAGS.items():
+        if getattr(args, flag, None) and engine not in engines:
+            option = "--" + flag.replace("_", "-")
+            raise UsageError(f"{option} does not apply to the {engine} engine of {experiment.source}")
+    request = ExecRequest(
+        options=options,
+        outdir=Path(args.outdir) if args.outdir else None,
+        dry_run=args.dry_run,
+        json=args.json,
+        wait=args.wait,
+        progress=not args.no_progress,
+        disable_retry=args.disable_retry,
+    )
+    return ENGINES[engine](experiment, request)

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-from faice.cli.options import add_debug, add_variables
+import json
+import sys
+from typing import Any
+
+from faice.cli.options import add_debug, add_variables, variable_sources
 from faice.cli.parser import lazy, new_command
+from faice.errors import FaiceError, Problem, ValidationError, format_key_path
 
 
 def add_parser(subparsers) -> None:
     parser = new_command(
         subparsers,
         "validate",
-        run=lazy("faice.red.validate:run_validate_command"),
+        run=lazy("faice.cli.commands.validate:run"),
         help="check a RED file (schema, semantics, embedded CWL) and report every problem",
         description=(
             "Check a RED file against the RED 8/9 schemas and faice's extensions, the semantic\n"
@@ -34,3 +39,87 @@ def add_parser(subparsers) -> None:
     add_variables(parser)
     add_debug(parser)
 
+
+def run(args: Any) -> int:
+    """``faice validate REDFILE [--json] [--check-access]``: exit 0 when valid, 1 otherwise."""
+    from faice.red.load import load_mapping, to_plain
+    from faice.red.sweep import expand_batches
+    from faice.red.validate import validate_red
+    from faice.secrets import REDACTOR
+
+    as_json = bool(args.json)
+    try:
+        document = load_mapping(args.red_file, "RED file")
+        validate_red(document)
+        data = to_plain(document.data)
+        count = len(expand_batches(data, document.name))
+    except ValidationError as exc:
+        if not as_json:
+            raise
+        _print_json({"valid": False, "problems": [_problem_json(p) for p in exc.problems]})
+        return 1
+    except FaiceError as exc:
+        if not as_json:
+            raise
+        _print_json({"valid": False, "problems": [_problem_json(Problem(args.red_file, (), exc.message))]})
+        return exc.exit_code
+    version = str(data.get("redVersion"))
+    if args.check_access:
+        access_problems = check_access(args)
+        if access_problems:
+            if as_json:
+                _print_json({"valid": False, "problems": [_problem_json(p) for p in access_problems]})
+                return 1
+            raise ValidationError(
+                access_problems, summary=f"{document.name}: connector access checks failed ({len(access_problems)}):"
+            )
+    if as_json:
+        _print_json({"valid": True, "redVersion": version, "batches": count, "problems": []})
+    else:
+        sys.stdout.write(
+            REDACTOR.redact(f"{document.name} is valid (RED {version}, {count} batch{'es' if count != 1 else ''})")
+            + "\n"
+        )
+    return 0
+
+
+def check_access(args: Any) -> list[Problem]:
+    """``--check-access``: the connector probes of ``faice exec``'s preflight (credentials,
+    remote paths), with variables filled; a problem for every input and output they fail."""
+    import tempfile
+    from pathlib import Path
+
+    from faice.connectors.staging import StagingSession
+    from faice.pipeline.plan import check_access as probe
+    from faice.pipeline.plan import connector_uses
+    from faice.red.prepare import load_experiment
+
+    experiment = load_experiment(args.red_file, variables=variable_sources(args), fill=True)
+    with_batch = len(experiment.batches) > 1 or "batches" in experiment.data
+    kinds = {key: "Directory" if str((spec or {}).get("type", "File")).startswith("Directory") else "File"
+             for key, spec in (experiment.cli.get("outputs") or {}).items()}
+    uses = connector_uses(experiment.batches, kinds)
+    with tempfile.TemporaryDirectory(prefix="faice-check-") as workdir, StagingSession(Path(workdir)) as session:
+        failures = probe(uses, session, with_batch=with_batch)
+    problems = []
+    for use, message in failures:
+        path = use.key_path(with_batch=with_batch)
+        label = format_key_path(path)
+        problems.append(Problem(experiment.source, path, message.removeprefix(f"{label}: ").removeprefix(f"{label}.")))
+    return problems
+
+
+def _problem_json(problem: Problem) -> dict[str, Any]:
+    return {
+        "file": problem.file,
+        "path": format_key_path(problem.path) if problem.path else "",
+        "line": problem.line,
+        "column": problem.column,
+        "message": problem.message,
+    }
+
+
+def _print_json(data: dict[str, Any]) -> None:
+    from faice.secrets import REDACTOR
+
+    sys.stdout.write(REDACTOR.redact(json.dumps(data, indent=4)) + "\n")

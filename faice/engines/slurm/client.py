@@ -43,10 +43,6 @@ class TaskState:
         return self.state in RUNNING_STATES
 
 
-def slurm_available() -> bool:
-    return shutil.which("sbatch") is not None and shutil.which("squeue") is not None
-
-
 def require_tools() -> None:
     """Fail early, before anything is written, where the Slurm client tools are missing."""
     for tool in ("sbatch", "squeue", "scontrol", "scancel"):
@@ -174,3 +170,19 @@ def scancel(job_id: str, task_ids: Sequence[int] | None = None, *, signal: str |
         if "already completing or completed" not in exc.message and "Invalid job id" not in exc.message:
             raise
 
+
+
+def test_submission(options: Sequence[str]) -> str | None:
+    """``sbatch --test-only``: Slurm's objection to these options (partition, account, QOS,
+    time limit), or None when it would accept them; nothing is queued."""
+    try:
+        probe = subprocess.run(
+            ["sbatch", "--test-only", *options, "--wrap=true"], capture_output=True, text=True,
+            timeout=COMMAND_TIMEOUT_S, stdin=subprocess.DEVNULL,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"sbatch --test-only did not answer: {exc}"
+    if probe.returncode != 0:
+        message = " ".join(line.strip() for line in (probe.stderr or probe.stdout).splitlines() if line.strip())
+        return message or f"sbatch --test-only: exit code {probe.returncode}"
+    return None

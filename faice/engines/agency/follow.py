@@ -9,7 +9,7 @@ import time
 from collections import Counter
 from typing import Any, TextIO
 
-from faice.agency.client import FINAL, AgencyClient
+from faice.engines.agency.client import FINAL, AgencyClient
 
 STYLE = {"succeeded": "green", "failed": "red", "cancelled": "yellow", "processing": "cyan", "scheduled": "blue"}
 

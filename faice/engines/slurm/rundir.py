@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from faice.files import atomic_write_json, tail_text
 from faice.secrets import REDACTOR
 
 SLURM_DIR = "slurm"
@@ -38,24 +38,9 @@ def is_slurm_run(outdir: Path) -> bool:
     return (slurm_dir(outdir) / SUBMISSIONS).is_file()
 
 
-def write_json(path: Path, data: Any, *, mode: int = 0o644, redact: bool = True) -> None:
-    """Write JSON atomically (temp file + rename) so a reader on another node never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(data, indent=2, sort_keys=False) + "\n"
-    if redact:
-        text = REDACTOR.redact(text)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+def write_json(path: Path, data: Any, *, mode: int = 0o644) -> None:
+    """Write JSON atomically and redacted, so a reader on another node never sees half a file."""
+    atomic_write_json(path, data, mode=mode, redact=REDACTOR.redact)
 
 
 def read_json(path: Path) -> Any:
@@ -131,29 +116,8 @@ def log_pattern(outdir: Path) -> str:
 
 
 def tail(path: Path, limit: int = 4000) -> str:
-    """The last ``limit`` characters of a text file, redacted; empty when there is none."""
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            size = handle.tell()
-            handle.seek(max(0, size - limit))
-            data = handle.read()
-    except OSError:
-        return ""
-    return REDACTOR.redact(data.decode("utf-8", "replace"))
-
-
-def batch_record_path(outdir: Path, batch_id: str) -> Path:
-    return outdir / "batches" / batch_id / "result.json"
-
-
-def read_batch_record(outdir: Path, batch_id: str) -> dict[str, Any] | None:
-    path = batch_record_path(outdir, batch_id)
-    try:
-        data = read_json(path)
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+    """The last ``limit`` bytes of a task's output in whole lines, redacted."""
+    return REDACTOR.redact(tail_text(path, limit))
 
 
 def now() -> str:

@@ -1,6 +1,6 @@
 """Following a Slurm job array with the local engine's progress display: Slurm's task states
-become :class:`faice.progress.BatchEvent` s; at the end, the summary table and, for every
-failed batch, the tail of its stderr."""
+become :class:`faice.pipeline.events.BatchEvent` s; at the end, the summary table and, for
+every failed batch, the tail of its stderr."""
 
 from __future__ import annotations
 
@@ -8,6 +8,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from faice.engines.display import ProgressDisplay, summary_table
+from faice.files import tail_text
+from faice.pipeline.events import BatchEvent
+from faice.pipeline.records import BatchState, batch_dir, read_batch_record
 from faice.secrets import REDACTOR
 
 STDERR_TAIL_CHARS = 1500
@@ -17,13 +21,11 @@ class Follower:
     """Feeds the progress display with what changed since the last poll."""
 
     def __init__(self, outdir: Path, batch_index: dict[str, int], *, live: bool | None = None):
-        from faice.progress import ProgressDisplay
-
         self.outdir = Path(outdir)
         self.batch_index = batch_index
         total = max([len(batch_index), *(i + 1 for i in batch_index.values() if isinstance(i, int))])
         self.display = ProgressDisplay(total, live=live)
-        self._seen: dict[str, str] = {}
+        self._seen: dict[str, BatchState] = {}
 
     def __enter__(self) -> Follower:
         self.display.__enter__()
@@ -35,27 +37,21 @@ class Follower:
     def note(self, text: str) -> None:
         self.display.note(text)
 
-    def update(self, states: dict[str, str]) -> None:
-        from faice import records
-        from faice.progress import BatchEvent
-
+    def update(self, states: dict[str, BatchState]) -> None:
         for batch_id, state in states.items():
             if self._seen.get(batch_id) == state:
                 continue
             self._seen[batch_id] = state
-            record = records.read_result(self.outdir, batch_id) if state in records.FINAL_STATES else None
-            record = record or {}
+            record = read_batch_record(self.outdir, batch_id) if state.is_final else None
             index = self.batch_index.get(batch_id) or 0
             self.display(BatchEvent(
-                batch_id, index, state,
-                message=record.get("message"),
-                failure_class=record.get("failureClass"),
-                seconds=(record.get("timings") or {}).get("total"),
+                batch_id, index, state.value,
+                message=record.message if record else None,
+                failure_class=str(record.failure_class) if record and record.failure_class else None,
+                seconds=record.timings.get("total") if record else None,
             ))
 
     def report(self, summary: dict[str, Any]) -> None:
-        from faice.progress import summary_table
-
         outdir = Path(summary.get("outdir") or self.outdir)
         for entry in summary.get("batches", []):
             if entry.get("state") == "failed":
@@ -67,9 +63,4 @@ class Follower:
 
 
 def stderr_tail(outdir: Path, batch_id: str) -> str:
-    path = outdir / "batches" / batch_id / "stderr.txt"
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return ""
-    return text[-STDERR_TAIL_CHARS:].strip()
+    return tail_text(batch_dir(outdir, batch_id) / "stderr.txt", STDERR_TAIL_CHARS).strip()

@@ -12,7 +12,9 @@ import json
 import sys
 from typing import Any
 
+from faice.engines import ExecRequest
 from faice.errors import EngineError
+from faice.red.experiment import Experiment
 from faice.secrets import REDACTOR
 
 
@@ -32,37 +34,37 @@ def agency_access(data: dict[str, Any], source: str) -> tuple[str, str, str]:
     return str(access["url"]), str(username), str(password)
 
 
-def red_to_send(experiment) -> dict[str, Any]:
+def red_to_send(experiment: Experiment) -> dict[str, Any]:
     from faice.red.sweep import expanded_red
     from faice.secrets import normalise_protected_keys
 
     return normalise_protected_keys(expanded_red(experiment.data, experiment.source))
 
 
-def run(experiment, args) -> int:
-    from faice.agency.client import AgencyClient
+def run(experiment: Experiment, request: ExecRequest) -> int:
+    from faice.engines.agency.client import AgencyClient
 
     url, username, password = agency_access(experiment.data, experiment.source)
     red = red_to_send(experiment)
-    if getattr(args, "dry_run", False):
+    if request.dry_run:
         plan = {"agency": url, "batches": len(red.get("batches") or [None]), "red": red}
         print(REDACTOR.redact(json.dumps(REDACTOR.redact_data(plan), indent=2)))
         return 0
     client = AgencyClient(url, username, password)
     experiment_id = client.submit(
         red,
-        disable_retry=bool(getattr(args, "disable_retry", False)),
-        disable_connector_validation=bool(getattr(args, "disable_connector_validation", False)),
+        disable_retry=request.disable_retry,
+        disable_connector_validation=request.options.disable_connector_validation,
     )
     result: dict[str, Any] = {"experimentId": experiment_id}
-    if getattr(args, "json", False):
+    if request.json:
         result["batchIds"] = [b["_id"] for b in client.experiment_batches(experiment_id)]
     print(json.dumps(result), flush=True)
-    if not getattr(args, "wait", False):
+    if not request.wait:
         return 0
-    from faice.agency.progress import follow
+    from faice.engines.agency.follow import follow
 
-    batches = follow(client, experiment_id, stream=sys.stderr, live=False if getattr(args, "no_progress", False) else None)
+    batches = follow(client, experiment_id, stream=sys.stderr, live=None if request.progress else False)
     failed = [b for b in batches if b["state"] != "succeeded"]
     for batch in failed:
         detail = client.batch(batch["_id"])

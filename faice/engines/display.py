@@ -11,29 +11,15 @@ import os
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from faice.pipeline.events import BatchEvent
 from faice.secrets import REDACTOR
 
 REFRESH_PER_SECOND = 4
 MAX_RUNNING_ROWS = 20  # a sweep of hundreds must not push the counts off the screen
 
 STATES = ("pending", "waiting", "running", "succeeded", "failed", "cancelled", "skipped")
-
-
-@dataclass
-class BatchEvent:
-    """A state or phase change of one batch (also what ``on_event`` callers receive)."""
-
-    batch_id: str
-    index: int
-    state: str  # pending, running, succeeded, failed, cancelled, skipped
-    phase: str | None = None  # preflight, stage-in, run, collect, stage-out, record
-    message: str | None = None
-    failure_class: str | None = None
-    seconds: float | None = None
-    time: float = field(default_factory=time.time)
 
 
 class ProgressDisplay:
@@ -177,3 +163,30 @@ def summary_table(summary: dict[str, Any], stream: TextIO | None = None) -> None
     lines.append(f"faice: run {summary.get('runId')} {summary.get('state')}: {totals}; records in {summary.get('outdir')}")
     stream.write(REDACTOR.redact("\n".join(lines)) + "\n")
     stream.flush()
+
+
+def print_plan(plan: dict[str, Any], *, as_json: bool) -> None:
+    """``--dry-run``: the batches, their commands, GPUs and mounts (JSON with ``--json``)."""
+    import json
+    import shlex
+
+    if as_json:
+        sys.stdout.write(REDACTOR.redact(json.dumps(plan, indent=2)) + "\n")
+        return
+    lines = [
+        f"image: {plan['image']}" + (f"   ram: {plan['ram']} MB" if plan["ram"] else ""),
+        f"batches: {len(plan['batches'])}   parallel: {plan['parallel']}   "
+        f"GPUs per batch: {plan['gpusPerBatch']}   outdir: {plan['outdir']}",
+    ]
+    for batch in plan["batches"]:
+        lines.append(f"\n[{batch['index']}] {batch['id']}")
+        if batch["parameters"]:
+            lines.append("  parameters: " + ", ".join(f"{k}={v}" for k, v in batch["parameters"].items()))
+        lines.append("  command:    " + shlex.join(batch["command"]))
+        if batch["gpus"]:
+            lines.append("  gpus:       " + ",".join(batch["gpus"]))
+        for mount in batch["mounts"]:
+            source = mount.get("source") or f"{mount['connector']} connector" + (" (host mount)" if mount["hostMount"] else "")
+            lines.append(f"  mount:      {mount['target']} ({mount['mode']}) <- {source}")
+    sys.stdout.write(REDACTOR.redact("\n".join(lines)) + "\n")
+    sys.stdout.flush()

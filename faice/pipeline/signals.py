@@ -1,7 +1,8 @@
 """Ctrl-C and SIGTERM during a run: one place that routes them and restores the handlers.
 
-Both engines stop their work on the first signal (the local engine gives containers a grace
-period, the slurm engine cancels the array) and exit 130 or 143 like a killed shell command.
+Every engine stops its work on the first signal (the local engine gives containers a grace
+period, the slurm engine cancels the array) and exits 130 or 143 like a killed shell command.
+Handlers given here must only record the signal: the interrupted thread may hold any lock.
 """
 
 from __future__ import annotations

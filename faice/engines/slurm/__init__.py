@@ -1,0 +1,1 @@
+"""The ``slurm`` engine: job arrays whose tasks each run one batch (see :mod:`.job`, :mod:`.task`)."""

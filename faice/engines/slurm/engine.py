@@ -1,0 +1,167 @@
+"""``faice exec`` with ``engine: slurm``, and ``faice status|cancel --outdir`` of a Slurm run.
+
+Submits one job array (one task per batch), and with ``--wait`` follows it with the local
+engine's progress display; Ctrl-C or SIGTERM cancels the array (nothing is left running
+behind the user's back) and exits 130 or 143 like a local run.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from faice.engines import ExecRequest
+from faice.engines.slurm import client as slurm_cli
+from faice.engines.slurm import rundir
+from faice.engines.slurm.job import (
+    FINAL,
+    POLL_INTERVAL_S,
+    SUCCEEDED,
+    TASK_MODULE,
+    SlurmJob,
+    cancel_run,
+    open_run,
+    refresh_run,
+    submit_batches,
+    wait_run,
+    write_run_summary,
+)
+from faice.engines.slurm.settings import SlurmSettings, sbatch_options
+from faice.pipeline.records import default_outdir, new_run_id, prepare_outdir, read_batch_record
+from faice.pipeline.signals import EXIT_SIGNAL, interrupts_to
+from faice.red.experiment import Experiment
+from faice.secrets import REDACTOR
+
+
+def _say(message: str) -> None:
+    print(REDACTOR.redact(message), file=sys.stderr, flush=True)
+
+
+def run(experiment: Experiment, request: ExecRequest) -> int:
+    """Submit one array; with ``--wait`` follow it."""
+    settings = SlurmSettings.from_experiment(experiment)
+    if request.dry_run:
+        return _dry_run(experiment, settings, request)
+    slurm_cli.require_tools()
+    run_id = new_run_id()
+    if request.outdir is not None:
+        outdir = Path(request.outdir)
+    elif settings.run_dir:
+        outdir = Path(settings.run_dir).expanduser() / default_outdir(run_id).name
+    else:
+        outdir = default_outdir(run_id)
+    outdir = outdir.resolve()
+    options = request.options
+    prepare_outdir(outdir, resume=options.resume)
+    batches = experiment.batches
+    if options.resume:
+        done = [b for b in batches if (r := read_batch_record(outdir, b.id)) is not None and r.state == SUCCEEDED]
+        batches = [b for b in batches if b not in done]
+        if not batches:
+            _say(f"faice: all {len(experiment.batches)} batches already succeeded in {outdir}")
+            return 0
+        _say(f"faice: resuming: {len(done)} batches succeeded before, re-submitting {len(batches)}")
+    job = submit_batches(experiment, options, outdir, batches, run_id=run_id, max_running=options.parallel)
+    _say(f"faice: submitted Slurm job array {job.job_id} ({len(job.batch_ids)} batches); run directory {outdir}")
+    if not request.wait:
+        if request.json:
+            print(json.dumps(rundir.read_json(outdir / "run.json"), indent=2))
+        else:
+            _say(f"faice: follow it with: faice status --outdir {shlex.quote(str(outdir))} --wait")
+        return 0
+    return follow(job, json_output=request.json, live=None if request.progress else False)
+
+
+def follow(job: SlurmJob, *, json_output: bool = False, live: bool | None = None) -> int:
+    """Follow the array until every batch is final; the first Ctrl-C or SIGTERM cancels it.
+    The handler only records the signal; this loop (between polls) cancels."""
+    from faice.engines.slurm.progress import Follower
+
+    received: list[int] = []
+    follower = Follower(job.outdir, job.batch_index, live=live)
+    with follower, interrupts_to(lambda signum, _frame: received.append(signum)):
+        cancelled = False
+        while True:
+            if received and not cancelled:
+                cancelled = True
+                follower.note(f"interrupted: cancelling Slurm job array {job.job_id}")
+                job.cancel()
+            states = job.poll()
+            follower.update(states)
+            if all(s in FINAL for s in states.values()):
+                rundir.remove_task_specs(job.submission_dir)
+                break
+            time.sleep(POLL_INTERVAL_S)
+    summary = write_run_summary(job.outdir, states=states)
+    if json_output:
+        print(REDACTOR.redact(json.dumps(summary, indent=2)))
+    follower.report(summary)
+    if received:
+        return EXIT_SIGNAL.get(received[0], EXIT_SIGNAL[signal.SIGINT])
+    return 0 if summary["state"] == SUCCEEDED else 1
+
+
+def _dry_run(experiment: Experiment, settings: SlurmSettings, request: ExecRequest) -> int:
+    """Print the sbatch command and the batches; submit nothing."""
+    outdir = Path(request.outdir).resolve() if request.outdir else Path("faice-runs/<time>-<run id>")
+    argv = sbatch_options(
+        settings,
+        experiment.container_settings,
+        job_name="faice-<run id>",
+        array=slurm_cli.array_spec(len(experiment.batches), request.options.parallel or settings.max_running),
+        output=rundir.log_pattern(outdir),
+        workdir=str(outdir),
+    )
+    plan = {
+        "engine": "slurm",
+        "sbatch": ["sbatch", *argv, str(outdir / "slurm" / "1" / "job.sh")],
+        "taskCommand": [settings.python, "-m", TASK_MODULE, str(outdir / "slurm" / "1"), "$SLURM_ARRAY_TASK_ID"],
+        "batches": [{"task": i, "id": b.id, "index": b.index, "parameters": b.parameters}
+                    for i, b in enumerate(experiment.batches)],
+    }
+    if request.json:
+        print(REDACTOR.redact(json.dumps(plan, indent=2)))
+    else:
+        lines = ["Slurm plan (nothing submitted):", "  " + shlex.join(plan["sbatch"])]
+        lines += [f"  task {e['task']}: batch {e['id']} {json.dumps(e['parameters'])}" for e in plan["batches"]]
+        print(REDACTOR.redact("\n".join(lines)))
+    return 0
+
+
+# ----------------------------------------------------------------------------- run directories
+
+
+def refresh_status(outdir: Path, *, wait: bool = False) -> dict[str, Any]:
+    """``faice status --outdir`` of a Slurm run: ask Slurm, rewrite run.json (follow the
+    array until every batch is final with ``wait``) and return it."""
+    outdir = Path(outdir).resolve()
+    if wait:
+        from faice.engines.slurm.progress import Follower
+
+        jobs = open_run(outdir)
+        index = {b: i for job in jobs for b, i in job.batch_index.items()}
+        wait_run(jobs, Follower(outdir, index, live=False).update)
+    return refresh_run(outdir)
+
+
+def cancel(outdir: Path, target: str | None) -> int:
+    """``faice cancel ID --outdir``: the batch ``ID``, or every unfinished batch when ``ID`` is
+    the run id (or ``all``)."""
+    outdir = Path(outdir).resolve()
+    run = refresh_run(outdir)
+    batch_id = None if target in (None, "all", run.get("runId")) else target
+    cancelled = cancel_run(outdir, batch_id)
+    if cancelled:
+        wait_run(open_run(outdir))
+    refresh_run(outdir)
+    if cancelled:
+        _say(f"faice: cancelled {len(cancelled)} batch{'es' if len(cancelled) != 1 else ''}: {', '.join(cancelled)}")
+    else:
+        _say("faice: nothing to cancel: every batch is final")
+    return 0
+

@@ -1,0 +1,360 @@
+"""Slurm job arrays of faice batches: submit, poll, cancel (the engine's public job API).
+
+Each array task runs :func:`faice.pipeline.batch.run_batch` for one batch on its compute node
+(:mod:`faice.engines.slurm.task`) and writes the same records into the shared run directory
+(:mod:`faice.engines.slurm.rundir`). The agency server and ``faice status/cancel --outdir`` use:
+
+* ``submit_batches(experiment, options, outdir, batches=None) -> SlurmJob``
+* ``SlurmJob.poll() -> dict[batch_id, state]``, ``.wait(on_update)``, ``.cancel(batch_ids)``
+* ``open_run(outdir) -> list[SlurmJob]``, ``refresh_run(outdir) -> dict`` (rewrites run.json),
+  ``cancel_run(outdir, batch_id=None)``
+"""
+
+from __future__ import annotations
+
+import shlex
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from faice.engines.slurm import client as slurm_cli
+from faice.engines.slurm import rundir
+from faice.engines.slurm.settings import SlurmSettings, sbatch_options
+from faice.errors import EngineError, UsageError
+from faice.files import atomic_write_text
+from faice.pipeline.options import RunOptions
+from faice.pipeline.records import (
+    FINAL_STATES,
+    BatchState,
+    FailureClass,
+    batch_dir,
+    new_batch_record,
+    new_run_id,
+    read_batch_record,
+    rebuild_run_record,
+    write_batch_record,
+)
+from faice.red.experiment import Batch, Experiment
+from faice.secrets import REDACTOR
+
+SCHEDULED, PROCESSING = BatchState.PENDING, BatchState.RUNNING
+SUCCEEDED, FAILED, CANCELLED = BatchState.SUCCEEDED, BatchState.FAILED, BatchState.CANCELLED
+FINAL = FINAL_STATES
+TASK_MODULE = "faice.engines.slurm.task"
+
+# Slurm's end states that left no record behind, and the failure class they mean.
+FAILURE_CLASS = {
+    "CANCELLED": FailureClass.CANCELLED,
+    "TIMEOUT": FailureClass.TIMEOUT,
+    "DEADLINE": FailureClass.TIMEOUT,
+    "OUT_OF_MEMORY": FailureClass.OOM,
+    "PREEMPTED": FailureClass.CANCELLED,
+}
+# A task that Slurm reports final gets this long for its record to appear (shared filesystems
+# cache directory entries) before faice writes a failure record in its place.
+RECORD_GRACE_S = 5.0
+POLL_INTERVAL_S = 0.5
+
+
+class SlurmJob:
+    """One submitted job array: array task ``i`` runs batch ``batch_ids[i]``."""
+
+    def __init__(self, outdir: Path, entry: dict[str, Any]):
+        self.outdir = outdir
+        self.job_id: str = entry["jobId"]
+        self.tag: str = entry["tag"]
+        self.run_id: str = entry["runId"]
+        self.batch_ids: list[str] = list(entry["batchIds"])
+        self.batch_index: dict[str, int] = dict(entry.get("batchIndex") or {})
+        self.batch_parameters: dict[str, Any] = dict(entry.get("batchParameters") or {})
+        self._final_since: dict[int, float] = {}
+        self._states: dict[str, BatchState] = {}
+
+    @property
+    def submission_dir(self) -> Path:
+        return rundir.slurm_dir(self.outdir) / self.tag
+
+    def poll(self, only: set[str] | None = None) -> dict[str, BatchState]:
+        """The state of every batch of this array (or of those in ``only``: a later array of
+        the same run owns the others); writes a failure record for tasks that ended without
+        one (cancelled while pending, killed by Slurm, node failure)."""
+        slurm_states = slurm_cli.task_states(self.job_id)
+        states: dict[str, BatchState] = {}
+        for task_id, batch_id in enumerate(self.batch_ids):
+            if only is not None and batch_id not in only:
+                continue
+            if self._states.get(batch_id) in FINAL:
+                states[batch_id] = self._states[batch_id]
+                continue
+            states[batch_id] = self._task_state(task_id, batch_id, slurm_states.get(task_id))
+        self._states = states
+        return dict(states)
+
+    def _task_state(self, task_id: int, batch_id: str, task: slurm_cli.TaskState | None) -> BatchState:
+        if task is not None and not task.is_final:
+            return PROCESSING if task.is_running else SCHEDULED
+        record = read_batch_record(self.outdir, batch_id)
+        if record is not None and record.is_final:
+            return record.state
+        first = self._final_since.setdefault(task_id, time.monotonic())
+        cancelled = task is not None and task.state == "CANCELLED"
+        if not cancelled and time.monotonic() - first < RECORD_GRACE_S:
+            return PROCESSING
+        return self._record_lost_task(task_id, batch_id, task)
+
+    def _record_lost_task(self, task_id: int, batch_id: str, task: slurm_cli.TaskState | None) -> BatchState:
+        """Write the record of a batch whose task never wrote one."""
+        rundir.remove_task_specs(self.submission_dir, [task_id])
+        log = rundir.log_path(self.outdir, self.job_id, task_id)
+        if task is None:
+            slurm_state, message = "UNKNOWN", "Slurm no longer knows the task and it left no record"
+        else:
+            slurm_state = task.state
+            message = f"Slurm task {self.job_id}_{task_id} ended {task.state}"
+            if task.reason and task.reason != "None":
+                message += f" ({task.reason})"
+            if task.exit_code is not None:
+                message += f", exit code {task.exit_code}"
+        log_text = rundir.tail(log)
+        stderr = batch_dir(self.outdir, batch_id) / "stderr.txt"
+        if log_text and not stderr.exists():
+            atomic_write_text(stderr, log_text, redact=REDACTOR.redact)
+        record = new_batch_record(
+            batch_id, self.batch_index.get(batch_id), self.batch_parameters.get(batch_id), run_id=self.run_id,
+            command=None, failure_class=FAILURE_CLASS.get(slurm_state, FailureClass.ENGINE), message=message,
+            engine={"name": "slurm", "jobId": self.job_id, "taskId": task_id, "slurmState": slurm_state},
+        )
+        if log_text:
+            assert record.debug_info is not None
+            record.debug_info.append(f"task output ({log.name}):\n{log_text}")
+        write_batch_record(self.outdir, record)
+        return record.state
+
+    def is_final(self) -> bool:
+        return bool(self._states) and all(s in FINAL for s in self._states.values())
+
+    def wait(self, on_update: Callable[[dict[str, BatchState]], None] | None = None,
+             interval: float = POLL_INTERVAL_S) -> dict[str, BatchState]:
+        """Poll until every batch is final; ``on_update`` gets the states after every poll."""
+        while True:
+            states = self.poll()
+            if on_update:
+                on_update(states)
+            if all(s in FINAL for s in states.values()):
+                rundir.remove_task_specs(self.submission_dir)
+                return states
+            time.sleep(interval)
+
+    def remove_specs(self) -> None:
+        """Delete the secret-bearing specs of tasks that never started."""
+        rundir.remove_task_specs(self.submission_dir)
+
+    def cancel(self, batch_ids: Iterable[str] | None = None) -> None:
+        """Cancel the array or some batches: running tasks get SIGTERM and stop their
+        container; pending ones never start (their secret-bearing specs are removed)."""
+        if batch_ids is None:
+            task_ids = None
+        else:
+            wanted = set(batch_ids)
+            task_ids = [i for i, b in enumerate(self.batch_ids) if b in wanted]
+            if not task_ids:
+                return
+        try:
+            slurm_cli.scancel(self.job_id, task_ids)
+        finally:
+            # Tasks that already started have taken (deleted) their spec; the rest never will.
+            queued = slurm_cli.queued_tasks(self.job_id)
+            pending = [t for t, s in queued.items() if not s.is_running and (task_ids is None or t in task_ids)]
+            rundir.remove_task_specs(self.submission_dir, pending)
+
+
+# ----------------------------------------------------------------------------- submission
+
+
+def _batch_data(batch: Batch) -> dict[str, Any]:
+    return {
+        "index": batch.index,
+        "id": batch.id,
+        "inputs": batch.inputs,
+        "outputs": batch.outputs,
+        "parameters": batch.parameters,
+        "doc": batch.doc,
+        "cloud": batch.cloud,
+    }
+
+
+def _shared_data(experiment: Experiment) -> dict[str, Any]:
+    """The RED document a task needs (cli, container, execution), without other batches."""
+    return {k: v for k, v in experiment.data.items() if k not in ("batches", "inputs", "outputs")}
+
+
+def job_script(settings: SlurmSettings, submission: Path, run_id: str) -> str:
+    """The batch script: hand over to faice's task entry point on the node."""
+    command = [settings.python, "-m", TASK_MODULE, str(submission)]
+    return (
+        "#!/bin/sh\n"
+        f"# faice run {run_id}: array task N runs the batch in tasks/N.json\n"
+        f'exec {shlex.join(command)} "$SLURM_ARRAY_TASK_ID"\n'
+    )
+
+
+def submit_batches(
+    experiment: Experiment,
+    options: RunOptions,
+    outdir: Path,
+    batches: list[Batch] | None = None,
+    *,
+    run_id: str | None = None,
+    max_running: int | None = None,
+    protected: Iterable[str] | None = None,
+) -> SlurmJob:
+    """Submit one job array with a task per batch (of ``batches``, default: all).
+
+    ``protected``: the secrets the tasks must mask (default: every value registered with
+    the process's redactor; a long-running server passes only the batch's own)."""
+    settings = SlurmSettings.from_experiment(experiment)
+    outdir = Path(outdir).resolve()
+    batches = experiment.batches if batches is None else batches
+    if not batches:
+        raise EngineError("Slurm engine: no batches to submit")
+    previous = rundir.read_submissions(outdir)
+    run_id = run_id or (previous[0]["runId"] if previous else new_run_id())
+    tag, submission = rundir.new_submission_dir(outdir)
+    rundir.write_json(submission / "options.json", {**options.to_dict(), "run_id": run_id})
+    shared = _shared_data(experiment)
+    protected = sorted(set(protected)) if protected is not None else REDACTOR.values()
+    for task_id, batch in enumerate(batches):
+        # A stale record of an earlier attempt must not pass for this attempt's result.
+        rundir.batch_record_path(outdir, batch.id).unlink(missing_ok=True)
+        rundir.write_task_spec(
+            submission,
+            task_id,
+            {"source": experiment.source, "data": shared, "batch": _batch_data(batch), "protected": protected},
+        )
+    script = submission / "job.sh"
+    script.write_text(job_script(settings, submission, run_id), encoding="utf-8")
+    limit = max_running or settings.max_running
+    argv = sbatch_options(
+        settings,
+        experiment.container_settings,
+        job_name=f"faice-{run_id}",
+        array=slurm_cli.array_spec(len(batches), limit),
+        output=rundir.log_pattern(outdir),
+        workdir=str(outdir),
+    )
+    try:
+        job_id = slurm_cli.sbatch(str(script), argv)
+    except BaseException:
+        rundir.remove_task_specs(submission)
+        raise
+    entry = {
+        "tag": tag,
+        "jobId": job_id,
+        "runId": run_id,
+        "batchIds": [b.id for b in batches],
+        "batchIndex": {b.id: b.index for b in batches},
+        "batchParameters": {b.id: b.parameters for b in batches},
+        "submittedAt": rundir.now(),
+        "sbatch": argv,
+    }
+    rundir.add_submission(outdir, entry)
+    job = SlurmJob(outdir, entry)
+    write_run_summary(outdir, experiment=experiment, states={b.id: SCHEDULED for b in batches})
+    return job
+
+
+# ----------------------------------------------------------------------------- run directory
+
+
+def open_run(outdir: Path) -> list[SlurmJob]:
+    """The job arrays of a Slurm run directory, oldest first."""
+    outdir = Path(outdir).resolve()
+    if not rundir.is_slurm_run(outdir):
+        raise UsageError(f"{outdir}: not a Slurm run directory (no slurm/{rundir.SUBMISSIONS})")
+    return [SlurmJob(outdir, entry) for entry in rundir.read_submissions(outdir)]
+
+
+def current_states(jobs: list[SlurmJob]) -> dict[str, BatchState]:
+    """Batch states over all arrays of a run; each batch is asked of the latest array that
+    ran it (``--resume`` re-submits failed batches in a new array)."""
+    owner = {batch_id: job for job in jobs for batch_id in job.batch_ids}
+    states: dict[str, BatchState] = {}
+    for job in jobs:
+        mine = {b for b, j in owner.items() if j is job}
+        if mine:
+            states.update(job.poll(mine))
+    return states
+
+
+def refresh_run(outdir: Path) -> dict[str, Any]:
+    """Ask Slurm for the state of every batch, rewrite run.json and return it."""
+    jobs = open_run(outdir)
+    return write_run_summary(Path(outdir).resolve(), states=current_states(jobs))
+
+
+def cancel_run(outdir: Path, batch_id: str | None = None) -> list[str]:
+    """Cancel every unfinished batch of a Slurm run (or one batch); returns the batch ids."""
+    jobs = open_run(outdir)
+    states = current_states(jobs)
+    if batch_id is not None and batch_id not in states:
+        raise UsageError(f"{outdir}: no batch {batch_id!r} in this run")
+    cancelled = [b for b, s in states.items() if s not in FINAL and (batch_id is None or b == batch_id)]
+    owner = {b: job for job in jobs for b in job.batch_ids}
+    for job in jobs:
+        mine = [b for b in cancelled if owner[b] is job]
+        if mine:
+            job.cancel(None if len(mine) == len(job.batch_ids) else mine)
+    return cancelled
+
+
+def wait_run(jobs: list[SlurmJob], on_update: Callable[[dict[str, BatchState]], None] | None = None
+             ) -> dict[str, BatchState]:
+    """Poll every array of a run until each batch is final."""
+    while True:
+        states = current_states(jobs)
+        if on_update:
+            on_update(states)
+        if all(s in FINAL for s in states.values()):
+            for job in jobs:
+                rundir.remove_task_specs(job.submission_dir)
+            return states
+        time.sleep(POLL_INTERVAL_S)
+
+
+def write_run_summary(outdir: Path, *, states: dict[str, BatchState],
+                      experiment: Experiment | None = None) -> dict[str, Any]:
+    """run.json for a Slurm run: the batch records, the live Slurm state of batches that have
+    no final record yet, and the Slurm job ids."""
+    outdir = Path(outdir)
+    submissions = rundir.read_submissions(outdir)
+    live = dict(states)
+    header: dict[str, Any] = {"engine": "slurm", "outdir": str(outdir),
+                              "slurm": {"jobIds": [s["jobId"] for s in submissions]}}
+    if submissions:
+        header["runId"] = submissions[0]["runId"]
+    if experiment is not None:
+        header["source"] = experiment.source
+        for batch in experiment.batches:
+            live.setdefault(batch.id, SCHEDULED)
+    return rebuild_run_record(outdir, live=live, header=header)
+
+
+def cancel_jobs_below(directory: Path) -> list[str]:
+    """Cancel every job array of the run directories ``directory/attempt-*`` (an agency batch
+    whose server stopped); returns their job ids."""
+    cancelled = []
+    for attempt in sorted(Path(directory).glob("attempt-*")):
+        if rundir.is_slurm_run(attempt):
+            for job in open_run(attempt):
+                job.cancel()
+                job.remove_specs()
+                cancelled.append(job.job_id)
+    return cancelled
+
+
+def check_submission(settings: SlurmSettings, workdir: Path) -> str | None:
+    """Slurm's objection to a job array with these settings, or None (nothing is queued)."""
+    slurm_cli.require_tools()
+    argv = sbatch_options(settings, {}, job_name="faice-check", array="0", output="/dev/null", workdir=str(workdir))
+    return slurm_cli.test_submission(argv)

@@ -1,0 +1,111 @@
+"""What one Slurm array task runs on its compute node: one batch through the batch pipeline.
+
+    python -m faice.engines.slurm.task SUBMISSION_DIR TASK_ID
+
+The task takes (reads and deletes) its spec ``SUBMISSION_DIR/tasks/TASK_ID.json``, masks the
+secrets listed there, and runs :func:`faice.pipeline.batch.run_batch` for its batch, which
+writes ``batches/<id>/`` into the shared run directory. The GPUs Slurm allocated are the only
+ones the task's allocator hands out. SIGTERM (``scancel``, time limit) stops the container
+and still writes the batch's record.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from faice.engines.slurm import rundir
+from faice.pipeline.host import Host, failed_before_start
+from faice.pipeline.options import RunOptions
+from faice.pipeline.plan import BatchPlan, plan_batches
+from faice.pipeline.records import BatchRecord
+from faice.red.experiment import Batch, Experiment
+from faice.runtime.gpus import host_allocator
+from faice.secrets import Redactor
+
+
+def docker_gpu_ids(environ: dict[str, str]) -> str | None:
+    """The host GPU ids Slurm gave this task, as Docker device ids.
+
+    ``CUDA_VISIBLE_DEVICES`` may be renumbered from 0 when Slurm confines devices with cgroups,
+    but the Docker daemon lives outside the task's cgroup and counts the node's GPUs, so the
+    node-level ids in ``SLURM_JOB_GPUS`` (or ``SLURM_STEP_GPUS``) come first.
+    """
+    for name in ("SLURM_STEP_GPUS", "SLURM_JOB_GPUS", "CUDA_VISIBLE_DEVICES"):
+        value = environ.get(name, "").strip()
+        if value and value not in ("NoDevFiles",):
+            return value
+    return None
+
+
+def load_task(submission: Path, task_id: int) -> tuple[BatchPlan, RunOptions, str, Redactor]:
+    """This task's plan, the run's options, its run id and a redactor of its secrets."""
+    spec = rundir.take_task_spec(submission, task_id)
+    redactor = Redactor(spec.get("protected") or [])
+    experiment = Experiment.of_batch(spec["source"], spec["data"], Batch(**spec["batch"]))
+    stored: dict[str, Any] = rundir.read_json(submission / "options.json")
+    options = RunOptions.from_dict(stored).replace(parallel=1)
+    (plan,) = plan_batches(experiment)
+    return plan, options, str(stored.get("run_id")), redactor
+
+
+def say(message: str, redactor: Redactor | None = None) -> None:
+    print(redactor.redact(message) if redactor else message, file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=f"python -m {__name__}", description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("submission", type=Path)
+    parser.add_argument("task_id", type=int)
+    args = parser.parse_args(argv)
+    received: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, _frame: received.append(signum))
+    signal.signal(signal.SIGINT, lambda signum, _frame: received.append(signum))
+    submission = args.submission.resolve()
+    outdir = submission.parent.parent
+    try:
+        plan, options, run_id, redactor = load_task(submission, args.task_id)
+    except FileNotFoundError:
+        say(f"faice task: no spec for task {args.task_id} in {submission} (already run or cancelled)")
+        return 1
+    gpu_ids = docker_gpu_ids(dict(os.environ))
+    # The Docker daemon counts host GPUs; the renumbered ids must not restrict them again.
+    os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+    node = os.uname().nodename
+    engine = {"name": "slurm", "node": node, "jobId": os.environ.get("SLURM_ARRAY_JOB_ID"),
+              "taskId": args.task_id}
+    say(f"faice task: batch {plan.id} (index {plan.index}) on {node}, GPUs: {gpu_ids or 'none'}")
+    cancel = threading.Event()
+    result: list[BatchRecord] = []
+
+    def work() -> None:
+        try:
+            host = Host(host_allocator(gpu_ids))
+            result.append(host.run_alone(plan, run_id=run_id, outdir=outdir, redactor=redactor, options=options,
+                                         cancel=cancel, engine=engine))
+        except Exception as exc:  # a bug: the batch still gets a record, the log the reason
+            import traceback
+
+            say(f"faice task: internal error: {type(exc).__name__}: {exc}\n{traceback.format_exc()}", redactor)
+            result.append(failed_before_start(plan, run_id, outdir, f"internal error: {type(exc).__name__}: {exc}",
+                                              redactor=redactor, engine=engine))
+
+    worker = threading.Thread(target=work, name="faice-task", daemon=True)
+    worker.start()
+    while worker.is_alive():
+        worker.join(0.2)
+        if received and not cancel.is_set():
+            say(f"faice task: received signal {received[0]}: stopping the batch")
+            cancel.set()
+    record = result[0]
+    say(f"faice task: batch {plan.id} {record.state}" + (f": {record.message}" if record.message else ""), redactor)
+    return 0 if record.state == "succeeded" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

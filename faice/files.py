@@ -1,0 +1,81 @@
+"""File helpers every layer shares: atomic writes, tolerant reads, bounded tails.
+
+A reader on another node (Slurm) or in another thread (``faice status`` while a run goes on)
+must never see half a file, so every record is written to a temp file and renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+# The most of a stream read back into memory (the agency keeps only its cap of this tail).
+LOG_READ_LIMIT = 64 * 2**20
+
+
+def atomic_write_text(
+    path: Path, text: str, *, mode: int = 0o644, redact: Callable[[str], str] | None = None
+) -> None:
+    """Write ``text`` (passed through ``redact`` first) so readers see the old or the new file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if redact is not None:
+        text = redact(text)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def atomic_write_json(
+    path: Path, data: Any, *, mode: int = 0o644, redact: Callable[[str], str] | None = None
+) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n", mode=mode, redact=redact)
+
+
+def read_json(path: Path) -> Any | None:
+    """The parsed file, or None when it is missing or not JSON (a record being replaced)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return None
+
+
+def read_tail(path: Path, limit: int | None = None) -> tuple[str, int]:
+    """(text, bytes skipped): the last ``limit`` bytes of a stream file, in whole lines.
+
+    A cut tail starts after its first newline, so that a secret cut in half at the start
+    (which a redactor would no longer recognise) is dropped with the rest.
+    """
+    limit = LOG_READ_LIMIT if limit is None else limit
+    with open(path, "rb") as handle:
+        size = handle.seek(0, 2)
+        skipped = max(0, size - limit)
+        handle.seek(skipped)
+        data = handle.read()
+    if skipped:
+        newline = data.find(b"\n")
+        cut = newline + 1 if newline >= 0 else len(data)
+        skipped, data = skipped + cut, data[cut:]
+    return data.decode("utf-8", "replace"), skipped
+
+
+def tail_text(path: Path, limit: int = 4000) -> str:
+    """The last ``limit`` bytes of a text file in whole lines; empty when there is none."""
+    try:
+        return read_tail(path, limit)[0]
+    except OSError:
+        return ""

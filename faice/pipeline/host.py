@@ -1,0 +1,110 @@
+"""What one faice process owns on its host: the container runtime and the GPU allocator.
+
+A process creates one :class:`Host` and every batch it runs draws from it, so two batches of
+the same process never get the same GPU, whichever engine asked (``faice exec``'s pool, the
+agency server's dispatcher, a Slurm task). :meth:`Host.run_alone` runs one batch without a
+run around it: what a Slurm task and the agency server do for each batch they are given.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from faice.errors import FaiceError
+from faice.pipeline.batch import BatchContext, run_batch
+from faice.pipeline.events import EventSink, ignore
+from faice.pipeline.options import RunOptions
+from faice.pipeline.plan import BatchPlan
+from faice.pipeline.records import BatchRecord, FailureClass, batch_dir, new_batch_record, write_batch_record
+from faice.runtime.containers import ContainerRuntime
+from faice.runtime.gpus import GpuAllocator
+from faice.secrets import Redactor
+
+
+class Host:
+    """The container runtime (connected on first use) and the one GPU allocator."""
+
+    def __init__(self, gpus: GpuAllocator, runtime: ContainerRuntime | None = None):
+        self.gpus = gpus
+        self._runtime = runtime
+        self._lock = threading.Lock()
+        self._cleaned = False
+
+    @property
+    def runtime(self) -> ContainerRuntime:
+        with self._lock:
+            if self._runtime is None:
+                from faice.runtime.docker import DockerRuntime
+
+                self._runtime = DockerRuntime.connect()
+            return self._runtime
+
+    def remove_leftovers(self) -> list[str]:
+        """Containers and temp dirs of faice processes that died (once per process)."""
+        from faice.runtime.tempdirs import remove_stale_tempdirs
+
+        with self._lock:
+            if self._cleaned:
+                return []
+            self._cleaned = True
+        runtime = self.runtime
+        removed = list(getattr(runtime, "remove_leftovers", list)())
+        remove_stale_tempdirs()
+        return removed
+
+    def run_alone(
+        self,
+        plan: BatchPlan,
+        *,
+        run_id: str,
+        outdir: Path,
+        redactor: Redactor,
+        options: RunOptions,
+        cancel: threading.Event,
+        engine: dict[str, Any] | None = None,
+        on_event: EventSink = ignore,
+    ) -> BatchRecord:
+        """Run one batch: image, scratch space and a staging session of its own, connector
+        access checked first; a failure before the batch could start is recorded too."""
+        from faice.connectors.staging import StagingSession
+        from faice.runtime.tempdirs import create_run_tempdir, remove_run_tempdir
+
+        scratch: Path | None = None
+        try:
+            runtime = self.runtime
+            started = time.monotonic()
+            image, pulled = runtime.ensure_image(plan.image_ref, auth=plan.image_auth,
+                                                 allow_pull=not options.disable_pull)
+            pull_seconds = round(time.monotonic() - started, 3) if pulled else 0.0
+            scratch = create_run_tempdir(run_id)
+            with StagingSession(scratch / "staging", redactor=redactor) as staging:
+                context = BatchContext(
+                    run_id=run_id, outdir=outdir, scratch=scratch, runtime=runtime, image=image, gpus=self.gpus,
+                    staging=staging, redactor=redactor, options=options, cancel=cancel, on_event=on_event,
+                    pull_seconds=pull_seconds, check_access=True, engine=engine,
+                )
+                return run_batch(plan, context)
+        except FaiceError as exc:
+            return failed_before_start(plan, run_id, outdir, exc.message, redactor=redactor, engine=engine)
+        finally:
+            if scratch is not None:
+                remove_run_tempdir(scratch)
+
+
+def failed_before_start(plan: BatchPlan, run_id: str, outdir: Path, message: str, *,
+                        redactor: Redactor, engine: dict[str, Any] | None = None) -> BatchRecord:
+    """The record of a batch that could not start (Docker unreachable, image not pulled);
+    the reason is its ``stderr.txt`` too, so ``faice logs --stderr`` shows it."""
+    failure = FailureClass.CONNECTOR if "connector" in message else FailureClass.ENGINE
+    record = new_batch_record(plan.id, plan.index, plan.batch.parameters, run_id=run_id, command=plan.command.argv,
+                              failure_class=failure, message=message.splitlines()[0], engine=engine)
+    record.debug_info = [message]
+    directory = batch_dir(outdir, plan.id)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "stderr.txt").write_text(redactor.redact(message) + "\n", encoding="utf-8")
+    write_batch_record(outdir, record, redact=redactor.redact)
+    return record
+

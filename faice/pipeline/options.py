@@ -1,0 +1,52 @@
+"""How to run batches: built once (from the CLI or a server's settings) and carried as data.
+
+``RunOptions`` travels to Slurm tasks and the agency runner as a plain dict
+(:meth:`RunOptions.to_dict` / :meth:`RunOptions.from_dict`), so every engine runs a batch
+with the same options and no engine needs special cases to rebuild them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from faice.errors import UsageError
+
+
+@dataclass
+class RunOptions:
+    parallel: int | None = None
+    fail_fast: bool = False
+    max_failures: int | None = None
+    retries: int = 0
+    timeout: float | None = None
+    gpu_ids: str | None = None
+    disable_pull: bool = False
+    leave_container: bool = False
+    preserve_environment: list[str] = field(default_factory=list)
+    disable_connector_validation: bool = False
+    resume: bool = False
+    stop_grace: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.parallel is not None and self.parallel < 1:
+            raise UsageError("--parallel: expected a number ≥ 1")
+        if self.retries < 0:
+            raise UsageError("--retries: expected a number ≥ 0")
+        if self.timeout is not None and self.timeout <= 0:
+            raise UsageError("--timeout: expected a number of seconds > 0")
+        if self.max_failures is not None and self.max_failures < 1:
+            raise UsageError("--max-failures: expected a number ≥ 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunOptions:
+        """Options stored by another faice (unknown keys from newer versions are ignored)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def replace(self, **changes: Any) -> RunOptions:
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,253 @@
+"""From a loaded experiment to batch plans, and the checks made before anything runs.
+
+A :class:`BatchPlan` is everything one batch needs that does not depend on where it runs:
+its command line (built by cwltool's rules), the inputs to stage, the outputs to send, the
+image, RAM and GPU request. Every engine runs plans; ``faice exec --dry-run`` prints them;
+``faice validate --check-access`` and the run-level preflight share :func:`check_access`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from faice.cwl.commandline import OUTPUTS_DIR, BatchCommand, StagedInput
+from faice.errors import EngineError, FaiceError, KeyPath, format_key_path
+from faice.red.experiment import Batch, Experiment
+from faice.runtime.gpus import GpuAllocator, GpuRequest
+
+if TYPE_CHECKING:
+    from faice.connectors.staging import ConnectorRequest, StagingSession
+
+
+@dataclass
+class BatchPlan:
+    """One batch, ready to run anywhere."""
+
+    batch: Batch
+    command: BatchCommand
+    source: str  # the RED file, for messages
+    image_ref: str
+    image_auth: dict[str, Any] | None
+    ram_mb: int | None
+    gpu_request: GpuRequest
+    output_kinds: dict[str, str]  # output key → "File" | "Directory"
+
+    @property
+    def id(self) -> str:
+        return self.batch.id
+
+    @property
+    def index(self) -> int:
+        return self.batch.index
+
+    def output_connectors(self) -> dict[str, dict[str, Any]]:
+        """The outputs that are sent somewhere (the others stay in ``outputs/``)."""
+        return {k: v for k, v in (self.batch.outputs or {}).items() if isinstance(v, dict) and v.get("connector")}
+
+
+def plan_batches(experiment: Experiment, batches: list[Batch] | None = None) -> list[BatchPlan]:
+    """Plans for ``batches`` (default: every batch of the experiment); the tool is loaded once."""
+    from faice.cwl.commandline import CommandBuilder
+
+    settings = experiment.container_settings
+    image = settings.get("image") or {}
+    image_ref = str(image.get("url") or "")
+    if not image_ref:
+        raise EngineError(f"{experiment.source}: container.settings.image.url: missing")
+    builder = CommandBuilder(experiment.cli, experiment.source)
+    gpu_request = GpuRequest.from_settings(settings.get("gpus"))
+    kinds = {key: "Directory" if str((spec or {}).get("type", "File")).startswith("Directory") else "File"
+             for key, spec in (experiment.cli.get("outputs") or {}).items()}
+    return [
+        BatchPlan(
+            batch=batch,
+            command=builder.build(batch.inputs, label=f"batches[{batch.index}].inputs"),
+            source=experiment.source,
+            image_ref=image_ref,
+            image_auth=image.get("auth"),
+            ram_mb=int(settings["ram"]) if settings.get("ram") else None,
+            gpu_request=gpu_request,
+            output_kinds=kinds,
+        )
+        for batch in (experiment.batches if batches is None else batches)
+    ]
+
+
+# ----------------------------------------------------------------------------- connectors
+
+
+def connector_request(label: str, value: dict[str, Any]) -> ConnectorRequest:
+    from faice.connectors.staging import ConnectorRequest
+
+    connector = value.get("connector") or {}
+    return ConnectorRequest(
+        label=label,
+        command=str(connector.get("command")),
+        access=connector.get("access") or {},
+        listing=value.get("listing"),
+        mount=bool(connector.get("mount")),
+        checksum=value.get("checksum"),
+        size=value.get("size"),
+    )
+
+
+def input_label(batch: Batch, staged: StagedInput) -> str:
+    key, _, index = staged.key.partition(":")
+    return f"batches[{batch.index}].inputs.{key}" + (f"[{index}]" if index else "")
+
+
+@dataclass
+class ConnectorUse:
+    """One place in the RED file that moves data through a connector."""
+
+    batch: Batch
+    path: KeyPath  # (section, key[, item]) below the batch
+    value: dict[str, Any]
+    operation: str  # receive-file, receive-dir, mount-dir, send-file, send-dir
+
+    def key_path(self, *, with_batch: bool = True) -> KeyPath:
+        return (("batches", self.batch.index) if with_batch else ()) + self.path
+
+    def request(self, *, with_batch: bool = True) -> ConnectorRequest:
+        return connector_request(format_key_path(self.key_path(with_batch=with_batch)), self.value)
+
+    def probe_key(self) -> str:
+        """Uses with the same operation and connector are probed once."""
+        return json.dumps([self.operation, self.value.get("connector")], sort_keys=True, default=str)
+
+
+def connector_uses(batches: list[Batch], output_kinds: dict[str, str]) -> list[ConnectorUse]:
+    """Every input and output of ``batches`` that names a connector, in file order."""
+    uses: list[ConnectorUse] = []
+    for batch in batches:
+        for section, values in (("inputs", batch.inputs), ("outputs", batch.outputs)):
+            for name, value in (values or {}).items():
+                items = value if isinstance(value, list) else [value]
+                for position, item in enumerate(items):
+                    if not isinstance(item, dict) or not isinstance(item.get("connector"), dict):
+                        continue
+                    path: KeyPath = (section, name) + ((position,) if isinstance(value, list) else ())
+                    uses.append(ConnectorUse(batch, path, item, _operation(section, item, output_kinds.get(name))))
+    return uses
+
+
+def _operation(section: str, item: dict[str, Any], output_kind: str | None) -> str:
+    if section == "outputs":
+        kind = output_kind or item.get("class")
+        return "send-dir" if kind == "Directory" else "send-file"
+    if item.get("class") == "Directory":
+        return "mount-dir" if (item.get("connector") or {}).get("mount") else "receive-dir"
+    return "receive-file"
+
+
+def check_access(uses: list[ConnectorUse], session: StagingSession, *, with_batch: bool = True
+                 ) -> list[tuple[ConnectorUse, str]]:
+    """Probe every distinct connector access once, concurrently; (use, message) per failure,
+    for every use that shares a failed probe."""
+    probes: dict[str, ConnectorUse] = {}
+    for use in uses:
+        probes.setdefault(use.probe_key(), use)
+    if not probes:
+        return []
+
+    def probe(use: ConnectorUse) -> str | None:
+        try:
+            session.validate(use.request(with_batch=with_batch), use.operation)
+        except FaiceError as exc:
+            return exc.message
+        return None
+
+    with ThreadPoolExecutor(max_workers=min(8, len(probes))) as pool:
+        failed = dict(zip(probes, pool.map(probe, probes.values()), strict=True))
+    results = []
+    for use in uses:
+        message = failed.get(use.probe_key())
+        if message is not None:
+            first = probes[use.probe_key()]
+            own = format_key_path(use.key_path(with_batch=with_batch))
+            other = format_key_path(first.key_path(with_batch=with_batch))
+            results.append((use, message.replace(other, own, 1)))
+    return results
+
+
+def preflight_access(plans: list[BatchPlan], session: StagingSession) -> None:
+    """Before any container starts: every connector access of the run must work."""
+    if not plans:
+        return
+    failures = check_access(connector_uses([p.batch for p in plans], plans[0].output_kinds), session)
+    first = {}
+    for use, message in failures:
+        first.setdefault(use.probe_key(), message)
+    messages = list(first.values())
+    if messages:
+        raise EngineError("connector access check failed (nothing was run):\n  " + "\n  ".join(messages),
+                          hint="--disable-connector-validation skips these checks")
+
+
+# ----------------------------------------------------------------------------- the plan shown
+
+
+def default_parallel(count: int, ram_mb: int | None, gpus: GpuAllocator | None, request: GpuRequest) -> int:
+    """Batches at a time when ``--parallel`` is not given.
+
+    Containers spend much of their start-up waiting on dockerd, so small hosts still gain
+    from 4 at a time; RAM and GPUs bound it where batches declare them."""
+    limits = [count, max(4, os.cpu_count() or 1)]
+    if ram_mb:
+        try:
+            total_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
+            limits.append(max(1, int(total_mb * 0.9) // ram_mb))
+        except (ValueError, OSError):
+            pass
+    gpu_limit = gpus.max_concurrent(request) if gpus else None
+    if gpu_limit is not None:
+        limits.append(gpu_limit)
+    return max(1, min(limits))
+
+
+def describe(plans: list[BatchPlan], *, run_id: str, outdir: Path, parallel: int | None,
+             gpus: GpuAllocator) -> dict[str, Any]:
+    """What ``--dry-run`` shows: batches, parameters, commands, image, GPUs, mounts."""
+    first = plans[0] if plans else None
+    request = first.gpu_request if first else GpuRequest()
+    ram_mb = first.ram_mb if first else None
+    gpus.check(request)
+    parallel = parallel or default_parallel(len(plans), ram_mb, gpus, request)
+    batches = []
+    slots: list[list] = []
+    for position, plan in enumerate(plans):
+        placed_ids: list[str] = []
+        if request.count:
+            if position < parallel and (placed := gpus.try_acquire(request)):
+                slots.append(placed)  # the batches that start at once; later ones reuse freed GPUs
+            placed_ids = [g.index for g in slots[position % len(slots)]] if slots else []
+        batches.append({
+            "id": plan.id,
+            "index": plan.index,
+            "parameters": plan.batch.parameters,
+            "command": plan.command.argv,
+            "gpus": placed_ids,
+            "mounts": [_mount(s) for s in plan.command.staged] + [
+                {"input": None, "target": OUTPUTS_DIR, "mode": "rw",
+                 "source": str(outdir / "batches" / plan.id / "outputs")}],
+        })
+    return {
+        "runId": run_id,
+        "image": first.image_ref if first else None,
+        "ram": ram_mb,
+        "gpusPerBatch": request.count,
+        "parallel": parallel,
+        "outdir": str(outdir),
+        "batches": batches,
+    }
+
+
+def _mount(staged: StagedInput) -> dict[str, Any]:
+    writable = staged.mount and bool((staged.connector or {}).get("access", {}).get("writable"))
+    return {"input": staged.key, "target": staged.container_path, "mode": "rw" if writable else "ro",
+            "connector": (staged.connector or {}).get("command"), "hostMount": staged.mount}

@@ -1,0 +1,375 @@
+"""Many batches on one host: preflight once, then a pool of workers calling :func:`run_batch`.
+
+    preflight (Docker, leftovers, GPUs, image once, connector access)
+      → per batch, on a pool of ``--parallel`` workers: run_batch → record → run.json
+
+Keep-going/fail-fast, ``--resume``, cancellation of one batch or the whole run, and signals
+(:meth:`HostRun.on_signal` only records the signal; the waiting thread acts on it) live here.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from faice.errors import EngineError, UsageError
+from faice.pipeline.batch import BatchContext, not_started, run_batch
+from faice.pipeline.events import BatchEvent, EventSink, ignore
+from faice.pipeline.host import Host
+from faice.pipeline.options import RunOptions
+from faice.pipeline.plan import BatchPlan, default_parallel, describe, plan_batches, preflight_access
+from faice.pipeline.records import (
+    BatchRecord,
+    BatchState,
+    RunState,
+    new_run_id,
+    now_iso,
+    pending_entry,
+    prepare_outdir,
+    read_batch_record,
+    read_run_record,
+    write_run_record,
+)
+from faice.pipeline.signals import EXIT_SIGNAL
+from faice.red.experiment import Experiment
+from faice.runtime.gpus import Gpu, GpuAllocator, GpuRequest, host_allocator
+from faice.secrets import REDACTOR, Redactor, batch_redactor
+
+
+@dataclass
+class RunSummary:
+    """The run.json content and the exit code it implies."""
+
+    data: dict[str, Any]
+
+    @property
+    def state(self) -> str:
+        return str(self.data.get("state"))
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.state == RunState.SUCCEEDED else 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.data
+
+
+class HostRun:
+    """One run of an experiment's batches on this host's container runtime."""
+
+    def __init__(
+        self,
+        experiment: Experiment,
+        options: RunOptions,
+        outdir: Path,
+        *,
+        run_id: str | None = None,
+        on_event: EventSink = ignore,
+        on_note: Callable[[str], None] | None = None,
+        gpu_inventory: list[Gpu] | None = None,
+        redactor: Redactor = REDACTOR,
+        host: Host | None = None,
+    ):
+        self.experiment = experiment
+        self.options = options
+        self.outdir = Path(outdir)
+        self.run_id = run_id or new_run_id()
+        self.on_event = on_event
+        self.on_note = on_note
+        self.redactor = redactor
+        self.gpu_inventory = gpu_inventory
+        self.host = host
+        self.stop = threading.Event()
+        self.hard_stop = threading.Event()
+        self.signals: list[int] = []  # appended by on_signal, acted on by wait()
+        self._handled_signals = 0
+        self.plans: list[BatchPlan] = []
+        self.runtime: Any = None
+        self.image: Any = None
+        self.gpus: GpuAllocator | None = None
+        self.staging: Any = None
+        self.tempdir: Path | None = None
+        self.pull_seconds = 0.0
+        self.preflight_seconds: float | None = None
+        self._cancel: dict[str, threading.Event] = {}
+        self._records: dict[str, BatchRecord] = {}
+        self._thread: threading.Thread | None = None
+        self._summary: RunSummary | None = None
+        self._error: BaseException | None = None
+        self._failures = 0
+        self._lock = threading.Lock()
+        self.started = now_iso()
+
+    # ------------------------------------------------------------------ plumbing
+
+    def note(self, text: str) -> None:
+        if self.on_note is not None:
+            self.on_note(self.redactor.redact(text))
+
+    def allocator(self) -> GpuAllocator:
+        if self.gpus is None:
+            self.gpus = self.host.gpus if self.host else host_allocator(self.options.gpu_ids, self.gpu_inventory)
+        return self.gpus
+
+    def plan(self) -> dict[str, Any]:
+        """What ``--dry-run`` shows (nothing runs, Docker is not asked)."""
+        return describe(plan_batches(self.experiment), run_id=self.run_id, outdir=self.outdir,
+                        parallel=self.options.parallel, gpus=self.allocator())
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> HostRun:
+        """Preflight in the caller's thread (errors raise), then run batches in the background."""
+        self._preflight()
+        self._thread = threading.Thread(target=self._main, name=f"faice-run-{self.run_id}", daemon=True)
+        self._thread.start()
+        return self
+
+    def wait(self, timeout: float | None = None) -> RunSummary | None:
+        self.handle_signals()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                self.handle_signals()
+                return None
+        if self._error is not None:
+            raise self._error
+        return self._summary
+
+    def cancel(self, batch_id: str | None = None) -> None:
+        """Cancel one batch (or, without an id, the whole run)."""
+        if batch_id is None:
+            self.stop.set()
+            for event in list(self._cancel.values()):
+                event.set()
+            return
+        event = self._cancel.get(batch_id)
+        if event is not None:
+            event.set()
+
+    def kill(self) -> None:
+        """Second Ctrl-C: no grace period; containers are killed at once."""
+        self.hard_stop.set()
+        self.cancel()
+        if self.runtime is not None:
+            self.runtime.kill_all()
+
+    def on_signal(self, signum: int, _frame: object = None) -> None:
+        """A signal handler: records the signal only (no lock, no I/O), so it can never
+        deadlock with the thread it interrupted; :meth:`wait` acts on it."""
+        self.signals.append(signum)
+
+    def handle_signals(self) -> None:
+        while self._handled_signals < len(self.signals):
+            self._handled_signals += 1
+            if self._handled_signals == 1:
+                self.note("stopping: no new batches; running containers get a short grace period "
+                          "(press Ctrl-C again to kill them at once)")
+                self.cancel()
+            else:
+                self.kill()
+
+    def _preflight(self) -> None:
+        from faice.connectors.staging import StagingSession
+        from faice.runtime.tempdirs import create_run_tempdir
+
+        started = time.monotonic()
+        if self.options.resume:
+            self._check_same_experiment()
+        self.plans = plan_batches(self.experiment)
+        first = self.plans[0] if self.plans else None
+        if first is not None:
+            self.allocator().check(first.gpu_request)
+        if self.host is None:
+            self.host = Host(self.allocator())
+        self.runtime = self.host.runtime
+        removed = self.host.remove_leftovers()
+        if removed:
+            self.note(f"removed {len(removed)} container(s) left behind by killed runs")
+        if first is not None:
+            pull_started = time.monotonic()
+            self.image, pulled = self.runtime.ensure_image(
+                first.image_ref, auth=first.image_auth, allow_pull=not self.options.disable_pull,
+                on_progress=self._pull_progress,
+            )
+            self.pull_seconds = round(time.monotonic() - pull_started, 3) if pulled else 0.0
+        self.tempdir = create_run_tempdir(self.run_id)
+        self.staging = StagingSession(self.tempdir / "staging", redactor=self.redactor)
+        try:
+            if not self.options.disable_connector_validation:
+                preflight_access(self.plans, self.staging)
+        except BaseException:
+            self._close()
+            raise
+        self._cancel = {p.id: threading.Event() for p in self.plans}
+        self.preflight_seconds = round(time.monotonic() - started, 3)
+
+    def _check_same_experiment(self) -> None:
+        """--resume continues the run recorded in --outdir; a different experiment would mix runs."""
+        previous = read_run_record(self.outdir) or {}
+        recorded = {e.get("id") for e in previous.get("batches") or [] if isinstance(e, dict)}
+        current = {b.id for b in self.experiment.batches}
+        if recorded and recorded != current:
+            raise UsageError(
+                f"--resume: {self.outdir} holds a run of a different experiment "
+                f"({len(recorded - current)} of its batch ids are not in {self.experiment.source}); "
+                "faice never merges two runs",
+                hint="use a new --outdir for a changed RED file",
+            )
+
+    def _pull_progress(self, text: str) -> None:
+        if self.stop.is_set() or self.signals:
+            raise EngineError(f"interrupted while pulling {self.experiment.source}'s image")
+        self.note(f"pull: {text}")
+
+    def _main(self) -> None:
+        try:
+            self._summary = self._run_all()
+        except BaseException as exc:  # surfaced by wait()
+            self._error = exc
+        finally:
+            self._close()
+
+    def _close(self) -> None:
+        from faice.runtime.tempdirs import remove_run_tempdir
+
+        if self.runtime is not None and not self.options.leave_container:
+            self.runtime.kill_all()
+        if self.staging is not None:
+            try:
+                self.staging.close()
+            except Exception:
+                pass
+            self.staging = None
+        if self.tempdir is not None and self.tempdir.exists() and not self.options.leave_container:
+            remove_run_tempdir(self.tempdir)
+        if self.runtime is not None:
+            self.runtime.close()
+
+    # ------------------------------------------------------------------ scheduling
+
+    def _context(self, plan: BatchPlan) -> BatchContext:
+        assert self.tempdir is not None and self.gpus is not None
+        return BatchContext(
+            run_id=self.run_id,
+            outdir=self.outdir,
+            scratch=self.tempdir,
+            runtime=self.runtime,
+            image=self.image,
+            gpus=self.gpus,
+            staging=self.staging,
+            redactor=batch_redactor(plan.batch.inputs, plan.batch.outputs, parent=self.redactor),
+            options=self.options,
+            cancel=self._cancel[plan.id],
+            hard_stop=self.hard_stop,
+            on_event=self.on_event,
+            environment={k: os.environ[k] for k in self.options.preserve_environment if k in os.environ},
+            pull_seconds=self.pull_seconds,
+        )
+
+    def _emit(self, event: BatchEvent) -> None:
+        try:
+            self.on_event(event)
+        except Exception:
+            pass
+
+    def _run_all(self) -> RunSummary:
+        pending: queue.Queue[BatchPlan] = queue.Queue()
+        for plan in self.plans:
+            previous = read_batch_record(self.outdir, plan.id) if self.options.resume else None
+            if previous is not None and previous.state == BatchState.SUCCEEDED:
+                self._records[plan.id] = previous
+                self._emit(BatchEvent(plan.id, plan.index, "skipped", message="succeeded before"))
+            else:
+                pending.put(plan)
+                self._emit(BatchEvent(plan.id, plan.index, "pending"))
+        self._write_summary(RunState.RUNNING)
+        parallel = self.options.parallel or default_parallel(
+            max(1, pending.qsize()), self.plans[0].ram_mb if self.plans else None, self.gpus,
+            self.plans[0].gpu_request if self.plans else GpuRequest())
+
+        def worker() -> None:
+            while True:
+                try:
+                    plan = pending.get_nowait()
+                except queue.Empty:
+                    return
+                if self.stop.is_set() or self._stop_starting():
+                    reason = "the run was cancelled" if self.stop.is_set() else "not started: too many batches failed"
+                    record = not_started(plan, self.run_id, self.outdir, reason, redactor=self.redactor)
+                    self._emit(BatchEvent(plan.id, plan.index, record.state.value, message=reason,
+                                          failure_class=str(record.failure_class)))
+                else:
+                    record = run_batch(plan, self._context(plan))
+                with self._lock:
+                    self._records[plan.id] = record
+                    if record.state == BatchState.FAILED:
+                        self._failures += 1
+                self._write_summary(RunState.RUNNING)
+
+        workers = [threading.Thread(target=worker, name=f"faice-batch-{i}", daemon=True)
+                   for i in range(min(parallel, max(1, pending.qsize())))]
+        for thread in workers:
+            thread.start()
+        for thread in workers:
+            thread.join()
+        return self._write_summary(RunState.CANCELLED if self.stop.is_set() else None)
+
+    def _stop_starting(self) -> bool:
+        with self._lock:
+            failures = self._failures
+        if self.options.fail_fast and failures:
+            return True
+        return self.options.max_failures is not None and failures >= self.options.max_failures
+
+    def _write_summary(self, phase: RunState | None) -> RunSummary:
+        with self._lock:
+            entries = [r.entry() for r in self._records.values()]
+            done = set(self._records)
+        entries += [pending_entry(p.id, p.index, p.batch.parameters) for p in self.plans if p.id not in done]
+        header = {
+            "runId": self.run_id,
+            "source": self.experiment.source,
+            "engine": "ccfaice",
+            "image": {"ref": self.plans[0].image_ref if self.plans else None,
+                      "id": getattr(self.image, "id", None), "digest": getattr(self.image, "digest", None)},
+            "outdir": str(self.outdir),
+            "started": self.started,
+            "timings": {"preflight": self.preflight_seconds, "pull": self.pull_seconds},
+        }
+        if phase != RunState.RUNNING:
+            header["finished"] = now_iso()
+        return RunSummary(write_run_record(self.outdir, header, entries, phase=phase, redact=self.redactor.redact))
+
+
+def run_experiment(
+    experiment: Experiment,
+    options: RunOptions,
+    outdir: Path,
+    *,
+    on_event: EventSink = ignore,
+    stop: threading.Event | None = None,
+    gpu_inventory: list[Gpu] | None = None,
+) -> RunSummary:
+    """Run every batch into ``outdir`` and return the summary (blocking); ``stop`` cancels."""
+    outdir = Path(outdir)
+    previous = prepare_outdir(outdir, resume=options.resume)
+    run = HostRun(experiment, options, outdir, run_id=(previous or {}).get("runId"), on_event=on_event,
+                  gpu_inventory=gpu_inventory)
+    run.start()
+    while (summary := run.wait(0.2)) is None:
+        if stop is not None and stop.is_set():
+            run.cancel()
+    return summary
+
+
+def interrupted_exit(run: HostRun) -> int | None:
+    """The exit code a signal asks for (130 for SIGINT, 143 for SIGTERM), if one came."""
+    return EXIT_SIGNAL.get(run.signals[0]) if run.signals else None
+

@@ -1,0 +1,105 @@
+"""What the batch pipeline asks of a container runtime, independent of Docker.
+
+The pipeline sees :class:`ContainerRuntime` only: create/start/wait/stop/kill/logs/remove
+on opaque :class:`ContainerHandle` s, the exit state, and :class:`ContainerError` with a
+``transient`` flag. :mod:`faice.runtime.docker` implements it over docker-py; tests pass a
+fake one, so the pipeline runs without a Docker engine in unit tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from faice.errors import EngineError
+
+LABEL_RUN = "org.faice.run"
+LABEL_BATCH = "org.faice.batch"
+LABEL_VERSION = "org.faice.version"
+LABEL_OWNER = "org.faice.owner"
+LABEL_KEEP = "org.faice.keep"
+
+
+class ContainerError(EngineError):
+    """The runtime failed (not the command in the container); ``transient`` ones may pass."""
+
+    def __init__(self, message: str, *, transient: bool = False):
+        super().__init__(message)
+        self.transient = transient
+
+
+@dataclass
+class ContainerSpec:
+    """What one batch's container needs."""
+
+    image: str
+    command: list[str]
+    run_id: str
+    batch_id: str
+    binds: list[tuple[str, str, str]] = field(default_factory=list)  # (host, container, "ro"/"rw")
+    environment: dict[str, str] = field(default_factory=dict)
+    ram_mb: int | None = None
+    gpu_ids: list[str] = field(default_factory=list)
+    workdir: str = "/cc/outputs"
+    user: str | None = None
+    name: str | None = None
+    keep: bool = False  # --leave-container: never removed as a leftover
+
+
+@dataclass(frozen=True)
+class ContainerHandle:
+    """A container this process created; what the runtime needs to find it again."""
+
+    id: str
+    name: str
+
+
+@dataclass(frozen=True)
+class ContainerExit:
+    code: int
+    oom: bool  # killed by the kernel's OOM killer (the RAM limit)
+
+
+@dataclass
+class ImageInfo:
+    ref: str
+    id: str
+    digest: str | None
+    user: str  # Config.User ('' = root)
+
+
+class ContainerRuntime(Protocol):
+    def ensure_image(
+        self, ref: str, *, auth: dict | None = None, allow_pull: bool = True,
+        on_progress: Callable[[str], None] | None = None,
+    ) -> tuple[ImageInfo, bool]: ...
+
+    def create(self, spec: ContainerSpec) -> ContainerHandle: ...
+
+    def start(self, handle: ContainerHandle) -> None: ...
+
+    def wait(self, handle: ContainerHandle, timeout: float) -> int | None:
+        """The exit code, or None when the container still runs after ``timeout`` seconds."""
+
+    def stop(self, handle: ContainerHandle, grace: float) -> None: ...
+
+    def kill(self, handle: ContainerHandle) -> None: ...
+
+    def exit_state(self, handle: ContainerHandle) -> ContainerExit: ...
+
+    def logs(self, handle: ContainerHandle, stream: str) -> Iterator[bytes]:
+        """The container's ``stdout`` or ``stderr`` as chunks of bytes."""
+
+    def remove(self, handle: ContainerHandle) -> None: ...
+
+    def forget(self, handle: ContainerHandle) -> None:
+        """Keep the container (``--leave-container``): no longer removed by :meth:`kill_all`."""
+
+    def kill_all(self) -> None: ...
+
+    def reclaim(self, path: Path, image: str, run_id: str) -> None:
+        """Give files the image's user wrote under ``path`` back to the user running faice."""
+
+    def close(self) -> None: ...
