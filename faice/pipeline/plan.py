@@ -180,7 +180,7 @@ def preflight_access(plans: list[BatchPlan], session: StagingSession) -> None:
     if not plans:
         return
     failures = check_access(connector_uses([p.batch for p in plans], plans[0].output_kinds), session)
-    first = {}
+    first: dict[str, str] = {}
     for use, message in failures:
         first.setdefault(use.probe_key(), message)
     messages = list(first.values())

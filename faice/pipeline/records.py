@@ -354,7 +354,8 @@ def rebuild_run_record(outdir: Path, live: dict[str, BatchState] | None = None,
     whose record is not final yet (a scheduler's view), ``header`` fields to set."""
     outdir = Path(outdir)
     old = read_run_record(outdir) or {}
-    known = {e.get("id"): e for e in old.get("batches") or [] if isinstance(e, dict) and e.get("id")}
+    known: dict[str, dict[str, Any]] = {
+        str(e["id"]): e for e in old.get("batches") or [] if isinstance(e, dict) and e.get("id")}
     records = batch_records(outdir)
     entries = []
     for batch_id in dict.fromkeys([*known, *records, *(live or {})]):

@@ -146,8 +146,8 @@ class HostRun:
         """Cancel one batch (or, without an id, the whole run)."""
         if batch_id is None:
             self.stop.set()
-            for event in list(self._cancel.values()):
-                event.set()
+            for each in list(self._cancel.values()):
+                each.set()
             return
         event = self._cancel.get(batch_id)
         if event is not None:

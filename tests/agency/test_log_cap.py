@@ -109,7 +109,7 @@ def test_batch_printing_more_than_the_cap(make_agency, test_image, tmp_path):
 
 
 def test_a_huge_stream_is_read_back_only_as_far_as_it_can_be_kept(tmp_path):
-    from faice.agency.runner import read_tail
+    from faice.files import read_tail
 
     stream = tmp_path / "stdout.txt"
     stream.write_text(_numbers(5000))
@@ -125,7 +125,7 @@ def test_a_huge_stream_is_read_back_only_as_far_as_it_can_be_kept(tmp_path):
 
 
 def test_a_secret_cut_at_the_read_boundary_is_dropped_not_half_kept(tmp_path):
-    from faice.agency.runner import read_tail
+    from faice.files import read_tail
 
     stream = tmp_path / "stdout.txt"
     secret = "s3cr3t-Pa55w0rd-value"

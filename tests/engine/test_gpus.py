@@ -14,7 +14,7 @@ import time
 import pytest
 
 from faice.errors import EngineError, UsageError
-from faice.gpus import Gpu, GpuAllocator, GpuRequest, host_allocator, parse_nvidia_smi, restrict
+from faice.runtime.gpus import Gpu, GpuAllocator, GpuRequest, host_allocator, parse_nvidia_smi, restrict
 
 MIXED = [
     Gpu("0", "GPU-aaa", 16000, "V100"),
@@ -113,37 +113,39 @@ def test_impossible_request_fails_before_anything_runs():
 def test_engine_rejects_an_impossible_gpu_request_before_docker(tmp_path):
     from engine_helpers import sh_red
 
-    from faice.engines.local import LocalRun, RunOptions
-    from faice.red.experiment import load_experiment
+    from faice.pipeline.options import RunOptions
+    from faice.pipeline.run import HostRun
+    from faice.red.prepare import load_experiment
 
     red = sh_red(tmp_path / "r.json", "true", "faice-test/base:bookworm", gpus={"vendor": "nvidia", "count": 3})
-    options = RunOptions(gpu_inventory=MIXED[:2])
-    local = LocalRun(load_experiment(str(red)), options, tmp_path / "run")
+    local = HostRun(load_experiment(str(red)), RunOptions(), tmp_path / "run", gpu_inventory=MIXED[:2])
     with pytest.raises(EngineError, match="cannot be satisfied"):
         local.start()
-    assert local.client is None  # failed before even connecting to Docker
+    assert local.runtime is None  # failed before even connecting to Docker
 
 
 def test_dry_run_plan_shows_distinct_gpus_per_concurrent_batch(tmp_path):
     from engine_helpers import sh_red
 
-    from faice.engines.local import LocalRun, RunOptions
-    from faice.red.experiment import load_experiment
+    from faice.pipeline.options import RunOptions
+    from faice.pipeline.run import HostRun
+    from faice.red.prepare import load_experiment
 
     red = sh_red(tmp_path / "r.json", "true", "img", gpus={"vendor": "nvidia", "count": 1},
                  sweep={"grid": {"n": [1, 2, 3, 4]}})
-    plan = LocalRun(load_experiment(str(red)), RunOptions(gpu_inventory=MIXED[:2]), tmp_path / "run").plan()
+    plan = HostRun(load_experiment(str(red)), RunOptions(), tmp_path / "run", gpu_inventory=MIXED[:2]).plan()
     assert plan["parallel"] == 2  # two GPUs, one per batch
     assert [b["gpus"] for b in plan["batches"]] == [["0"], ["1"], ["0"], ["1"]]
 
 
 @pytest.mark.docker
 def test_device_request_reaches_the_docker_engine(docker_client, test_image):
-    from faice.runtime.docker import ContainerSpec
+    from faice.runtime.containers import ContainerSpec
+    from faice.runtime.docker import create_kwargs
 
     spec = ContainerSpec(image=test_image, command=["true"], run_id="gputest", batch_id="b-gpu",
                          gpu_ids=["GPU-aaa", "GPU-ccc"], environment={"NVIDIA_VISIBLE_DEVICES": "GPU-aaa,GPU-ccc"})
-    kwargs = spec.create_kwargs()
+    kwargs = create_kwargs(spec)
     kwargs["labels"]["org.faice.test"] = "1"
     container = docker_client.containers.create(**kwargs)  # created, never started: no GPU here
     try:

@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 from engine_helpers import faice_containers, read, sh_red
 
-from faice.engines.local import LocalRun, RunOptions, run_experiment
 from faice.errors import EngineError, UsageError
-from faice.records import rebuild_run_summary
-from faice.red.experiment import load_experiment
+from faice.pipeline.options import RunOptions
+from faice.pipeline.records import rebuild_run_record
+from faice.pipeline.run import HostRun, run_experiment
+from faice.red.prepare import load_experiment
 
 pytestmark = pytest.mark.docker
 
@@ -184,17 +185,29 @@ def test_fail_fast_stops_starting_batches(tmp_path, test_image):
     assert summary.exit_code == 1
 
 
-def test_single_batch_mode_writes_only_its_records_and_summary_rebuilds(tmp_path, test_image):
+def test_batches_run_alone_write_only_their_records_and_summary_rebuilds(tmp_path, test_image):
+    """What two Slurm tasks do: each runs one batch plan by itself (no run around it), gets its
+    record back, and only ``batches/<id>/`` is written; run.json is rebuilt from the records."""
+    import threading
+
+    from faice.pipeline.host import Host
+    from faice.pipeline.plan import plan_batches
+    from faice.runtime.gpus import GpuAllocator
+    from faice.secrets import Redactor
+
     red = sh_red(tmp_path / "r.json", "echo $0 > result.txt", test_image, sweep={"grid": {"n": [1, 2]}},
                  outputs=FILE_OUT)
     experiment = load_experiment(str(red))
     outdir = tmp_path / "shared"
-    for batch in experiment.batches:  # what two Slurm tasks do
-        options = RunOptions(batch_records_only=True, run_id="slurmrun")
-        run_experiment(load_experiment(str(red)), options, outdir, only={batch.id})
+    host = Host(GpuAllocator([]))
+    for plan in plan_batches(experiment):
+        record = host.run_alone(plan, run_id="slurmrun", outdir=outdir, redactor=Redactor(), options=RunOptions(),
+                                cancel=threading.Event())
+        assert record.state == "succeeded" and record.run_id == "slurmrun"
+        assert read(outdir / "batches" / plan.id / "result.json") == record.to_dict()
     assert not (outdir / "run.json").exists()
     assert sorted(batch_dirs(outdir)) == sorted(b.id for b in experiment.batches)
-    summary = rebuild_run_summary(outdir)
+    summary = rebuild_run_record(outdir)
     assert summary["state"] == "succeeded" and summary["counts"] == {"succeeded": 2}
     assert read(outdir / "run.json")["counts"] == {"succeeded": 2}
 
@@ -205,7 +218,7 @@ def test_cancel_one_batch_of_a_running_run(tmp_path, docker_client, test_image):
     experiment = load_experiment(str(red))
     (tmp_path / "run").mkdir()
     running = threading.Event()
-    local = LocalRun(experiment, RunOptions(parallel=2, stop_grace=1), tmp_path / "run",
+    local = HostRun(experiment, RunOptions(parallel=2, stop_grace=1), tmp_path / "run",
                      on_event=lambda e: running.set() if e.phase == "run" and e.index == 0 else None)
     local.start()
     assert running.wait(20)

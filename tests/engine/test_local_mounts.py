@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from engine_helpers import read, sh_red
 
-from faice.engines.local import RunOptions, run_experiment
-from faice.red.experiment import load_experiment
+from faice.pipeline.options import RunOptions
+from faice.pipeline.run import run_experiment
+from faice.red.prepare import load_experiment
 
 pytestmark = [pytest.mark.docker, pytest.mark.ssh]
 

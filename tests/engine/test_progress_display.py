@@ -195,7 +195,8 @@ def test_a_large_sweep_keeps_the_counts_on_screen():
 
     from rich.console import Console
 
-    from faice.progress import MAX_RUNNING_ROWS, BatchEvent, ProgressDisplay
+    from faice.engines.display import MAX_RUNNING_ROWS, ProgressDisplay
+    from faice.pipeline.events import BatchEvent
 
     display = ProgressDisplay(300, stream=io.StringIO(), live=False)
     for index in range(MAX_RUNNING_ROWS + 5):

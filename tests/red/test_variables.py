@@ -126,9 +126,11 @@ def _write(path: Path, values: dict) -> Path:
 
 
 def test_sources_come_from_the_upstream_option_names():
+    from faice.cli.options import variable_sources
+
     args = argparse.Namespace(variables=["a.yml", "b.yml"], keyring_service="lab", non_interactive=True)
-    assert VariableSources.from_args(args) == VariableSources(["a.yml", "b.yml"], "lab", True)
-    assert VariableSources.from_args(argparse.Namespace()) == VariableSources([], "red", False)
+    assert variable_sources(args) == VariableSources(["a.yml", "b.yml"], "lab", True)
+    assert variable_sources(argparse.Namespace()) == VariableSources([], "red", False)
 
 
 def test_a_bad_variables_file_names_the_file_and_key(tmp_path, no_keyring_env):
@@ -168,7 +170,7 @@ def test_non_interactive_lists_every_unresolved_name_at_once(tmp_path, keyring_e
 def test_cli_error_output_masks_filled_values(tmp_path, no_keyring_env, capsys, monkeypatch):
     """Through the real CLI error handler: an error quoting a filled value (raw or JSON-escaped)
     is printed as one line with the value masked, exit 1, no traceback."""
-    import faice.red.convert as convert
+    import faice.cli.commands.convert as convert
     from faice.cli import main
     from faice.errors import ConnectorError
 

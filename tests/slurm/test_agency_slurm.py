@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from slurm_helpers import wait_for
 
-from faice.engines import slurm_cli
+from faice.engines.slurm import client as slurm_cli
 
 AGENCY_TESTS = Path(__file__).resolve().parents[1] / "agency"
 sys.path.insert(0, str(AGENCY_TESTS))  # agency_helpers, agency_reds

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 from slurm_helpers import wait_for
 
-from faice.engines import slurm as engine
-from faice.engines import slurm_cli
-from faice.engines import slurm_rundir as rundir
+from faice.engines.slurm import client as slurm_cli
+from faice.engines.slurm import job as engine
+from faice.engines.slurm import rundir
+from faice.pipeline.options import RunOptions
 from faice.red.experiment import Batch, Experiment
 
 pytestmark = pytest.mark.slurm
@@ -75,7 +76,7 @@ def test_task_that_cannot_start_faice_is_failed_with_its_output(slurm, tmp_path)
 
 def slurm_submit(experiment, outdir: Path):
     outdir.mkdir(parents=True, exist_ok=True)
-    return engine.submit_batches(experiment, {}, outdir)
+    return engine.submit_batches(experiment, RunOptions(), outdir)
 
 
 def test_task_specs_are_private_and_cancel_of_pending_batches_removes_them(slurm, tmp_path):

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from slurm_helpers import write_sweep_red
 
-from faice.engines import slurm as engine
-from faice.engines import slurm_cli
+from faice.engines.slurm import client as slurm_cli
+from faice.engines.slurm import job as engine
 
 pytestmark = [pytest.mark.slurm, pytest.mark.docker]
 

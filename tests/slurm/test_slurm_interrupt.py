@@ -13,7 +13,7 @@ import sys
 import pytest
 from slurm_helpers import wait_for, write_sweep_red
 
-from faice.engines import slurm_cli
+from faice.engines.slurm import client as slurm_cli
 
 pytestmark = [pytest.mark.slurm, pytest.mark.docker]
 

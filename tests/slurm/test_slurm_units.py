@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from faice.engines.slurm_cli import array_spec, parse_task_ids
-from faice.engines.slurm_settings import SlurmSettings, gpu_count, sbatch_options
-from faice.engines.slurm_task import docker_gpu_ids
+from faice.engines.slurm.client import array_spec, parse_task_ids
+from faice.engines.slurm.settings import SlurmSettings, gpu_count, sbatch_options
+from faice.engines.slurm.task import docker_gpu_ids
 from faice.errors import ValidationError
 from faice.red.experiment import Experiment
 

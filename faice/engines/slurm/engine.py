@@ -117,7 +117,7 @@ def _dry_run(experiment: Experiment, settings: SlurmSettings, request: ExecReque
         output=rundir.log_pattern(outdir),
         workdir=str(outdir),
     )
-    plan = {
+    plan: dict[str, Any] = {
         "engine": "slurm",
         "sbatch": ["sbatch", *argv, str(outdir / "slurm" / "1" / "job.sh")],
         "taskCommand": [settings.python, "-m", TASK_MODULE, str(outdir / "slurm" / "1"), "$SLURM_ARRAY_TASK_ID"],

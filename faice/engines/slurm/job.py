@@ -26,6 +26,7 @@ from faice.files import atomic_write_text
 from faice.pipeline.options import RunOptions
 from faice.pipeline.records import (
     FINAL_STATES,
+    RESULT_FILE,
     BatchState,
     FailureClass,
     batch_dir,
@@ -226,7 +227,7 @@ def submit_batches(
     protected = sorted(set(protected)) if protected is not None else REDACTOR.values()
     for task_id, batch in enumerate(batches):
         # A stale record of an earlier attempt must not pass for this attempt's result.
-        rundir.batch_record_path(outdir, batch.id).unlink(missing_ok=True)
+        (batch_dir(outdir, batch.id) / RESULT_FILE).unlink(missing_ok=True)
         rundir.write_task_spec(
             submission,
             task_id,
