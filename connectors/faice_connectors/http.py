@@ -24,7 +24,8 @@ from faice.connectors import (
 )
 from faice.connectors.archives import FORMATS as ARCHIVE_FORMATS
 from faice.connectors.archives import extract_archive
-from faice_connectors._shared import files_to_send, strings_block
+from faice.connectors.trees import output_tree
+from faice_connectors._shared import strings_block
 
 CHUNK = 4 * 1024 * 1024
 CONNECT_TIMEOUT = 12.05
@@ -219,8 +220,8 @@ class HttpConnector(Connector):
         self._upload(access, access["url"], src, progress)
 
     def send_dir(self, access, src: Path, listing: Listing | None, progress: Progress) -> None:
-        for rel in files_to_send(src, listing):
-            self._upload(access, _join(access["url"], rel), src / rel, progress)
+        for item in output_tree(src, listing).files:  # links out of the output are refused
+            self._upload(access, _join(access["url"], item.rel), item.path, progress)
 
     def close(self) -> None:
         for session in self.__dict__.get("_sessions", []):

@@ -375,7 +375,7 @@ class BatchRunner:
                 kind = "Directory" if item.kind == "Directory" else "File"
                 request = connector_request(f"batches[{self.batch.index}].outputs.{item.key}", value)
                 try:
-                    session.send(request, kind, item.path)
+                    session.send(request, kind, item.path, root=self.workdir)
                     self.record["outputs"][item.key]["sent"] = True
                 except ConnectorError as exc:
                     errors.append(exc)
