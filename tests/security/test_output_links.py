@@ -284,3 +284,50 @@ def test_glob_collection_refuses_a_link_out_of_cc_outputs(tmp_path, canary):
     assert found["model"].path is None and "outside /cc/outputs" in found["model"].problem
     assert "model.bin -> " + str(canary) in found["model"].problem
     assert found["logs"].path is None and "outside /cc/outputs" in found["logs"].problem
+
+
+# ---------------------------------------------------------------------- a real container
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("planted", ["file-output", "directory-entry"])
+def test_container_planting_links_to_a_host_secret_gets_nothing_out(tmp_path, canary, test_image, planted):
+    """A batch whose container links its outputs to a host file: the run fails with a clear
+    reason, the host file's content reaches neither the destination nor the run's records."""
+    import json
+
+    from faice.engines.local import RunOptions, run_experiment
+    from faice.red.experiment import load_experiment
+
+    dest = tmp_path / "dest"
+    script = f"mkdir results && echo honest > results/ok.txt && ln -s {canary} results/leak"
+    if planted == "file-output":
+        script += f" && ln -s {canary} model.bin"
+    red = {
+        "redVersion": "9",
+        "cli": {"cwlVersion": "v1.0", "class": "CommandLineTool", "baseCommand": ["sh", "-c"],
+                "inputs": {"script": {"type": "string", "inputBinding": {"position": 0}}},
+                "outputs": {"results": {"type": "Directory", "outputBinding": {"glob": "results"}},
+                            "model": {"type": "File?", "outputBinding": {"glob": "*.bin"}}}},
+        "inputs": {"script": script},
+        "outputs": {"results": {"class": "Directory", "connector": {"command": "file",
+                                                                    "access": {"path": str(dest / "results")}}},
+                    "model": {"class": "File", "connector": {"command": "file",
+                                                             "access": {"path": str(dest / "model.bin")}}}},
+        "container": {"engine": "docker", "settings": {"image": {"url": test_image}}},
+        "execution": {"engine": "ccfaice", "settings": {}},
+    }
+    path = tmp_path / "leak.red.json"
+    path.write_text(json.dumps(red))
+    summary = run_experiment(load_experiment(str(path)), RunOptions(), tmp_path / "run")
+    assert summary.exit_code != 0
+    records = [p.read_text(errors="replace") for p in (tmp_path / "run").rglob("*")
+               if p.is_file() and not p.is_symlink()]  # the planted links themselves stay in outputs/
+    if planted == "file-output":  # refused when collected: the batch never reaches stage-out
+        assert any("outside /cc/outputs" in text and "model.bin" in text for text in records)
+    else:  # refused at stage-out, naming the output and the link
+        assert any("outputs.results: send-dir refused: refusing symbolic link 'leak'" in text for text in records)
+    received = [p.read_bytes() for p in dest.rglob("*") if p.is_file()] if dest.exists() else []
+    assert not any(p.is_symlink() for p in dest.rglob("*")) if dest.exists() else True
+    assert not any(SECRET in data for data in received)
+    assert not any(SECRET.decode() in text for text in records)
