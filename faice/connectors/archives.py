@@ -209,8 +209,11 @@ class _Writer:
         self.through: set[str] = set()  # names a kept symlink points at or through
         self.dir_modes: list[tuple[str, int]] = []
         self.root = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
+        self.last: tuple[str, int] | None = None  # the last directory opened: (name, fd)
 
     def close(self) -> None:
+        if self.last is not None:
+            os.close(self.last[1])
         os.close(self.root)
 
     # ------------------------------------------------------------------ checks
@@ -292,7 +295,14 @@ class _Writer:
     # ------------------------------------------------------------------ writing
 
     def _open_dir(self, parts: list[str], member: _Member, *, create: bool) -> int:
-        """An fd of ``dest/parts``, each step opened without following links (created if asked)."""
+        """An fd of ``dest/parts``, each step opened without following links (created if asked).
+
+        The last directory opened is kept: members come grouped by directory, and an open
+        directory stays the same directory (nothing is ever removed or renamed here).
+        """
+        key = "/".join(parts)
+        if self.last is not None and self.last[0] == key:
+            return os.dup(self.last[1])
         fd = os.dup(self.root)
         try:
             for part in parts:
@@ -312,6 +322,9 @@ class _Writer:
                     raise
                 os.close(fd)
                 fd = child
+            if self.last is not None:
+                os.close(self.last[1])
+            self.last = (key, os.dup(fd))
             return fd
         except BaseException:
             os.close(fd)
