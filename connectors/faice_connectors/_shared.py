@@ -1,12 +1,13 @@
-"""Small pieces the built-in connectors share: schema blocks and the files of an upload."""
+"""Small pieces the built-in connectors share: schema blocks.
+
+The files of an upload come from :func:`faice.connectors.trees.output_tree`, which never
+follows a link out of the output.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
-
-from faice.connectors import Listing, listed_files
 
 
 def strings_block(required: Sequence[str], optional: Sequence[str] = (), **others: Any) -> dict[str, Any]:
@@ -19,10 +20,3 @@ def strings_block(required: Sequence[str], optional: Sequence[str] = (), **other
         "required": list(required),
         "additionalProperties": False,
     }
-
-
-def files_to_send(src: Path, listing: Listing | None) -> list[str]:
-    """The relative paths of a directory output to upload: its listing's, else every file."""
-    if listing is not None:
-        return [rel for rel, _item in listed_files(listing)]
-    return sorted(p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file())

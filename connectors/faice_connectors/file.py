@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 from faice.connectors import Connector, ConnectorFailure, Listing, Progress, listed_dirs, listed_files
+from faice.connectors.trees import output_tree
 
 
 def _host_path(access) -> Path:
@@ -76,7 +77,14 @@ class FileConnector(Connector):
         dest = _host_path(access)
         self.validate(access, "send-dir")
         dest.mkdir(parents=True, exist_ok=True)
-        _copy_dir(src, dest, listing, progress)
+        tree = output_tree(src, listing)  # links out of the output are refused, links inside copied
+        for rel in tree.dirs:
+            (dest / rel).mkdir(parents=True, exist_ok=True)
+        for item in tree.files:
+            target = dest / item.rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(item.path, target)
+            progress.advance(item.size)
 
 
 def _check_creatable(directory: Path) -> None:

@@ -10,7 +10,6 @@ from an archive. Uploads stream the file as the request body (PUT/POST).
 from __future__ import annotations
 
 import os
-import shutil
 import threading
 from pathlib import Path
 
@@ -23,12 +22,14 @@ from faice.connectors import (
     listed_files,
     safe_relative,
 )
-from faice_connectors._shared import files_to_send, strings_block
+from faice.connectors.archives import FORMATS as ARCHIVE_FORMATS
+from faice.connectors.archives import extract_archive
+from faice.connectors.trees import output_tree
+from faice_connectors._shared import strings_block
 
 CHUNK = 4 * 1024 * 1024
 CONNECT_TIMEOUT = 12.05
 READ_TIMEOUT = 300.0
-ARCHIVE_FORMATS = ["zip", "tar", "gztar", "bztar", "xztar"]
 METHODS = [m for name in ("get", "put", "post") for m in (name, name.upper(), name.title())]
 TRANSIENT_STATUS = {408, 425, 429, 500, 502, 503, 504}
 
@@ -46,7 +47,7 @@ class HttpConnector(Connector):
             "method": {"enum": METHODS},
             "auth": _AUTH,
             "disableSSLVerification": {"type": "boolean"},
-            "archiveFormat": {"enum": ARCHIVE_FORMATS},
+            "archiveFormat": {"enum": list(ARCHIVE_FORMATS)},
         },
         "required": ["url"],
         "additionalProperties": False,
@@ -219,8 +220,8 @@ class HttpConnector(Connector):
         self._upload(access, access["url"], src, progress)
 
     def send_dir(self, access, src: Path, listing: Listing | None, progress: Progress) -> None:
-        for rel in files_to_send(src, listing):
-            self._upload(access, _join(access["url"], rel), src / rel, progress)
+        for item in output_tree(src, listing).files:  # links out of the output are refused
+            self._upload(access, _join(access["url"], item.rel), item.path, progress)
 
     def close(self) -> None:
         for session in self.__dict__.get("_sessions", []):
@@ -283,25 +284,6 @@ def _is_network_error(exc: OSError) -> bool:
 
 
 def unpack_archive(archive: Path, dest: Path, archive_format: str) -> None:
-    """Unpack without letting entries escape ``dest`` (absolute paths, ``..``, links)."""
-    dest.mkdir(parents=True, exist_ok=True)
-    if archive_format == "zip":
-        import zipfile
-
-        with zipfile.ZipFile(archive) as bundle:
-            for member in bundle.infolist():
-                safe_relative(member.filename.rstrip("/") or ".")
-                if (member.external_attr >> 16) & 0o170000 == 0o120000:
-                    raise ConnectorFailure(f"refusing symbolic link {member.filename!r} in the archive")
-            bundle.extractall(dest)
-        return
-    try:
-        shutil.unpack_archive(os.fspath(archive), os.fspath(dest), archive_format, filter="data")
-    except Exception as exc:
-        import tarfile
-
-        if isinstance(exc, tarfile.FilterError):
-            raise ConnectorFailure(f"refusing unsafe archive entry: {exc}") from None
-        if isinstance(exc, (tarfile.TarError, EOFError, ValueError)):
-            raise ConnectorFailure(f"cannot unpack the {archive_format} archive: {exc}") from None
-        raise
+    """Unpack by faice's own member rules (:mod:`faice.connectors.archives`), never the
+    interpreter's: no absolute paths, no ``..``, links only inside, no devices, size limits."""
+    extract_archive(archive, dest, archive_format)

@@ -21,7 +21,8 @@ from faice.connectors import (
     listed_files,
     safe_relative,
 )
-from faice_connectors._shared import files_to_send, strings_block
+from faice.connectors.trees import output_tree
+from faice_connectors._shared import strings_block
 
 MiB = 1024 * 1024
 
@@ -186,9 +187,9 @@ class S3Connector(Connector):
         bucket, key = split_url(access["url"])
         prefix = _prefix(key)
         client = self._client(access)
-        for rel in files_to_send(src, listing):
-            self._managed(f"s3://{bucket}/{prefix}{rel}", client.upload_file, str(src / rel), bucket, prefix + rel,
-                          progress=progress)
+        for item in output_tree(src, listing).files:  # links out of the output are refused
+            self._managed(f"s3://{bucket}/{prefix}{item.rel}", client.upload_file, str(item.path), bucket,
+                          prefix + item.rel, progress=progress)
 
     def close(self) -> None:
         with self._lock:

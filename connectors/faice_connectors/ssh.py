@@ -32,7 +32,8 @@ from faice.connectors import (
     listed_files,
     safe_relative,
 )
-from faice_connectors._shared import files_to_send, strings_block
+from faice.connectors.trees import output_tree
+from faice_connectors._shared import strings_block
 
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
 
@@ -222,18 +223,13 @@ class SshConnector(Connector):
 
     def send_dir(self, access, src: Path, listing: Listing | None, progress: Progress) -> None:
         root = remote_path(access["dirPath"])
-        if listing is not None:
-            dirs = [safe_relative(rel) for rel in listed_dirs(listing)]
-            files = [safe_relative(rel) for rel, _item in listed_files(listing)]
-        else:
-            dirs = sorted(p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_dir())
-            files = files_to_send(src, None)
+        tree = output_tree(src, listing)  # links out of the output are refused, links inside copied
         with _transfer(self, access) as sftp, OpenSsh(access, self.timeout) as native:
             _makedirs(sftp, root)
-            for rel in dirs:
+            for rel in tree.dirs:
                 _makedirs(sftp, posixpath.join(root, rel))
-            for rel in files:
-                _put(sftp, native, src / rel, posixpath.join(root, rel), progress)
+            for item in tree.files:
+                _put(sftp, native, item.path, posixpath.join(root, item.rel), progress)
 
     def mount_dir(self, access, mountpoint: Path, writable: bool) -> None:
         _require_programs()

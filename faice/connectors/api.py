@@ -10,6 +10,10 @@ framework (:mod:`faice.connectors.staging`), so a plugin stays small.
 Register a plugin in its package metadata under the entry-point group ``faice.connectors.v1``
 (one entry per ``command`` name, pointing at the class). The built-in connectors in
 ``faice_connectors`` use exactly this API.
+
+Two helper modules belong to the API: :mod:`faice.connectors.trees` (the files of an output,
+never following a link out of it) and :mod:`faice.connectors.archives` (tar/zip extraction by
+faice's own member rules).
 """
 
 from __future__ import annotations

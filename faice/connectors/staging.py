@@ -31,6 +31,7 @@ from faice.connectors.api import (
     TransientFailure,
     listed_files,
 )
+from faice.connectors.trees import output_file, output_tree
 from faice.errors import ConnectorError, FaiceError
 from faice.secrets import REDACTOR, Redactor, normalise_protected_keys, protected_values
 
@@ -123,14 +124,27 @@ class StagingSession:
         future.set_result(path)
         return path
 
-    def send(self, request: ConnectorRequest, kind: str, src: Path) -> None:
-        """Upload a File/Directory output from the host path ``src``."""
+    def send(self, request: ConnectorRequest, kind: str, src: Path, *, root: Path | None = None) -> None:
+        """Upload a File/Directory output from the host path ``src``.
+
+        ``root`` is the directory the output must stay in (the batch's ``/cc/outputs``; by
+        default the directory holding a File, the Directory itself). Before any connector
+        runs, a link out of it — the output itself or any entry of a Directory — is refused
+        (:mod:`faice.connectors.trees`), so no plugin can be tricked into sending host files.
+        """
         operation = _operation("send", kind)
         src = Path(src)
         if kind == "File" and not src.is_file():
             raise ConnectorError(f"{request.label}: output file {src} does not exist")
         if kind == "Directory" and not src.is_dir():
             raise ConnectorError(f"{request.label}: output directory {src} does not exist")
+        try:
+            if kind == "File":
+                output_file(src, root)
+            else:
+                output_tree(src, request.listing, root=root)
+        except ConnectorFailure as exc:
+            raise ConnectorError(REDACTOR.redact(f"{request.label}: {operation} refused: {exc}")) from None
         connector = self._prepare(request, operation)
         progress = self._progress(request)
         access = request.prepared_access()

@@ -90,10 +90,14 @@ def collect(
                                 None if ok else f"output {key}: the captured {kind} file is missing")
             )
             continue
-        matches = _matches(workdir, pattern, kind)
+        matches, escaping = _matches(workdir, pattern, kind)
         problem = None
         path = None
-        if len(matches) == 1:
+        if escaping:
+            names = ", ".join(escaping[:5])
+            problem = (f"output {key}: glob {pattern!r} matched {names}, outside /cc/outputs (a symbolic link "
+                       f"or '..'); refusing to collect it: outputs never include host files")
+        elif len(matches) == 1:
             path = matches[0]
         elif len(matches) > 1:
             names = ", ".join(sorted(p.relative_to(workdir).as_posix() for p in matches)[:5])
@@ -104,15 +108,20 @@ def collect(
     return found
 
 
-def _matches(workdir: Path, pattern: str, kind: str) -> list[Path]:
+def _matches(workdir: Path, pattern: str, kind: str) -> tuple[list[Path], list[str]]:
+    """The glob's hits of the wanted kind, and those that are links out of ``workdir``."""
     if not pattern:
-        return []
+        return [], []
     root = os.path.realpath(workdir)
-    hits = []
+    hits, escaping = [], []
     for hit in glob.glob(os.path.join(glob.escape(str(workdir)), pattern)):
+        wanted = (kind == "File" and os.path.isfile(hit)) or (kind == "Directory" and os.path.isdir(hit))
         real = os.path.realpath(hit)
-        if not (real == root or real.startswith(root + os.sep)):
-            continue  # a symlink out of the working directory is not an output
-        if (kind == "File" and os.path.isfile(hit)) or (kind == "Directory" and os.path.isdir(hit)):
+        if wanted and not (real == root or real.startswith(root + os.sep)):
+            # a symbolic link out of the working directory is never an output: reading it
+            # would copy a host file (its digest, its upload) into the batch's results
+            escaping.append(f"{os.path.relpath(hit, workdir)} -> {os.readlink(hit) if os.path.islink(hit) else real}")
+            continue
+        if wanted:
             hits.append(Path(hit))
-    return hits
+    return hits, escaping

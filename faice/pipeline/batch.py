@@ -407,7 +407,7 @@ class _BatchRun:
                 kind = "Directory" if item.kind == "Directory" else "File"
                 request = connector_request(f"batches[{self.batch.index}].outputs.{item.key}", value)
                 try:
-                    self.context.staging.send(request, kind, item.path)
+                    self.context.staging.send(request, kind, item.path, root=self.workdir)
                     outputs[item.key]["sent"] = True
                 except ConnectorError as exc:
                     errors.append(exc)
