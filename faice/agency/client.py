@@ -20,6 +20,7 @@ FINAL = frozenset({"succeeded", "failed", "cancelled"})
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 RETRY_STATUS = (500, 502, 503, 504)
 PAGE_SIZE = 1000  # the agency's default page; listings are read page by page
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})  # retried without a key
 
 
 class AgencyHTTPError(EngineError):
@@ -57,9 +58,8 @@ class AgencyClient:
         self.attempts = attempts
         self.timeout = timeout
         REDACTOR.add(password)
-        idempotent = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
-        self._session = _session((username, password), attempts, backoff, idempotent)
-        self._keyed = _session((username, password), attempts, backoff, idempotent | {"POST"})
+        self._session = _session((username, password), attempts, backoff, _IDEMPOTENT)
+        self._keyed = _session((username, password), attempts, backoff, _IDEMPOTENT | {"POST"})
 
     def request(
         self, method: str, path: str, *, params: dict | None = None, json_body: Any = None, text: bool = False,
@@ -68,18 +68,21 @@ class AgencyClient:
         """One request; retried only where repeating it cannot do anything twice."""
         import requests
 
-        session = self._keyed if headers and IDEMPOTENCY_HEADER in headers else self._session
+        keyed = bool(headers and IDEMPOTENCY_HEADER in headers)
+        retried = keyed or method.upper() in _IDEMPOTENT
         try:
-            response = session.request(
+            response = (self._keyed if keyed else self._session).request(
                 method, self.url + path, params=params, json=json_body, headers=headers, timeout=self.timeout
             )
         except requests.RequestException as exc:
+            tries = self.attempts if retried or isinstance(exc, requests.ConnectionError) else 1
             raise EngineError(REDACTOR.redact(
-                f"cannot reach the agency at {self.url}: {_short(exc)} (tried up to {self.attempts} times)"
+                f"cannot reach the agency at {self.url}: {_short(exc)} (tried {tries} times)"
             )) from None
         if response.status_code >= 500:
+            tries = f" (tried {self.attempts} times)" if retried else ""
             raise EngineError(REDACTOR.redact(
-                f"agency error {response.status_code} for {method} {path}: {_message(response)}"
+                f"agency error {response.status_code} for {method} {path}: {_message(response)}{tries}"
             ))
         return self._result(response, method, path, text)
 
