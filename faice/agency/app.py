@@ -7,13 +7,15 @@ Status codes and bodies follow upstream-spec §7.3: errors are JSON strings, inv
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import logging
 import os
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from typing import Any
 
-from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
 from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
@@ -22,14 +24,28 @@ from faice.agency.auth import Authenticator, AuthError, User
 from faice.agency.dispatcher import Dispatcher
 from faice.agency.ids import is_valid_id
 from faice.agency.store import FINAL_STATES, STATES, Store
-from faice.agency.submit import BadRequest, build_documents, check_red, parse_flag, parse_red
+from faice.agency.submit import (
+    BadRequest,
+    Limits,
+    build_documents,
+    check_limits,
+    check_policy,
+    check_red,
+    parse_flag,
+    parse_red,
+)
 from faice.agency.vault import Vault
+from faice.connectors.policy import Policy
 
 log = logging.getLogger("faice.agency")
 CHALLENGE = 'Basic realm="Please fill in username and password"'
 _LIST_KEYS = ("_id", "username", "registrationTime", "state", "experimentId", "node", "batchesListIndex")
 _PUBLIC = {"hello", "schema_red", "schema_container"}
 MAX_BODY_BYTES = 64 * 2**20  # a RED with many thousands of batches still fits
+DEFAULT_PAGE_SIZE = 1000  # listings without ?limit= (upstream had none: unbounded answers)
+MAX_PAGE_SIZE = 10_000  # a larger ?limit= is cut to this
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
 
 
 @dataclass
@@ -38,6 +54,9 @@ class Agency:
     vault: Vault
     auth: Authenticator
     dispatcher: Dispatcher
+    policy: Policy = field(default_factory=Policy)
+    limits: Limits = field(default_factory=Limits)
+    max_body_bytes: int = MAX_BODY_BYTES
 
 
 def _json(data: Any, status: int = 200) -> Response:
@@ -45,7 +64,10 @@ def _json(data: Any, status: int = 200) -> Response:
 
 
 def _error(status: int, text: str) -> Response:
-    names = {400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed", 500: "Internal Server Error"}
+    names = {
+        400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed", 409: "Conflict",
+        413: "Payload Too Large", 500: "Internal Server Error",
+    }
     return _json(f"{status} {names.get(status, '')}: {text}", status)
 
 
@@ -91,11 +113,19 @@ class AgencyApp:
             return _error(405, "The method is not allowed for the requested URL.")
         except HTTPException as exc:  # redirects for trailing slashes and the like
             return exc.get_response(request.environ)
-        request.max_content_length = MAX_BODY_BYTES
+        limit = self.agency.max_body_bytes
+        request.max_content_length = limit
         try:
             user = None if endpoint in _PUBLIC else self.authenticate(request, refresh=endpoint == "refresh")
             return getattr(self, "on_" + endpoint)(request, user, **values)
-        except HTTPException as exc:  # e.g. a body over MAX_BODY_BYTES
+        except RequestEntityTooLarge:
+            size = f" of {request.content_length} bytes" if request.content_length else ""
+            return _error(413, f"The request body{size} is larger than this agency accepts ({limit} bytes; "
+                               "faice agency serve --max-request-bytes).")
+        except RecursionError:  # a safety net: parse_red already refuses deep nesting
+            log.warning("request %s %s refused: nested too deeply", request.method, request.path)
+            return _error(400, "The request is nested too deeply.")
+        except HTTPException as exc:
             return _error(exc.code or 400, exc.description or exc.name)
         except AuthError as exc:
             response = Response(str(exc) if str(exc) else "Unauthorized", status=401, mimetype="text/plain")
@@ -117,7 +147,7 @@ class AgencyApp:
                 name, _, password = base64.b64decode(value.strip()).decode("utf-8").partition(":")
             except (ValueError, UnicodeDecodeError):
                 raise AuthError("Unauthorized") from None
-            return self.agency.auth.basic(name, password)
+            return self.agency.auth.basic(name, password, request.remote_addr or "")
         raise AuthError("Unauthorized")
 
     @staticmethod
@@ -179,7 +209,20 @@ class AgencyApp:
         return _json({"docker": _schema("red-engine-container-docker.json")})
 
     def on_red(self, request, user):
-        data = check_red(parse_red(request.get_data(cache=False)))
+        body = request.get_data(cache=False)
+        key = request.headers.get(IDEMPOTENCY_HEADER)
+        idempotency = None
+        if key is not None:
+            if not _IDEMPOTENCY_KEY.match(key):
+                raise BadRequest(f"Header {IDEMPOTENCY_HEADER} must be 1 to 200 printable ASCII characters.")
+            idempotency = (key, hashlib.sha256(body).hexdigest())
+            earlier = self._repeated(user, idempotency)
+            if earlier is not None:
+                return earlier
+        data = parse_red(body)
+        check_limits(data, self.agency.limits)
+        data = check_red(data)
+        check_policy(self.agency.policy, data)
         experiment, batches = build_documents(
             data,
             user.name,
@@ -187,16 +230,30 @@ class AgencyApp:
             disable_retry=parse_flag(request.args.get("disableRetry")),
             disable_connector_validation=parse_flag(request.args.get("disableConnectorValidation")),
         )
-        self.agency.store.insert_experiment(experiment, batches)
+        stored = self.agency.store.insert_experiment(experiment, batches, user=user.name, idempotency=idempotency)
+        if stored != experiment["_id"]:  # a concurrent request with the same key won
+            for owner in [experiment["_id"], *(b["_id"] for b in batches)]:
+                self.agency.vault.delete_owner(owner)
+            return self._repeated(user, idempotency) or _json({"experimentId": stored})
         self.agency.dispatcher.wake()
         return _json({"experimentId": experiment["_id"]})
+
+    def _repeated(self, user: User, idempotency: tuple[str, str]) -> Response | None:
+        """The first answer for a repeated Idempotency-Key (409 when the body differs)."""
+        found = self.agency.store.idempotent(user.name, idempotency[0])
+        if found is None:
+            return None
+        experiment_id, body_hash = found
+        if body_hash != idempotency[1]:
+            return _error(409, f"{IDEMPOTENCY_HEADER} {idempotency[0]!r} was already used for different RED data.")
+        return _json({"experimentId": experiment_id})
 
     def _list(self, request, user, table: str):
         docs = self.agency.store.list(
             table,
             self._filters(request, user, batches=table == "batches", validate=True),
             skip=self._int(request, "skip", 0) or 0,
-            limit=self._int(request, "limit", 1),
+            limit=min(self._int(request, "limit", 1) or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE),
             ascending=parse_flag(request.args.get("ascending")),
         )
         if table == "experiments":

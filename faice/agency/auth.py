@@ -3,14 +3,18 @@
 Passwords are hashed with scrypt and a per-user salt and compared in constant time. A
 successful Basic login is remembered for a minute (keyed by an HMAC of the password with a
 per-process key), so that clients polling with Basic auth do not pay a scrypt per request.
+
+Lockout counts attempts per user *and client address*: an attacker can block a name only
+from their own address, never the real user elsewhere. Each attempt is reserved by one atomic
+``INSERT … ON CONFLICT DO UPDATE … RETURNING`` before the password is checked, so parallel
+guesses can never get more than ``max_failures`` checks per window. Tokens are itsdangerous
+signatures carrying a stamp of the user's password hash: a new password revokes them all.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
-import json
 import os
 import threading
 import time
@@ -23,6 +27,13 @@ SCRYPT = {"n": 2**14, "r": 8, "p": 1}
 CACHE_SECONDS = 60.0
 ACCESS_TOKEN_SECONDS = 900
 REFRESH_TOKEN_SECONDS = 43200
+_FAILURES_TABLE = """CREATE TABLE IF NOT EXISTS login_failures (
+    username TEXT NOT NULL,
+    client TEXT NOT NULL,
+    failures INTEGER NOT NULL,
+    window_start DOUBLE PRECISION NOT NULL,
+    blocked_until DOUBLE PRECISION,
+    PRIMARY KEY (username, client))"""
 
 
 class AuthError(FaiceError):
@@ -37,8 +48,8 @@ class User:
 
 @dataclass
 class LockoutPolicy:
-    max_failures: int = 5  # failures tolerated within `window`; one more blocks the user
-    window: float = 60.0  # seconds; also how long a blocked user stays blocked
+    max_failures: int = 5  # attempts per user and client address within `window`; one more blocks
+    window: float = 60.0  # seconds; also how long a blocked user stays blocked at that address
 
 
 def hash_password(password: str, salt: bytes | None = None) -> tuple[str, str]:
@@ -57,7 +68,8 @@ def check_password(password: str, stored: str, salt_hex: str) -> bool:
 
 
 def add_user(db: Database, name: str, password: str, *, admin: bool) -> None:
-    """Create the user or replace its password (and admin flag); clears any lockout."""
+    """Create the user or replace its password (and admin flag); clears any lockout. A new
+    password changes the user's token stamp, so every token issued before stops working."""
     stored, salt = hash_password(password)
     db.execute(
         "INSERT INTO users (username, password_hash, salt, is_admin, failed_count) VALUES (?, ?, ?, ?, 0) "
@@ -65,6 +77,8 @@ def add_user(db: Database, name: str, password: str, *, admin: bool) -> None:
         "is_admin = excluded.is_admin, failed_count = 0, first_failure = NULL, blocked_until = NULL",
         (name, stored, salt, 1 if admin else 0),
     )
+    db.execute(_FAILURES_TABLE)
+    db.execute("DELETE FROM login_failures WHERE username = ?", (name,))
 
 
 class Authenticator:
@@ -75,73 +89,96 @@ class Authenticator:
         self.policy = policy or LockoutPolicy()
         self._signing_key = signing_key
         self._cache_key = os.urandom(32)
-        self._cache: dict[str, tuple[float, User]] = {}
+        self._cache: dict[str, tuple[float, User, str]] = {}
         self._lock = threading.Lock()
         self._dummy = hash_password("dummy")
+        self._pruned = 0.0
+        db.execute(_FAILURES_TABLE)
 
     # ------------------------------------------------------------ basic
-    def basic(self, name: str, password: str) -> User:
+    def basic(self, name: str, password: str, client: str = "") -> User:
         now = time.time()
-        row = self.db.query_one(
-            "SELECT password_hash, salt, is_admin, failed_count, first_failure, blocked_until FROM users WHERE username = ?",
-            (name,),
+        row = self.db.query_one("SELECT password_hash, salt, is_admin FROM users WHERE username = ?", (name,))
+        if row is None:
+            check_password(password, *self._dummy)  # same time as a real check
+            raise AuthError("Invalid username or password.")
+        blocked = self.db.query_one(
+            "SELECT blocked_until FROM login_failures WHERE username = ? AND client = ?", (name, client)
         )
-        if row is not None and row[5] is not None and row[5] > now:
+        if blocked is not None and blocked[0] is not None and blocked[0] > now:
             raise AuthError(f"User {name} is currently blocked due to invalid login attempts.")
         cache_key = hmac.new(self._cache_key, f"{name}\0{password}".encode(), "sha256").hexdigest()
         with self._lock:
             cached = self._cache.get(cache_key)
-        if row is not None and cached and cached[0] > now:
+        if cached and cached[0] > now and cached[2] == row[0]:  # same password hash: not changed since
             return cached[1]
-        if row is None:
-            check_password(password, *self._dummy)  # same time as a real check
-            raise AuthError("Invalid username or password.")
+        self._reserve_attempt(name, client, now)
         if not check_password(password, row[0], row[1]):
-            self._record_failure(name, row[3], row[4], now)
-            raise AuthError("Invalid username or password.")
-        if row[3]:
-            self.db.execute(
-                "UPDATE users SET failed_count = 0, first_failure = NULL, blocked_until = NULL WHERE username = ?",
-                (name,),
-            )
+            raise AuthError("Invalid username or password.")  # the reserved attempt stays counted
+        self.db.execute("DELETE FROM login_failures WHERE username = ? AND client = ?", (name, client))
         user = User(name, bool(row[2]))
         with self._lock:
-            self._cache[cache_key] = (now + CACHE_SECONDS, user)
+            self._cache[cache_key] = (now + CACHE_SECONDS, user, row[0])
         return user
 
-    def _record_failure(self, name: str, count: int, first: float | None, now: float) -> None:
-        if first is None or now - first > self.policy.window:
-            count, first = 0, now
-        count += 1
-        blocked = now + self.policy.window if count > self.policy.max_failures else None
-        self.db.execute(
-            "UPDATE users SET failed_count = ?, first_failure = ?, blocked_until = ? WHERE username = ?",
-            (count, first, blocked, name),
+    def _reserve_attempt(self, name: str, client: str, now: float) -> None:
+        """Count one attempt atomically (one statement on SQLite and PostgreSQL alike) and
+        refuse it, without checking the password, when it is over the limit."""
+        cut = now - self.policy.window
+        rows = self.db.query(
+            "INSERT INTO login_failures (username, client, failures, window_start, blocked_until) "
+            "VALUES (?, ?, 1, ?, NULL) ON CONFLICT (username, client) DO UPDATE SET "
+            "failures = CASE WHEN login_failures.window_start < ? THEN 1 ELSE login_failures.failures + 1 END, "
+            "window_start = CASE WHEN login_failures.window_start < ? THEN ? ELSE login_failures.window_start END "
+            "RETURNING failures, blocked_until",
+            (name, client, now, cut, cut, now),
         )
-        if blocked:
+        failures, blocked_until = rows[0]
+        if blocked_until is not None and blocked_until > now:
+            raise AuthError(f"User {name} is currently blocked due to invalid login attempts.")
+        if failures > self.policy.max_failures:
+            self.db.execute(
+                "UPDATE login_failures SET blocked_until = ? WHERE username = ? AND client = ?",
+                (now + self.policy.window, name, client),
+            )
             with self._lock:
                 self._cache = {k: v for k, v in self._cache.items() if v[1].name != name}
+            raise AuthError(f"User {name} is currently blocked due to invalid login attempts.")
+        if now - self._pruned > self.policy.window:  # forget old failures now and then
+            self._pruned = now
+            self.db.execute(
+                "DELETE FROM login_failures WHERE window_start < ? AND (blocked_until IS NULL OR blocked_until < ?)",
+                (cut, now),
+            )
 
     # ------------------------------------------------------------ tokens
+    def _serializer(self, kind: str):
+        from itsdangerous import URLSafeTimedSerializer
+
+        return URLSafeTimedSerializer(self._signing_key, salt=f"faice-agency-{kind}-token")
+
+    def _stamp(self, password_hash: str) -> str:
+        return hmac.new(self._signing_key, password_hash.encode(), "sha256").hexdigest()[:16]
+
     def issue(self, user: User, kind: str = "access") -> str:
-        lifetime = ACCESS_TOKEN_SECONDS if kind == "access" else REFRESH_TOKEN_SECONDS
-        payload = json.dumps({"u": user.name, "a": user.is_admin, "k": kind, "e": int(time.time() + lifetime)})
-        body = base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=")
-        signature = hmac.new(self._signing_key, body.encode(), "sha256").hexdigest()
-        return f"{body}.{signature}"
+        row = self.db.query_one("SELECT password_hash FROM users WHERE username = ?", (user.name,))
+        if row is None:
+            raise AuthError("Invalid username or password.")
+        return self._serializer(kind).dumps({"u": user.name, "s": self._stamp(row[0])})
 
     def bearer(self, token: str, kind: str = "access") -> User:
-        body, _, signature = token.partition(".")
-        expected = hmac.new(self._signing_key, body.encode(), "sha256").hexdigest()
-        if not signature or not hmac.compare_digest(signature, expected):
-            raise AuthError("Invalid token.")
+        from itsdangerous import BadSignature, SignatureExpired
+
+        lifetime = ACCESS_TOKEN_SECONDS if kind == "access" else REFRESH_TOKEN_SECONDS
         try:
-            payload = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
-        except ValueError:
+            payload = self._serializer(kind).loads(token, max_age=lifetime)
+        except SignatureExpired:
+            raise AuthError("Token expired.") from None
+        except BadSignature:
             raise AuthError("Invalid token.") from None
-        if payload.get("k") != kind or payload.get("e", 0) < time.time():
-            raise AuthError("Token expired or of the wrong kind.")
-        row = self.db.query_one("SELECT is_admin FROM users WHERE username = ?", (payload["u"],))
-        if row is None:
+        if not isinstance(payload, dict) or not isinstance(payload.get("u"), str):
             raise AuthError("Invalid token.")
+        row = self.db.query_one("SELECT is_admin, password_hash FROM users WHERE username = ?", (payload["u"],))
+        if row is None or not hmac.compare_digest(str(payload.get("s")), self._stamp(row[1])):
+            raise AuthError("Invalid token (revoked by a password change, or the user is gone).")
         return User(payload["u"], bool(row[0]))

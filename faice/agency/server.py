@@ -85,7 +85,7 @@ def make_runner(args, workdir: Path):
 
 def build(args):
     """The WSGI app and its dispatcher for these arguments (also used by tests in-process)."""
-    from faice.agency.app import Agency, AgencyApp
+    from faice.agency.app import MAX_BODY_BYTES, Agency, AgencyApp
     from faice.agency.auth import Authenticator, LockoutPolicy
     from faice.agency.db import Database
     from faice.agency.dispatcher import Dispatcher
@@ -111,8 +111,48 @@ def build(args):
         hooks=[parse_hook(u) for u in getattr(args, "notification_hook", None) or []],
         paused=bool(getattr(args, "paused", False)),
     )
-    app = AgencyApp(Agency(store, vault, Authenticator(db, vault.signing_key, policy), dispatcher))
-    return app, dispatcher, db
+    agency = Agency(
+        store, vault, Authenticator(db, vault.signing_key, policy), dispatcher,
+        policy=connector_policy(args, db, workdir, key_file),
+        limits=_limits(args),
+        max_body_bytes=_positive(args, "max_request_bytes", MAX_BODY_BYTES),
+    )
+    return AgencyApp(agency), dispatcher, db
+
+
+def connector_policy(args, db, workdir: Path, key_file: Path):
+    """``--policy FILE`` (or the safe default) protecting the server's own files: database,
+    key, work dir, policy file and log files, wherever the roots point."""
+    from faice.connectors.policy import Policy, load_policy
+
+    path = getattr(args, "policy", None)
+    policy = load_policy(path) if path else Policy()
+    own: list[str | Path | None] = [workdir, key_file, path, "/proc"]  # /proc/self/environ, fds
+    if db.dialect == "sqlite" and db.path != ":memory:":
+        own += [db.path + suffix for suffix in ("", "-wal", "-shm", "-journal")]
+    for handler in logging.getLogger().handlers:
+        own.append(getattr(handler, "baseFilename", None))
+    return policy.protecting(*own)
+
+
+def _positive(args, name: str, default: int) -> int:
+    from faice.errors import UsageError
+
+    value = getattr(args, name, None)
+    if value is None:
+        return default
+    if value < 1:
+        raise UsageError(f"--{name.replace('_', '-')}: expected a number >= 1")
+    return value
+
+
+def _limits(args):
+    from faice.agency.submit import Limits
+
+    return Limits(
+        max_batches=_positive(args, "max_batches", Limits.max_batches),
+        max_red_bytes=_positive(args, "max_red_bytes", Limits.max_red_bytes),
+    )
 
 
 def serve(args) -> int:

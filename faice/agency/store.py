@@ -73,14 +73,46 @@ def cap_log(text: str, cap: int, skipped: int = 0) -> str:
 _BATCH_KEYS = {"_id", "experimentId", "username", "registrationTime", "state", "node", "batchesListIndex", "attempts", "notificationsSent"}
 
 
+IDEMPOTENCY_SECONDS = 86400  # how long a client's Idempotency-Key is remembered
+_IDEMPOTENCY_TABLE = """CREATE TABLE IF NOT EXISTS idempotency_keys (
+    username TEXT NOT NULL,
+    key TEXT NOT NULL,
+    body_hash TEXT NOT NULL,
+    experiment_id TEXT NOT NULL,
+    created DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (username, key))"""
+
+
 class Store:
     def __init__(self, db: Database, *, log_cap: int | None = None):
         self.db = db
         self.log_cap = log_cap_from(log_cap)
+        self.db.execute(_IDEMPOTENCY_TABLE)
 
     # ------------------------------------------------------------ writes
-    def insert_experiment(self, experiment: dict[str, Any], batches: list[dict[str, Any]]) -> None:
+    def insert_experiment(
+        self,
+        experiment: dict[str, Any],
+        batches: list[dict[str, Any]],
+        *,
+        user: str | None = None,
+        idempotency: tuple[str, str] | None = None,
+    ) -> str:
+        """Store the experiment and its batches; the stored experiment's id. With an
+        ``idempotency`` (key, body hash) already used by ``user``, nothing is stored and the
+        first experiment's id is returned (one transaction: concurrent repeats store one)."""
         with self.db.transaction():
+            if idempotency is not None:
+                self.db.execute("DELETE FROM idempotency_keys WHERE created < ?", (time.time() - IDEMPOTENCY_SECONDS,))
+                row = self.db.query_one(
+                    "SELECT experiment_id FROM idempotency_keys WHERE username = ? AND key = ?", (user, idempotency[0])
+                )
+                if row is not None:
+                    return row[0]
+                self.db.execute(
+                    "INSERT INTO idempotency_keys (username, key, body_hash, experiment_id, created) VALUES (?, ?, ?, ?, ?)",
+                    (user, idempotency[0], idempotency[1], experiment["_id"], time.time()),
+                )
             rest = {k: v for k, v in experiment.items() if k not in {"_id", "username", "registrationTime"}}
             self.db.execute(
                 f"INSERT INTO experiments ({_EXPERIMENT_COLUMNS}) VALUES (?, ?, ?, ?)",
@@ -95,6 +127,16 @@ class Store:
                         json.dumps({k: v for k, v in batch.items() if k not in _BATCH_KEYS}),
                     ),
                 )
+        return experiment["_id"]
+
+    def idempotent(self, user: str, key: str) -> tuple[str, str] | None:
+        """(experiment id, body hash) stored for ``user``'s Idempotency-Key, if any."""
+        row = self.db.query_one(
+            "SELECT experiment_id, body_hash, created FROM idempotency_keys WHERE username = ? AND key = ?", (user, key)
+        )
+        if row is None or row[2] < time.time() - IDEMPOTENCY_SECONDS:
+            return None
+        return row[0], row[1]
 
     def transition(
         self,

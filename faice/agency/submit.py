@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from faice.agency.ids import new_id
@@ -16,6 +17,17 @@ from faice.agency.vault import Vault, seal
 
 INVALID_RED = "Given RED data is invalid. Consider using the FAICE commandline tools for local validation."
 _VARIABLE = re.compile(r"\{\{[^{}]*\}\}")
+MAX_DEPTH = 100  # nesting levels of a RED body; real files need about 12
+DEFAULT_MAX_BATCHES = 10_000
+DEFAULT_MAX_RED_BYTES = 256 * 2**20  # the experiment as stored, sweep expanded
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one ``POST /red`` may ask of the server (``faice agency serve`` options)."""
+
+    max_batches: int = DEFAULT_MAX_BATCHES
+    max_red_bytes: int = DEFAULT_MAX_RED_BYTES
 
 
 class BadRequest(Exception):
@@ -39,9 +51,76 @@ def parse_red(body: bytes) -> dict[str, Any]:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         raise BadRequest("Did not send RED data as JSON.") from None
+    except RecursionError:
+        raise BadRequest(f"RED data is nested more than {MAX_DEPTH} levels deep.") from None
     if not isinstance(data, dict):
         raise BadRequest("Did not send RED data as JSON.")
+    _check_depth(data)
     return data
+
+
+def _check_depth(data: Any) -> None:
+    """Refuse deep nesting before any recursive code (validation, sweeps) sees the data."""
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise BadRequest(f"RED data is nested more than {MAX_DEPTH} levels deep.")
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+
+
+def sweep_size(sweep: Any) -> int:
+    """How many batches a sweep expands to, computed without expanding it (malformed
+    parts count as 1: validation reports them)."""
+    if not isinstance(sweep, dict):
+        return 1
+    size = 1
+    grid = sweep.get("grid")
+    if isinstance(grid, dict):
+        for values in grid.values():
+            size *= len(values) if isinstance(values, list) else 1
+    zipped = sweep.get("zip")
+    if isinstance(zipped, dict) and zipped:
+        size *= min((len(v) if isinstance(v, list) else 1) for v in zipped.values())
+    random_part = sweep.get("random")
+    if isinstance(random_part, dict) and isinstance(random_part.get("samples"), int):
+        size *= max(random_part["samples"], 0)
+    return size
+
+
+def check_limits(data: dict[str, Any], limits: Limits) -> None:
+    """Batches and stored size within the server's limits, checked before a sweep expands."""
+    if "sweep" in data:
+        count = sweep_size(data["sweep"])
+        template = len(json.dumps({"inputs": data.get("inputs"), "outputs": data.get("outputs")}))
+        size = len(json.dumps({k: v for k, v in data.items() if k not in ("sweep", "inputs", "outputs")})) + count * template
+    else:
+        count = len(data["batches"]) if isinstance(data.get("batches"), list) else 1
+        size = len(json.dumps(data))
+    if count > limits.max_batches:
+        raise BadRequest(
+            f"RED data asks for {count} batches; this agency accepts at most {limits.max_batches} per experiment "
+            "(faice agency serve --max-batches)."
+        )
+    if size > limits.max_red_bytes:
+        raise BadRequest(
+            f"RED data expands to about {size} bytes; this agency accepts at most {limits.max_red_bytes} "
+            "(faice agency serve --max-red-bytes)."
+        )
+
+
+def check_policy(policy: Any, data: dict[str, Any]) -> None:
+    """Every connector allowed by the server's connector policy, else 400 naming each key path."""
+    from faice.connectors.policy import check
+    from faice.errors import format_key_path
+
+    problems = check(policy, data)
+    if problems:
+        raise BadRequest(
+            "RED data uses connectors this agency does not allow:\n"
+            + "\n".join(f"{format_key_path(p.path)}: {p.message}" for p in problems)
+        )
 
 
 def _validate(data: dict[str, Any]) -> dict[str, Any]:

@@ -38,6 +38,10 @@ def add_parser(subparsers) -> None:
     slurm.add_argument("--slurm-python", metavar="PATH", help="the Python with faice installed on the nodes (default: the server's)")
     slurm.add_argument("--slurm-sbatch-arg", metavar="ARG", action="append", default=[], help="another sbatch option as one word, e.g. --slurm-sbatch-arg=--constraint=a100; repeatable")
     serve.add_argument("--paused", action="store_true", help="accept and store experiments but start no batch")
+    serve.add_argument("--policy", metavar="FILE", help="connector policy (YAML/JSON; see docs/agency.md); default: no file paths, no external connector programs, no s3 without auth")
+    serve.add_argument("--max-batches", metavar="N", type=int, help="batches one experiment may have, sweeps counted before expansion (default: 10000)")
+    serve.add_argument("--max-request-bytes", metavar="N", type=int, help="largest request body; larger ones get 413 (default: 64 MiB)")
+    serve.add_argument("--max-red-bytes", metavar="N", type=int, help="largest experiment as stored, sweeps expanded (default: 256 MiB)")
     add_debug(serve)
     serve.set_defaults(run=_action("serve"))
 

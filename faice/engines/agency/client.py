@@ -1,20 +1,26 @@
 """HTTP client for a CC-Agency (upstream's or ``faice agency serve``).
 
-Connection errors and 5xx answers are retried with exponential backoff (bounded); a 4xx
-becomes a :class:`faice.errors.EngineError` carrying the server's own message; 401 says
-which user was refused and what to check.
+Connection errors and 5xx answers are retried with exponential backoff (bounded) by urllib3's
+``Retry``, but only for idempotent requests: ``POST /red`` is retried only because it carries
+an ``Idempotency-Key`` that makes the server answer a repeat with the first experiment. A 4xx
+becomes a :class:`faice.errors.EngineError` carrying the server's own message; 401 says which
+user was refused and what to check.
 """
 
 from __future__ import annotations
 
 import json
-import time
+import uuid
 from typing import Any
 
 from faice.errors import EngineError
 from faice.secrets import REDACTOR
 
 FINAL = frozenset({"succeeded", "failed", "cancelled"})
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+RETRY_STATUS = (500, 502, 503, 504)
+PAGE_SIZE = 1000  # the agency's default page; listings are read page by page
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})  # retried without a key
 
 
 class AgencyHTTPError(EngineError):
@@ -25,38 +31,60 @@ class AgencyHTTPError(EngineError):
         self.status = status
 
 
+def _session(auth: tuple[str, str], attempts: int, backoff: float, methods: frozenset[str]):
+    """A requests session whose adapter retries ``methods`` (connection errors: every method)."""
+    import requests
+    from requests.adapters import HTTPAdapter
+    from urllib3.util.retry import Retry
+
+    retries = max(attempts - 1, 0)
+    retry = Retry(
+        total=retries, connect=retries, read=retries, status=retries, other=0,
+        backoff_factor=backoff, backoff_max=10, status_forcelist=RETRY_STATUS,
+        allowed_methods=methods, raise_on_status=False,
+    )
+    session = requests.Session()
+    session.auth = auth
+    adapter = HTTPAdapter(max_retries=retry)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
 class AgencyClient:
     def __init__(self, url: str, username: str, password: str, *, attempts: int = 5, backoff: float = 0.5, timeout: float = 30):
-        import requests
-
         self.url = url.rstrip("/")
         self.username = username
         self.attempts = attempts
-        self.backoff = backoff
         self.timeout = timeout
         REDACTOR.add(password)
-        self._session = requests.Session()
-        self._session.auth = (username, password)
+        self._session = _session((username, password), attempts, backoff, _IDEMPOTENT)
+        self._keyed = _session((username, password), attempts, backoff, _IDEMPOTENT | {"POST"})
 
-    def request(self, method: str, path: str, *, params: dict | None = None, json_body: Any = None, text: bool = False) -> Any:
+    def request(
+        self, method: str, path: str, *, params: dict | None = None, json_body: Any = None, text: bool = False,
+        headers: dict[str, str] | None = None,
+    ) -> Any:
+        """One request; retried only where repeating it cannot do anything twice."""
         import requests
 
-        delay = self.backoff
-        for attempt in range(1, self.attempts + 1):
-            problem = None
-            try:
-                response = self._session.request(method, self.url + path, params=params, json=json_body, timeout=self.timeout)
-            except requests.RequestException as exc:
-                problem = f"cannot reach the agency at {self.url}: {_short(exc)}"
-            else:
-                if response.status_code < 500:
-                    return self._result(response, method, path, text)
-                problem = f"agency error {response.status_code} for {method} {path}: {_message(response)}"
-            if attempt == self.attempts:
-                raise EngineError(REDACTOR.redact(problem) + f" (tried {self.attempts} times)")
-            time.sleep(delay)
-            delay = min(delay * 2, 10)
-        raise AssertionError("unreachable")
+        keyed = bool(headers and IDEMPOTENCY_HEADER in headers)
+        retried = keyed or method.upper() in _IDEMPOTENT
+        try:
+            response = (self._keyed if keyed else self._session).request(
+                method, self.url + path, params=params, json=json_body, headers=headers, timeout=self.timeout
+            )
+        except requests.RequestException as exc:
+            tries = self.attempts if retried or isinstance(exc, requests.ConnectionError) else 1
+            raise EngineError(REDACTOR.redact(
+                f"cannot reach the agency at {self.url}: {_short(exc)} (tried {tries} times)"
+            )) from None
+        if response.status_code >= 500:
+            tries = f" (tried {self.attempts} times)" if retried else ""
+            raise EngineError(REDACTOR.redact(
+                f"agency error {response.status_code} for {method} {path}: {_message(response)}{tries}"
+            ))
+        return self._result(response, method, path, text)
 
     def _result(self, response, method: str, path: str, text: bool) -> Any:
         if response.status_code == 401:
@@ -81,7 +109,8 @@ class AgencyClient:
     # ------------------------------------------------------------ API
     def submit(self, red: dict[str, Any], *, disable_retry: bool, disable_connector_validation: bool) -> str:
         params = {"disableRetry": int(disable_retry), "disableConnectorValidation": int(disable_connector_validation)}
-        return self.request("POST", "/red", params=params, json_body=red)["experimentId"]
+        key = {IDEMPOTENCY_HEADER: uuid.uuid4().hex}  # the same for every retry of this submission
+        return self.request("POST", "/red", params=params, json_body=red, headers=key)["experimentId"]
 
     def batches(self, **filters: Any) -> list[dict[str, Any]]:
         return self.request("GET", "/batches", params={k: v for k, v in filters.items() if v is not None})
@@ -102,8 +131,13 @@ class AgencyClient:
         return self.request("GET", f"/batches/{batch_id}/{name}", text=True)
 
     def experiment_batches(self, experiment_id: str) -> list[dict[str, Any]]:
-        """The batches of one experiment, in RED order."""
-        found = self.batches(experimentId=experiment_id, ascending=1)
+        """The batches of one experiment, in RED order (read page by page)."""
+        found: list[dict[str, Any]] = []
+        while True:
+            page = self.batches(experimentId=experiment_id, ascending=1, skip=len(found), limit=PAGE_SIZE)
+            found += page
+            if len(page) < PAGE_SIZE:
+                break
         return sorted(found, key=lambda b: b.get("batchesListIndex") or 0)
 
 
