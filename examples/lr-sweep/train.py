@@ -87,7 +87,7 @@ def main() -> None:
             print(f"epoch={epoch} loss={loss:.4f} accuracy={acc:.4f} val_loss={val_loss:.4f} "
                   f"val_accuracy={val_acc:.4f}", flush=True)
     final = {"accuracy": acc, "loss": loss, "val_accuracy": val_acc, "val_loss": val_loss,
-             "epochs": args.epochs, "seconds": round(time.monotonic() - started, 3)}
+             "train_seconds": round(time.monotonic() - started, 3)}
     with open("final.json", "w") as handle:
         json.dump(final, handle)
         handle.write("\n")
