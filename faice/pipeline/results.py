@@ -27,6 +27,7 @@ METRICS_FILE = "metrics.json"
 FORMATS = ("table", "csv", "json", "markdown")
 # rank groups: succeeded with a value, other non-failed states with a value, failed with a value, no value
 _FAILED = ("failed", "cancelled", "stopped-early")
+_FINAL = ("succeeded", "failed", "cancelled", "stopped-early")
 _BASE_COLUMNS = ("rank", "best", "batch", "index", "state", "seconds", "objective", "failure", "message")
 
 
@@ -55,34 +56,52 @@ class Results:
 
 
 def read_records(outdir: Path) -> list[dict[str, Any]]:
-    """Every batch record of a run directory, plus run.json's entries of batches without one
-    (pending, or on a node that has not written yet). FaiceError when it is no run directory."""
+    """Every batch of a run directory as a record: run.json's entry when it is final and holds
+    the metrics summary (one file for the whole run: fast), else ``batches/<id>/result.json``,
+    else run.json's entry (pending, or on a node that has not written yet).
+    FaiceError when ``outdir`` is no run directory."""
     outdir = Path(outdir)
     run = _load(outdir / RUN_FILE)
     root = outdir / "batches"
     if not isinstance(run, dict) and not root.is_dir():
         raise FaiceError(f"{outdir}: not a faice run directory (no {RUN_FILE}, no batches/)",
                          hint="give the --outdir of a faice exec run")
+    listed = run.get("batches") if isinstance(run, dict) else None
+    entries = {str(e.get("id")): e for e in listed if isinstance(e, dict)} if isinstance(listed, list) else {}
     records: list[dict[str, Any]] = []
     seen: set[str] = set()
+    for batch_id, entry in entries.items():
+        if entry.get("state") in _FINAL and isinstance(entry.get("metrics"), dict):
+            records.append(_entry_record(entry))
+            seen.add(batch_id)
     if root.is_dir():
-        with os.scandir(root) as entries:
-            for entry in entries:
-                if not entry.is_dir():
+        with os.scandir(root) as found:
+            for item in found:
+                if item.name in seen or not item.is_dir():
                     continue
-                record = _load(os.path.join(entry.path, RESULT_FILE))
+                record = _load(os.path.join(item.path, RESULT_FILE))
                 if isinstance(record, dict):
-                    record.setdefault("batchId", entry.name)
+                    record.setdefault("batchId", item.name)
                     records.append(record)
                     seen.add(str(record.get("batchId")))
-    entries = run.get("batches") if isinstance(run, dict) else None
-    for item in entries if isinstance(entries, list) else []:
-        if isinstance(item, dict) and str(item.get("id")) not in seen:
-            records.append({"batchId": item.get("id"), "batchIndex": item.get("index"),
-                            "state": item.get("state") or "pending", "parameters": item.get("parameters") or {},
-                            "failureClass": item.get("failureClass"), "message": item.get("message"),
-                            "timings": {"total": item.get("seconds")}, "metrics": item.get("metrics")})
+    records.extend(_entry_record(e) for batch_id, e in entries.items() if batch_id not in seen)
     return records
+
+
+def _entry_record(entry: dict[str, Any]) -> dict[str, Any]:
+    """A run.json entry in the shape of a batch record (the fields results use)."""
+    return {"batchId": entry.get("id"), "batchIndex": entry.get("index"),
+            "state": entry.get("state") or "pending", "parameters": entry.get("parameters") or {},
+            "failureClass": entry.get("failureClass"), "message": entry.get("message"),
+            "timings": {"total": entry.get("seconds")}, "metrics": entry.get("metrics")}
+
+
+def entry_metrics(result: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What a run.json entry should hold of a batch's metrics result, so that ``faice results``
+    reads one file instead of every result.json: the objective and the final values."""
+    if not isinstance(result, dict):
+        return None
+    return {"objective": result.get("objective"), "final": result.get("final") or {}}
 
 
 def _load(path: Path | str) -> Any:

@@ -168,3 +168,21 @@ def test_plot_writes_pngs(tmp_path):
     assert f"wrote {tmp_path / 'png' / 'val_accuracy-steps.png'}" in done.stderr
     missing = faice("results", str(tmp_path), "--plot", "nope", "--plot-dir", str(tmp_path / "png2"))
     assert missing.returncode == 1 and "no batch of" in missing.stderr and "val_accuracy" in missing.stderr
+
+
+def test_run_json_entries_with_metrics_are_enough(tmp_path):
+    """A run whose run.json entries carry the metrics summary is ranked from that one file
+    (what keeps 10,000 batches fast); batches without such an entry still come from result.json."""
+    from faice.pipeline.results import entry_metrics
+
+    expected = make_run(tmp_path)
+    run = json.loads((tmp_path / "run.json").read_text())
+    for entry in run["batches"]:
+        record = tmp_path / "batches" / entry["id"] / "result.json"
+        if record.exists() and entry["state"] == "succeeded" and entry["index"] % 2 == 0:
+            entry["metrics"] = entry_metrics(json.loads(record.read_text())["metrics"])
+            record.unlink()  # only run.json knows this batch now
+    (tmp_path / "run.json").write_text(json.dumps(run))
+    data = json.loads(faice("results", str(tmp_path), "--format", "json").stdout)
+    assert len(data) == 10 and data[0]["batch"] == winner_id(expected)
+    assert [r["objective"] for r in data[:8]] == sorted((e["value"] for e in expected.values()), reverse=True)

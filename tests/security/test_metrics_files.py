@@ -46,3 +46,27 @@ def test_input_values_cannot_lead_the_file_name_out_of_the_batch(tmp_path):
     result = metrics.finish()
     assert result["objective"]["value"] is None
     assert any("'..' is not allowed" in p["reason"] for p in result["problems"])
+
+
+def test_results_never_read_outside_the_run_for_hostile_batch_ids(tmp_path):
+    """Batch ids come from run.json, which a remote node or agency may have written: an id
+    like ../.. must not make ``faice results --red`` read metrics files outside batches/."""
+    import json
+    import subprocess
+    import sys
+
+    outside = tmp_path / "outputs"
+    outside.mkdir()
+    (outside / "training.csv").write_text("epoch,val_accuracy\n0,0.999\n")
+    run = tmp_path / "run"
+    (run / "batches").mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps({"runId": "r", "batches": [
+        {"id": "../..", "index": 0, "state": "succeeded", "parameters": {}},
+        {"id": "..", "index": 1, "state": "succeeded", "parameters": {}}]}))
+    red = tmp_path / "m.red.json"
+    red.write_text(json.dumps({"metrics": {"objective": {"name": "val_accuracy", "goal": "max"},
+                                           "sources": [{"file": "training.csv"}]}}))
+    done = subprocess.run([sys.executable, "-m", "faice", "results", str(run), "--red", str(red), "--format", "json"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert all(row["objective"] is None for row in json.loads(done.stdout))
