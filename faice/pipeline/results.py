@@ -415,3 +415,85 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+# ---------------------------------------------------------------- MLflow export
+
+
+def to_mlflow(results: Results, uri: str = "./mlruns", *, experiment: str | None = None) -> dict[str, int]:
+    """One MLflow run per batch (parameters, final metrics, every step of the series, the
+    record as an artifact, tags ``faice.*``) in the experiment ``experiment`` (default:
+    ``faice <run directory name>``). Batches exported before (tag ``faice.batchId``) are
+    skipped, so exporting a growing run again adds only the new batches.
+    Returns ``{"exported": n, "skipped": m}``; FaiceError with a hint without mlflow."""
+    require_mlflow()
+    import time
+
+    from mlflow.entities import Metric, Param
+    from mlflow.tracking import MlflowClient
+
+    if "://" not in uri and not uri.startswith("file:"):
+        # a local directory: MLflow 3 keeps its file store for this, behind an opt-in
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        uri = Path(uri).resolve().as_uri()
+    elif uri.startswith("file:"):
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    client = MlflowClient(tracking_uri=uri)
+    name = experiment or f"faice {results.outdir.resolve().name}"
+    found = client.get_experiment_by_name(name)
+    experiment_id = found.experiment_id if found else client.create_experiment(name)
+    done = {run.data.tags.get("faice.batchId") for run in client.search_runs([experiment_id], max_results=50_000)}
+    counts = {"exported": 0, "skipped": 0}
+    now = int(time.time() * 1000)
+    for row in results.rows:
+        batch_id = str(row["batch"])
+        if batch_id in done:
+            counts["skipped"] += 1
+            continue
+        tags = {"faice.batchId": batch_id, "faice.state": str(row["state"]), "faice.rank": str(row["rank"]),
+                "faice.best": str(bool(row["best"])).lower(), "faice.outdir": str(results.outdir.resolve())}
+        run = client.create_run(experiment_id, run_name=batch_id, tags=tags)
+        run_id = run.info.run_id
+        params = [Param(p, _mlflow_text(row.get(f"param.{p}"))) for p in results.parameters
+                  if row.get(f"param.{p}") is not None]
+        metrics = []
+        logged: set[str] = set()
+        for metric in results.metrics:
+            series = results.series.get(batch_id, {}).get(metric) or batch_series(results.outdir, batch_id, metric)
+            for step, value in series:
+                if _finite(value) and _finite(step):
+                    metrics.append(Metric(metric, float(value), now, int(round(step))))
+                    logged.add(metric)
+            final = row.get(f"metric.{metric}")
+            if metric not in logged and _finite(final):
+                metrics.append(Metric(metric, float(final), now, 0))
+        if _finite(row.get("seconds")):
+            metrics.append(Metric("faice.seconds", float(row["seconds"]), now, 0))
+        for start in range(0, len(params), 100):  # MLflow's limits per call
+            client.log_batch(run_id, params=params[start:start + 100])
+        for start in range(0, len(metrics), 1000):
+            client.log_batch(run_id, metrics=metrics[start:start + 1000])
+        record = results.outdir / "batches" / batch_id / RESULT_FILE
+        if _is_batch_id(batch_id) and record.is_file():
+            client.log_artifact(run_id, str(record))
+        status = {"succeeded": "FINISHED", "failed": "FAILED", "cancelled": "KILLED",
+                  "stopped-early": "KILLED"}.get(str(row["state"]), "RUNNING")
+        if status != "RUNNING":
+            client.set_terminated(run_id, status)
+        counts["exported"] += 1
+    return counts
+
+
+def require_mlflow() -> None:
+    """FaiceError with an install hint when MLflow's client is not installed."""
+    try:
+        import mlflow.entities
+        import mlflow.tracking  # noqa: F401
+    except ImportError:
+        raise FaiceError("--to-mlflow needs MLflow, which is not installed",
+                         hint="pip install 'faice[mlflow]'  (or: pip install mlflow-skinny)") from None
+
+
+def _mlflow_text(value: Any) -> str:
+    text = json.dumps(value, separators=(",", ":")) if isinstance(value, (dict, list)) else str(value)
+    return text[:6000]

@@ -27,7 +27,8 @@ def add_parser(subparsers) -> None:
             "  faice results runs/lr-sweep\n"
             "  faice results runs/lr-sweep --format csv > results.csv\n"
             "  faice results runs/lr-sweep --objective val_loss --goal min --top 5\n"
-            "  faice results runs/lr-sweep --plot val_accuracy      # needs: pip install 'faice[plot]'"
+            "  faice results runs/lr-sweep --plot val_accuracy      # needs: pip install 'faice[plot]'\n"
+            "  faice results runs/lr-sweep --to-mlflow              # ./mlruns; then: mlflow ui"
         ),
     )
     parser.add_argument("outdir", metavar="OUTDIR", help="the run directory (faice exec --outdir)")
@@ -40,6 +41,11 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--top", type=int, metavar="N", help="only the N best batches")
     parser.add_argument("--plot", metavar="METRIC", help="also write PNGs of METRIC over steps and against each parameter")
     parser.add_argument("--plot-dir", metavar="DIR", help="where the PNGs go (default: OUTDIR/plots)")
+    parser.add_argument("--to-mlflow", metavar="URI", nargs="?", const="./mlruns",
+                        help="also export one MLflow run per batch to this tracking URI or directory "
+                             "(default ./mlruns; needs pip install 'faice[mlflow]')")
+    parser.add_argument("--experiment", metavar="NAME",
+                        help="with --to-mlflow: the MLflow experiment (default: 'faice <run directory name>')")
     add_debug(parser)
 
 
@@ -56,6 +62,12 @@ def run_results(args) -> int:
         raise UsageError(f"--top {args.top}: expected a positive number of batches")
     if args.plot:
         pyplot()  # say that matplotlib is missing before printing anything
+    if args.experiment and not args.to_mlflow:
+        raise UsageError("--experiment needs --to-mlflow")
+    if args.to_mlflow:
+        from faice.pipeline.results import require_mlflow
+
+        require_mlflow()
     objective = {"name": args.objective, "goal": args.goal or "max"} if args.objective else None
     spec = None
     if args.red:
@@ -69,6 +81,12 @@ def run_results(args) -> int:
     results = load_results(Path(args.outdir), objective=objective, spec=spec)
     sys.stdout.write(render(results, args.format, top=args.top))
     sys.stdout.flush()
+    if args.to_mlflow:
+        from faice.pipeline.results import to_mlflow
+
+        counts = to_mlflow(results, args.to_mlflow, experiment=args.experiment)
+        print(f"MLflow ({args.to_mlflow}): {counts['exported']} batches exported, "
+              f"{counts['skipped']} exported before", file=sys.stderr)
     if args.plot:
         for path in plot(results, args.plot, Path(args.plot_dir) if args.plot_dir else Path(args.outdir) / "plots"):
             print(f"wrote {path}", file=sys.stderr)
