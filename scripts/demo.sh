@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# The main job: set up a fresh machine and run a real sweep on the local Docker engine.
+# The main job: set up a fresh machine and run a real training sweep on the local Docker engine.
 #
 #   bash scripts/demo.sh [extra faice exec options]
 #
 # 1. creates the virtual environment .venv and installs faice into it,
 # 2. installs and starts Docker (no bridge, no iptables) and builds the base image without a
 #    registry (scripts/infra.sh engine; about a minute the first time),
-# 3. validates examples/local/word-count.red.yml (a 3-batch sweep) and shows the plan (--dry-run),
-# 4. runs the sweep: every batch in its own container, concurrently,
-# 5. prints where the results are.
+# 3. builds the example's image on top of it (Debian's python3-numpy from the Debian mirror),
+# 4. validates examples/lr-sweep/lr-sweep.red.yml (a 4 × 3 learning-rate × batch-size sweep)
+#    and shows the plan (--dry-run),
+# 5. runs the sweep: every batch trains a small neural network in its own container,
+#    concurrently, and writes per-epoch metrics,
+# 6. prints the results table, best batch first, and names the winner.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 log() { printf '\n==> %s\n' "$*"; }
@@ -25,9 +28,12 @@ FAICE=$PWD/$VENV/bin/faice
 log "Docker engine and base image"
 bash scripts/infra.sh engine
 
-# The example refers to its data relative to its own folder (file connector paths).
-cd examples/local
-RED=word-count.red.yml
+log "example image faice-examples/lr-sweep"
+docker build --network host -t faice-examples/lr-sweep examples/lr-sweep >"$VENV/docker-build-demo.log" 2>&1 ||
+  { tail -n 30 "$VENV/docker-build-demo.log"; exit 1; }
+
+cd examples/lr-sweep
+RED=lr-sweep.red.yml
 OUTDIR=$OLDPWD/faice-runs/demo-$(date +%Y%m%d-%H%M%S)
 
 log "faice validate $RED"
@@ -39,10 +45,12 @@ log "faice exec $RED --dry-run"
 log "faice exec $RED --outdir $OUTDIR"
 "$FAICE" exec "$RED" --outdir "$OUTDIR" "$@"
 
-log "results"
-"$FAICE" status --outdir "$OUTDIR"
+log "faice results $OUTDIR"
+# --red reads the metrics from the batches' outputs when the records do not hold them yet.
+"$FAICE" results "$OUTDIR" --red "$RED"
 echo
 echo "run summary:      $OUTDIR/run.json"
-echo "sent by the file connector: examples/local/results/"
 echo "batch records:    $OUTDIR/batches/<batch id>/result.json, stdout.txt, stderr.txt"
-echo "batch outputs:    $OUTDIR/batches/<batch id>/outputs/"
+echo "per-epoch logs:   $OUTDIR/batches/<batch id>/outputs/training.csv, final.json"
+echo "as CSV:           $FAICE results $OUTDIR --format csv"
+echo "another example:  examples/local/word-count.red.yml (a word count sweep), see examples/README.md"

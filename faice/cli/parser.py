@@ -12,6 +12,7 @@ COMMAND_MODULES = (
     "validate",
     "exec_",
     "status",
+    "results",
     "convert",
     "schema",
     "agency",

@@ -28,6 +28,7 @@ SCHEMA_NAMES = (
     "red-8-engine-execution-ccagency",
     "red-engine-execution-slurm",
     "faice-sweep",
+    "faice-metrics",
     "red-definitions",
 )
 

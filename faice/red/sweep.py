@@ -189,10 +189,13 @@ def _render(value: Any) -> str:
 def expanded_red(data: dict, source: str) -> dict:
     """The RED document with its sweep replaced by an explicit ``batches`` list (plain RED).
 
-    Without a sweep the document is returned unchanged (as a copy). Every batch carries an
+    faice-only keys (``metrics``) are removed; without a sweep the rest is returned as a
+    copy. Every batch carries an
     ``outputs`` key (CC-Agency requires it); a top-level ``cloud`` moves into each batch.
     """
-    result = copy.deepcopy(data)
+    from faice.red.metrics import strip_faice_keys
+
+    result = copy.deepcopy(strip_faice_keys(data))
     if "sweep" not in data:
         return result
     batches = expand_batches(data, source)

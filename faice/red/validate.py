@@ -51,6 +51,10 @@ def red_problems(document: Document) -> list[Problem]:
         schema_found = [f for f in schema_found if f[0][:1] != ("container",)]
     if "batches" in data:
         schema_found = _batches_form_hints(data, schema_found)
+    metrics_problems = _optional("faice.red.metrics", "metrics_problems")
+    metrics_found = metrics_problems(data, document.name) if metrics_problems and "metrics" in data else []
+    if metrics_found:  # its messages say more than the schema's about the same keys
+        schema_found = [f for f in schema_found if f[0][:1] != ("metrics",)]
     semantic_found = semantics.semantic_problems(data)
     specific = {path for path, message in semantic_found if message.startswith("expected")}
     found += [f for f in schema_found if f[0] not in specific] + semantic_found
@@ -58,6 +62,7 @@ def red_problems(document: Document) -> list[Problem]:
     extra: list[Problem] = variable_problems(data, document.name)
     if "sweep" in data and "batches" not in data:
         extra += sweep_problems(data, document.name)
+    extra += metrics_found
     cli = data.get("cli")
     if isinstance(cli, dict) and not any(path[:1] == ("cli",) for path, _ in schema_found + found):
         from faice.cwl.tool import cli_problems

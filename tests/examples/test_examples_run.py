@@ -139,6 +139,16 @@ def test_random_search_example_draws_reproducible_parameters_and_trains_each(tmp
         header = (outputs / f"search_{index}.log").read_text().splitlines()[0]
         assert f"learning_rate={parameters['learning_rate']}" in header
         assert f"batch_size={parameters['batch_size']}" in header
+    ranked = faice("results", str(outdir), "--red", red.name, "--format", "json", cwd=red.parent)
+    assert ranked.returncode == 0, explain(ranked)
+    rows = json.loads(ranked.stdout)
+    finals = {}
+    for batch_id, _ in plan:  # the last epoch line of each batch's own log: what the data says
+        log = next((outdir / "batches" / batch_id / "outputs").glob("search_*.log")).read_text()
+        last = [line for line in log.splitlines() if line.startswith("epoch=")][-1]
+        finals[batch_id] = float(last.split("val_accuracy=")[1].split()[0])
+    assert [row["batch"] for row in rows] == sorted(finals, key=lambda i: (-finals[i], [p[0] for p in plan].index(i)))
+    assert rows[0]["best"] and rows[0]["objective"] == max(finals.values())
 
 
 def test_examples_leave_no_containers(docker_client):

@@ -1,0 +1,353 @@
+"""The ``metrics`` extension of a RED file: where a batch's metrics are, and what "best" means.
+
+faice reads metrics from files and stdout the program writes anyway (a Keras ``CSVLogger``
+file, JSON lines, a final JSON, ``key=value`` lines), so no library is needed in the image.
+This module only parses and checks the extension (:func:`metrics_problems` for
+``faice validate``, :meth:`MetricsSpec.from_red` for the engines); reading is done by
+:mod:`faice.pipeline.metrics`. Like ``sweep``, ``metrics`` is faice's own: it is removed
+before a RED file is sent to an upstream agency (:data:`FAICE_ONLY_KEYS`).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from faice.errors import KeyPath, Problem, ValidationError
+
+FAICE_ONLY_KEYS = ("metrics",)
+GOALS = ("min", "max")
+SCOPES = ("final", "best")
+FORMATS = ("csv", "jsonl", "json", "keyvalue")
+EXTENSION_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json"}
+STEP_KEYS = ("epoch", "step", "iteration", "global_step")
+# name=value pairs whose value looks like a number (nan and inf included)
+DEFAULT_PATTERN = (
+    r"(?<![\w.])(?P<name>[A-Za-z_][\w.\-/]*)="
+    r"(?P<value>[-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|nan|NaN|inf|Inf|infinity|Infinity))"
+    r"(?![\w.])"
+)
+REFERENCE = re.compile(r"\$\((sweep|inputs)\.([^)]*)\)")
+METRIC_NAME = re.compile(r"^[A-Za-z_][\w.\-/]*$")
+EARLY_RULES = ("median",)
+SOURCE_KEYS = ("file", "stdout", "format", "pattern", "in", "step", "separator")
+TOP_KEYS = ("objective", "sources", "step", "earlyStopping")
+
+
+@dataclass(frozen=True)
+class Objective:
+    """The metric that ranks batches: ``goal`` min or max, ranked by its final or best value."""
+
+    name: str
+    goal: str = "max"
+    scope: str = "final"
+
+    def better(self, a: float, b: float) -> bool:
+        """True when ``a`` is strictly better than ``b``."""
+        return a > b if self.goal == "max" else a < b
+
+    def as_dict(self) -> dict[str, str]:
+        return {"name": self.name, "goal": self.goal, "scope": self.scope}
+
+
+@dataclass(frozen=True)
+class Source:
+    """One place metrics come from: a file (relative to the outputs or an input directory) or stdout."""
+
+    kind: str  # "file" or "stdout"
+    format: str  # csv, jsonl, json, keyvalue (stdout: keyvalue)
+    path: str | None = None  # template; $(sweep.NAME), $(inputs.NAME) substituted per batch
+    directory: str | None = None  # name of a Directory input ("in"); None: the batch's outputs
+    pattern: str | None = None  # keyvalue: regex with named groups
+    step: str | None = None  # the column/key numbering steps; None: epoch, step, … when present
+    separator: str = ","
+
+    @property
+    def label(self) -> str:
+        if self.kind == "stdout":
+            return "stdout"
+        return f"{self.directory}/{self.path}" if self.directory else str(self.path)
+
+    def compiled(self) -> re.Pattern[str]:
+        return re.compile(self.pattern or DEFAULT_PATTERN)
+
+
+@dataclass(frozen=True)
+class EarlyStopping:
+    """The median stopping rule's settings (the scheduler lives in the batch pipeline)."""
+
+    rule: str = "median"
+    grace_steps: int = 1
+    min_batches: int = 3
+
+
+@dataclass(frozen=True)
+class MetricsSpec:
+    """A validated ``metrics`` section."""
+
+    objective: Objective
+    sources: tuple[Source, ...]
+    step: str | None = None
+    early_stopping: EarlyStopping | None = None
+
+    @classmethod
+    def from_red(cls, data: dict, source: str = "RED file") -> MetricsSpec | None:
+        """The spec of a RED document; None without ``metrics``; ValidationError when it is wrong."""
+        if not isinstance(data, dict) or "metrics" not in data:
+            return None
+        problems = metrics_problems(data, source)
+        if problems:
+            raise ValidationError(problems)
+        return cls.from_mapping(data["metrics"])
+
+    @classmethod
+    def from_mapping(cls, metrics: dict) -> MetricsSpec:
+        """The spec of a (valid) ``metrics`` mapping."""
+        objective = metrics["objective"]
+        step = metrics.get("step")
+        sources = tuple(_source(item, step) for item in metrics["sources"])
+        early = metrics.get("earlyStopping")
+        early_stopping = None
+        if isinstance(early, dict):
+            early_stopping = EarlyStopping(
+                rule=early.get("rule", "median"),
+                grace_steps=int(early.get("graceSteps", 1)),
+                min_batches=int(early.get("minBatches", 3)),
+            )
+        return cls(
+            objective=Objective(objective["name"], objective.get("goal", "max"), objective.get("scope", "final")),
+            sources=sources,
+            step=step,
+            early_stopping=early_stopping,
+        )
+
+
+def _source(item: dict, step: str | None) -> Source:
+    if "stdout" in item:
+        pattern = item["stdout"] if isinstance(item["stdout"], str) else item.get("pattern")
+        return Source("stdout", "keyvalue", pattern=pattern, step=item.get("step", step))
+    path = item["file"]
+    return Source(
+        "file",
+        item.get("format") or _format_from_name(path) or "keyvalue",
+        path=path,
+        directory=item.get("in"),
+        pattern=item.get("pattern"),
+        step=item.get("step", step),
+        separator=item.get("separator", ","),
+    )
+
+
+def _format_from_name(path: str) -> str | None:
+    lower = path.lower()
+    for extension, name in EXTENSION_FORMATS.items():
+        if lower.endswith(extension):
+            return name
+    return None
+
+
+def strip_faice_keys(data: dict) -> dict:
+    """``data`` without faice-only top-level keys (a shallow copy), for upstream agencies."""
+    return {key: value for key, value in data.items() if key not in FAICE_ONLY_KEYS}
+
+
+# ---------------------------------------------------------------- problems
+
+
+def metrics_problems(data: dict, source: str) -> list[Problem]:
+    """Everything wrong with the ``metrics`` of a RED document (none when it has none)."""
+    if not isinstance(data, dict) or "metrics" not in data:
+        return []
+    found: list[tuple[KeyPath, str]] = []
+    metrics = data["metrics"]
+    if not isinstance(metrics, dict):
+        found.append((("metrics",), f"expected a mapping with objective and sources, got {_kind(metrics)}"))
+        return _problems(data, source, found)
+    for key in metrics:
+        if key not in TOP_KEYS:
+            found.append((("metrics", key), f"unknown key; expected one of {', '.join(TOP_KEYS)}"))
+    _check_objective(metrics, found)
+    if "step" in metrics and not _is_name(metrics["step"]):
+        found.append((("metrics", "step"), f"expected a column or key name, got {metrics['step']!r}"))
+    sources = metrics.get("sources")
+    if not isinstance(sources, list) or not sources:
+        found.append((("metrics", "sources"), "expected a non-empty list of sources ({file: …} or {stdout: …})"))
+    else:
+        for index, item in enumerate(sources):
+            _check_source(data, item, ("metrics", "sources", index), found)
+    _check_early_stopping(metrics, found)
+    return _problems(data, source, found)
+
+
+def _check_objective(metrics: dict, found: list) -> None:
+    path: KeyPath = ("metrics", "objective")
+    objective = metrics.get("objective")
+    if objective is None:
+        found.append((path, "missing: name the metric that ranks the batches, e.g. {name: val_accuracy, goal: max}"))
+        return
+    if not isinstance(objective, dict):
+        found.append((path, f"expected a mapping {{name, goal}}, got {_kind(objective)}"))
+        return
+    for key in objective:
+        if key not in ("name", "goal", "scope"):
+            found.append(((*path, key), "unknown key; expected name, goal or scope"))
+    if "name" not in objective:
+        found.append(((*path, "name"), "missing: the name of the metric to optimise"))
+    elif not _is_name(objective["name"]):
+        found.append(((*path, "name"), f"expected a metric name (letters, digits, _ . - /), got {objective['name']!r}"))
+    if "goal" not in objective:
+        found.append(((*path, "goal"), "missing: min or max"))
+    elif objective["goal"] not in GOALS:
+        found.append(((*path, "goal"), f"expected min or max, got {objective['goal']!r}"))
+    if "scope" in objective and objective["scope"] not in SCOPES:
+        found.append(((*path, "scope"), f"expected final or best, got {objective['scope']!r}"))
+
+
+def _check_source(data: dict, item: Any, path: KeyPath, found: list) -> None:
+    if not isinstance(item, dict):
+        found.append((path, f"expected a mapping {{file: …}} or {{stdout: …}}, got {_kind(item)}"))
+        return
+    for key in item:
+        if key not in SOURCE_KEYS:
+            found.append(((*path, key), f"unknown key; expected one of {', '.join(SOURCE_KEYS)}"))
+    if ("file" in item) == ("stdout" in item):
+        found.append((path, "expected exactly one of file (a metrics file) or stdout (a pattern for stdout lines)"))
+        return
+    if "step" in item and not _is_name(item["step"]):
+        found.append(((*path, "step"), f"expected a column or key name, got {item['step']!r}"))
+    if "stdout" in item:
+        for key in ("format", "in", "separator"):
+            if key in item:
+                found.append(((*path, key), f"{key} applies to files only; stdout lines are matched by a pattern"))
+        value = item["stdout"]
+        if isinstance(value, str):
+            if "pattern" in item:
+                found.append(((*path, "pattern"), "give the pattern either as stdout: PATTERN or as pattern, not both"))
+            _check_pattern(value, (*path, "stdout"), found)
+        elif value is True:
+            if "pattern" in item:
+                _check_pattern(item["pattern"], (*path, "pattern"), found)
+        else:
+            found.append(((*path, "stdout"), f"expected a regular expression or true (name=value lines), got {value!r}"))
+        return
+    _check_file(data, item, path, found)
+
+
+def _check_file(data: dict, item: dict, path: KeyPath, found: list) -> None:
+    name = item["file"]
+    message = relative_path_problem(name) if isinstance(name, str) else f"expected a relative path, got {_kind(name)}"
+    if message:
+        found.append(((*path, "file"), message))
+    else:
+        _check_references(data, name, (*path, "file"), found)
+    fmt = item.get("format")
+    if fmt is not None and fmt not in FORMATS:
+        found.append(((*path, "format"), f"expected one of {', '.join(FORMATS)}, got {fmt!r}"))
+    elif fmt is None and isinstance(name, str) and not message and _format_from_name(name) is None and "pattern" not in item:
+        found.append(((*path, "format"), f"cannot tell the format of {name!r} from its name: add format "
+                                         f"({', '.join(FORMATS)})"))
+    if "pattern" in item:
+        if (fmt or (isinstance(name, str) and _format_from_name(name)) or "keyvalue") != "keyvalue":
+            found.append(((*path, "pattern"), "a pattern applies to format keyvalue (lines matched by a regex) only"))
+        _check_pattern(item["pattern"], (*path, "pattern"), found)
+    separator = item.get("separator", ",")
+    if not isinstance(separator, str) or len(separator) != 1 or separator in "\r\n\"":
+        found.append(((*path, "separator"), f"expected one character such as ',' or ';', got {separator!r}"))
+    if "in" in item:
+        _check_directory_input(data, item["in"], (*path, "in"), found)
+
+
+def _check_directory_input(data: dict, name: Any, path: KeyPath, found: list) -> None:
+    cli = data.get("cli") if isinstance(data.get("cli"), dict) else {}
+    inputs = cli.get("inputs") if isinstance(cli.get("inputs"), dict) else {}
+    if not isinstance(name, str) or name not in inputs:
+        known = ", ".join(sorted(str(k) for k, v in inputs.items() if _is_directory(v))) or "none"
+        found.append((path, f"expected the name of a Directory input of the cli, got {name!r}; Directory inputs: {known}"))
+    elif not _is_directory(inputs[name]):
+        found.append((path, f"cli input {name!r} is not a Directory; metrics files can be read from Directory inputs "
+                            "(a writable mount) or, without in, from the batch's outputs"))
+
+
+def _is_directory(spec: Any) -> bool:
+    kind = spec.get("type") if isinstance(spec, dict) else spec
+    return isinstance(kind, str) and kind.rstrip("?") == "Directory"
+
+
+def _check_references(data: dict, text: str, path: KeyPath, found: list) -> None:
+    from faice.red.semantics import sweep_parameter_names
+
+    parameters = sweep_parameter_names(data) | {"index"}
+    cli = data.get("cli") if isinstance(data.get("cli"), dict) else {}
+    inputs = cli.get("inputs") if isinstance(cli.get("inputs"), dict) else {}
+    for match in REFERENCE.finditer(text):
+        kind, name = match.groups()
+        if kind == "sweep" and ("sweep" not in data or name not in parameters):
+            known = ", ".join(sorted(parameters - {"index"})) or "none"
+            found.append((path, f"unknown sweep parameter in {match.group(0)}; parameters: {known} (and index)"))
+        elif kind == "inputs" and name not in inputs:
+            found.append((path, f"unknown input in {match.group(0)}; cli inputs: {', '.join(sorted(map(str, inputs)))}"))
+
+
+def _check_pattern(pattern: Any, path: KeyPath, found: list) -> None:
+    if not isinstance(pattern, str):
+        found.append((path, f"expected a regular expression, got {_kind(pattern)}"))
+        return
+    try:
+        compiled = re.compile(pattern)
+    except re.error as exc:
+        found.append((path, f"not a valid regular expression: {exc}"))
+        return
+    groups = set(compiled.groupindex)
+    if not groups:
+        found.append((path, "the pattern needs named groups: (?P<name>…) and (?P<value>…), "
+                            "or one group per metric such as (?P<loss>[0-9.]+)"))
+    elif ("name" in groups) != ("value" in groups):
+        found.append((path, "a pattern with a group 'name' needs a group 'value' too (and vice versa)"))
+
+
+def _check_early_stopping(metrics: dict, found: list) -> None:
+    if "earlyStopping" not in metrics:
+        return
+    path: KeyPath = ("metrics", "earlyStopping")
+    early = metrics["earlyStopping"]
+    if not isinstance(early, dict):
+        found.append((path, f"expected a mapping {{rule: median, graceSteps, minBatches}}, got {_kind(early)}"))
+        return
+    for key in early:
+        if key not in ("rule", "graceSteps", "minBatches"):
+            found.append(((*path, key), "unknown key; expected rule, graceSteps or minBatches"))
+    if early.get("rule", "median") not in EARLY_RULES:
+        found.append(((*path, "rule"), f"expected {' or '.join(EARLY_RULES)}, got {early.get('rule')!r}"))
+    for key, low in (("graceSteps", 0), ("minBatches", 1)):
+        value = early.get(key, low)
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            found.append(((*path, key), f"expected an integer >= {low}, got {value!r}"))
+
+
+def relative_path_problem(path: str) -> str | None:
+    """Why ``path`` cannot name a file below a batch directory (None when it can)."""
+    if not path:
+        return "expected a relative file path, got an empty string"
+    if "\0" in path:
+        return "a path cannot contain NUL characters"
+    if path.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", path):
+        return f"expected a path relative to the batch's outputs (or to the input named by in), got {path!r}"
+    if any(part == ".." for part in re.split(r"[/\\]", path)):
+        return f"'..' is not allowed: metrics are read inside the batch only, got {path!r}"
+    return None
+
+
+def _is_name(value: Any) -> bool:
+    return isinstance(value, str) and bool(METRIC_NAME.match(value))
+
+
+def _problems(data: dict, source: str, found: list[tuple[KeyPath, str]]) -> list[Problem]:
+    from faice.red.load import Document
+
+    document = Document(source, data)
+    return [Problem(source, path, message, *document.locate(path)) for path, message in found]
+
+
+def _kind(value: Any) -> str:
+    return "nothing" if value is None else type(value).__name__

@@ -1,0 +1,69 @@
+"""The main job (examples/lr-sweep, run by scripts/demo.sh) on the real engine: 12 batches
+train a numpy MLP, and ``faice results`` names the winner the data says."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "lr-sweep"
+IMAGE = "faice-examples/lr-sweep"
+HASH_LABEL = "org.faice.example.hash"
+
+
+@pytest.fixture(scope="session")
+def lr_sweep_image(docker_client, test_image) -> str:
+    """The example's image as the README builds it; rebuilt only when its sources change."""
+    import docker
+
+    wanted = hashlib.sha256(b"".join((EXAMPLE / n).read_bytes() for n in ("Dockerfile", "train.py"))).hexdigest()[:16]
+    try:
+        if docker_client.images.get(IMAGE).labels.get(HASH_LABEL) == wanted:
+            return IMAGE
+    except docker.errors.ImageNotFound:
+        pass
+    build = subprocess.run(
+        ["docker", "build", "--network", "host", "--build-arg", f"BASE={test_image}",
+         "--label", "org.faice.test=1", "--label", f"{HASH_LABEL}={wanted}", "-t", IMAGE, "."],
+        cwd=EXAMPLE, capture_output=True, text=True, timeout=600,
+    )
+    assert build.returncode == 0, f"docker build failed:\n{build.stdout[-3000:]}\n{build.stderr[-3000:]}"
+    return IMAGE
+
+
+def faice(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "faice", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def test_the_sweep_trains_and_results_name_the_winner(lr_sweep_image, tmp_path):
+    outdir = tmp_path / "run"
+    started = time.monotonic()
+    run = faice("exec", "lr-sweep.red.yml", "--disable-pull", "--outdir", str(outdir), "--parallel", "2", cwd=EXAMPLE)
+    seconds = time.monotonic() - started
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert seconds < 60, f"the whole sweep must take a minute or less on 2 cores, took {seconds:.0f} s"
+    finals = {}
+    for batch in json.loads((outdir / "run.json").read_text())["batches"]:
+        outputs = outdir / "batches" / batch["id"] / "outputs"
+        lines = (outputs / "training.csv").read_text().splitlines()
+        assert lines[0] == "epoch,accuracy,loss,val_accuracy,val_loss" and len(lines) == 31, "one CSVLogger line per epoch"
+        finals[batch["id"]] = (json.loads((outputs / "final.json").read_text())["val_accuracy"], batch)
+    ranked = faice("results", str(outdir), "--red", "lr-sweep.red.yml", "--format", "json", cwd=EXAMPLE)
+    assert ranked.returncode == 0, ranked.stderr
+    rows = json.loads(ranked.stdout)
+    values = [row["objective"] for row in rows]
+    assert values == sorted((v for v, _ in finals.values()), reverse=True), "the ranking follows the data"
+    assert [finals[row["batch"]][0] for row in rows] == values
+    best = rows[0]
+    assert best["best"] and (best["param.learning_rate"], best["param.batch_size"]) == (1.0, 16)
+    assert sum(row["best"] for row in rows) == 1
+    table = faice("results", str(outdir), "--red", "lr-sweep.red.yml", cwd=EXAMPLE).stdout
+    assert f"best: {best['batch']} (learning_rate=1, batch_size=16) with val_accuracy = " in table

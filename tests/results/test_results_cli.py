@@ -1,0 +1,188 @@
+"""``faice results OUTDIR``: the batches of a run ranked by the objective, in four formats, and plots.
+
+The run directories have the layout every engine writes (run.json + batches/<id>/result.json,
+outputs/, stdout.txt); the metrics in the records come from the real reader over real
+training logs whose best parameters are known from the function that made them.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from faice.cli import main
+from faice.pipeline.metrics import MetricsReader, MetricsSpec, summary
+
+SPEC = {"objective": {"name": "val_accuracy", "goal": "max"},
+        "sources": [{"file": "training.csv"}, {"stdout": True}]}
+LEARNING_RATES = [0.001, 0.01, 0.1, 1.0]
+BATCH_SIZES = [16, 64]
+WINNER = {"learning_rate": 0.1, "batch_size": 16}
+
+
+def accuracy(lr: float, bs: int, epoch: int) -> float:
+    """Peaks at lr=0.1 (log-distance) and prefers small batches; rises with epochs."""
+    return round((0.95 - 0.08 * (math.log10(lr) + 1) ** 2 - bs / 2000) * (1 - 0.5 ** (epoch + 1)), 4)
+
+
+def make_run(outdir: Path, *, record_metrics: bool = True) -> dict[str, dict]:
+    """A finished sweep: 8 trained batches, one failed without metrics, one still pending."""
+    spec = MetricsSpec.from_mapping(SPEC)
+    entries, expected = [], {}
+    index = 0
+    for lr in LEARNING_RATES:
+        for bs in BATCH_SIZES:
+            batch_id = f"b-{index:012x}"
+            directory = outdir / "batches" / batch_id
+            (directory / "outputs").mkdir(parents=True)
+            rows = "".join(f"{e},{accuracy(lr, bs, e) + 0.01},{accuracy(lr, bs, e)}\r\n" for e in range(5))
+            (directory / "outputs" / "training.csv").write_text("epoch,accuracy,val_accuracy\r\n" + rows)
+            (directory / "stdout.txt").write_text(f"done learning_rate_used={lr}\n")
+            record = {"batchId": batch_id, "batchIndex": index, "runId": "r1",
+                      "parameters": {"learning_rate": lr, "batch_size": bs}, "state": "succeeded",
+                      "failureClass": None, "message": None, "timings": {"total": 10.0 + index}}
+            if record_metrics:
+                result = MetricsReader.for_batch(spec, outputs_dir=directory / "outputs",
+                                                 stdout_file=directory / "stdout.txt").finish()
+                record["metrics"] = summary(result)
+                (directory / "metrics.json").write_text(json.dumps(result))
+            (directory / "result.json").write_text(json.dumps(record, indent=2))
+            entries.append({"id": batch_id, "index": index, "state": "succeeded", "parameters": record["parameters"]})
+            expected[batch_id] = {"lr": lr, "bs": bs, "value": accuracy(lr, bs, 4)}
+            index += 1
+    failed = outdir / "batches" / "b-failed000000"
+    failed.mkdir(parents=True)
+    (failed / "result.json").write_text(json.dumps({
+        "batchId": "b-failed000000", "batchIndex": index, "parameters": {"learning_rate": 10.0, "batch_size": 16},
+        "state": "failed", "failureClass": "exit-code", "message": "exited with code 1", "timings": {"total": 1.5}}))
+    entries.append({"id": "b-failed000000", "index": index, "state": "failed", "parameters": {"learning_rate": 10.0}})
+    entries.append({"id": "b-pending00000", "index": index + 1, "state": "pending",
+                    "parameters": {"learning_rate": 10.0, "batch_size": 64}})
+    (outdir / "run.json").write_text(json.dumps({"runId": "r1", "state": "running", "batches": entries}))
+    return expected
+
+
+def faice(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "faice", *args], capture_output=True, text=True, timeout=120)
+
+
+def winner_id(expected: dict[str, dict]) -> str:
+    return next(i for i, e in expected.items() if e["lr"] == WINNER["learning_rate"] and e["bs"] == WINNER["batch_size"])
+
+
+def test_table_names_the_known_winner_first(tmp_path):
+    expected = make_run(tmp_path)
+    done = faice("results", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    first = lines[1]
+    assert first.startswith("*") and winner_id(expected) in first
+    assert f"best: {winner_id(expected)} (learning_rate=0.1, batch_size=16) with val_accuracy = " in done.stdout
+    order = [next(w for w in line.split() if w.startswith("b-")) for line in lines[1:11]]
+    by_value = sorted(expected, key=lambda i: -expected[i]["value"])
+    assert order[:8] == by_value, "the ranking follows the data"
+    assert order[8:] == ["b-failed000000", "b-pending00000"], "no value: last, in run order"
+
+
+def test_csv_and_json_parse_back_with_flat_columns(tmp_path):
+    expected = make_run(tmp_path)
+    text = faice("results", str(tmp_path), "--format", "csv").stdout
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert len(rows) == 10
+    assert rows[0]["batch"] == winner_id(expected) and rows[0]["best"] == "True"
+    assert float(rows[0]["param.learning_rate"]) == 0.1 and int(rows[0]["param.batch_size"]) == 16
+    assert float(rows[0]["metric.val_accuracy"]) == expected[rows[0]["batch"]]["value"]
+    assert float(rows[0]["metric.learning_rate_used"]) == 0.1, "stdout key=value metrics too"
+    assert rows[-2]["state"] == "failed" and rows[-2]["failure"] == "exit-code" and rows[-2]["metric.val_accuracy"] == ""
+    data = json.loads(faice("results", str(tmp_path), "--format", "json").stdout)
+    assert isinstance(data, list) and [r["batch"] for r in data] == [r["batch"] for r in rows]
+    assert data[0]["best"] is True and data[0]["objective"] == expected[data[0]["batch"]]["value"]
+    assert set(data[0]) == set(rows[0]), "the same flat columns"
+    assert data[-1]["state"] == "pending" and data[-1]["param.batch_size"] == 64
+
+
+def test_markdown_and_top(tmp_path):
+    expected = make_run(tmp_path)
+    text = faice("results", str(tmp_path), "--format", "markdown", "--top", "3").stdout
+    table = [line for line in text.splitlines() if line.startswith("|")]
+    assert len(table) == 2 + 3
+    assert table[2].startswith("| * | 1 | " + winner_id(expected))
+
+
+def test_objective_from_the_command_line(tmp_path):
+    expected = make_run(tmp_path)
+    done = faice("results", str(tmp_path), "--objective", "val_accuracy", "--goal", "min", "--format", "json")
+    worst = min(expected, key=lambda i: expected[i]["value"])
+    assert json.loads(done.stdout)[0]["batch"] == worst
+
+
+def test_metrics_read_from_the_outputs_when_records_have_none(tmp_path):
+    """Runs recorded before metrics were read: --red reads them from the outputs now."""
+    expected = make_run(tmp_path, record_metrics=False)
+    red = tmp_path / "exp.red.yml"
+    red.write_text(json.dumps({"metrics": SPEC}))
+    data = json.loads(faice("results", str(tmp_path), "--red", str(red), "--format", "json").stdout)
+    assert data[0]["batch"] == winner_id(expected)
+    plain = faice("results", str(tmp_path))
+    assert "no metrics objective recorded" in plain.stdout
+
+
+def test_not_a_run_directory(tmp_path):
+    done = faice("results", str(tmp_path / "nothing"))
+    assert done.returncode == 1 and "not a faice run directory" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_plot_hint_without_matplotlib(tmp_path, monkeypatch, capsys):
+    make_run(tmp_path)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib fails as when not installed
+    assert main(["results", str(tmp_path), "--plot", "val_accuracy"]) == 1
+    captured = capsys.readouterr()
+    assert "--plot needs matplotlib" in captured.err and "pip install 'faice[plot]'" in captured.err
+    assert captured.out == "", "nothing half-done"
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_plot_writes_pngs(tmp_path):
+    pytest.importorskip("matplotlib", reason="matplotlib is the optional extra faice[plot]; pip install matplotlib")
+    make_run(tmp_path)
+    done = faice("results", str(tmp_path), "--plot", "val_accuracy", "--plot-dir", str(tmp_path / "png"))
+    assert done.returncode == 0, done.stderr
+    written = sorted(p.name for p in (tmp_path / "png").iterdir())
+    assert written == ["val_accuracy-steps.png", "val_accuracy-vs-batch_size.png", "val_accuracy-vs-learning_rate.png"]
+    for name in written:
+        width, height = _png_size(tmp_path / "png" / name)
+        assert width > 100 and height > 100
+    assert f"wrote {tmp_path / 'png' / 'val_accuracy-steps.png'}" in done.stderr
+    missing = faice("results", str(tmp_path), "--plot", "nope", "--plot-dir", str(tmp_path / "png2"))
+    assert missing.returncode == 1 and "no batch of" in missing.stderr and "val_accuracy" in missing.stderr
+
+
+def test_run_json_entries_with_metrics_are_enough(tmp_path):
+    """A run whose run.json entries carry the metrics summary is ranked from that one file
+    (what keeps 10,000 batches fast); batches without such an entry still come from result.json."""
+    from faice.pipeline.results import entry_metrics
+
+    expected = make_run(tmp_path)
+    run = json.loads((tmp_path / "run.json").read_text())
+    for entry in run["batches"]:
+        record = tmp_path / "batches" / entry["id"] / "result.json"
+        if record.exists() and entry["state"] == "succeeded" and entry["index"] % 2 == 0:
+            entry["metrics"] = entry_metrics(json.loads(record.read_text())["metrics"])
+            record.unlink()  # only run.json knows this batch now
+    (tmp_path / "run.json").write_text(json.dumps(run))
+    data = json.loads(faice("results", str(tmp_path), "--format", "json").stdout)
+    assert len(data) == 10 and data[0]["batch"] == winner_id(expected)
+    assert [r["objective"] for r in data[:8]] == sorted((e["value"] for e in expected.values()), reverse=True)
