@@ -28,6 +28,7 @@ def red_problems(document: Document) -> list[Problem]:
     """Every problem of a loaded RED file, sorted by position in the file."""
     from faice.red import semantics
     from faice.red.load import to_plain
+    from faice.red.metrics import metrics_problems
     from faice.red.schemas import schema_problems
     from faice.red.sweep import sweep_problems
     from faice.red.variables import variable_problems
@@ -51,8 +52,7 @@ def red_problems(document: Document) -> list[Problem]:
         schema_found = [f for f in schema_found if f[0][:1] != ("container",)]
     if "batches" in data:
         schema_found = _batches_form_hints(data, schema_found)
-    metrics_problems = _optional("faice.red.metrics", "metrics_problems")
-    metrics_found = metrics_problems(data, document.name) if metrics_problems and "metrics" in data else []
+    metrics_found = metrics_problems(data, document.name) if "metrics" in data else []
     if metrics_found:  # its messages say more than the schema's about the same keys
         schema_found = [f for f in schema_found if f[0][:1] != ("metrics",)]
     semantic_found = semantics.semantic_problems(data)
