@@ -1,4 +1,4 @@
-"""Protected values and their redaction (DESIGN §5).
+"""Protected values and their redaction (docs/red-reference.md, "Secrets").
 
 A value is protected when it sits under a protected key (``password``, ``privateKey``,
 ``passphrase``, ``secretAccessKey``, ``sessionToken`` or any key starting with ``_``) or was

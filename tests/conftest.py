@@ -49,6 +49,22 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         os.environ.pop("FAICE_CACHE_DIR", None)
 
 
+@pytest.fixture(autouse=True)
+def _records_match_the_schema(request: pytest.FixtureRequest):
+    """After a test that used tmp_path: every faice record it left must match the schema."""
+    # Asked for before the test, so that tmp_path outlives this fixture's teardown.
+    root = request.getfixturevalue("tmp_path") if "tmp_path" in request.fixturenames else None
+    yield
+    if root is None:
+        return
+    try:
+        from tests.records_check import record_problems
+    except ImportError:
+        from records_check import record_problems
+    problems = record_problems(root)
+    assert not problems, "records that do not match schemas/faice-records.json:\n" + "\n".join(problems[:10])
+
+
 def unavailable(what: str) -> None:
     """Skip the test, or fail it when the infrastructure is required."""
     message = f"test infrastructure unavailable: {what} (start it with scripts/infra.sh up, or run scripts/test.sh)"

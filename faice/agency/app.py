@@ -1,6 +1,6 @@
 """The CC-Agency 9.3 REST API as a WSGI application (werkzeug routing, no framework).
 
-Status codes and bodies follow upstream-spec §7.3: errors are JSON strings, invalid ids are
+Status codes and bodies follow CC-Agency 9.3's: errors are JSON strings, invalid ids are
 400 "Not a valid BSON ObjectId.", other users' work is 404 to non-admins.
 """
 

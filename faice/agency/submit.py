@@ -125,18 +125,13 @@ def check_policy(policy: Any, data: dict[str, Any]) -> None:
 
 def _validate(data: dict[str, Any]) -> dict[str, Any]:
     from faice.errors import FaiceError
+    from faice.red.load import Document
+    from faice.red.validate import validate_red
 
     try:
-        from faice.red.load import Document
-        from faice.red.validate import validate_red
-    except ImportError:  # the validator is not installed in this build: structural checks only
-        if not isinstance(data.get("cli"), dict) or "redVersion" not in data:
-            raise BadRequest(f"{INVALID_RED}\nexpected the keys redVersion and cli") from None
-    else:
-        try:
-            validate_red(Document("RED data", data))
-        except FaiceError as exc:
-            raise BadRequest(f"{INVALID_RED}\n{exc}") from None
+        validate_red(Document("RED data", data))
+    except FaiceError as exc:
+        raise BadRequest(f"{INVALID_RED}\n{exc}") from None
     if "sweep" in data:
         from faice.red.sweep import expanded_red
 

@@ -540,7 +540,7 @@ def _lazy_unmount(mountpoint: Path) -> None:
 def cleanup_stale(root: Path) -> list[str]:
     """Leftovers of a killed run under ``root``: unmount sshfs mounts, remove staging dirs.
 
-    Engines call it at start-up (DESIGN §1: leftovers of a killed run are cleaned at the
+    Engines call it at start-up (leftovers of a killed run are cleaned at the
     next start). Returns what was cleaned, for a log line.
     """
     root = Path(root).absolute()

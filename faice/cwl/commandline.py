@@ -1,4 +1,4 @@
-"""The command line of one batch, built by cwltool (DESIGN: CWL semantics come from cwltool).
+"""The command line of one batch, built by cwltool (CWL semantics come from cwltool, the reference implementation).
 
 The RED ``cli`` is loaded once per run as a CWL CommandLineTool; for each batch cwltool's own
 binding machinery (``_init_job`` + ``generate_arg``) turns the batch inputs into argv, so
@@ -11,7 +11,7 @@ Where inputs appear in the container (chosen and documented here):
   array input ``key`` at ``/cc/inputs/<key>/<index>/<basename>``;
 * ``basename`` is the RED ``basename`` when given, else the remote name the connector access
   names (``filePath``, ``dirPath``, ``path``, last part of ``url``) so that tools that check
-  extensions work, else the input key (upstream's default, §9 item 17).
+  extensions work, else the input key (upstream's default).
 """
 
 from __future__ import annotations

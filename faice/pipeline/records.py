@@ -1,4 +1,4 @@
-"""The run directory and its records (DESIGN §4): the only owner of both record types.
+"""The run directory and its records: the only owner of both record types.
 
     <outdir>/run.json                        the run record (rebuilt from the batch records)
     <outdir>/batches/<batch-id>/result.json  the batch record

@@ -29,6 +29,7 @@ SCHEMA_NAMES = (
     "red-engine-execution-slurm",
     "faice-sweep",
     "faice-metrics",
+    "faice-records",
     "red-definitions",
 )
 

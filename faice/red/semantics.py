@@ -1,4 +1,4 @@
-"""Semantic checks of a RED file: what a JSON Schema cannot say (upstream-spec §2.2, §3.1, §3.3).
+"""Semantic checks of a RED file: what a JSON Schema cannot say.
 
 Every check takes the plain RED data, never trusts its shape (schema problems are reported
 separately, and these checks must not crash on a broken file) and returns ``(key path,

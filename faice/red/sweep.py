@@ -1,4 +1,4 @@
-"""Batches of a RED file: explicit ``batches``, a single batch, or a ``sweep`` (DESIGN §2).
+"""Batches of a RED file: explicit ``batches``, a single batch, or a ``sweep``.
 
 A sweep turns the single-batch template (``inputs``/``outputs``) into one batch per
 combination of parameter values. The order is documented and stable:

@@ -1,4 +1,4 @@
-"""``{{name}}`` variables: syntax, where they may appear, and filling them (upstream §3, DESIGN §5).
+"""``{{name}}`` variables: syntax, where they may appear, and filling them.
 
 Values come, in this order, from ``--variables`` files (later files win), the keyring
 (service ``--keyring-service``, username = variable name) and finally a prompt on the

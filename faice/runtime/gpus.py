@@ -1,4 +1,4 @@
-"""GPU inventory and exclusive allocation (DESIGN §7).
+"""GPU inventory and exclusive allocation (docs/red-reference.md, "GPUs").
 
 The inventory comes from NVML (``pynvml``) when importable, else from ``nvidia-smi``; it is
 restricted by ``--gpu-ids`` and by an outer allocation (``CUDA_VISIBLE_DEVICES``, e.g. set by

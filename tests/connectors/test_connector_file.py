@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from conformance import ConnectorConformance
 
 from faice.connectors.staging import ConnectorRequest, StagingSession
+from faice.connectors.testing import ConnectorConformance
 from faice.errors import ConnectorError
 
 

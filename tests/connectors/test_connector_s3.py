@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 
 import pytest
-from conformance import ConnectorConformance, closed_port, wait_for_port
 
 from faice.connectors.staging import ConnectorRequest, StagingSession
+from faice.connectors.testing import ConnectorConformance, closed_port, wait_for_port
 from faice.errors import ConnectorError
 
 pytestmark = pytest.mark.s3

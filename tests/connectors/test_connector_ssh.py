@@ -11,9 +11,9 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conformance import ConnectorConformance, closed_port, wait_for_port
 
 from faice.connectors.staging import ConnectorRequest, StagingSession
+from faice.connectors.testing import ConnectorConformance, closed_port, wait_for_port
 from faice.errors import ConnectorError
 
 pytestmark = pytest.mark.ssh

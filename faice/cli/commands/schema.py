@@ -32,7 +32,7 @@ def slash_path(path: tuple) -> str:
 
 
 def run_schema_command(action: str, args) -> int:
-    """``faice schema list|show|validate`` with upstream's output and exit codes (§1.4)."""
+    """``faice schema list|show|validate`` with upstream's output and exit codes."""
     from faice.cli.output import dumps
     from faice.errors import FaiceError
     from faice.red.schemas import bundled_schema, load_schema, schema_names, schema_problems

@@ -170,7 +170,7 @@ def _print_experiments(rows: list[dict[str, Any]]) -> None:
 
 # ------------------------------------------------------------------ run directories
 def _run_directory(name: str, args) -> int:
-    """status/logs of a local or Slurm run: read run.json and batches/<id>/ (DESIGN §4)."""
+    """status/logs of a local or Slurm run: read run.json and batches/<id>/."""
     outdir = Path(args.outdir)
     if name in ("status", "cancel") and (outdir / "slurm" / "submissions.json").is_file():
         from faice.engines.slurm import engine as slurm

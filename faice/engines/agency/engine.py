@@ -3,7 +3,7 @@
 What is sent is plain RED (sweeps expanded into ``batches``, no faice-only keys, protected
 keys normalised) with every ``{{variable}}`` already filled, so upstream CC-Agency accepts
 it as well as ``faice agency serve``. stdout gets ``{"experimentId": ...}`` as JSON (upstream
-printed a Python repr, §9 item 21); progress goes to stderr.
+printed a Python repr); progress goes to stderr.
 """
 
 from __future__ import annotations

@@ -1,5 +1,7 @@
-"""One conformance suite every connector passes (built-in or third-party).
+"""The conformance suite every connector passes, built-in or third-party (needs pytest).
 
+Shipped with faice so that a plugin's own test suite runs exactly the checks faice's
+connectors pass: ``from faice.connectors.testing import ConnectorConformance``.
 A connector's test module subclasses :class:`ConnectorConformance`, sets ``command`` and the
 capability flags, and provides a ``place`` fixture: an object that hands out access dicts
 for fresh locations on a real server. The suite then checks round trips of files and
