@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 import requests
 from agency_helpers import faice, free_port  # noqa: F401  (re-exported for fixtures)
+from docker_helpers import remove_labelled
 
 FINAL = ("succeeded", "failed", "cancelled")
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -148,8 +149,7 @@ def _remove_batch_containers(batch_ids: list[str]) -> None:
 
         client = docker.from_env(timeout=30)
         for batch_id in batch_ids:
-            for container in client.containers.list(all=True, filters={"label": f"org.faice.batch={batch_id}"}):
-                container.remove(force=True)
+            remove_labelled(client, f"org.faice.batch={batch_id}")
         client.close()
     except Exception:
         pass
