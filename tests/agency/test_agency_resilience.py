@@ -68,6 +68,21 @@ def test_requests_succeed_after_postgresql_restarts(make_agency, own_postgres):
     assert server.proc.poll() is None
 
 
+def test_a_statement_whose_connection_drops_is_retried_once(own_postgres):
+    """The connection dies between the pool's check and the statement (here: the statement
+    itself ends its backend, the first time only): retried once on a fresh connection."""
+    from faice.agency.db import Database
+
+    db = Database(own_postgres.url)
+    try:
+        db.execute("CREATE SEQUENCE drops")
+        first_time_fatal = "SELECT CASE WHEN nextval('drops') = 1 THEN pg_terminate_backend(pg_backend_pid()) ELSE true END"
+        assert db.query(first_time_fatal) == [(True,)]
+        assert db.query("SELECT last_value FROM drops") == [(2,)]
+    finally:
+        db.close()
+
+
 # ---------------------------------------------------------------- notifications
 
 
