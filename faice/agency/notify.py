@@ -116,7 +116,11 @@ class Notifier:
             for message in due:
                 if self._stopping.is_set():
                     return
-                self._deliver(message)
+                try:
+                    self._deliver(message)
+                except Exception:  # never let one message end the deliveries
+                    log.exception("notification delivery failed")
+                    message.due = time.time() + self.max_delay
             with self._lock:
                 nxt = min((m.due for m in self._queue), default=None)
             self._wake.wait(timeout=None if nxt is None else max(0.0, nxt - time.time()))
