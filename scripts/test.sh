@@ -1,37 +1,78 @@
 #!/usr/bin/env bash
 # The test command: scripts/test.sh [pytest args]   (default: tests/)
 #
-# 1. creates or updates the venv .venv (pip install -e '.[test]', only when the package
-#    metadata changed since the last install),
+# 1. creates or updates a venv per Python (pip install -e '.[test]', only when the package
+#    metadata changed since the last install): .venv from `python3` (or $PYTHON), and for
+#    the whole suite also .venv-debian from Debian 12's own /usr/bin/python3, the README's
+#    platform (skipped when it is the same interpreter as the first),
 # 2. brings the test services up (scripts/infra.sh up) and exports their FAICE_TEST_*
 #    variables, with FAICE_TEST_INFRA=required so that a missing service fails instead of
 #    skipping,
-# 3. runs `ruff check .` and `pytest -q -p no:cacheprovider`.
+# 3. runs `ruff check .` once and `pytest -q -p no:cacheprovider` in each venv, one after
+#    the other, and ends with one line adding them up: "total: N passed, N failed[, N skipped]".
 #
+# FAICE_TEST_PYTHONS="python3 /usr/bin/python3" chooses the interpreters; the default is both
+# for the whole suite (no arguments, what CI runs) and only the first for a part.
 # On exit the services are stopped again (scripts/infra.sh down), unless they were already
 # up when this script started (somebody else is using them) or FAICE_KEEP_INFRA=1.
-# The exit code is pytest's; when pytest passes but ruff fails, it is ruff's.
+# The exit code is the first failing pytest's; when all pass but ruff fails, it is ruff's.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-VENV=.venv
 PYTHON=${PYTHON:-python3}
+DEBIAN_PYTHON=/usr/bin/python3
 log() { printf 'test.sh: %s\n' "$*"; }
 
-# ---------------------------------------------------------------- venv
+# ---------------------------------------------------------------- venvs
 [[ -f setup.cfg || -f pyproject.toml || -f setup.py ]] || { log "no package metadata (setup.cfg)"; exit 2; }
-if [[ ! -x $VENV/bin/python ]]; then
-  log "creating $VENV"
-  "$PYTHON" -m venv "$VENV"
+if [[ -n ${FAICE_TEST_PYTHONS:-} ]]; then
+  read -r -a pythons <<<"$FAICE_TEST_PYTHONS"
+elif (($# == 0)) && [[ -x $DEBIAN_PYTHON ]]; then
+  pythons=("$PYTHON" "$DEBIAN_PYTHON")
+else
+  pythons=("$PYTHON")
 fi
-stamp=$VENV/.faice-install-stamp
-want=$({ cat setup.cfg pyproject.toml setup.py 2>/dev/null || true; } | sha256sum | cut -d' ' -f1)
-if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
-  log "pip install -e '.[test]'"
-  "$VENV/bin/pip" install -q --disable-pip-version-check -e '.[test]' >"$VENV/pip-install.log" 2>&1 ||
-    { tail -n 40 "$VENV/pip-install.log"; log "pip install failed, see $VENV/pip-install.log"; exit 1; }
-  echo "$want" >"$stamp"
-fi
+
+# The venv for interpreter $1 (number $2): .venv-debian for Debian's, .venv for the first
+# other, else .venv-<n>.
+venv_name() {
+  if [[ $1 == "$DEBIAN_PYTHON" ]]; then echo .venv-debian
+  elif [[ $2 == 0 ]]; then echo .venv
+  else echo ".venv-$2"; fi
+}
+
+# Create or update venv $1 from interpreter $2.
+prepare_venv() {
+  local venv=$1 python=$2 stamp want
+  if [[ ! -x $venv/bin/python ]]; then
+    log "creating $venv ($python)"
+    "$python" -m venv "$venv"
+  fi
+  stamp=$venv/.faice-install-stamp
+  want=$({ cat setup.cfg pyproject.toml setup.py 2>/dev/null || true; } | sha256sum | cut -d' ' -f1)
+  if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
+    log "pip install -e '.[test]' into $venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check -e '.[test]' >"$venv/pip-install.log" 2>&1 ||
+      { tail -n 40 "$venv/pip-install.log"; log "pip install failed, see $venv/pip-install.log"; exit 1; }
+    echo "$want" >"$stamp"
+  fi
+}
+
+venvs=() seen=()
+for i in "${!pythons[@]}"; do
+  python=${pythons[$i]}
+  command -v "$python" >/dev/null || { log "no interpreter $python"; exit 2; }
+  real=$("$python" -c 'import os, sys; print(os.path.realpath(sys.executable), sys.version.split()[0])')
+  if [[ " ${seen[*]} " == *" ${real%% *} "* ]]; then
+    log "$python is ${real%% *} again: one run for it"
+    continue
+  fi
+  seen+=("${real%% *}")
+  venv=$(venv_name "$python" "$i")
+  prepare_venv "$venv" "$python"
+  venvs+=("$venv")
+done
+VENV=${venvs[0]}
 export PATH=$PWD/$VENV/bin:$PATH
 
 # ---------------------------------------------------------------- services
@@ -59,14 +100,45 @@ ruff check . || ruff_rc=$?
 ((ruff_rc == 0)) || log "ruff check failed (exit $ruff_rc); running the tests anyway"
 
 (($# > 0)) || set -- tests/
-pytest_rc=0
-pytest -q -p no:cacheprovider "$@" || pytest_rc=$?
-if ((pytest_rc == 5)); then
-  log "FAILED: pytest collected no tests (exit 5) from: $*"
-elif ((pytest_rc != 0)); then
-  log "FAILED: pytest exit $pytest_rc"
-elif ((ruff_rc != 0)); then
-  log "FAILED: ruff check (exit $ruff_rc)"
-  exit "$ruff_rc"
+# "passed failed skipped" from JUnit report $1 (pytest's own closing line depends on -q/-v).
+counts() {
+  "$VENV/bin/python" -c '
+import sys, xml.etree.ElementTree as ET
+try:
+    root = ET.parse(sys.argv[1]).getroot()
+except (OSError, ET.ParseError):
+    raise SystemExit("0 0 0")
+suites = [root] if root.tag == "testsuite" else root.findall("testsuite")
+n = {k: sum(int(x.get(k, 0)) for x in suites) for k in ("tests", "failures", "errors", "skipped")}
+print(n["tests"] - n["failures"] - n["errors"] - n["skipped"], n["failures"] + n["errors"], n["skipped"])
+' "$1" 2>&1 || true
+}
+passed=0 failed=0 skipped=0 pytest_rc=0 summaries=()
+for venv in "${venvs[@]}"; do
+  version=$("$venv/bin/python" -c 'import platform; print(platform.python_version())')
+  ((${#venvs[@]} == 1)) || log "---- pytest with Python $version ($venv)"
+  rc=0
+  rm -f "$venv/pytest.xml"
+  PATH=$PWD/$venv/bin:$PATH VIRTUAL_ENV=$PWD/$venv "$venv/bin/python" -m pytest -q -p no:cacheprovider \
+    --junitxml="$venv/pytest.xml" "$@" || rc=$?
+  read -r p f s <<<"$(counts "$venv/pytest.xml")"
+  passed=$((passed + p)) failed=$((failed + f)) skipped=$((skipped + s))
+  summaries+=("Python $version ($venv): $p passed, $f failed, $s skipped (pytest exit $rc)")
+  if ((rc == 5)); then
+    log "FAILED: pytest collected no tests (exit 5) from: $*"
+  elif ((rc != 0)); then
+    log "FAILED: pytest exit $rc with Python $version"
+  fi
+  ((pytest_rc != 0)) || pytest_rc=$rc
+done
+if ((${#venvs[@]} > 1)); then
+  for summary in "${summaries[@]}"; do log "$summary"; done
 fi
+if ((pytest_rc == 0 && ruff_rc != 0)); then
+  log "FAILED: ruff check (exit $ruff_rc)"
+  pytest_rc=$ruff_rc
+fi
+total="total: $passed passed, $failed failed"
+((skipped == 0)) || total+=", $skipped skipped"
+echo "$total"
 exit "$pytest_rc"

@@ -199,7 +199,7 @@ def _remove_test_containers():
     cutoff = datetime.now(timezone.utc) - timedelta(minutes=1)
     try:
         for filters in (mine, stopped):
-            for container in client.containers.list(all=True, filters=filters):
+            for container in client.containers.list(all=True, filters=filters, ignore_removed=True):
                 created = datetime.fromisoformat(container.attrs["Created"][:19]).replace(tzinfo=timezone.utc)
                 if filters is stopped and (_infra.SESSION_LABEL in container.labels or created > cutoff):
                     continue

@@ -1,12 +1,20 @@
 """One small DB-API layer over SQLite (default, embedded) and PostgreSQL (psycopg 3).
 
 SQL is written once with ``?`` placeholders and portable types; for PostgreSQL the
-placeholders become ``%s``. A single connection guarded by a lock serves the whole server:
-every statement is short, and it keeps SQLite free of "database is locked" surprises.
+placeholders become ``%s``. A lock serialises all statements of the server: every statement
+is short, it keeps SQLite free of "database is locked" surprises, and it makes the
+read-check-write of :meth:`Store.transition` atomic on both databases.
+
+PostgreSQL can restart under a running agency. Its one connection therefore lives in
+psycopg's pool, which checks it before each use (a cheap ping) and replaces a dead one; a
+statement that still meets a connection dropped between the check and its execution is
+retried once on a fresh connection. A transaction is not retried (its body is the caller's
+code): a request that loses its connection in the middle fails once and the next succeeds.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Iterator, Sequence
@@ -14,6 +22,10 @@ from contextlib import contextmanager
 from typing import Any
 
 from faice.errors import UsageError
+
+log = logging.getLogger("faice.agency")
+# Seconds a statement waits for a PostgreSQL connection (e.g. while the server restarts).
+PG_WAIT_SECONDS = 15.0
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS users (
@@ -56,14 +68,18 @@ SCHEMA = (
 
 
 class Database:
-    """A connection, its dialect and a lock; ``query``/``execute``/``transaction``."""
+    """The dialect, its connection (SQLite) or pool (PostgreSQL) and a lock;
+    ``query``/``execute``/``transaction``."""
 
     def __init__(self, url: str):
         self.url = url
         self._lock = threading.RLock()
+        self._conn: Any = None  # SQLite's connection
+        self._pool: Any = None  # PostgreSQL's pool (of one connection)
+        self._tx: Any = None  # the PostgreSQL connection of the open transaction
         if url.startswith(("postgresql://", "postgres://")):
             self.dialect = "postgresql"
-            self._conn = _connect_postgres(url)
+            self._pool = _postgres_pool(url)
         elif url.startswith("sqlite:///"):
             # Like SQLAlchemy: sqlite:///relative.db, sqlite:////absolute/path.db
             self.dialect = "sqlite"
@@ -78,14 +94,35 @@ class Database:
     def _sql(self, sql: str) -> str:
         return sql.replace("?", "%s") if self.dialect == "postgresql" else sql
 
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+    def _run(self, sql: str, params: Sequence[Any], fetch: bool) -> Any:
+        sql, values = self._sql(sql), tuple(params)
+
+        def run(conn: Any) -> Any:
+            cursor = conn.execute(sql, values)
+            return list(cursor.fetchall()) if fetch else cursor.rowcount
+
         with self._lock:
-            cursor = self._conn.execute(self._sql(sql), tuple(params))
-            return cursor.rowcount
+            if self._pool is None:
+                return run(self._conn)
+            if self._tx is not None:
+                return run(self._tx)
+            import psycopg
+
+            for attempt in (1, 2):
+                with self._pool.connection() as conn:  # checked by the pool just now
+                    try:
+                        return run(conn)
+                    except psycopg.OperationalError as exc:
+                        if attempt == 2 or not conn.broken:
+                            raise
+                        log.warning("database connection lost (%s); retrying on a new connection", str(exc).strip())
+            raise AssertionError("unreachable")
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        return self._run(sql, params, fetch=False)
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
-        with self._lock:
-            return list(self._conn.execute(self._sql(sql), tuple(params)).fetchall())
+        return self._run(sql, params, fetch=True)
 
     def query_one(self, sql: str, params: Sequence[Any] = ()) -> tuple | None:
         rows = self.query(sql, params)
@@ -95,9 +132,18 @@ class Database:
     def transaction(self) -> Iterator[None]:
         """All statements inside commit together (the lock is held throughout)."""
         with self._lock:
-            if self.dialect == "postgresql":
-                with self._conn.transaction():
-                    yield
+            if self._pool is not None:
+                if self._tx is not None:  # nested: a savepoint
+                    with self._tx.transaction():
+                        yield
+                    return
+                with self._pool.connection() as conn:
+                    self._tx = conn
+                    try:
+                        with conn.transaction():
+                            yield
+                    finally:
+                        self._tx = None
                 return
             self._conn.execute("BEGIN IMMEDIATE")
             try:
@@ -109,7 +155,10 @@ class Database:
 
     def close(self) -> None:
         with self._lock:
-            self._conn.close()
+            if self._pool is not None:
+                self._pool.close()
+            else:
+                self._conn.close()
 
 
 def _connect_sqlite(path: str):
@@ -130,17 +179,32 @@ def _connect_sqlite(path: str):
     return conn
 
 
-def _connect_postgres(url: str):
+def _postgres_pool(url: str):
+    """A pool of one checked, self-replacing connection; a clear error when the first fails."""
     try:
         import psycopg
+        from psycopg_pool import ConnectionPool
     except ImportError:
-        raise UsageError("PostgreSQL needs psycopg 3: pip install 'faice[postgres]'") from None
+        raise UsageError("PostgreSQL needs psycopg 3 with its pool: pip install 'faice[postgres]'") from None
     from urllib.parse import urlsplit
 
     from faice.secrets import REDACTOR
 
     REDACTOR.add(urlsplit(url).password)
-    try:
-        return psycopg.connect(url, autocommit=True, connect_timeout=10)
+    settings = {"autocommit": True, "connect_timeout": 10}
+    try:  # the pool alone would only say "timed out"; libpq says why
+        psycopg.connect(url, **settings).close()
     except psycopg.Error as exc:
         raise UsageError(f"--db: cannot connect to PostgreSQL: {REDACTOR.redact(str(exc)).strip()}") from None
+    pool = ConnectionPool(
+        url,
+        min_size=1,
+        max_size=1,
+        kwargs=settings,
+        check=ConnectionPool.check_connection,
+        timeout=PG_WAIT_SECONDS,
+        name="faice-agency",
+        open=False,
+    )
+    pool.open(wait=True, timeout=PG_WAIT_SECONDS)
+    return pool

@@ -13,21 +13,17 @@ import logging
 import os
 import shutil
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from faice.agency.notify import Hook, post
+from faice.agency.notify import Hook, Notifier
 from faice.agency.runner import BatchJob, Outcome, Runner
 from faice.agency.store import FINAL_STATES, Store
 from faice.agency.vault import Vault, unseal
 
 log = logging.getLogger("faice.agency")
 ACTIVE = frozenset({"scheduled", "processing"})
-# Hold a finished batch's notification while its experiment still runs (one message per
-# experiment, like upstream's per-round batching), but never longer than this.
-NOTIFY_HOLD_SECONDS = 30.0
 
 
 class Dispatcher:
@@ -58,7 +54,7 @@ class Dispatcher:
         self._running: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(self.parallel, thread_name_prefix="batch")
-        self._notify_pool = ThreadPoolExecutor(1, thread_name_prefix="notify")
+        self._notifier = Notifier(store, self.hooks)
         self._thread = threading.Thread(target=self._loop, name="dispatcher", daemon=True)
 
     # ------------------------------------------------------------ lifecycle
@@ -73,8 +69,8 @@ class Dispatcher:
         with self._lock:
             for event in self._running.values():
                 event.set()
+        self._notifier.stop()  # never waits for a hook
         self._pool.shutdown(wait=True)
-        self._notify_pool.shutdown(wait=True)
 
     def wake(self) -> None:
         self._wake.set()
@@ -207,18 +203,4 @@ class Dispatcher:
             self.vault.delete_owner(batch["experimentId"])
 
     def _notify(self) -> None:
-        if not self.hooks:
-            return
-        pending = self.store.unnotified_final()
-        if not pending:
-            return
-        now = time.time()
-        ready = []
-        for batch in pending:
-            finished = batch["history"][-1]["time"]
-            states = self.store.experiment_batch_states(batch["experimentId"])
-            if all(s in FINAL_STATES for s in states) or now - finished > NOTIFY_HOLD_SECONDS:
-                ready.append(batch)
-        if ready:
-            self.store.mark_notified([b["_id"] for b in ready])
-            self._notify_pool.submit(post, self.hooks, ready)
+        self._notifier.poll()  # delivery, marking and retries: faice.agency.notify

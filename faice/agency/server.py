@@ -177,10 +177,11 @@ def serve(args) -> int:
         type(dispatcher.runner).__name__, dispatcher.parallel,
     )
     try:
-        server.run()
+        server.run()  # waitress catches shutdown()'s KeyboardInterrupt itself and returns
     except KeyboardInterrupt:
-        log.info("stopping: running batches are stopped and resume at the next start")
+        pass
     finally:
+        log.info("stopping: running batches are stopped and resume at the next start")
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         server.close()

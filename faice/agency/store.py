@@ -238,7 +238,10 @@ class Store:
         where, params = self._where(filters)
         columns = _BATCH_COLUMNS if table == "batches" else _EXPERIMENT_COLUMNS
         order = "ASC" if ascending else "DESC"
-        sql = f"SELECT {columns} FROM {table}{where} ORDER BY registration_time {order}, id {order}"
+        # Batches of one experiment share its registration time: like upstream, they follow
+        # the RED's batch order in both directions (upstream's tests take the first as batch 0).
+        by = f"registration_time {order}, experiment_id {order}, list_index" if table == "batches" else f"registration_time {order}, id {order}"
+        sql = f"SELECT {columns} FROM {table}{where} ORDER BY {by}"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
         if skip:

@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 import requests
 from agency_helpers import faice, free_port  # noqa: F401  (re-exported for fixtures)
+from docker_helpers import remove_labelled
 
 FINAL = ("succeeded", "failed", "cancelled")
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -148,8 +149,7 @@ def _remove_batch_containers(batch_ids: list[str]) -> None:
 
         client = docker.from_env(timeout=30)
         for batch_id in batch_ids:
-            for container in client.containers.list(all=True, filters={"label": f"org.faice.batch={batch_id}"}):
-                container.remove(force=True)
+            remove_labelled(client, f"org.faice.batch={batch_id}")
         client.close()
     except Exception:
         pass
@@ -239,36 +239,71 @@ def agency(_running_server) -> AgencyServer:
 # ---------------------------------------------------------------- PostgreSQL
 
 
+class PgCluster:
+    """A private PostgreSQL 15 cluster (Debian's package) in a temp dir: data, socket and log
+    there, 127.0.0.1 and a free port only, password auth. Restarting it disturbs nobody else."""
+
+    def __init__(self) -> None:
+        if not (PG_BIN / "initdb").exists():
+            message = "PostgreSQL server binaries missing (apt-get install -y postgresql)"
+            if os.environ.get("FAICE_TEST_INFRA") == "required":
+                pytest.fail(message, pytrace=False)
+            pytest.skip(message)
+        self.base = Path(tempfile.mkdtemp(prefix="faice-pg-"))
+        shutil.chown(self.base, "postgres", "postgres")
+        self.data = self.base / "data"
+        self.port = free_port()
+        password = "pg-" + secrets.token_hex(8)
+        pwfile = self.base / "pw"
+        pwfile.write_text(password + "\n")
+        shutil.chown(pwfile, "postgres", "postgres")
+        self._as_postgres(str(PG_BIN / "initdb"), "-D", str(self.data), "-A", "scram-sha-256", "-U", "postgres",
+                          f"--pwfile={pwfile}")
+        pwfile.unlink()
+        self.url = f"postgresql://postgres:{password}@127.0.0.1:{self.port}/postgres"
+        self.start()
+
+    def _as_postgres(self, *command: str, check: bool = True) -> None:
+        subprocess.run(["runuser", "-u", "postgres", "--", *command], check=check, capture_output=True, timeout=120)
+
+    def _pg_ctl(self, *args: str, check: bool = True) -> None:
+        self._as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(self.data), *args, check=check)
+
+    def start(self) -> None:
+        self._pg_ctl("-l", str(self.base / "pg.log"), "-w", "-o",
+                     f"-k {self.base} -c listen_addresses=127.0.0.1 -p {self.port}", "start")
+
+    def stop(self, check: bool = True) -> None:
+        """Fast shutdown: open connections are terminated, as in a real database restart."""
+        self._pg_ctl("-m", "fast", "-w", "stop", check=check)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def remove(self) -> None:
+        self.stop(check=False)
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def postgres_url():
     """A private PostgreSQL 15 cluster on 127.0.0.1 (Debian package), stopped afterwards."""
-    if not (PG_BIN / "initdb").exists():
-        message = "PostgreSQL server binaries missing (apt-get install -y postgresql)"
-        if os.environ.get("FAICE_TEST_INFRA") == "required":
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
-    base = Path(tempfile.mkdtemp(prefix="faice-pg-"))
-    shutil.chown(base, "postgres", "postgres")
-    data = base / "data"
-    port = free_port()
-
-    def as_postgres(*command: str) -> None:
-        subprocess.run(["runuser", "-u", "postgres", "--", *command], check=True, capture_output=True, timeout=120)
-
-    password = "pg-" + secrets.token_hex(8)
-    pwfile = base / "pw"
-    pwfile.write_text(password + "\n")
-    shutil.chown(pwfile, "postgres", "postgres")
-    as_postgres(str(PG_BIN / "initdb"), "-D", str(data), "-A", "scram-sha-256", "-U", "postgres", f"--pwfile={pwfile}")
-    pwfile.unlink()
-    as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(base / "pg.log"), "-w", "-o",
-                f"-k {base} -c listen_addresses=127.0.0.1 -p {port}", "start")
+    cluster = PgCluster()
     try:
-        yield f"postgresql://postgres:{password}@127.0.0.1:{port}/postgres"
+        yield cluster.url
     finally:
-        subprocess.run(["runuser", "-u", "postgres", "--", str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
-                       capture_output=True, timeout=60)
-        shutil.rmtree(base, ignore_errors=True)
+        cluster.remove()
+
+
+@pytest.fixture
+def own_postgres():
+    """A cluster of this test's own, which it may stop and restart."""
+    cluster = PgCluster()
+    try:
+        yield cluster
+    finally:
+        cluster.remove()
 
 
 @pytest.fixture

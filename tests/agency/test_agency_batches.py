@@ -13,6 +13,7 @@ import agency_reds as reds
 import docker
 import pytest
 from agency_helpers import free_port
+from docker_helpers import labelled_containers
 
 pytestmark = pytest.mark.docker
 
@@ -21,12 +22,7 @@ def _containers(batch_id: str) -> list:
     """The batch's containers (a container removed while being listed is skipped)."""
     client = docker.from_env(timeout=30)
     try:
-        for _ in range(5):
-            try:
-                return client.containers.list(all=True, filters={"label": f"org.faice.batch={batch_id}"})
-            except docker.errors.NotFound:
-                continue
-        return []
+        return labelled_containers(client, f"org.faice.batch={batch_id}")
     finally:
         client.close()
 

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import docker_helpers
 import pytest
 from slurm_helpers import wait_for
 
@@ -62,7 +63,7 @@ def slurm_jobs(server, batch_id: str) -> list[str]:
 
 
 def containers(docker_client, batch_id: str) -> list:
-    return docker_client.containers.list(all=True, filters={"label": f"org.faice.batch={batch_id}"})
+    return docker_helpers.labelled_containers(docker_client, f"org.faice.batch={batch_id}")
 
 
 def scontrol_job(job_id: str) -> str:

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import docker_helpers
 import pytest
 from slurm_helpers import write_sweep_red
 
@@ -76,7 +77,7 @@ def test_failing_batch_is_reported_failed_with_its_stderr_and_resume_resubmits_o
 
 
 def labelled_containers(docker_client, run_id: str) -> list:
-    return docker_client.containers.list(all=True, filters={"label": f"org.faice.run={run_id}"})
+    return docker_helpers.labelled_containers(docker_client, f"org.faice.run={run_id}")
 
 
 def test_cancel_removes_the_jobs_and_their_containers(slurm, test_image, docker_client, tmp_path):

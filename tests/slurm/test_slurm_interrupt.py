@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 
+import docker_helpers
 import pytest
 from slurm_helpers import wait_for, write_sweep_red
 
@@ -18,7 +19,7 @@ from faice.engines.slurm import client as slurm_cli
 pytestmark = [pytest.mark.slurm, pytest.mark.docker]
 
 def running_containers(docker_client, run_id: str) -> list:
-    return docker_client.containers.list(all=True, filters={"label": f"org.faice.run={run_id}"})
+    return docker_helpers.labelled_containers(docker_client, f"org.faice.run={run_id}")
 
 
 @pytest.mark.parametrize(("signum", "exit_code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
