@@ -98,6 +98,9 @@ export FAICE_TEST_INFRA=required
 ruff_rc=0
 ruff check . || ruff_rc=$?
 ((ruff_rc == 0)) || log "ruff check failed (exit $ruff_rc); running the tests anyway"
+mypy_rc=0
+mypy || mypy_rc=$?
+((mypy_rc == 0)) || log "mypy failed (exit $mypy_rc); running the tests anyway"
 
 (($# > 0)) || set -- tests/
 # "passed failed skipped" from JUnit report $1 (pytest's own closing line depends on -q/-v).
@@ -137,6 +140,10 @@ fi
 if ((pytest_rc == 0 && ruff_rc != 0)); then
   log "FAILED: ruff check (exit $ruff_rc)"
   pytest_rc=$ruff_rc
+fi
+if ((pytest_rc == 0 && mypy_rc != 0)); then
+  log "FAILED: mypy (exit $mypy_rc)"
+  pytest_rc=$mypy_rc
 fi
 total="total: $passed passed, $failed failed"
 ((skipped == 0)) || total+=", $skipped skipped"
