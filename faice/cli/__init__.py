@@ -8,7 +8,6 @@ level, so building the parser (``--help``, ``--version``) stays fast; each comma
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import traceback
 from collections.abc import Sequence
@@ -60,7 +59,3 @@ def _silence_stdout() -> None:
     except OSError:
         pass
 
-
-def _default_sigpipe() -> None:
-    if hasattr(signal, "SIGPIPE"):
-        signal.signal(signal.SIGPIPE, signal.SIG_DFL)

@@ -28,10 +28,6 @@ class Experiment:
     batches: list[Batch]
 
     @property
-    def red_version(self) -> str:
-        return str(self.data.get("redVersion"))
-
-    @property
     def cli(self) -> dict[str, Any]:
         return self.data["cli"]
 
