@@ -234,7 +234,8 @@ class AgencyApp:
         if stored != experiment["_id"]:  # a concurrent request with the same key won
             for owner in [experiment["_id"], *(b["_id"] for b in batches)]:
                 self.agency.vault.delete_owner(owner)
-            return self._repeated(user, idempotency) or _json({"experimentId": stored})
+            repeated = self._repeated(user, idempotency) if idempotency else None
+            return repeated or _json({"experimentId": stored})
         self.agency.dispatcher.wake()
         return _json({"experimentId": experiment["_id"]})
 
@@ -289,7 +290,7 @@ class AgencyApp:
         if request.method == "DELETE" and batch["state"] not in FINAL_STATES:
             cancelled = store.transition(bid, "cancelled", expect=set(STATES) - FINAL_STATES, node=batch["node"], debug_info=f"cancelled by {user.name}")
             self.agency.dispatcher.cancel(bid)
-            batch = cancelled or store.batch(bid)
+            batch = cancelled or store.batch(bid) or batch
         return _json(_public(batch))
 
     def on_batch_file(self, request, user, bid: str, name: str):
@@ -310,7 +311,7 @@ class AgencyApp:
         active = store.batches_in({"scheduled", "processing"})
         if not user.is_admin:
             active = [b for b in active if b["username"] == user.name]
-        experiments: dict[str, int] = {}
+        experiments: dict[str, int | None] = {}
         current = []
         for batch in active:
             if batch["experimentId"] not in experiments:

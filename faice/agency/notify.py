@@ -37,7 +37,7 @@ def post_once(hook: Hook, body: dict[str, Any]) -> str | None:
     """POST ``body`` to ``hook``: None when it answered 2xx, else what went wrong."""
     import requests
 
-    auth = (hook.username, hook.password) if hook.username else None
+    auth = (hook.username, hook.password or "") if hook.username else None
     try:
         response = requests.post(hook.url, json=body, auth=auth, timeout=TIMEOUT, allow_redirects=False)
     except requests.RequestException as exc:

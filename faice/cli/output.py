@@ -17,7 +17,7 @@ def dumps(data: Any, fmt: str = "yaml") -> str:
 
     yaml = YAML(typ="safe", pure=True)
     yaml.default_flow_style = False
-    yaml.sort_base_mapping_type_on_output = True
+    yaml.sort_base_mapping_type_on_output = True  # type: ignore[assignment]
     stream = io.StringIO()
     yaml.dump(_sorted(to_plain(data)), stream)
     return stream.getvalue()

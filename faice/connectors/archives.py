@@ -35,7 +35,7 @@ import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import Any, IO
 
 from faice.connectors.api import ConnectorFailure
 
@@ -118,15 +118,17 @@ def _extract_tar(archive: Path, writer: _Writer) -> None:
                     source = bundle.extractfile(info)
                 except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
                     raise ArchiveError(f"cannot read member {info.name!r}: {_reason(exc)}") from None
+                if source is None:
+                    raise ArchiveError(f"cannot read member {info.name!r}")
                 with source:
                     writer.add(member, source)
             else:
                 writer.add(member, None)
-            bundle.members.clear()  # members are streamed; keep memory flat however many
+            bundle.members.clear()  # type: ignore[attr-defined]  # streamed: keep memory flat
 
 
 def _tar_member(info: tarfile.TarInfo) -> _Member:
-    common = {"name": info.name, "mode": info.mode, "mtime": info.mtime}
+    common: dict[str, Any] = {"name": info.name, "mode": info.mode, "mtime": info.mtime}
     if info.isreg():
         return _Member(kind="file", size=info.size, **common)
     if info.isdir():
@@ -177,8 +179,8 @@ def _zip_member(info: zipfile.ZipInfo) -> _Member:
         mtime = time.mktime((*info.date_time, 0, 0, -1))
     except (OverflowError, ValueError):
         pass
-    common = {"name": info.filename, "mode": stat.S_IMODE(unix) or (0o755 if info.is_dir() else 0o644),
-              "mtime": mtime}
+    common: dict[str, Any] = {"name": info.filename, "mode": stat.S_IMODE(unix) or (0o755 if info.is_dir() else 0o644),
+                              "mtime": mtime}
     if info.is_dir() or kind_bits == stat.S_IFDIR:
         return _Member(kind="dir", **common)
     if kind_bits == stat.S_IFLNK:

@@ -156,7 +156,8 @@ def check(
         command = connector.get("command")
         if not isinstance(command, str) or not command:
             continue  # the RED schema reports a missing command
-        access = connector.get("access") if isinstance(connector.get("access"), dict) else {}
+        raw_access = connector.get("access")
+        access: dict[str, Any] = raw_access if isinstance(raw_access, dict) else {}
         names = plugin_names(command)
         if names is None:
             if command not in policy.external_programs:

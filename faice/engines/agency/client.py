@@ -80,9 +80,9 @@ class AgencyClient:
                 f"cannot reach the agency at {self.url}: {_short(exc)} (tried {tries} times)"
             )) from None
         if response.status_code >= 500:
-            tries = f" (tried {self.attempts} times)" if retried else ""
+            tried = f" (tried {self.attempts} times)" if retried else ""
             raise EngineError(REDACTOR.redact(
-                f"agency error {response.status_code} for {method} {path}: {_message(response)}{tries}"
+                f"agency error {response.status_code} for {method} {path}: {_message(response)}{tried}"
             ))
         return self._result(response, method, path, text)
 
