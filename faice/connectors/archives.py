@@ -35,7 +35,7 @@ import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, IO
+from typing import IO, Any
 
 from faice.connectors.api import ConnectorFailure
 
