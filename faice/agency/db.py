@@ -191,7 +191,7 @@ def _postgres_pool(url: str):
     from faice.secrets import REDACTOR
 
     REDACTOR.add(urlsplit(url).password)
-    settings = {"autocommit": True, "connect_timeout": 10}
+    settings: dict[str, Any] = {"autocommit": True, "connect_timeout": 10}
     try:  # the pool alone would only say "timed out"; libpq says why
         psycopg.connect(url, **settings).close()
     except psycopg.Error as exc:
