@@ -9,7 +9,7 @@ import time
 import agency_reds as reds
 import requests
 
-from faice.agency.client import AgencyClient
+from faice.engines.agency.client import AgencyClient
 
 
 def test_deeply_nested_json_is_400_without_traceback(paused_agency):

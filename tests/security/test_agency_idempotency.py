@@ -11,7 +11,7 @@ import agency_reds as reds
 import pytest
 import requests
 
-from faice.agency.client import AgencyClient
+from faice.engines.agency.client import AgencyClient
 from faice.errors import EngineError
 
 

@@ -296,8 +296,9 @@ def test_container_planting_links_to_a_host_secret_gets_nothing_out(tmp_path, ca
     reason, the host file's content reaches neither the destination nor the run's records."""
     import json
 
-    from faice.engines.local import RunOptions, run_experiment
-    from faice.red.experiment import load_experiment
+    from faice.pipeline.options import RunOptions
+    from faice.pipeline.run import run_experiment
+    from faice.red.prepare import load_experiment
 
     dest = tmp_path / "dest"
     script = f"mkdir results && echo honest > results/ok.txt && ln -s {canary} results/leak"
