@@ -9,9 +9,10 @@ filled into a ``{{variable}}``. Every protected value is registered with the pro
 from __future__ import annotations
 
 import json
+import os
 import re
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 PROTECTED_KEYS = frozenset({"password", "privateKey", "passphrase", "secretAccessKey", "sessionToken"})
@@ -141,3 +142,112 @@ def batch_redactor(*documents: Any, parent: Redactor | None = None) -> Redactor:
     for document in documents:
         values.extend(protected_values(document))
     return Redactor(values, parent=parent)
+
+
+class StreamRedactor:
+    """Masks secrets in a byte stream written chunk by chunk, never holding the whole stream.
+
+    A secret may be split across chunks (a container's log arrives in frames of any size),
+    so the last ``longest secret - 1`` bytes are held back until the next chunk shows whether
+    they start a secret; every byte before that is final and goes to ``sink`` at once. Memory
+    is one chunk plus that carry-over, whatever the stream's length; the clear text never
+    reaches ``sink``. The secrets are those of ``redactor`` (and its parents) when created.
+    """
+
+    def __init__(self, redactor: Redactor | None, sink: Callable[[bytes], object]) -> None:
+        self._sink = sink
+        values = sorted({v.encode("utf-8", "surrogateescape") for v in (redactor.values() if redactor else ())},
+                        key=len, reverse=True)
+        self._pattern: re.Pattern[bytes] | None = (
+            re.compile(b"|".join(re.escape(v) for v in values)) if values else None)
+        self._hold = max((len(v) for v in values), default=1) - 1
+        self._mask = MASK.encode("ascii")
+        self._carry = b""
+        self._closed = False
+
+    def write(self, chunk: bytes) -> int:
+        """Mask and pass on what is final; keep the possible start of a secret."""
+        if self._closed:
+            raise ValueError("write to a closed StreamRedactor")
+        if not chunk:
+            return 0
+        if self._pattern is None:
+            self._sink(chunk)
+            return len(chunk)
+        data = self._carry + bytes(chunk)
+        # A secret starting before ``cut`` lies wholly inside ``data``: its masking is final.
+        cut = len(data) - self._hold
+        out, position = self._masked(data, cut)
+        end = max(cut, position)
+        out.append(data[position:end])
+        self._carry = data[end:]
+        self._emit(out)
+        return len(chunk)
+
+    def _masked(self, data: bytes, cut: int | None) -> tuple[list[bytes], int]:
+        assert self._pattern is not None
+        out: list[bytes] = []
+        position = 0
+        for match in self._pattern.finditer(data):
+            if cut is not None and match.start() >= cut:
+                break
+            out.append(data[position:match.start()])
+            out.append(self._mask)
+            position = match.end()
+        return out, position
+
+    def _emit(self, parts: list[bytes]) -> None:
+        data = b"".join(parts)
+        if data:
+            self._sink(data)
+
+    def flush(self) -> None:
+        """Nothing to do: held-back bytes may still become a secret; :meth:`close` ends them."""
+
+    def close(self) -> None:
+        """The stream ended: mask and pass on the held-back bytes."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._carry and self._pattern is not None:
+            out, position = self._masked(self._carry, None)
+            out.append(self._carry[position:])
+            self._emit(out)
+        self._carry = b""
+
+    def __enter__(self) -> StreamRedactor:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class RedactingFile:
+    """A binary file that only ever receives masked bytes (``stdout.txt``, ``stderr.txt``).
+
+    ``with RedactingFile(path, redactor) as out: out.write(chunk)`` — the reusable way to put
+    a stream on disk: a kill at any moment leaves at most the held-back tail unwritten, never
+    a secret in the clear."""
+
+    def __init__(self, path: str | os.PathLike[str], redactor: Redactor | None, *, append: bool = False) -> None:
+        self._handle = open(path, "ab" if append else "wb")  # noqa: SIM115 - closed by close()
+        self._stream = StreamRedactor(redactor, self._handle.write)
+
+    def write(self, chunk: bytes) -> int:
+        return self._stream.write(chunk)
+
+    def flush(self) -> None:
+        """Push what is final to the file (readers such as ``faice logs -f`` see it)."""
+        self._handle.flush()
+
+    def close(self) -> None:
+        try:
+            self._stream.close()
+        finally:
+            self._handle.close()
+
+    def __enter__(self) -> RedactingFile:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

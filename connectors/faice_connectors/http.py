@@ -127,10 +127,14 @@ class HttpConnector(Connector):
             received = 0
             try:
                 with open(dest, "wb") as handle:
-                    while chunk := response.raw.read(CHUNK, decode_content=True):
+                    # read1: whatever has arrived (up to CHUNK), so a slow link still reaches
+                    # progress.advance often enough to stop within a second of Ctrl-C.
+                    while chunk := response.raw.read1(CHUNK, decode_content=True):
                         handle.write(chunk)
                         received += len(chunk)
                         progress.advance(len(chunk))
+            except ConnectorFailure:  # cancelled: never a transient failure to retry
+                raise
             except (requests.exceptions.RequestException, OSError) as exc:
                 if isinstance(exc, OSError) and not _is_network_error(exc):
                     raise

@@ -50,3 +50,28 @@ def variable_sources(args: argparse.Namespace):
         keyring_service=getattr(args, "keyring_service", None) or "red",
         non_interactive=bool(getattr(args, "non_interactive", False)),
     )
+
+
+def add_policy(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--policy",
+        metavar="FILE",
+        help="check connectors against a connector policy (YAML/JSON, as faice agency serve --policy): "
+        "allowed connectors, file roots, external programs, s3 without auth",
+    )
+
+
+def apply_policy(policy_file: str | None, experiment) -> list[str] | None:
+    """``--policy FILE``: refuse what the policy forbids (a ValidationError naming each key path);
+    returns the policy's external programs (None without a policy)."""
+    if not policy_file:
+        return None
+    from faice.connectors.policy import check_batches, load_policy, policy_error
+
+    policy = load_policy(policy_file)
+    batches = [(b.inputs, b.outputs) for b in experiment.batches]
+    with_batches = "batches" in experiment.data or "sweep" in experiment.data or len(batches) > 1
+    problems = check_batches(policy, batches, experiment.source, with_batches=with_batches)
+    if problems:
+        raise policy_error(problems, policy_file)
+    return list(policy.external_programs)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from threading import Event
 from typing import Any, ClassVar
 
 Access = Mapping[str, Any]
@@ -50,22 +51,42 @@ class TransientFailure(ConnectorFailure):
     """A failure that may go away on a retry; the framework retries with backoff."""
 
 
+class TransferCancelled(ConnectorFailure):
+    """The run was cancelled (Ctrl-C, SIGTERM, a cancelled batch): raised by
+    :meth:`Progress.advance` so that a transfer loop stops at its next chunk. Never retried;
+    the framework removes the partial download."""
+
+
 class Progress:
     """Byte counts reported by a transfer; the framework turns them into progress output.
 
     A plugin calls :meth:`expect` when it learns a size and :meth:`advance` for every chunk.
+    ``advance`` raises :class:`TransferCancelled` once the run is cancelled, so a plugin that
+    reports progress per chunk stops within one chunk without doing anything else; a plugin
+    that blocks for long between chunks may poll :attr:`cancelled`.
     """
 
-    def __init__(self, callback: Callable[[int, int | None], None] | None = None) -> None:
+    def __init__(self, callback: Callable[[int, int | None], None] | None = None,
+                 cancel: Event | None = None) -> None:
         self._callback = callback
+        self._cancel = cancel
         self.done = 0
         self.total: int | None = None
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel is not None and self._cancel.is_set()
+
+    def check_cancelled(self) -> None:
+        if self.cancelled:
+            raise TransferCancelled("cancelled (the run is stopping)")
 
     def expect(self, nbytes: int) -> None:
         self.total = (self.total or 0) + max(0, int(nbytes))
         self._emit()
 
     def advance(self, nbytes: int) -> None:
+        self.check_cancelled()
         self.done += int(nbytes)
         self._emit()
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from faice.errors import KeyPath, Problem, UsageError
+from faice.errors import KeyPath, Problem, UsageError, ValidationError
 
 _KEYS = {
     "connectors": "connectors",
@@ -191,3 +191,25 @@ def _check_host_path(policy: Policy, path: KeyPath, value: Any, refuse: Callable
         if _under(real, protected) or _under(protected, real):
             refuse(path, f"host path {value!r} reaches files of the server itself; refused")
             return
+
+
+def check_batches(
+    policy: Policy,
+    batches: list[tuple[dict[str, Any], dict[str, Any]]],
+    source: str,
+    *,
+    with_batches: bool,
+) -> list[Problem]:
+    """:func:`check` for a local run's batches (``(inputs, outputs)`` with variables filled
+    and sweeps expanded): key paths are those of the file (``inputs.x`` for a single batch,
+    ``batches[i].inputs.x`` otherwise), as the agency names them."""
+    if not with_batches and batches:
+        inputs, outputs = batches[0]
+        return check(policy, {"inputs": inputs, "outputs": outputs}, source)
+    return check(policy, {"batches": [{"inputs": i, "outputs": o} for i, o in batches]}, source)
+
+
+def policy_error(problems: list[Problem], policy_file: str) -> ValidationError:
+    """The error ``faice exec/validate --policy`` report (one line per refused key path)."""
+    return ValidationError(problems, summary=f"connectors not allowed by --policy {policy_file} "
+                                             f"({len(problems)}):")

@@ -9,8 +9,10 @@ is an external connector speaking the RED connector CLI 1 protocol.
 
 from __future__ import annotations
 
+import re
 import shutil
 import threading
+from collections.abc import Collection
 from importlib import metadata
 
 from faice.connectors.api import Connector
@@ -21,6 +23,26 @@ GROUP = "faice.connectors.v1"
 _lock = threading.Lock()
 _loaded: dict[str, type[Connector]] = {}
 _broken: dict[str, str] = {}
+
+# A program name as a RED file may give it: no options, no whitespace or control characters.
+_PROGRAM_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,127}")
+_PROGRAM_PATH = re.compile(r"(/[A-Za-z0-9_.+-]+)+")
+
+
+def check_command_name(command: str, allowed_paths: Collection[str] | None = None) -> str | None:
+    """Why ``command`` may not name an external program (None: it may).
+
+    A bare name is looked up on PATH. A path (with ``/``) must be absolute and without
+    ``..``; where ``allowed_paths`` is given (a policy's externalPrograms), only those."""
+    if _PROGRAM_NAME.fullmatch(command):
+        return None
+    if "/" in command and _PROGRAM_PATH.fullmatch(command) and "/../" not in command + "/":
+        if allowed_paths is None or command in allowed_paths:
+            return None
+        return (f"connector command {command!r} is a path; only these program paths are allowed "
+                f"here: {', '.join(sorted(p for p in allowed_paths if '/' in p)) or 'none'}")
+    return (f"connector command {command[:200]!r} is neither a connector name nor a program name "
+            "(letters, digits, _ . + -, not starting with -) nor an absolute program path")
 
 
 def _entry_points() -> list[metadata.EntryPoint]:
@@ -69,11 +91,16 @@ def plugin_names() -> list[str]:
     return sorted({entry.name for entry in _entry_points()})
 
 
-def resolve(command: str, *, timeout: float | None = None) -> Connector:
-    """A connector instance for ``command``: a plugin, or an external program on PATH."""
+def resolve(command: str, *, timeout: float | None = None,
+            allowed_paths: Collection[str] | None = None) -> Connector:
+    """A connector instance for ``command``: a plugin, or an external program on PATH
+    (checked by :func:`check_command_name` first)."""
     cls = plugin_class(command)
     if cls is not None:
         return cls(timeout=timeout)
+    problem = check_command_name(command, allowed_paths) if command else None
+    if problem:
+        raise ConnectorError(problem)
     program = shutil.which(command) if command else None
     if program:
         from faice.connectors.external import ExternalConnector

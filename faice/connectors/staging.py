@@ -17,7 +17,7 @@ import stat
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +28,7 @@ from faice.connectors.api import (
     Connector,
     ConnectorFailure,
     Progress,
+    TransferCancelled,
     TransientFailure,
     listed_files,
 )
@@ -74,8 +75,14 @@ class StagingSession:
         progress: ProgressCallback | None = None,
         timeout: float | None = None,
         redactor: Redactor | None = None,
+        cancel: threading.Event | None = None,
+        allowed_programs: Collection[str] | None = None,
     ) -> None:
         self.workdir = Path(workdir)
+        # Set by the run on Ctrl-C/SIGTERM: every transfer stops at its next chunk, no retry.
+        self.cancel = cancel
+        # A policy's externalPrograms: program paths a RED ``command`` may name (None: any).
+        self.allowed_programs = allowed_programs
         # Masks what its connectors report; a batch of the agency passes its own, so one
         # user's messages are never matched against another user's secrets.
         self.redactor = REDACTOR if redactor is None else redactor
@@ -233,7 +240,7 @@ class StagingSession:
             self._check_open()
             connector = self._connectors.get(command)
         if connector is None:
-            connector = resolve(command, timeout=self.timeout)
+            connector = resolve(command, timeout=self.timeout, allowed_paths=self.allowed_programs)
             with self._lock:
                 connector = self._connectors.setdefault(command, connector)
         return connector
@@ -264,9 +271,13 @@ class StagingSession:
 
     def _progress(self, request: ConnectorRequest) -> Progress:
         if self.progress is None:
-            return Progress()
+            return Progress(cancel=self.cancel)
         callback = self.progress
-        return Progress(lambda done, total: callback(request.label, done, total))
+        return Progress(lambda done, total: callback(request.label, done, total), cancel=self.cancel)
+
+    def _check_cancelled(self, request: ConnectorRequest) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise ConnectorError(f"{request.label}: cancelled (the run is stopping)")
 
     def _call(self, request: ConnectorRequest, operation: str, verb: str, action: Callable[[], Any],
               *, retry: bool = True, before_retry: Callable[[], None] | None = None) -> Any:
@@ -274,13 +285,18 @@ class StagingSession:
         delays = RETRY_DELAYS if retry else ()
         attempt = 0
         while True:
+            self._check_cancelled(request)
             try:
                 return action()
+            except TransferCancelled:
+                raise ConnectorError(f"{request.label}: {operation} cancelled (the run is stopping)") from None
             except FaiceError as exc:
                 raise ConnectorError(self.redactor.redact(
                     f"{request.label}: {operation} with connector {request.command!r} failed: {exc.message}"
                 )) from None
             except (TransientFailure, ConnectionError, TimeoutError) as exc:
+                if self.cancel is not None and self.cancel.is_set():
+                    raise ConnectorError(f"{request.label}: {operation} cancelled (the run is stopping)") from None
                 if attempt >= len(delays):
                     raise self._wrap(request, operation, exc, attempt + 1) from None
                 time.sleep(delays[attempt])

@@ -42,7 +42,7 @@ from faice.runtime.containers import (
     ImageInfo,
 )
 from faice.runtime.gpus import Gpu, GpuAllocator
-from faice.secrets import Redactor
+from faice.secrets import RedactingFile, Redactor
 
 WAIT_SLICE_S = 1.0  # how often a waiting batch looks at its cancel event and timeout
 
@@ -360,11 +360,10 @@ class _BatchRun:
         redactor = self.context.redactor
         for stream, name in STREAM_FILES.items():
             target = self.dir / name
-            with open(target, "wb") as handle_out:
+            # Masked on the way to disk: the clear text is never in the file, at any moment.
+            with RedactingFile(target, redactor) as handle_out:
                 for chunk in self.context.runtime.logs(handle, stream):
                     handle_out.write(chunk)
-            if redactor:
-                target.write_bytes(redactor.redact_bytes(target.read_bytes()))
             named = command.stdout if stream == "stdout" else command.stderr
             if named:
                 destination = self.workdir / named

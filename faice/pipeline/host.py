@@ -18,7 +18,14 @@ from faice.pipeline.batch import BatchContext, run_batch
 from faice.pipeline.events import EventSink, ignore
 from faice.pipeline.options import RunOptions
 from faice.pipeline.plan import BatchPlan
-from faice.pipeline.records import BatchRecord, FailureClass, batch_dir, new_batch_record, write_batch_record
+from faice.pipeline.records import (
+    BatchRecord,
+    FailureClass,
+    batch_dir,
+    mark_interrupted,
+    new_batch_record,
+    write_batch_record,
+)
 from faice.runtime.containers import ContainerRuntime
 from faice.runtime.gpus import GpuAllocator
 from faice.secrets import Redactor
@@ -52,7 +59,7 @@ class Host:
             self._cleaned = True
         runtime = self.runtime
         removed = list(getattr(runtime, "remove_leftovers", list)())
-        remove_stale_tempdirs()
+        remove_stale_tempdirs(on_dead_run=mark_interrupted)
         return removed
 
     def run_alone(
@@ -80,7 +87,8 @@ class Host:
                                                  allow_pull=not options.disable_pull)
             pull_seconds = round(time.monotonic() - started, 3) if pulled else 0.0
             scratch = create_run_tempdir(run_id)
-            with StagingSession(scratch / "staging", redactor=redactor) as staging:
+            with StagingSession(scratch / "staging", redactor=redactor, cancel=cancel,
+                                allowed_programs=options.allowed_programs) as staging:
                 context = BatchContext(
                     run_id=run_id, outdir=outdir, scratch=scratch, runtime=runtime, image=image, gpus=self.gpus,
                     staging=staging, redactor=redactor, options=options, cancel=cancel, on_event=on_event,

@@ -28,6 +28,7 @@ class RunOptions:
     disable_connector_validation: bool = False
     resume: bool = False
     stop_grace: float = 2.0
+    allowed_programs: list[str] | None = None  # --policy's externalPrograms (None: no policy)
 
     def __post_init__(self) -> None:
         if self.parallel is not None and self.parallel < 1:

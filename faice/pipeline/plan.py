@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from faice.cwl.commandline import OUTPUTS_DIR, BatchCommand, StagedInput
 from faice.errors import EngineError, FaiceError, KeyPath, format_key_path
 from faice.red.experiment import Batch, Experiment
+from faice.runtime.containers import check_image_ref
 from faice.runtime.gpus import GpuAllocator, GpuRequest
 
 if TYPE_CHECKING:
@@ -59,6 +60,9 @@ def plan_batches(experiment: Experiment, batches: list[Batch] | None = None) -> 
     image_ref = str(image.get("url") or "")
     if not image_ref:
         raise EngineError(f"{experiment.source}: container.settings.image.url: missing")
+    bad_ref = check_image_ref(image_ref)
+    if bad_ref:
+        raise EngineError(f"{experiment.source}: container.settings.image.url: {bad_ref}")
     builder = CommandBuilder(experiment.cli, experiment.source)
     gpu_request = GpuRequest.from_settings(settings.get("gpus"))
     kinds = {key: "Directory" if str((spec or {}).get("type", "File")).startswith("Directory") else "File"

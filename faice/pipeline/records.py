@@ -72,6 +72,7 @@ class RunState(str, enum.Enum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     INCOMPLETE = "incomplete"
+    INTERRUPTED = "interrupted"  # its faice process died (SIGKILL, power loss) while it ran
 
     def __str__(self) -> str:
         return self.value
@@ -329,6 +330,18 @@ def write_run_record(
                 batches=entries, updated=now_iso())
     atomic_write_json(Path(outdir) / RUN_FILE, data, redact=redact)
     return data
+
+
+def mark_interrupted(outdir: Path, owner: str) -> bool:
+    """The faice process ``owner`` died while its run in ``outdir`` was running: say so in
+    ``run.json`` (found at the next start, from the dead run's temp dir). A run.json of another
+    process, or one that ended, is left alone."""
+    data = read_run_record(outdir)
+    if data is None or data.get("owner") != owner or data.get("state") != RunState.RUNNING.value:
+        return False
+    data.update(state=RunState.INTERRUPTED.value, interrupted=now_iso(), updated=now_iso())
+    atomic_write_json(Path(outdir) / RUN_FILE, data)  # its values were masked when written
+    return True
 
 
 def read_run_record(outdir: Path) -> dict[str, Any] | None:

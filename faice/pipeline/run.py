@@ -38,6 +38,7 @@ from faice.pipeline.records import (
 )
 from faice.pipeline.signals import EXIT_SIGNAL
 from faice.red.experiment import Experiment
+from faice.runtime.docker import owner_token
 from faice.runtime.gpus import Gpu, GpuAllocator, GpuRequest, host_allocator
 from faice.secrets import REDACTOR, Redactor, batch_redactor
 
@@ -199,8 +200,9 @@ class HostRun:
                 on_progress=self._pull_progress,
             )
             self.pull_seconds = round(time.monotonic() - pull_started, 3) if pulled else 0.0
-        self.tempdir = create_run_tempdir(self.run_id)
-        self.staging = StagingSession(self.tempdir / "staging", redactor=self.redactor)
+        self.tempdir = create_run_tempdir(self.run_id, outdir=self.outdir)
+        self.staging = StagingSession(self.tempdir / "staging", redactor=self.redactor, cancel=self.stop,
+                                      allowed_programs=self.options.allowed_programs)
         try:
             if not self.options.disable_connector_validation:
                 preflight_access(self.plans, self.staging)
@@ -341,6 +343,7 @@ class HostRun:
                       "id": getattr(self.image, "id", None), "digest": getattr(self.image, "digest", None)},
             "outdir": str(self.outdir),
             "started": self.started,
+            "owner": owner_token(),  # a later start marks the run interrupted once it is dead
             "timings": {"preflight": self.preflight_seconds, "pull": self.pull_seconds},
         }
         if phase != RunState.RUNNING:

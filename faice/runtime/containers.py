@@ -8,6 +8,7 @@ fake one, so the pipeline runs without a Docker engine in unit tests.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,24 @@ LABEL_BATCH = "org.faice.batch"
 LABEL_VERSION = "org.faice.version"
 LABEL_OWNER = "org.faice.owner"
 LABEL_KEEP = "org.faice.keep"
+
+# An image reference as Docker's reference grammar has it ([host[:port]/]path[:tag][@digest]),
+# case left to Docker, or an image id. Checked before any Docker call: the reference comes
+# from a RED file, possibly someone else's (the agency).
+_COMPONENT = r"[A-Za-z0-9]+(?:(?:[._]|__|-+)[A-Za-z0-9]+)*"
+IMAGE_REF = re.compile(
+    rf"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?(?::[0-9]{{1,5}})?/)?{_COMPONENT}(?:/{_COMPONENT})*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?"
+    r"|sha256:[0-9a-f]{64}"
+)
+
+
+def check_image_ref(ref: str) -> str | None:
+    """Why ``ref`` is not an image reference Docker could mean (None: it is one)."""
+    if len(ref) > 512 or not IMAGE_REF.fullmatch(ref):
+        return (f"{ref[:200]!r} is not an image reference "
+                "(expected [registry[:port]/]name[:tag][@digest], e.g. python:3.12)")
+    return None
 
 
 class ContainerError(EngineError):

@@ -29,6 +29,7 @@ from faice.runtime.containers import (
     ContainerHandle,
     ContainerSpec,
     ImageInfo,
+    check_image_ref,
 )
 from faice.secrets import REDACTOR
 
@@ -114,6 +115,9 @@ def ensure_image(
     Returns (info, pulled)."""
     import docker
 
+    bad_ref = check_image_ref(ref)
+    if bad_ref:
+        raise EngineError(f"container.settings.image.url: {bad_ref}")
     pulled = False
     try:
         image = client.images.get(ref)

@@ -1,7 +1,10 @@
-"""Per-run temp directories (mount points, staging cache) that a killed run cannot leak.
+"""Faice's temp directories (mount points, staging cache, secrets for helper programs) that a
+killed faice cannot leak.
 
-Each run's temp dir is ``$TMPDIR/faice-run-<run id>`` with an ``owner`` file naming the
-faice process; at every start, dirs whose owner is gone are unmounted and removed.
+Every directory faice creates in ``$TMPDIR`` starts with one of :data:`PREFIXES` and holds an
+``owner`` file naming the faice process (:func:`owned_tempdir`). At every start, the dirs
+whose owner is gone are unmounted and removed (:func:`remove_stale_tempdirs`); a run's dir
+also names its run directory, so the run that died can be recorded as ``interrupted``.
 """
 
 from __future__ import annotations
@@ -9,17 +12,32 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from faice.runtime.docker import owner_alive, owner_token
 
 PREFIX = "faice-run-"
+# Every $TMPDIR prefix faice uses: run scratch, `faice validate`'s checks, the ssh connector's
+# key/password files (its own module creates those, with the same owner file).
+PREFIXES = (PREFIX, "faice-check-", "faice-ssh-", "faice-sshfs-")
+OWNER_FILE = "owner"
+OUTDIR_FILE = "outdir"  # the run directory of a faice-run-* dir
 
 
-def create_run_tempdir(run_id: str) -> Path:
-    path = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{run_id}-"))
-    (path / "owner").write_text(owner_token(), encoding="ascii")
+def owned_tempdir(prefix: str, *, outdir: Path | None = None) -> Path:
+    """A fresh 0700 temp dir recording this process as its owner (and the run directory)."""
+    if not prefix.startswith(PREFIXES):
+        raise ValueError(f"{prefix!r}: not one of faice's temp dir prefixes {PREFIXES}")
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    (path / OWNER_FILE).write_text(owner_token(), encoding="ascii")
+    if outdir is not None:
+        (path / OUTDIR_FILE).write_text(str(Path(outdir).absolute()), encoding="utf-8")
     return path
+
+
+def create_run_tempdir(run_id: str, *, outdir: Path | None = None) -> Path:
+    return owned_tempdir(f"{PREFIX}{run_id}-", outdir=outdir)
 
 
 def mounts_below(path: Path) -> list[str]:
@@ -55,14 +73,32 @@ def remove_run_tempdir(path: Path) -> None:
     remove_tree(path)
 
 
-def remove_stale_tempdirs() -> list[Path]:
+def remove_stale_tempdirs(root: Path | None = None,
+                          on_dead_run: Callable[[Path, str], None] | None = None) -> list[Path]:
+    """Remove every faice temp dir whose owner process is gone; ``on_dead_run(outdir, owner)``
+    is told about each run directory such a dir names, before the dir goes."""
     removed = []
-    for path in Path(tempfile.gettempdir()).glob(f"{PREFIX}*"):
-        try:
-            token = (path / "owner").read_text(encoding="ascii").strip()
-        except OSError:
-            continue
-        if token and not owner_alive(token):
+    base = Path(root or tempfile.gettempdir())
+    for prefix in PREFIXES:
+        for path in base.glob(f"{prefix}*"):
+            if path.is_symlink() or not path.is_dir():
+                continue
+            try:
+                token = (path / OWNER_FILE).read_text(encoding="ascii").strip()
+            except OSError:
+                continue  # not (yet) faice's: being created, or someone else's
+            if not token or owner_alive(token):
+                continue
+            if on_dead_run is not None:
+                try:
+                    outdir = (path / OUTDIR_FILE).read_text(encoding="utf-8").strip()
+                except OSError:
+                    outdir = ""
+                if outdir:
+                    try:
+                        on_dead_run(Path(outdir), token)
+                    except Exception:
+                        pass  # a run directory that is gone or unreadable: the cleanup goes on
             remove_run_tempdir(path)
             removed.append(path)
     return removed

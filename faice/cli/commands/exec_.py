@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from faice.cli.options import add_debug, add_format, add_variables, variable_sources
+from faice.cli.options import add_debug, add_format, add_policy, add_variables, apply_policy, variable_sources
 from faice.cli.parser import lazy, new_command
 from faice.errors import UsageError
 
@@ -56,6 +56,7 @@ def add_parser(subparsers) -> None:
 
     parser.add_argument("--disable-connector-validation", action="store_true", help="skip the connector access checks before running")
     parser.add_argument("--json", action="store_true", help="print the run summary as JSON on stdout")
+    add_policy(parser)
     add_format(parser)
     add_debug(parser)
 
@@ -81,6 +82,9 @@ def run(args: Any) -> int:
     )
     # A dry run never needs secret values.
     experiment = load_experiment(args.red_file, variables=variable_sources(args), fill=not args.dry_run)
+    allowed_programs = apply_policy(args.policy, experiment)
+    if allowed_programs is not None:
+        options = options.replace(allowed_programs=allowed_programs)
     engine = experiment.engine
     if engine not in ENGINES:
         raise UsageError(

@@ -6,7 +6,7 @@ import json
 import sys
 from typing import Any
 
-from faice.cli.options import add_debug, add_variables, variable_sources
+from faice.cli.options import add_debug, add_policy, add_variables, apply_policy, variable_sources
 from faice.cli.parser import lazy, new_command
 from faice.errors import FaiceError, Problem, ValidationError, format_key_path
 
@@ -36,6 +36,7 @@ def add_parser(subparsers) -> None:
         help="also probe every connector (credentials and remote paths); needs variable values",
     )
     parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    add_policy(parser)
     add_variables(parser)
     add_debug(parser)
 
@@ -64,6 +65,14 @@ def run(args: Any) -> int:
         _print_json({"valid": False, "problems": [_problem_json(Problem(args.red_file, (), exc.message))]})
         return exc.exit_code
     version = str(data.get("redVersion"))
+    if args.policy:
+        try:
+            policy_check(args)
+        except ValidationError as exc:
+            if not as_json:
+                raise
+            _print_json({"valid": False, "problems": [_problem_json(p) for p in exc.problems]})
+            return 1
     if args.check_access:
         access_problems = check_access(args)
         if access_problems:
@@ -83,12 +92,20 @@ def run(args: Any) -> int:
     return 0
 
 
+def policy_check(args: Any) -> None:
+    """``--policy FILE``: the agency's connector checks, here. Variables are filled only when
+    ``--variables`` is given (a path from a variable is checked with its value); otherwise
+    the file is checked as written."""
+    from faice.red.prepare import load_experiment
+
+    fill = bool(getattr(args, "variables", None))
+    experiment = load_experiment(args.red_file, variables=variable_sources(args), fill=fill)
+    apply_policy(args.policy, experiment)
+
+
 def check_access(args: Any) -> list[Problem]:
     """``--check-access``: the connector probes of ``faice exec``'s preflight (credentials,
     remote paths), with variables filled; a problem for every input and output they fail."""
-    import tempfile
-    from pathlib import Path
-
     from faice.connectors.staging import StagingSession
     from faice.pipeline.plan import check_access as probe
     from faice.pipeline.plan import connector_uses
@@ -99,8 +116,15 @@ def check_access(args: Any) -> list[Problem]:
     kinds = {key: "Directory" if str((spec or {}).get("type", "File")).startswith("Directory") else "File"
              for key, spec in (experiment.cli.get("outputs") or {}).items()}
     uses = connector_uses(experiment.batches, kinds)
-    with tempfile.TemporaryDirectory(prefix="faice-check-") as workdir, StagingSession(Path(workdir)) as session:
-        failures = probe(uses, session, with_batch=with_batch)
+    from faice.runtime.tempdirs import owned_tempdir, remove_run_tempdir
+
+    # Owned, so a killed `faice validate` leaves nothing that the next start keeps.
+    workdir = owned_tempdir("faice-check-")
+    try:
+        with StagingSession(workdir, allowed_programs=_allowed_programs(args)) as session:
+            failures = probe(uses, session, with_batch=with_batch)
+    finally:
+        remove_run_tempdir(workdir)
     problems = []
     for use, message in failures:
         path = use.key_path(with_batch=with_batch)
@@ -123,3 +147,11 @@ def _print_json(data: dict[str, Any]) -> None:
     from faice.secrets import REDACTOR
 
     sys.stdout.write(REDACTOR.redact(json.dumps(data, indent=4)) + "\n")
+
+
+def _allowed_programs(args: Any) -> list[str] | None:
+    if not getattr(args, "policy", None):
+        return None
+    from faice.connectors.policy import load_policy
+
+    return list(load_policy(args.policy).external_programs)

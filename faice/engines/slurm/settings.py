@@ -23,6 +23,7 @@ resource: select such nodes with ``extraArgs``, e.g. ``--gres=gpu:a100:1`` or ``
 
 from __future__ import annotations
 
+import re
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +31,37 @@ from typing import Any
 from faice.errors import Problem, ValidationError
 
 SETTINGS_PATH = ("execution", "settings")
+
+# What each value may contain. They become sbatch options (argument lists, never a shell), but
+# a value starting with "-", holding a newline or naming another option would still change
+# what sbatch does, and a RED file may come from someone else (the agency's Slurm runner).
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+:-]{0,127}")
+_NAMES = re.compile(rf"{_NAME.pattern}(,{_NAME.pattern})*")  # partitions: a comma-separated list
+_TIME = re.compile(r"\d{1,9}(:\d{1,2}){0,2}|\d{1,5}-\d{1,2}(:\d{1,2}){0,2}|UNLIMITED|INFINITE|unlimited|infinite")
+_EXTRA_ARG = re.compile(r"--[A-Za-z][A-Za-z0-9-]*(=[^\x00-\x1f\x7f]*)?")
+_PYTHON = re.compile(r"/[^\x00-\x1f\x7f]*|[A-Za-z0-9_][A-Za-z0-9_.+-]*")
+# Options faice sets itself: the job's own files, array and name must stay faice's.
+RESERVED_OPTIONS = frozenset({
+    "--job-name", "--array", "--output", "--error", "--input", "--chdir", "--requeue", "--no-requeue",
+    "--parsable", "--wrap", "--export-file", "--open-mode",
+})
+PATTERNS = {
+    "partition": (_NAMES, "a partition name or a comma-separated list of names (letters, digits, _ . + : -)"),
+    "account": (_NAME, "an account name (letters, digits, _ . + : -)"),
+    "qos": (_NAME, "a QOS name (letters, digits, _ . + : -)"),
+    "time": (_TIME, 'a Slurm time limit such as "90", "02:00:00" or "1-12:00:00"'),
+    "python": (_PYTHON, "an absolute path (/opt/faice/bin/python) or a program name on PATH (python3)"),
+}
+
+
+def check_extra_arg(value: str) -> str | None:
+    """Why ``value`` is not a safe sbatch option (None: it is one)."""
+    if not _EXTRA_ARG.fullmatch(value):
+        return ("expected one long option --name or --name=value without control characters "
+                f"(newlines included), got {value!r}")
+    if value.split("=", 1)[0] in RESERVED_OPTIONS:
+        return f"{value.split('=', 1)[0]} is set by faice itself and cannot be given in extraArgs"
+    return None
 
 
 @dataclass(frozen=True)
@@ -67,6 +99,10 @@ class SlurmSettings:
                 continue
             if isinstance(value, bool) or not isinstance(value, (str, int)) or not str(value).strip():
                 problem(key, "expected a non-empty string")
+            elif key in PATTERNS and not PATTERNS[key][0].fullmatch(str(value)):
+                problem(key, f"expected {PATTERNS[key][1]}, got {str(value)[:200]!r}")
+            elif key == "runDir" and any(ord(c) < 32 or c == "\x7f" for c in str(value)):
+                problem(key, "expected a directory path without control characters")
             else:
                 values[attr] = str(value)
         for key, attr in (("cpusPerTask", "cpus_per_task"), ("batchConcurrencyLimit", "max_running")):
@@ -81,6 +117,10 @@ class SlurmSettings:
         if not isinstance(extra, list) or not all(isinstance(a, str) for a in extra):
             problem("extraArgs", 'expected a list of strings, e.g. ["--constraint=a100"]')
         else:
+            for index, arg in enumerate(extra):
+                reason = check_extra_arg(arg)
+                if reason:
+                    problems.append(Problem(source, (*SETTINGS_PATH, "extraArgs", index), reason))
             values["extra_args"] = tuple(extra)
         if problems:
             raise ValidationError(problems)
