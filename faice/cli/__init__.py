@@ -16,6 +16,15 @@ from faice.cli.parser import build_parser
 from faice.errors import FaiceError
 
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
+
+
+class Terminated(BaseException):
+    """SIGTERM outside a run (loading, validation, printing): ends faice like Ctrl-C does."""
+
+
+def _terminate(_signum: int, _frame: object) -> None:
+    raise Terminated  # only raises, like Python's own SIGINT handler: no lock, no I/O
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -25,12 +34,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     debug = bool(getattr(args, "debug", False)) or os.environ.get("FAICE_DEBUG") == "1"
+    previous = _catch_sigterm()
     try:
         return int(args.run(args) or 0)
     except FaiceError as exc:
         return _report(f"faice: error: {exc}", exc.exit_code, debug)
     except KeyboardInterrupt:
         return _report("faice: interrupted", EXIT_INTERRUPTED, debug)
+    except Terminated:
+        return _report("faice: terminated", EXIT_TERMINATED, debug)
     except BrokenPipeError:
         # The reader went away (e.g. `faice ... | head`); quietly stop writing.
         _silence_stdout()
@@ -40,6 +52,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not debug:
             message += "\n(run again with --debug for a traceback, and please report it)"
         return _report(message, 1, debug)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _catch_sigterm():
+    """SIGTERM → exit 143 with cleanup (runs install their own handler on top); returns the
+    handler to restore, None where none was installed (not the main thread, or one is set)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    if signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        return None
+    return signal.signal(signal.SIGTERM, _terminate)
 
 
 def _report(message: str, code: int, debug: bool) -> int:

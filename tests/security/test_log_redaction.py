@@ -130,3 +130,53 @@ def test_99_mib_log_is_redacted_in_bounded_memory(tmp_path) -> None:
         while block := handle.read(2**20):
             assert b"hunter2" not in block
     assert peak_kib - base_kib < 20 * 1024, (peak_kib, base_kib)
+
+
+@pytest.mark.docker
+def test_batch_log_never_holds_the_secret_at_any_moment(tmp_path, test_image):
+    """The container prints a secret 100,000 times; stdout.txt is read over and over while
+    faice writes it. Before, the clear log was written first and then rewritten masked."""
+    import os
+    import sys
+    import threading
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))
+    from engine_helpers import sh_red
+
+    from faice.pipeline.options import RunOptions
+    from faice.pipeline.run import run_experiment
+    from faice.red.prepare import load_experiment
+    from faice.secrets import REDACTOR
+
+    secret = "Stream-" + os.urandom(8).hex()
+    REDACTOR.add(secret)  # what filling a {{variable}} does
+    red = sh_red(tmp_path / "r.json", f'i=0; while [ $i -lt 100000 ]; do echo "step $i {secret}"; i=$((i+1)); done',
+                 test_image)
+    outdir = tmp_path / "run"
+    seen: list[str] = []
+    reads = [0]
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            for path in outdir.glob("batches/*/std*.txt"):
+                try:
+                    data = path.read_bytes()
+                except OSError:
+                    continue
+                reads[0] += 1
+                if secret.encode() in data:
+                    seen.append(f"{path.name} after {reads[0]} reads, {len(data)} bytes")
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        summary = run_experiment(load_experiment(str(red)), RunOptions(), outdir)
+    finally:
+        done.set()
+        watcher.join(10)
+    assert summary.state == "succeeded"
+    assert reads[0] > 0 and not seen, seen
+    stdout = next(outdir.glob("batches/*/stdout.txt")).read_bytes()
+    assert stdout.count(b"********") == 100000 and secret.encode() not in stdout
