@@ -6,7 +6,6 @@ import logging
 import os
 import signal
 import sys
-import threading
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -161,12 +160,14 @@ def serve(args) -> int:
     setup_logging(bool(getattr(args, "debug", False)))
     app, dispatcher, db = build(args)
     server = create_server(app, host=args.host, port=args.port, threads=8, ident="faice-agency")
-    stopping = threading.Event()
+    stopping: list[int] = []
 
     def shutdown(signum, frame):
-        if not stopping.is_set():
-            stopping.set()
-            raise KeyboardInterrupt  # leaves waitress's loop in the main thread
+        # A signal handler: no lock (not even an Event's), no I/O; the first signal only
+        # leaves waitress's loop in the main thread, and the ``finally`` below stops the rest.
+        if not stopping:
+            stopping.append(signum)
+            raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, shutdown)
     signal.signal(signal.SIGINT, shutdown)
