@@ -74,7 +74,7 @@ def remove_run_tempdir(path: Path) -> None:
 
 
 def remove_stale_tempdirs(root: Path | None = None,
-                          on_dead_run: Callable[[Path, str], None] | None = None) -> list[Path]:
+                          on_dead_run: Callable[[Path, str], object] | None = None) -> list[Path]:
     """Remove every faice temp dir whose owner process is gone; ``on_dead_run(outdir, owner)``
     is told about each run directory such a dir names, before the dir goes."""
     removed = []
