@@ -8,6 +8,7 @@ level, so building the parser (``--help``, ``--version``) stays fast; each comma
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Sequence
