@@ -185,9 +185,14 @@ def test_ctrl_c_during_a_large_http_download_ends_within_seconds(tmp_path, docke
 
 @pytest.mark.docker
 def test_sigkilled_run_is_marked_interrupted_at_the_next_start(tmp_path, docker_client, test_image):
+    # A TMPDIR of its own: other faice processes on this host (older versions included) must
+    # not clean the dead run's temp dir before the run under test does.
+    private_tmp = tmp_path / "tmp"
+    private_tmp.mkdir()
+    env = {**os.environ, "TMPDIR": str(private_tmp)}
     red = sh_red(tmp_path / "r.json", "sleep 60", test_image)
     proc = subprocess.Popen([sys.executable, "-m", "faice", "exec", str(red), "--outdir", str(tmp_path / "killed"),
-                             "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                             "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -203,12 +208,13 @@ def test_sigkilled_run_is_marked_interrupted_at_the_next_start(tmp_path, docker_
     killed = json.loads((tmp_path / "killed" / "run.json").read_text())
     assert killed["state"] == "running" and killed["owner"].split(":")[1] == str(proc.pid)
     quick = sh_red(tmp_path / "q.json", "true", test_image)
+    assert list(private_tmp.glob("faice-run-*")), "the killed run left no temp dir"
     done = subprocess.run([sys.executable, "-m", "faice", "exec", str(quick), "--outdir", str(tmp_path / "next"),
-                           "--no-progress"], capture_output=True, text=True, timeout=120)
+                           "--no-progress"], capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 0, done.stderr
     after = json.loads((tmp_path / "killed" / "run.json").read_text())
     assert after["state"] == "interrupted" and after["interrupted"]
-    assert not owned_tempdirs(proc.pid)
+    assert not list(private_tmp.glob("faice-*"))
     assert not faice_containers(docker_client, run_id)
 
 
