@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from faice.cli.options import add_debug, add_format, add_variables, variable_sources
+from faice.cli.options import add_debug, add_variables, variable_sources
 from faice.cli.parser import lazy, new_command
 from faice.errors import UsageError
 
@@ -60,7 +60,9 @@ def add_parser(subparsers) -> None:
 
     parser.add_argument("--disable-connector-validation", action="store_true", help="skip the connector access checks before running")
     parser.add_argument("--json", action="store_true", help="print the run summary as JSON on stdout")
-    add_format(parser)
+    parser.add_argument("--format", choices=("json", "yaml", "yml"), default="yaml",
+                        help="accepted for upstream compatibility and ignored (upstream's debug dump format); "
+                             "use --json for a machine-readable summary")
     add_debug(parser)
 
 
