@@ -274,7 +274,8 @@ def _destinations(plan: BatchPlan, batch_dir: Path) -> dict[str, str]:
         local = batch_dir / "outputs" / glob if glob else batch_dir / f"{plan.command.output_types.get(key)}.txt"
         connector = (sent.get(key) or {}).get("connector")
         if isinstance(connector, dict):
-            access = connector.get("access") if isinstance(connector.get("access"), dict) else {}
+            raw = connector.get("access")
+            access: dict[str, Any] = raw if isinstance(raw, dict) else {}
             target = ", ".join(f"{k}={access[k]}" for k in _WHERE_KEYS
                                if isinstance(access.get(k), str | int) and not isinstance(access.get(k), bool))
             where[key] = f"{connector.get('command')} connector: {target or '(no target)'} (kept in {local})"
