@@ -61,13 +61,14 @@ def _owners(root):
 def test_non_root_caller_gets_files_back_without_running_the_image(tmp_path, docker_client, empty_image):
     outputs = tmp_path / "outputs"
     _foreign_tree(outputs)
-    before = {c.id for c in docker_client.containers.list(all=True, ignore_removed=True)}
-    DockerRuntime(docker_client, owner=(4321, 4321)).reclaim(outputs, empty_image, "reclaim-test")
+    run_id = f"reclaim-{uuid.uuid4().hex[:8]}"
+    DockerRuntime(docker_client, owner=(4321, 4321)).reclaim(outputs, empty_image, run_id)
     assert set(_owners(outputs).values()) == {(4321, 4321)}, _owners(outputs)
     assert (outputs / "sub" / "secret.txt").read_text() == "only the image user may read this"
     assert os.stat(outputs / "sub" / "secret.txt").st_mode & 0o777 == 0o600  # modes kept
     assert os.readlink(outputs / "link") == "top.txt"
-    assert {c.id for c in docker_client.containers.list(all=True, ignore_removed=True)} == before  # its container is gone
+    mine = docker_client.containers.list(all=True, filters={"label": f"org.faice.run={run_id}"}, ignore_removed=True)
+    assert mine == []  # its helper container is gone
 
 
 def test_root_caller_chowns_on_the_host(tmp_path, docker_client, empty_image):
