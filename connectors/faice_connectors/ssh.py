@@ -79,7 +79,7 @@ class SshConnector(Connector):
         super().__init__(timeout=timeout)
         self._lock = threading.Lock()
         self._clients: dict[tuple, object] = {}
-        self._mounts: dict[Path, subprocess.Popen | None] = {}
+        self._mounts: dict[Path, bool] = {}  # mount point → writable
 
     # ---------------------------------------------------------------- connections
 
@@ -244,12 +244,16 @@ class SshConnector(Connector):
                 _expect_kind(sftp, remote, "directory")
         mount_sshfs(access, remote, Path(mountpoint), writable, timeout=float(self.timeout or 60))
         with self._lock:
-            self._mounts[Path(mountpoint)] = None
+            self._mounts[Path(mountpoint)] = writable
 
     def umount_dir(self, mountpoint: Path) -> None:
         with self._lock:
-            self._mounts.pop(Path(mountpoint), None)
-        unmount(Path(mountpoint))
+            writable = self._mounts.pop(Path(mountpoint), None)
+        if not unmount(Path(mountpoint)) and writable:
+            # Something still used the mount: it is only detached, and writes through it
+            # may not have reached the remote side yet (upstream ignored this, flaw 21).
+            raise ConnectorFailure(f"the writable mount {mountpoint} was busy and could only be detached "
+                                   "lazily; files written through it may not have reached the remote directory")
 
     def close(self) -> None:
         with self._lock:
@@ -683,10 +687,11 @@ def _write_private(path: Path, text: str) -> None:
         handle.write(text)
 
 
-def unmount(mountpoint: Path, *, missing_ok: bool = True) -> None:
+def unmount(mountpoint: Path, *, missing_ok: bool = True) -> bool:
+    """Unmount; a busy mount is detached lazily. True when the plain unmount succeeded."""
     if not os.path.ismount(mountpoint):
         if missing_ok:
-            return
+            return True
         raise ConnectorFailure(f"{mountpoint} is not mounted")
     tool = shutil.which("fusermount3") or shutil.which("fusermount") or "fusermount3"
     result = subprocess.run([tool, "-u", str(mountpoint)], capture_output=True, text=True, timeout=30)
@@ -694,3 +699,5 @@ def unmount(mountpoint: Path, *, missing_ok: bool = True) -> None:
         lazy = subprocess.run([tool, "-u", "-z", str(mountpoint)], capture_output=True, text=True, timeout=30)
         if lazy.returncode != 0 and os.path.ismount(mountpoint):
             raise ConnectorFailure(f"cannot unmount {mountpoint}: {(result.stderr or lazy.stderr).strip()}")
+        return False
+    return True

@@ -62,6 +62,7 @@ ENGINE_ONLY_FLAGS = {
     "disable_retry": {"ccagency"},
     "leave_container": {"ccfaice", "slurm"},
     "disable_pull": {"ccfaice", "slurm"},
+    "pull": {"ccfaice", "slurm"},
     "preserve_environment": {"ccfaice", "slurm"},
     "gpu_ids": {"ccfaice"},
     "dry_run": {"ccfaice", "slurm", "ccagency"},

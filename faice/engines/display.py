@@ -178,6 +178,8 @@ def print_plan(plan: dict[str, Any], *, as_json: bool) -> None:
         f"batches: {len(plan['batches'])}   parallel: {plan['parallel']}   "
         f"GPUs per batch: {plan['gpusPerBatch']}   outdir: {plan['outdir']}",
     ]
+    if plan.get("gpuNote"):
+        lines.append(f"GPUs: {plan['gpuNote']}")
     for batch in plan["batches"]:
         lines.append(f"\n[{batch['index']}] {batch['id']}")
         if batch["parameters"]:
@@ -188,5 +190,7 @@ def print_plan(plan: dict[str, Any], *, as_json: bool) -> None:
         for mount in batch["mounts"]:
             source = mount.get("source") or f"{mount['connector']} connector" + (" (host mount)" if mount["hostMount"] else "")
             lines.append(f"  mount:      {mount['target']} ({mount['mode']}) <- {source}")
+        for key, where in (batch.get("outputs") or {}).items():
+            lines.append(f"  output:     {key} -> {where}")
     sys.stdout.write(REDACTOR.redact("\n".join(lines)) + "\n")
     sys.stdout.flush()

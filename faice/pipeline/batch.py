@@ -35,6 +35,7 @@ from faice.pipeline.records import (
     write_batch_record,
 )
 from faice.runtime.containers import (
+    CommandNotRunnable,
     ContainerError,
     ContainerHandle,
     ContainerRuntime,
@@ -105,11 +106,13 @@ class _BatchRun:
         self.timings: dict[str, float] = {}
         self.gpus: list[Gpu] = []
         self.mounts: list[Path] = []
+        self.writable_mounts: dict[Path, str] = {}  # mount point → the input it serves
         self.unsent: list | None = None  # outputs of a command that succeeded but whose stage-out failed
         image = context.image
         self.record = new_batch_record(
             plan.id, plan.index, plan.batch.parameters, run_id=context.run_id, command=plan.command.argv,
-            image={"ref": plan.image_ref, "id": image.id, "digest": image.digest}, engine=context.engine,
+            image={"ref": plan.image_ref, "id": image.id, "digest": image.digest,
+                   **({"movedFrom": image.moved_from} if image.moved_from else {})}, engine=context.engine,
         )
 
     # ------------------------------------------------------------------ events
@@ -209,7 +212,11 @@ class _BatchRun:
             if self.gpus:
                 self.context.gpus.release(self.gpus)
                 self.gpus = []
-            self._umount()
+            lost = self._umount()
+        if lost:
+            # The command may have written results through a writable mount: a failed
+            # unmount means they may not have arrived, so the batch cannot count as done.
+            raise BatchFailure(FailureClass.CONNECTOR, "; ".join(lost))
         with self._timed("collect"):
             collected = self._collect()
         self.unsent = collected
@@ -241,6 +248,8 @@ class _BatchRun:
                     writable = bool((item.connector or {}).get("access", {}).get("writable"))
                     session.mount_dir(request, mountpoint, writable)
                     self.mounts.append(mountpoint)
+                    if writable:
+                        self.writable_mounts[mountpoint] = input_label(self.batch, item)
                     host = mountpoint
                     binds.append((str(host), item.container_path, "rw" if writable else "ro"))
                 else:
@@ -253,13 +262,21 @@ class _BatchRun:
                 self.record.inputs[item.key] = entry
         return binds
 
-    def _umount(self) -> None:
+    def _umount(self) -> list[str]:
+        """Unmount every mount; the failures of writable ones (outputs may be lost) are returned."""
+        lost = []
         while self.mounts:
             mountpoint = self.mounts.pop()
+            label = self.writable_mounts.pop(mountpoint, None)
             try:
                 self.context.staging.umount(mountpoint)
             except Exception as exc:
-                self.record.cleanup_errors.append(self.context.redactor.redact(str(exc)))
+                message = self.context.redactor.redact(str(exc))
+                self.record.cleanup_errors.append(message)
+                if label is not None:
+                    lost.append(f"{label}: unmounting the writable mount failed, files the command wrote "
+                                f"there may be lost: {message}")
+        return lost
 
     # ------------------------------------------------------------------ container
 
@@ -293,7 +310,11 @@ class _BatchRun:
         with self._timed("run"):
             try:
                 handle = runtime.create(spec)
-                runtime.start(handle)
+                try:
+                    runtime.start(handle)
+                except CommandNotRunnable as exc:
+                    process["returnCode"] = exc.code
+                    raise BatchFailure(FailureClass.EXIT_CODE, self._not_runnable(exc.code)) from None
                 process["executed"] = True
                 self._wait(handle)
                 result = runtime.exit_state(handle)
@@ -312,11 +333,23 @@ class _BatchRun:
                                "(container.settings.ram)" if plan.ram_mb else
                                "out of memory: the container was killed by the kernel's OOM killer")
         if result.code != 0:
-            argv0 = plan.command.argv[0] if plan.command.argv else ""
-            if result.code in (126, 127) and not self.workdir.joinpath(argv0).exists():
-                raise BatchFailure(FailureClass.EXIT_CODE,
-                                   f"command {argv0!r} could not be executed in the image (exit code {result.code})")
+            if result.code in (126, 127) and self._stderr_blames_argv0():
+                # An image ENTRYPOINT (a shell wrapper) that could not exec the command.
+                raise BatchFailure(FailureClass.EXIT_CODE, self._not_runnable(result.code))
             raise BatchFailure(FailureClass.EXIT_CODE, f"the command exited with code {result.code}")
+
+    def _stderr_blames_argv0(self) -> bool:
+        argv0 = self.plan.command.argv[0] if self.plan.command.argv else ""
+        stderr = self.dir / STREAM_FILES["stderr"]
+        if not argv0 or not stderr.is_file() or self.workdir.joinpath(argv0).exists():
+            return False
+        tail = stderr.read_bytes()[-2000:].decode("utf-8", "replace")
+        return any(argv0 in line and ("not found" in line or "ermission denied" in line) for line in tail.splitlines())
+
+    def _not_runnable(self, code: int) -> str:
+        argv0 = self.plan.command.argv[0] if self.plan.command.argv else ""
+        why = "not found in" if code == 127 else "not executable in"
+        return f"command {argv0!r} {why} image {self.plan.image_ref} (exit code {code})"
 
     def _wait(self, handle: ContainerHandle) -> int:
         """Wait for the container; stop it on cancellation, kill it on timeout."""

@@ -84,7 +84,7 @@ class Host:
             runtime = self.runtime
             started = time.monotonic()
             image, pulled = runtime.ensure_image(plan.image_ref, auth=plan.image_auth,
-                                                 allow_pull=not options.disable_pull)
+                                                 pull=options.pull)
             pull_seconds = round(time.monotonic() - started, 3) if pulled else 0.0
             scratch = create_run_tempdir(run_id)
             with StagingSession(scratch / "staging", redactor=redactor, cancel=cancel,

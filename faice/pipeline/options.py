@@ -13,6 +13,10 @@ from typing import Any
 
 from faice.errors import UsageError
 
+# When the image is pulled: only when it is not present (default), before every run (a moved
+# tag such as ``:latest`` is noticed), or never (upstream's ``--disable-pull``).
+PULL_POLICIES = ("missing", "always", "never")
+
 
 @dataclass
 class RunOptions:
@@ -22,7 +26,8 @@ class RunOptions:
     retries: int = 0
     timeout: float | None = None
     gpu_ids: str | None = None
-    disable_pull: bool = False
+    pull: str = "missing"  # one of PULL_POLICIES
+    disable_pull: bool = False  # upstream's flag, kept as an alias of pull="never"
     leave_container: bool = False
     preserve_environment: list[str] = field(default_factory=list)
     disable_connector_validation: bool = False
@@ -31,6 +36,10 @@ class RunOptions:
     allowed_programs: list[str] | None = None  # --policy's externalPrograms (None: no policy)
 
     def __post_init__(self) -> None:
+        if self.disable_pull:
+            self.pull = "never"
+        if self.pull not in PULL_POLICIES:
+            raise UsageError(f"--pull: expected one of {', '.join(PULL_POLICIES)}, not {self.pull!r}")
         if self.parallel is not None and self.parallel < 1:
             raise UsageError("--parallel: expected a number ≥ 1")
         if self.retries < 0:

@@ -216,17 +216,23 @@ def default_parallel(count: int, ram_mb: int | None, gpus: GpuAllocator | None, 
 
 def describe(plans: list[BatchPlan], *, run_id: str, outdir: Path, parallel: int | None,
              gpus: GpuAllocator) -> dict[str, Any]:
-    """What ``--dry-run`` shows: batches, parameters, commands, image, GPUs, mounts."""
+    """What ``--dry-run`` shows: batches, parameters, commands, image, GPUs, mounts and where
+    each output goes. A GPU request this host cannot place is shown with a note, not refused:
+    the plan is often read on a laptop before running on a GPU machine."""
     first = plans[0] if plans else None
     request = first.gpu_request if first else GpuRequest()
     ram_mb = first.ram_mb if first else None
-    gpus.check(request)
+    gpu_note = None
+    try:
+        gpus.check(request)
+    except EngineError as exc:
+        gpu_note = f"not placeable here: {exc.message}"
     parallel = parallel or default_parallel(len(plans), ram_mb, gpus, request)
     batches = []
     slots: list[list] = []
     for position, plan in enumerate(plans):
         placed_ids: list[str] = []
-        if request.count:
+        if request.count and gpu_note is None:
             if position < parallel and (placed := gpus.try_acquire(request)):
                 slots.append(placed)  # the batches that start at once; later ones reuse freed GPUs
             placed_ids = [g.index for g in slots[position % len(slots)]] if slots else []
@@ -239,12 +245,15 @@ def describe(plans: list[BatchPlan], *, run_id: str, outdir: Path, parallel: int
             "mounts": [_mount(s) for s in plan.command.staged] + [
                 {"input": None, "target": OUTPUTS_DIR, "mode": "rw",
                  "source": str(outdir / "batches" / plan.id / "outputs")}],
+            "outputs": _destinations(plan, outdir / "batches" / plan.id),
         })
     return {
         "runId": run_id,
         "image": first.image_ref if first else None,
         "ram": ram_mb,
         "gpusPerBatch": request.count,
+        "gpuVramMin": list(request.vram_min) if request.count else [],
+        "gpuNote": gpu_note,
         "parallel": parallel,
         "outdir": str(outdir),
         "batches": batches,
@@ -255,3 +264,25 @@ def _mount(staged: StagedInput) -> dict[str, Any]:
     writable = staged.mount and bool((staged.connector or {}).get("access", {}).get("writable"))
     return {"input": staged.key, "target": staged.container_path, "mode": "rw" if writable else "ro",
             "connector": (staged.connector or {}).get("command"), "hostMount": staged.mount}
+
+
+# Access keys that say where data goes (never credentials).
+_WHERE_KEYS = ("url", "host", "port", "bucket", "key", "filePath", "dirPath", "path")
+
+
+def _destinations(plan: BatchPlan, batch_dir: Path) -> dict[str, str]:
+    """Output key → where it ends up: a connector and its target, or a path in the run dir."""
+    sent = plan.output_connectors()
+    where: dict[str, str] = {}
+    for key, glob in plan.command.globs.items():
+        local = batch_dir / "outputs" / glob if glob else batch_dir / f"{plan.command.output_types.get(key)}.txt"
+        connector = (sent.get(key) or {}).get("connector")
+        if isinstance(connector, dict):
+            raw = connector.get("access")
+            access: dict[str, Any] = raw if isinstance(raw, dict) else {}
+            target = ", ".join(f"{k}={access[k]}" for k in _WHERE_KEYS
+                               if isinstance(access.get(k), str | int) and not isinstance(access.get(k), bool))
+            where[key] = f"{connector.get('command')} connector: {target or '(no target)'} (kept in {local})"
+        else:
+            where[key] = str(local)
+    return where

@@ -196,8 +196,8 @@ class HostRun:
         if first is not None:
             pull_started = time.monotonic()
             self.image, pulled = self.runtime.ensure_image(
-                first.image_ref, auth=first.image_auth, allow_pull=not self.options.disable_pull,
-                on_progress=self._pull_progress,
+                first.image_ref, auth=first.image_auth, pull=self.options.pull,
+                on_progress=self._pull_progress, on_note=self.note,
             )
             self.pull_seconds = round(time.monotonic() - pull_started, 3) if pulled else 0.0
         self.tempdir = create_run_tempdir(self.run_id, outdir=self.outdir)
@@ -340,7 +340,8 @@ class HostRun:
             "source": self.experiment.source,
             "engine": "ccfaice",
             "image": {"ref": self.plans[0].image_ref if self.plans else None,
-                      "id": getattr(self.image, "id", None), "digest": getattr(self.image, "digest", None)},
+                      "id": getattr(self.image, "id", None), "digest": getattr(self.image, "digest", None),
+                      **({"movedFrom": self.image.moved_from} if getattr(self.image, "moved_from", None) else {})},
             "outdir": str(self.outdir),
             "started": self.started,
             "owner": owner_token(),  # a later start marks the run interrupted once it is dead

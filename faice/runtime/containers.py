@@ -49,6 +49,14 @@ class ContainerError(EngineError):
         self.transient = transient
 
 
+class CommandNotRunnable(ContainerError):
+    """The container could not start its command: not in the image (127) or not executable (126)."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.code = code
+
+
 @dataclass
 class ContainerSpec:
     """What one batch's container needs."""
@@ -87,13 +95,16 @@ class ImageInfo:
     id: str
     digest: str | None
     user: str  # Config.User ('' = root)
+    moved_from: str | None = None  # the id the tag named before an --pull always pull moved it
 
 
 class ContainerRuntime(Protocol):
     def ensure_image(
-        self, ref: str, *, auth: dict | None = None, allow_pull: bool = True,
+        self, ref: str, *, auth: dict | None = None, pull: str = "missing",
         on_progress: Callable[[str], None] | None = None,
-    ) -> tuple[ImageInfo, bool]: ...
+        on_note: Callable[[str], None] | None = None,
+    ) -> tuple[ImageInfo, bool]:
+        """The image by the pull policy (missing/always/never); ``on_note`` hears of a moved tag."""
 
     def create(self, spec: ContainerSpec) -> ContainerHandle: ...
 

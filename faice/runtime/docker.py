@@ -3,7 +3,7 @@
 Every container faice creates carries ``org.faice.run``, ``org.faice.batch``,
 ``org.faice.version`` and its owner (``org.faice.owner`` = ``host:pid:start-time``), so a run
 killed with SIGKILL can be cleaned up by the next start: containers whose owner process is
-gone are removed. Images are pulled once per run and only when absent.
+gone are removed. Images are pulled once per run, by the run's pull policy.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from faice.runtime.containers import (
     LABEL_OWNER,
     LABEL_RUN,
     LABEL_VERSION,
+    CommandNotRunnable,
     ContainerError,
     ContainerExit,
     ContainerHandle,
@@ -107,32 +108,57 @@ def ensure_image(
     ref: str,
     *,
     auth: dict[str, Any] | None = None,
-    allow_pull: bool = True,
+    pull: str = "missing",
     on_progress: Callable[[str], None] | None = None,
+    on_note: Callable[[str], None] | None = None,
 ) -> tuple[ImageInfo, bool]:
-    """The image, pulled only when it is absent (upstream pulled on every run).
+    """The image by the pull policy: ``missing`` pulls only an absent image, ``always`` pulls
+    every time (and notes a tag that moved), ``never`` requires it to be present.
 
-    Returns (info, pulled)."""
+    Returns (info, pulled); info holds the id and digest of the image that will run."""
     import docker
 
     bad_ref = check_image_ref(ref)
     if bad_ref:
         raise EngineError(f"container.settings.image.url: {bad_ref}")
-    pulled = False
+    before = None
     try:
-        image = client.images.get(ref)
+        before = client.images.get(ref)
     except docker.errors.ImageNotFound:
-        if not allow_pull:
+        if pull == "never":
             raise EngineError(
-                f"container.settings.image.url: image {ref!r} is not present and --disable-pull was given"
+                f"container.settings.image.url: image {ref!r} is not present and pulling is off "
+                "(--pull never / --disable-pull)",
+                hint=f"pull or build it first (docker pull {ref}), or run with --pull missing",
             ) from None
-        image = _pull(client, ref, auth, on_progress)
-        pulled = True
     except docker.errors.APIError as exc:
         raise EngineError(f"container.settings.image.url: cannot inspect image {ref!r}: {exc.explanation}") from None
-    digests = image.attrs.get("RepoDigests") or []
+    image = before
+    pulled = False
+    if before is None or pull == "always":
+        image = _pull(client, ref, auth, on_progress)
+        pulled = True
+    assert image is not None
+    moved_from = None
+    if pulled and before is not None and image.id != before.id:
+        moved_from = before.id
+        if on_note:
+            on_note(f"image {ref} moved: was {before.id}, now {image.id}")
     user = ((image.attrs.get("Config") or {}).get("User")) or ""
-    return ImageInfo(ref, image.id, digests[0] if digests else None, user), pulled
+    digest = repo_digest(ref, image.attrs.get("RepoDigests") or [])
+    return ImageInfo(ref, image.id, digest, user, moved_from), pulled
+
+
+def repo_digest(ref: str, digests: list[str]) -> str | None:
+    """The ``name@sha256:…`` of ``ref``'s own repository (an image tagged in several
+    repositories has one digest per repository); the first one when none matches."""
+    repository = _split_ref(ref)[0].split("@")[0]
+    short = repository.removeprefix("docker.io/").removeprefix("library/")
+    for digest in digests:
+        name = digest.split("@")[0]
+        if name in (repository, short) or name.removeprefix("docker.io/").removeprefix("library/") == short:
+            return digest
+    return digests[0] if digests else None
 
 
 def _pull(client, ref: str, auth: dict[str, Any] | None, on_progress: Callable[[str], None] | None):
@@ -246,8 +272,9 @@ def docker_errors() -> Iterator[None]:
 class DockerRuntime:
     """The containers of this process on one Docker engine; every exit path can remove them."""
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, owner: tuple[int, int] | None = None) -> None:
         self.client = client
+        self.owner = owner or (os.geteuid(), os.getegid())  # who gets the files back (reclaim)
         self._lock = threading.Lock()
         self._live: dict[str, Any] = {}
 
@@ -255,9 +282,10 @@ class DockerRuntime:
     def connect(cls) -> DockerRuntime:
         return cls(connect())
 
-    def ensure_image(self, ref: str, *, auth: dict | None = None, allow_pull: bool = True,
-                     on_progress: Callable[[str], None] | None = None) -> tuple[ImageInfo, bool]:
-        return ensure_image(self.client, ref, auth=auth, allow_pull=allow_pull, on_progress=on_progress)
+    def ensure_image(self, ref: str, *, auth: dict | None = None, pull: str = "missing",
+                     on_progress: Callable[[str], None] | None = None,
+                     on_note: Callable[[str], None] | None = None) -> tuple[ImageInfo, bool]:
+        return ensure_image(self.client, ref, auth=auth, pull=pull, on_progress=on_progress, on_note=on_note)
 
     def remove_leftovers(self) -> list[str]:
         return remove_leftovers(self.client)
@@ -275,8 +303,14 @@ class DockerRuntime:
         return ContainerHandle(container.id, container.name)
 
     def start(self, handle: ContainerHandle) -> None:
-        with docker_errors():
-            self._container(handle).start()
+        try:
+            with docker_errors():
+                self._container(handle).start()
+        except ContainerError as exc:
+            code = not_runnable_code(exc.message)
+            if code is None:
+                raise
+            raise CommandNotRunnable(exc.message, code) from None
 
     def wait(self, handle: ContainerHandle, timeout: float) -> int | None:
         import requests
@@ -342,40 +376,61 @@ class DockerRuntime:
     def reclaim(self, path: Path, image: str, run_id: str) -> None:
         """Give files the image's user wrote back to the user running faice.
 
-        As root this is a chown on the host; otherwise a throwaway root container of the
-        same image does it (only when some file is foreign), so the user can read and
-        remove the run directory."""
+        As root this is a chown on the host. Otherwise Docker's own archive API does it, and
+        no tool of the user's image runs (an image may have no ``chown``, or a broken one): a
+        container of the image is created but never started, the daemon reads the foreign
+        files out of the bind mount as a tar and writes them back with the caller's uid/gid.
+        Running the batch as the caller instead (``--user``) would break images whose tools
+        need root or their own user. Raises :class:`ContainerError` when files stay foreign."""
         path = Path(path)
         if not path.exists():
             return
-        uid, gid = os.geteuid(), os.getegid()
-        foreign = []
-        for root, dirs, files in os.walk(path):
-            for name in [*dirs, *files, ""]:
-                full = os.path.join(root, name) if name else root
-                try:
-                    if os.lstat(full).st_uid != uid:
-                        foreign.append(full)
-                except OSError:
-                    pass
+        uid, gid = self.owner
+        foreign = _foreign(path, uid)
         if foreign and uid == 0:
+            failed = []
             for full in foreign:
                 try:
                     os.lchown(full, uid, gid)
-                except OSError:
-                    pass
+                except OSError as exc:
+                    failed.append(f"{full}: {exc.strerror}")
+            if failed:
+                raise ContainerError(f"could not take back ownership of {len(failed)} file(s): {failed[0]}")
         elif foreign:
-            spec = ContainerSpec(image=image, command=["chown", "-R", f"{uid}:{gid}", "/cc/reclaim"],
-                                 run_id=run_id, batch_id="reclaim",
-                                 binds=[(str(path.resolve()), "/cc/reclaim", "rw")], user="0:0", workdir="/")
-            handle = self.create(spec)
-            try:
-                self.start(handle)
-                self.wait(handle, 120)
-            finally:
-                self.remove(handle)
+            self._reclaim_through_archive(path, image, run_id, uid, gid)
+            left = _foreign(path, uid)
+            if left:
+                raise ContainerError(f"could not take back ownership of {len(left)} file(s) under {path}, "
+                                     f"e.g. {left[0]}")
         if path.name == "outputs":
             os.chmod(path, 0o755)
+
+    def _reclaim_through_archive(self, path: Path, image: str, run_id: str, uid: int, gid: int) -> None:
+        import tarfile
+        import tempfile
+
+        spec = ContainerSpec(image=image, command=["/faice-never-started"], run_id=run_id, batch_id="reclaim",
+                             binds=[(str(path.resolve()), "/cc/reclaim", "rw")], workdir="/")
+        handle = self.create(spec)
+        try:
+            with tempfile.TemporaryFile() as tree, tempfile.TemporaryFile() as owned:
+                with docker_errors():
+                    stream, _stat = self._container(handle).get_archive("/cc/reclaim")
+                    for chunk in stream:
+                        tree.write(chunk)
+                tree.seek(0)
+                with tarfile.open(fileobj=tree, mode="r|") as source, tarfile.open(fileobj=owned, mode="w|") as out:
+                    for member in source:
+                        if member.uid == uid and member.gid == gid:
+                            continue
+                        member.uid, member.gid, member.uname, member.gname = uid, gid, "", ""
+                        out.addfile(member, source.extractfile(member) if member.isfile() else None)
+                owned.seek(0)
+                with docker_errors():
+                    if not self._container(handle).put_archive("/cc", owned):
+                        raise ContainerError(f"Docker refused to write {path} back with uid {uid}")
+        finally:
+            self.remove(handle)
 
     def close(self) -> None:
         if not self.has_live():
@@ -383,6 +438,32 @@ class DockerRuntime:
                 self.client.close()
             except Exception:
                 pass
+
+
+def not_runnable_code(message: str) -> int | None:
+    """127 or 126 when the OCI runtime's start error says the command is missing or not
+    executable (what a shell would exit with), else None."""
+    if "exec:" not in message:
+        return None
+    if "executable file not found" in message or "no such file or directory" in message:
+        return 127
+    if "permission denied" in message:
+        return 126
+    return None
+
+
+def _foreign(path: Path, uid: int) -> list[str]:
+    """Every path under ``path`` (itself included) not owned by ``uid``."""
+    found = []
+    for root, dirs, files in os.walk(path):
+        for name in [*dirs, *files, ""]:
+            full = os.path.join(root, name) if name else root
+            try:
+                if os.lstat(full).st_uid != uid:
+                    found.append(full)
+            except OSError:
+                pass
+    return found
 
 
 def remove_batch_containers(batch_id: str) -> None:

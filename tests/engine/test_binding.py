@@ -125,3 +125,15 @@ def test_out_of_range_int_is_refused_like_cwltool():
     with pytest.raises(ValidationError, match=r"batches\[0\]\.inputs: input 'n': 3000000000 does not fit CWL type int"):
         CommandBuilder(cli).build({"n": 3_000_000_000}, label="batches[0].inputs")
     assert outcome(CommandBuilder(cli, always_cwltool=True), {"n": 3_000_000_000}) == "error"
+
+
+def test_booleans_joined_by_item_separator_render_as_cwltool_does():
+    """docs/red-reference.md says `True`/`False`: the text cwltool itself produces."""
+    cli = {"cwlVersion": "v1.0", "class": "CommandLineTool", "baseCommand": ["echo"], "outputs": {},
+           "inputs": {"flags": {"type": "boolean[]", "inputBinding": {"prefix": "--flags", "itemSeparator": ","}}}}
+    job = {"flags": [True, False]}
+    direct = CommandBuilder(cli)
+    assert direct._tool is None
+    reference = CommandBuilder(cli, always_cwltool=True)
+    assert outcome(direct, job) == outcome(reference, job)
+    assert "True,False" in str(outcome(reference, job))

@@ -329,7 +329,7 @@ def test_protected_values_never_reach_the_run_directory(tmp_path, test_image):
 def test_absent_image_with_disable_pull_or_failed_pull_is_a_clear_error(tmp_path, docker_client):
     # 127.0.0.1:9 has no registry: the pull fails at once and never leaves this host.
     red = sh_red(tmp_path / "r.json", "true", "127.0.0.1:9/faice-absent/image:1")
-    with pytest.raises(EngineError, match="not present and --disable-pull was given"):
+    with pytest.raises(EngineError, match="not present and pulling is off"):
         run_experiment(load_experiment(str(red)), RunOptions(disable_pull=True), tmp_path / "a")
     with pytest.raises(EngineError, match=r"container.settings.image.url: pulling '127.0.0.1:9/faice-absent/image:1' failed"):
         run_experiment(load_experiment(str(red)), RunOptions(), tmp_path / "b")

@@ -61,3 +61,60 @@ def test_sshfs_mounts_are_bind_mounted_and_removed(tmp_path, ssh_server, remote_
     assert not (root / "share" / "x").exists()
     assert f"faice-run-{summary.to_dict()['runId']}" not in Path("/proc/self/mounts").read_text()
     assert ssh_server.password not in (bdir / "result.json").read_text()
+
+
+def _ssh_mount(ssh_server, path: str, writable: bool) -> dict:
+    access = {"host": ssh_server.host, "port": ssh_server.port, "dirPath": path,
+              "auth": {"username": ssh_server.user, "password": ssh_server.password},
+              "hostKeyPolicy": "strict", "knownHostsFile": str(ssh_server.known_hosts)}
+    if writable:
+        access["writable"] = True
+    return {"class": "Directory", "connector": {"command": "ssh", "mount": True, "access": access}}
+
+
+@pytest.mark.parametrize("writable", [True, False])
+def test_a_busy_writable_mount_fails_the_batch(tmp_path, ssh_server, remote_dir, docker_client, test_image,
+                                                writable):
+    """A host process keeps its cwd in the mount, so the plain fusermount -u fails (EBUSY) and
+    the mount is only detached lazily: for a writable mount the outputs may be lost, and the
+    batch fails as a connector failure; a read-only mount is a cleanup note only."""
+    import subprocess
+
+    from faice.pipeline.events import BatchEvent
+
+    name, _root = remote_dir
+    red = sh_red(tmp_path / "r.json", 'echo "result" > "$1/result.txt"', test_image,
+                 extra_inputs={"logs": {"type": "Directory", "inputBinding": {"position": 2}}})
+    doc = read(red)
+    if not writable:
+        doc["cli"]["baseCommand"] = ["sh", "-c", 'echo "result" > result.txt']
+    doc["inputs"]["logs"] = _ssh_mount(ssh_server, f"data/{name}/logs", writable)
+    red.write_text(json.dumps(doc))
+    holders: list[subprocess.Popen] = []
+
+    def hold_mounts(event: BatchEvent) -> None:
+        if event.phase != "run" or holders:
+            return
+        for line in Path("/proc/self/mounts").read_text().splitlines():
+            mountpoint = line.split()[1]
+            if "/mounts/" in mountpoint and line.split()[2].startswith("fuse.sshfs") and "faice-run-" in mountpoint:
+                holders.append(subprocess.Popen(["sleep", "60"], cwd=mountpoint))
+
+    try:
+        summary = run_experiment(load_experiment(str(red)), RunOptions(), tmp_path / "run", on_event=hold_mounts)
+    finally:
+        for holder in holders:
+            holder.kill()
+            holder.wait()
+    assert holders, "the mount was never seen"
+    (entry,) = summary.to_dict()["batches"]
+    record = json.loads((tmp_path / "run" / "batches" / entry["id"] / "result.json").read_text())
+    if writable:
+        assert entry["state"] == "failed" and record["failureClass"] == "connector", record
+        assert record["message"].startswith("batches[0].inputs.logs: unmounting the writable mount failed, "
+                                            "files the command wrote there may be lost")
+        assert "busy" in record["message"]
+        assert summary.exit_code != 0
+    else:
+        assert entry["state"] == "succeeded", record
+        assert summary.exit_code == 0

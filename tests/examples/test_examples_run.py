@@ -153,6 +153,6 @@ def test_random_search_example_draws_reproducible_parameters_and_trains_each(tmp
 
 def test_examples_leave_no_containers(docker_client):
     """Runs above are over: none of their labelled containers may remain."""
-    leftovers = [c.name for c in docker_client.containers.list(all=True, filters={"label": "org.faice.run"})
+    leftovers = [c.name for c in docker_client.containers.list(all=True, filters={"label": "org.faice.run"}, ignore_removed=True)
                  if not c.labels.get("org.faice.test")]
     assert leftovers == [] or os.environ.get("FAICE_PARALLEL_SESSIONS"), leftovers

@@ -119,7 +119,7 @@ def _weights_attrs(image: str, folder: Path) -> dict[str, dict]:
 def _no_leftovers(docker_client, server: Server, outdir: Path) -> None:
     """Nothing of the run is left: no container with its run label, no SSHFS mount."""
     run_id = json.loads((outdir / "run.json").read_text())["runId"]
-    assert docker_client.containers.list(all=True, filters={"label": f"org.faice.run={run_id}"}) == []
+    assert docker_client.containers.list(all=True, filters={"label": f"org.faice.run={run_id}"}, ignore_removed=True) == []
     assert server.name not in Path("/proc/self/mounts").read_text(), "an SSHFS mount of the run is still there"
 
 

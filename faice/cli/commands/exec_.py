@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from faice.cli.options import add_debug, add_format, add_policy, add_variables, apply_policy, variable_sources
+from faice.cli.options import add_debug, add_policy, add_variables, apply_policy, variable_sources
 from faice.cli.parser import lazy, new_command
 from faice.errors import UsageError
 
@@ -44,7 +44,11 @@ def add_parser(subparsers) -> None:
     local.add_argument("--retries", metavar="N", type=int, default=0, help="retry a batch N times after a transient failure (default: 0)")
     local.add_argument("--timeout", metavar="SECONDS", type=float, help="wall-clock limit of one batch's command")
     local.add_argument("--gpu-ids", metavar="IDS", help='restrict GPUs to these ids, e.g. "0,2" (never more than requested)')
-    local.add_argument("--disable-pull", action="store_true", help="never pull the image; it must exist locally")
+    pulling = local.add_mutually_exclusive_group()
+    pulling.add_argument("--pull", choices=("missing", "always", "never"),
+                         help="pull the image: when not present (default), before every run "
+                              "(notices a moved tag), or never")
+    pulling.add_argument("--disable-pull", action="store_true", help="never pull the image (same as --pull never)")
     local.add_argument("--leave-container", action="store_true", help="keep containers (and their mounts) after the batch")
     local.add_argument("--preserve-environment", metavar="ENVVAR", action="append", default=[], help="pass this host environment variable into the container; repeatable")
     local.add_argument("--insecure", action="store_true", help="accepted for compatibility; mounts are made on the host, no extra capabilities needed")
@@ -57,7 +61,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--disable-connector-validation", action="store_true", help="skip the connector access checks before running")
     parser.add_argument("--json", action="store_true", help="print the run summary as JSON on stdout")
     add_policy(parser)
-    add_format(parser)
+    parser.add_argument("--format", choices=("json", "yaml", "yml"), default="yaml",
+                        help="accepted for upstream compatibility and ignored (upstream's debug dump format); "
+                             "use --json for a machine-readable summary")
     add_debug(parser)
 
 
@@ -74,6 +80,7 @@ def run(args: Any) -> int:
         retries=args.retries,
         timeout=args.timeout,
         gpu_ids=args.gpu_ids,
+        pull=args.pull or "missing",
         disable_pull=args.disable_pull,
         leave_container=args.leave_container,
         preserve_environment=list(args.preserve_environment or []),
