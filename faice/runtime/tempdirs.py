@@ -56,7 +56,9 @@ def remove_run_tempdir(path: Path) -> None:
 
 
 def remove_stale_tempdirs() -> list[Path]:
-    removed = []
+    from faice.connectors.scratch import remove_dead_scratch
+
+    removed = remove_dead_scratch()  # connector secrets (faice-ssh-*, faice-sshfs-*) of dead runs
     for path in Path(tempfile.gettempdir()).glob(f"{PREFIX}*"):
         try:
             token = (path / "owner").read_text(encoding="ascii").strip()
