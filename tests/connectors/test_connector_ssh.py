@@ -445,3 +445,37 @@ def test_refused_login_is_reported_once_with_user_host_and_port(place, ssh_serve
     assert message.count(expected) == 1, message
     assert "attempts" not in message, "a refused login is not retried"
     assert "wrong-secret-value" not in message
+
+
+# ------------------------------------------------------------------ cancelled transfers
+
+
+def test_cancelled_upload_removes_the_remote_part_file(place, ssh_server, ssh_prefix, tmp_path):
+    """Ctrl-C during an upload stops it at once and leaves no hidden ``.faice-part`` behind."""
+    src = tmp_path / "up.bin"
+    src.write_bytes(os.urandom(64 * 1024 * 1024))
+    remote_dir = ssh_server.home / "data" / ssh_prefix
+
+    def interrupt(_label, done, _total):
+        if done > 4 * 1024 * 1024:
+            raise KeyboardInterrupt
+
+    started = time.monotonic()
+    with StagingSession(tmp_path / "w", progress=interrupt) as session, pytest.raises(KeyboardInterrupt):
+        session.send(ConnectorRequest("o", "ssh", place.file("up.bin")), "File", src)
+    assert time.monotonic() - started < 10
+    assert remote_dir.is_dir(), "the upload had begun"
+    assert sorted(p.name for p in remote_dir.iterdir()) == []
+
+
+def test_cancelled_download_leaves_no_partial_file(place, ssh_server, ssh_prefix, tmp_path):
+    put_remote(ssh_server, ssh_prefix, "big.bin", os.urandom(64 * 1024 * 1024))
+
+    def interrupt(_label, done, _total):
+        if done > 4 * 1024 * 1024:
+            raise KeyboardInterrupt
+
+    work = tmp_path / "w"
+    with StagingSession(work, progress=interrupt) as session, pytest.raises(KeyboardInterrupt):
+        session.stage_in(ConnectorRequest("i", "ssh", place.file("big.bin")), "File")
+    assert [p for p in work.rglob("*") if p.is_file()] == []
