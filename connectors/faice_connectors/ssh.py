@@ -13,7 +13,9 @@ removed right after the mount (or at the next start after a SIGKILL); never in a
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import io
+import logging
 import os
 import posixpath
 import re
@@ -112,6 +114,7 @@ class SshConnector(Connector):
         self._lock = threading.Lock()
         self._clients: dict[tuple, object] = {}
         self._mounts: dict[Path, subprocess.Popen | None] = {}
+        self._sftp_pool = SftpPool(timeout)
         remove_dead_scratch()  # secrets a SIGKILLed run left for sshfs
 
     # ---------------------------------------------------------------- connections
@@ -228,13 +231,13 @@ class SshConnector(Connector):
 
     def receive_file(self, access, dest: Path, progress: Progress) -> None:
         remote = remote_path(access["filePath"])
-        with _transfer(self, access) as sftp, Sftp(access, self.timeout) as files:
+        with _transfer(self, access) as sftp, Sftp(self._sftp_pool, access) as files:
             progress.expect(_expect_kind(sftp, remote, "file").st_size or 0)
             _get(files, remote, dest, progress)
 
     def receive_dir(self, access, dest: Path, listing: Listing | None, progress: Progress) -> None:
         root = remote_path(access["dirPath"])
-        with _transfer(self, access) as sftp, Sftp(access, self.timeout) as files:
+        with _transfer(self, access) as sftp, Sftp(self._sftp_pool, access) as files:
             _expect_kind(sftp, root, "directory")
             if listing is not None:
                 for rel in listed_dirs(listing):
@@ -250,7 +253,7 @@ class SshConnector(Connector):
 
     def send_file(self, access, src: Path, progress: Progress) -> None:
         remote = remote_path(access["filePath"])
-        with _transfer(self, access) as sftp, Sftp(access, self.timeout) as files:
+        with _transfer(self, access) as sftp, Sftp(self._sftp_pool, access) as files:
             _makedirs(sftp, posixpath.dirname(remote))
             _put(sftp, files, src, remote, progress)
 
@@ -262,7 +265,7 @@ class SshConnector(Connector):
         else:
             dirs = sorted(p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_dir())
             names = files_to_send(src, None)
-        with _transfer(self, access) as sftp, Sftp(access, self.timeout) as files:
+        with _transfer(self, access) as sftp, Sftp(self._sftp_pool, access) as files:
             _makedirs(sftp, root)
             for rel in dirs:
                 _makedirs(sftp, posixpath.join(root, rel))
@@ -300,6 +303,7 @@ class SshConnector(Connector):
                 pass
         for client in clients:
             client.close()
+        self._sftp_pool.close()
 
 
 # -------------------------------------------------------------------- host keys
@@ -453,32 +457,78 @@ def _put(sftp, files: Sftp, local: Path, remote: str, progress: Progress) -> Non
 SFTP_MAX_REQUESTS = 128  # parallel SFTP reads/writes in flight (asyncssh pipelining)
 
 
-class Sftp:
+class _Stopped(Exception):
+    """Carries an exception raised by a progress callback out of the event loop thread."""
+
+    def __init__(self, original: BaseException) -> None:
+        super().__init__(str(original))
+        self.original = original
+
+
+class SftpPool:
     """Every file transfer of the ssh connector: pipelined SFTP through asyncssh.
 
     One implementation at every size: remote paths go to the server as SFTP path strings,
     so nothing globs them (``run[1].h5`` is that file) or splits them at spaces, and there
     is no child process that could outlive faice or show a secret in ``ps``: the password or
     key stays in this process's memory. Host keys were already checked (and recorded for
-    ``accept-new``) by the paramiko login, so this session requires the same known_hosts
+    ``accept-new``) by the paramiko login, so these sessions require the same known_hosts
     entry; ``ignore`` skips the check as there.
+
+    One event loop thread per connector holds one logged-in SFTP session per account, shared
+    by every transfer (and thread) of the run. A caller interrupted while it waits (Ctrl-C)
+    cancels its transfer before the exception goes on.
     """
 
-    def __init__(self, access, timeout: float | None) -> None:
-        self.access = access
+    def __init__(self, timeout: float | None) -> None:
         self.timeout = float(timeout or 120)
+        self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._conn = None
-        self._sftp = None
+        self._thread: threading.Thread | None = None
+        self._sessions: dict[tuple, tuple] = {}
 
-    def __enter__(self) -> Sftp:
+    # ------------------------------------------------------------ loop and sessions
+
+    def _run(self, coroutine):
+        with self._lock:
+            if self._loop is None:
+                logging.getLogger("asyncssh").setLevel(logging.WARNING)  # not a line per connection
+                self._loop = asyncio.new_event_loop()
+                self._thread = threading.Thread(target=self._loop.run_forever, name="faice-ssh", daemon=True)
+                self._thread.start()
+            loop = self._loop
+        future = asyncio.run_coroutine_threadsafe(coroutine, loop)
+        try:
+            return future.result()
+        except _Stopped as stopped:
+            raise stopped.original from None
+        except BaseException:
+            if not future.done():
+                future.cancel()  # Ctrl-C or similar in this thread: stop the transfer too
+                concurrent.futures.wait([future], timeout=10)
+            raise
+
+    def _session(self, access):
+        key = _account_key(access)
+        with self._lock:
+            found = self._sessions.get(key)
+        if found is not None and not found[0].is_closed():
+            return found[1]
+        conn, sftp = self._run(self._open(access))
+        with self._lock:
+            old, self._sessions[key] = self._sessions.get(key), (conn, sftp)
+        if old is not None:
+            old[0].abort()
+        return sftp
+
+    async def _open(self, access):
         import asyncssh
 
-        access, auth = self.access, self.access["auth"]
-        host, port = access["host"], int(access.get("port", 22))
+        auth = access["auth"]
         options: dict = {
-            "host": host, "port": port, "username": auth["username"], "config": [],
-            "agent_path": None, "known_hosts": None if _policy(access) == "ignore" else str(_known_hosts(access)),
+            "host": access["host"], "port": int(access.get("port", 22)), "username": auth["username"],
+            "config": [], "agent_path": None,
+            "known_hosts": None if _policy(access) == "ignore" else str(_known_hosts(access)),
             "connect_timeout": self.timeout, "login_timeout": float(access.get("authTimeout", self.timeout)),
             "keepalive_interval": 15, "keepalive_count_max": 4, "encryption_algs": _fast_ciphers(),
         }
@@ -488,63 +538,104 @@ class Sftp:
         else:
             options.update(client_keys=[_asyncssh_key(auth["privateKey"], auth.get("passphrase"))],
                            preferred_auth="publickey")
-        self._loop = asyncio.new_event_loop()
         try:
-            self._conn = self._run(asyncssh.connect(**options))
-            self._sftp = self._run(self._conn.start_sftp_client())
+            conn = await asyncssh.connect(**options)
         except BaseException as exc:
-            self._close(abort=True)
             raise _mapped(exc, access) from None
-        return self
+        try:
+            return conn, await conn.start_sftp_client()
+        except BaseException as exc:
+            conn.abort()
+            raise _mapped(exc, access) from None
 
-    def __exit__(self, exc_type, exc, tb) -> None:
-        self._close(abort=exc is not None)
-        if exc is not None and not isinstance(exc, (ConnectorFailure, KeyboardInterrupt, SystemExit)):
-            mapped = _mapped(exc, self.access)
-            if mapped is not exc:
-                raise mapped from None
-
-    def _run(self, coroutine):
-        return self._loop.run_until_complete(coroutine)
-
-    def _close(self, *, abort: bool) -> None:
-        loop, self._loop = self._loop, None
+    def close(self) -> None:
+        with self._lock:
+            loop, self._loop = self._loop, None
+            thread, self._thread = self._thread, None
+            sessions, self._sessions = list(self._sessions.values()), {}
         if loop is None:
             return
+
+        async def shut() -> None:
+            for conn, _sftp in sessions:
+                conn.close()
+            for conn, _sftp in sessions:
+                try:
+                    await asyncio.wait_for(conn.wait_closed(), 5)
+                except BaseException:
+                    pass
+
         try:
-            if self._sftp is not None:
-                self._sftp.exit()
-            if self._conn is not None:
-                self._conn.abort() if abort else self._conn.close()
-                loop.run_until_complete(asyncio.wait_for(self._conn.wait_closed(), 10))
+            asyncio.run_coroutine_threadsafe(shut(), loop).result(timeout=15)
         except BaseException:
             pass
-        finally:
-            pending = [task for task in asyncio.all_tasks(loop) if not task.done()]
-            for task in pending:
-                task.cancel()
-            if pending:
-                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        loop.call_soon_threadsafe(loop.stop)
+        if thread is not None:
+            thread.join(timeout=15)
+        if not loop.is_running():
             loop.close()
-            self._conn = self._sftp = None
 
-    def _handler(self, progress: Progress):
+    # ------------------------------------------------------------ transfers
+
+    def get(self, access, remote: str, local: Path, progress: Progress) -> None:
+        self._copy(access, "get", remote.encode(), str(local), progress)
+
+    def put(self, access, local: Path, remote: str, progress: Progress) -> None:
+        self._copy(access, "put", str(local), remote.encode(), progress)
+
+    def _copy(self, access, direction: str, src, dst, progress: Progress) -> None:
+        sftp = self._session(access)
         seen = [0]
 
         def handler(_src, _dst, done: int, _total: int) -> None:
             if done > seen[0]:
-                progress.advance(done - seen[0])
+                try:
+                    progress.advance(done - seen[0])
+                except BaseException as exc:  # e.g. a cancel raised by the caller's callback
+                    raise _Stopped(exc) from None
                 seen[0] = done
 
-        return handler
+        async def copy() -> None:
+            try:
+                if direction == "get":
+                    await sftp.get(src, dst, max_requests=SFTP_MAX_REQUESTS, follow_symlinks=True,
+                                   progress_handler=handler)
+                else:
+                    await sftp.put(src, dst, max_requests=SFTP_MAX_REQUESTS, progress_handler=handler)
+            except (_Stopped, asyncio.CancelledError):
+                raise
+            except BaseException as exc:
+                raise _mapped(exc, access) from None
+
+        self._run(copy())
+
+
+class Sftp:
+    """``with Sftp(pool, access) as files``: transfers for one account from the shared pool."""
+
+    def __init__(self, pool: SftpPool, access) -> None:
+        self.pool = pool
+        self.access = access
+
+    def __enter__(self) -> Sftp:
+        self.pool._session(self.access)  # log in now: errors surface before any transfer
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        return None
 
     def get(self, remote: str, local: Path, progress: Progress) -> None:
-        self._run(self._sftp.get(remote.encode(), str(local), max_requests=SFTP_MAX_REQUESTS, follow_symlinks=True,
-                                 progress_handler=self._handler(progress)))
+        self.pool.get(self.access, remote, local, progress)
 
     def put(self, local: Path, remote: str, progress: Progress) -> None:
-        self._run(self._sftp.put(str(local), remote.encode(), max_requests=SFTP_MAX_REQUESTS,
-                                 progress_handler=self._handler(progress)))
+        self.pool.put(self.access, local, remote, progress)
+
+
+def _account_key(access) -> tuple:
+    auth = access["auth"]
+    return (access["host"], int(access.get("port", 22)), auth["username"], auth.get("password"),
+            auth.get("privateKey"), auth.get("passphrase"), _policy(access), str(_known_hosts(access)),
+            access.get("authTimeout"))
 
 
 def _fast_ciphers() -> list[str]:

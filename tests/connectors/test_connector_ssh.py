@@ -451,20 +451,26 @@ def test_refused_login_is_reported_once_with_user_host_and_port(place, ssh_serve
 
 
 def test_cancelled_upload_removes_the_remote_part_file(place, ssh_server, ssh_prefix, tmp_path):
-    """Ctrl-C during an upload stops it at once and leaves no hidden ``.faice-part`` behind."""
+    """Ctrl-C (a real SIGINT) during an upload stops it at once and leaves no hidden
+    ``.faice-part`` behind on the server."""
+    import signal
+
     src = tmp_path / "up.bin"
     src.write_bytes(os.urandom(64 * 1024 * 1024))
     remote_dir = ssh_server.home / "data" / ssh_prefix
+    sent = []
 
     def interrupt(_label, done, _total):
-        if done > 4 * 1024 * 1024:
-            raise KeyboardInterrupt
+        if done > 4 * 1024 * 1024 and not sent:
+            sent.append(done)
+            os.kill(os.getpid(), signal.SIGINT)
 
     started = time.monotonic()
     with StagingSession(tmp_path / "w", progress=interrupt) as session, pytest.raises(KeyboardInterrupt):
         session.send(ConnectorRequest("o", "ssh", place.file("up.bin")), "File", src)
+        time.sleep(30)  # not reached: the upload is interrupted long before it ends
     assert time.monotonic() - started < 10
-    assert remote_dir.is_dir(), "the upload had begun"
+    assert sent and remote_dir.is_dir(), "the upload had begun"
     assert sorted(p.name for p in remote_dir.iterdir()) == []
 
 
