@@ -253,6 +253,7 @@ class SshConnector(Connector):
 
     def send_file(self, access, src: Path, progress: Progress) -> None:
         remote = remote_path(access["filePath"])
+        _refuse_escaping_link(src, Path(src).parent)
         with _transfer(self, access) as sftp, Sftp(self._sftp_pool, access) as files:
             _makedirs(sftp, posixpath.dirname(remote))
             _put(sftp, files, src, remote, progress)
@@ -265,6 +266,8 @@ class SshConnector(Connector):
         else:
             dirs = sorted(p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_dir())
             names = files_to_send(src, None)
+        for rel in names:
+            _refuse_escaping_link(Path(src) / rel, Path(src))
         with _transfer(self, access) as sftp, Sftp(self._sftp_pool, access) as files:
             _makedirs(sftp, root)
             for rel in dirs:
@@ -425,6 +428,14 @@ def _expect_kind(sftp, path: str, kind: str):
     if kind == "directory" and not is_dir:
         raise ConnectorFailure(f"remote path {path!r} is not a directory")
     return attrs
+
+
+def _refuse_escaping_link(path: Path, root: Path) -> None:
+    """An output reached through a link is sent only if the link stays inside ``root``:
+    never a host file (``results/leak -> ~/.ssh/id_ed25519``) through an output."""
+    real = path.resolve()
+    if not real.is_relative_to(root.resolve()):
+        raise ConnectorFailure(f"output {path} is a link to {real}, outside {root}; refusing to send it")
 
 
 def _get(files: Sftp, remote: str, local: Path, progress: Progress) -> None:
@@ -601,7 +612,8 @@ class SftpPool:
                     await sftp.get(src, dst, max_requests=SFTP_MAX_REQUESTS, follow_symlinks=True,
                                    progress_handler=handler)
                 else:
-                    await sftp.put(src, dst, max_requests=SFTP_MAX_REQUESTS, progress_handler=handler)
+                    await sftp.put(src, dst, max_requests=SFTP_MAX_REQUESTS, follow_symlinks=True,
+                                   progress_handler=handler)
             except (_Stopped, asyncio.CancelledError):
                 raise
             except BaseException as exc:

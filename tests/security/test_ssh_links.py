@@ -87,3 +87,28 @@ def test_listed_file_behind_an_outside_link_is_refused(ssh_server, remote_tree, 
                                listing=[{"class": "File", "basename": "leak.txt"}])
     with StagingSession(tmp_path / "w") as session, pytest.raises(ConnectorError, match="leak.txt"):
         session.stage_in(request, "Directory")
+
+
+def test_output_link_to_a_host_file_is_not_sent(ssh_server, tmp_path):
+    """``results/leak -> a host secret`` never reaches the server through an ssh output."""
+    secret = tmp_path / "host-secret"
+    secret.write_text("host private key")
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "ok.txt").write_text("result")
+    os.symlink(secret, results / "leak")
+    remote = f"data/out-{uuid.uuid4().hex[:10]}"
+    access = {"host": ssh_server.host, "port": ssh_server.port,
+              "auth": {"username": ssh_server.user, "password": ssh_server.password}, "hostKeyPolicy": "ignore"}
+    try:
+        with StagingSession(tmp_path / "w") as session:
+            with pytest.raises(ConnectorError, match="leak"):
+                session.send(ConnectorRequest("batches[0].outputs.r", "ssh", {**access, "dirPath": remote}),
+                             "Directory", results)
+            with pytest.raises(ConnectorError, match="leak"):
+                session.send(ConnectorRequest("batches[0].outputs.f", "ssh", {**access, "filePath": remote + "/f"}),
+                             "File", results / "leak")
+        sent = [p for p in (ssh_server.home / remote).rglob("*") if p.is_file()] if (ssh_server.home / remote).exists() else []
+        assert not [p for p in sent if p.read_text() == "host private key"]
+    finally:
+        shutil.rmtree(ssh_server.home / remote, ignore_errors=True)
