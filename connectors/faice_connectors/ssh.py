@@ -497,6 +497,7 @@ class SftpPool:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._sessions: dict[tuple, tuple] = {}
+        self._opening: dict[tuple, threading.Lock] = {}
 
     # ------------------------------------------------------------ loop and sessions
 
@@ -522,15 +523,18 @@ class SftpPool:
     def _session(self, access):
         key = _account_key(access)
         with self._lock:
-            found = self._sessions.get(key)
-        if found is not None and not found[0].is_closed():
-            return found[1]
-        conn, sftp = self._run(self._open(access))
-        with self._lock:
-            old, self._sessions[key] = self._sessions.get(key), (conn, sftp)
-        if old is not None:
-            old[0].abort()
-        return sftp
+            opening = self._opening.setdefault(key, threading.Lock())
+        with opening:  # one login per account, also when several threads start at once
+            with self._lock:
+                found = self._sessions.get(key)
+            if found is not None and not found[0].is_closed():
+                return found[1]
+            conn, sftp = self._run(self._open(access))
+            with self._lock:
+                old, self._sessions[key] = self._sessions.get(key), (conn, sftp)
+            if old is not None and self._loop is not None:  # a dead session: nothing uses it
+                self._loop.call_soon_threadsafe(old[0].abort)
+            return sftp
 
     async def _open(self, access):
         import asyncssh
