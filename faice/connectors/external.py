@@ -5,6 +5,8 @@ ACCESS_JSON [--listing=LISTING_JSON]`` and ``PROGRAM <op> ACCESS_JSON PATH
 [--listing=LISTING_JSON]``, ``PROGRAM umount-dir PATH``. ACCESS_JSON and LISTING_JSON are
 0600 temp files removed right after the call, so secrets never appear in argv or the
 environment; the program's stderr becomes the error message (redacted by the framework).
+Each call runs in its own process group with a time limit ($FAICE_CONNECTOR_TIMEOUT,
+default 6 h); on timeout or cancellation the whole group is ended.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ from pathlib import Path
 from faice.connectors.api import Connector, ConnectorFailure, Listing, Progress
 
 SUPPORTED_CLI_VERSIONS = ("1", "0.1")
+TIMEOUT_VARIABLE = "FAICE_CONNECTOR_TIMEOUT"
+DEFAULT_CALL_TIMEOUT = 6 * 3600.0  # seconds: generous, a large data set on a slow link
+KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL of a stopped program's group
 _DIR_OPERATIONS = ("receive-dir", "send-dir")
 
 
@@ -57,15 +62,28 @@ class ExternalConnector(Connector):
             self._version_checked = True
 
     def _run(self, args: list[str]) -> subprocess.CompletedProcess:
+        """One call in its own process group: on timeout, Ctrl-C or any error the whole group
+        (the program and whatever it started) is ended, never left running."""
+        limit = call_timeout(self.timeout)
         try:
-            result = subprocess.run(
-                [self.program, *args], capture_output=True, text=True, errors="replace",
-                timeout=self.timeout, stdin=subprocess.DEVNULL,
+            process = subprocess.Popen(
+                [self.program, *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, text=True, errors="replace", start_new_session=True,
             )
-        except subprocess.TimeoutExpired:
-            raise ConnectorFailure(f"{self.command} {args[0]} did not finish within {self.timeout:g} s") from None
         except OSError as exc:
             raise ConnectorFailure(f"cannot run {self.program}: {exc.strerror or exc}") from None
+        try:
+            stdout, stderr = process.communicate(timeout=limit)
+        except subprocess.TimeoutExpired:
+            _end_group(process)
+            raise ConnectorFailure(
+                f"{self.command} {args[0]} did not finish within {limit:g} s and was stopped "
+                f"(set {TIMEOUT_VARIABLE} to allow longer)"
+            ) from None
+        except BaseException:
+            _end_group(process)
+            raise
+        result = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
         if result.returncode != 0:
             raise ConnectorFailure(_failure_text(self.command, args[0], result))
         return result
@@ -106,6 +124,47 @@ class ExternalConnector(Connector):
     def umount_dir(self, mountpoint: Path) -> None:
         self._check_version()
         self._run(["umount-dir", str(mountpoint)])
+
+
+def call_timeout(session_timeout: float | None) -> float:
+    """Seconds one program call may take: $FAICE_CONNECTOR_TIMEOUT, else the session's
+    timeout, else :data:`DEFAULT_CALL_TIMEOUT`."""
+    text = os.environ.get(TIMEOUT_VARIABLE, "").strip()
+    if text:
+        try:
+            value = float(text)
+        except ValueError:
+            raise ConnectorFailure(f"{TIMEOUT_VARIABLE}={text!r} is not a number of seconds") from None
+        if value <= 0:
+            raise ConnectorFailure(f"{TIMEOUT_VARIABLE}={text!r} must be a positive number of seconds")
+        return value
+    return float(session_timeout) if session_timeout else DEFAULT_CALL_TIMEOUT
+
+
+def _end_group(process: subprocess.Popen) -> None:
+    """SIGTERM the program's process group, SIGKILL it after a grace period, reap it."""
+    for sig, wait in ((signal.SIGTERM, KILL_GRACE), (signal.SIGKILL, KILL_GRACE)):
+        try:
+            os.killpg(process.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            process.communicate(timeout=wait)
+            if sig == signal.SIGKILL or _group_gone(process.pid):
+                return
+        except subprocess.TimeoutExpired:
+            continue
+    _group_gone(process.pid)
+
+
+def _group_gone(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 @contextmanager

@@ -12,6 +12,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -74,21 +75,33 @@ def remove_run_tempdir(path: Path) -> None:
 
 
 def remove_stale_tempdirs(root: Path | None = None,
-                          on_dead_run: Callable[[Path, str], object] | None = None) -> list[Path]:
+                          on_dead_run: Callable[[Path, str], object] | None = None,
+                          *, prefixes: tuple[str, ...] = PREFIXES,
+                          unowned_after: float | None = None) -> list[Path]:
     """Remove every faice temp dir whose owner process is gone; ``on_dead_run(outdir, owner)``
-    is told about each run directory such a dir names, before the dir goes."""
+    is told about each run directory such a dir names, before the dir goes. A dir without
+    an owner file is being created (or is an older faice's): removed only when
+    ``unowned_after`` seconds old."""
     removed = []
     base = Path(root or tempfile.gettempdir())
-    for prefix in PREFIXES:
+    now = time.time()
+    for prefix in prefixes:
         for path in base.glob(f"{prefix}*"):
             if path.is_symlink() or not path.is_dir():
                 continue
             try:
                 token = (path / OWNER_FILE).read_text(encoding="ascii").strip()
             except OSError:
-                continue  # not (yet) faice's: being created, or someone else's
-            if not token or owner_alive(token):
+                token = ""
+            if token and owner_alive(token):
                 continue
+            if not token:
+                try:
+                    young = unowned_after is None or now - path.stat().st_mtime < unowned_after
+                except OSError:
+                    continue
+                if young:
+                    continue
             if on_dead_run is not None:
                 try:
                     outdir = (path / OUTDIR_FILE).read_text(encoding="utf-8").strip()

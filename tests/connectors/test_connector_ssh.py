@@ -250,7 +250,7 @@ def test_sshfs_changed_host_key_is_refused(place, tmp_path):
 
 @pytest.mark.parametrize("auth_kind", ["password", "encrypted-key"])
 def test_secrets_not_in_process_list_during_large_transfers(place, ssh_server, ssh_prefix, tmp_path, auth_kind):
-    """Large files go through OpenSSH scp: the secret must reach it without argv or env."""
+    """No process (faice has none for transfers) shows the secret in argv or env."""
     data = os.urandom(16 * 1024 * 1024)
     src = tmp_path / "big.bin"
     src.write_bytes(data)
@@ -338,11 +338,7 @@ def private_sshd(ssh_server, tmp_path_factory):
         kill()
 
 
-# Without scp, paramiko's prefetch thread reports the dropped link on its own (a warning).
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
-@pytest.mark.parametrize("native", ["1", "0"], ids=["scp", "paramiko"])
-def test_server_killed_mid_transfer(private_sshd, place, ssh_server, ssh_prefix, tmp_path, monkeypatch, native):
-    monkeypatch.setenv("FAICE_SSH_NATIVE", native)
+def test_server_killed_mid_transfer(private_sshd, place, ssh_server, ssh_prefix, tmp_path):
     port, kill = private_sshd
     put_remote(ssh_server, ssh_prefix, "big.bin", os.urandom(128 * 1024 * 1024))
     access = {**place.file("big.bin"), "port": port, "hostKeyPolicy": "ignore"}
@@ -388,10 +384,9 @@ def test_cleanup_stale_unmounts_a_leftover_sshfs_mount(place, ssh_server, tmp_pa
 # ------------------------------------------------------------------ upload progress
 
 
-@pytest.mark.parametrize(("native", "mib"), [("1", 64), ("0", 6)], ids=["scp", "paramiko"])
-def test_upload_progress_is_reported_while_sending(place, ssh_server, ssh_prefix, tmp_path, monkeypatch, native, mib):
+@pytest.mark.parametrize("mib", [64, 6])
+def test_upload_progress_is_reported_while_sending(place, ssh_server, ssh_prefix, tmp_path, mib):
     """A long upload shows progress as it goes, not one jump to 100 % at the end."""
-    monkeypatch.setenv("FAICE_SSH_NATIVE", native)
     data = os.urandom(mib * 1024 * 1024)
     src = tmp_path / "up.bin"
     src.write_bytes(data)
@@ -403,3 +398,90 @@ def test_upload_progress_is_reported_while_sending(place, ssh_server, ssh_prefix
     assert len(partial) >= 2, f"only {len(partial)} intermediate progress updates: {partial}"
     assert [done for done, _total in seen] == sorted(done for done, _total in seen), "progress never goes back"
     assert seen[-1] == (len(data), len(data))
+
+
+# ------------------------------------------------------------------ one transfer semantics
+
+
+ODD_NAMES = ["run[1].h5", "a*b.dat", "with space.bin", "quote'and\"double.bin", "new\nline.bin", "back\\slash.bin"]
+DECOYS = {"run[1].h5": "run1.h5", "a*b.dat": "aXb.dat", "with space.bin": "with", "new\nline.bin": "new"}
+
+
+@pytest.mark.parametrize("mib", [0, 9], ids=["small", "large"])
+@pytest.mark.parametrize("name", ODD_NAMES, ids=lambda n: repr(n))
+def test_exact_remote_file_at_every_size(place, ssh_server, ssh_prefix, tmp_path, name, mib):
+    """Remote names are never globbed or split: ``run[1].h5`` fetches that file, not ``run1.h5``."""
+    data = os.urandom(mib * 1024 * 1024 + 1000)
+    put_remote(ssh_server, ssh_prefix, name, data)
+    if name in DECOYS:
+        put_remote(ssh_server, ssh_prefix, DECOYS[name], b"decoy")
+    with StagingSession(tmp_path / "w") as session:
+        got = session.stage_in(ConnectorRequest("i", "ssh", place.file(name)), "File")
+        assert got.read_bytes() == data
+        src = tmp_path / "up.bin"
+        src.write_bytes(data[:5000])
+        session.send(ConnectorRequest("o", "ssh", place.file("out-" + name)), "File", src)
+    assert (ssh_server.home / "data" / ssh_prefix / ("out-" + name)).read_bytes() == data[:5000]
+
+
+def test_exact_names_inside_a_received_directory(place, ssh_server, ssh_prefix, tmp_path):
+    for index, name in enumerate(ODD_NAMES):
+        put_remote(ssh_server, ssh_prefix, f"tree/{name}", f"content {index}".encode())
+    with StagingSession(tmp_path / "w") as session:
+        got = session.stage_in(ConnectorRequest("i", "ssh", place.dir("tree")), "Directory")
+        assert {p.name: p.read_text() for p in got.iterdir()} == {
+            name: f"content {index}" for index, name in enumerate(ODD_NAMES)}
+
+
+# ------------------------------------------------------------------ refused login
+
+
+def test_refused_login_is_reported_once_with_user_host_and_port(place, ssh_server, tmp_path):
+    access = {**place.file("x.bin"), "auth": {"username": ssh_server.user, "password": "wrong-secret-value"}}
+    with StagingSession(tmp_path / "w") as session, pytest.raises(ConnectorError) as err:
+        session.stage_in(ConnectorRequest("batches[0].inputs.f", "ssh", access), "File")
+    message = str(err.value)
+    expected = f"ssh: login refused for {ssh_server.user}@{ssh_server.host}:{ssh_server.port}"
+    assert message.count(expected) == 1, message
+    assert "attempts" not in message, "a refused login is not retried"
+    assert "wrong-secret-value" not in message
+
+
+# ------------------------------------------------------------------ cancelled transfers
+
+
+def test_cancelled_upload_removes_the_remote_part_file(place, ssh_server, ssh_prefix, tmp_path):
+    """Ctrl-C (a real SIGINT) during an upload stops it at once and leaves no hidden
+    ``.faice-part`` behind on the server."""
+    import signal
+
+    src = tmp_path / "up.bin"
+    src.write_bytes(os.urandom(64 * 1024 * 1024))
+    remote_dir = ssh_server.home / "data" / ssh_prefix
+    sent = []
+
+    def interrupt(_label, done, _total):
+        if done > 4 * 1024 * 1024 and not sent:
+            sent.append(done)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    started = time.monotonic()
+    with StagingSession(tmp_path / "w", progress=interrupt) as session, pytest.raises(KeyboardInterrupt):
+        session.send(ConnectorRequest("o", "ssh", place.file("up.bin")), "File", src)
+        time.sleep(30)  # not reached: the upload is interrupted long before it ends
+    assert time.monotonic() - started < 10
+    assert sent and remote_dir.is_dir(), "the upload had begun"
+    assert sorted(p.name for p in remote_dir.iterdir()) == []
+
+
+def test_cancelled_download_leaves_no_partial_file(place, ssh_server, ssh_prefix, tmp_path):
+    put_remote(ssh_server, ssh_prefix, "big.bin", os.urandom(64 * 1024 * 1024))
+
+    def interrupt(_label, done, _total):
+        if done > 4 * 1024 * 1024:
+            raise KeyboardInterrupt
+
+    work = tmp_path / "w"
+    with StagingSession(work, progress=interrupt) as session, pytest.raises(KeyboardInterrupt):
+        session.stage_in(ConnectorRequest("i", "ssh", place.file("big.bin")), "File")
+    assert [p for p in work.rglob("*") if p.is_file()] == []

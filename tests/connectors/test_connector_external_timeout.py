@@ -1,0 +1,75 @@
+"""External connector programs run with a time limit and never outlive a stop (issue 15.6)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from faice.connectors.staging import ConnectorRequest, StagingSession
+from faice.errors import ConnectorError
+
+HANGING = """#!/bin/sh
+if [ "$1" = cli-version ]; then echo 1; exit 0; fi
+trap '' TERM
+sleep 300 &
+echo $! > "{pidfile}"
+wait
+"""
+
+
+@pytest.fixture
+def hanging_connector(tmp_path, monkeypatch):
+    """A connector that hangs, ignores SIGTERM and leaves a child ``sleep`` behind."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    pidfile = tmp_path / "child.pid"
+    name = f"hanging-connector-{uuid.uuid4().hex[:8]}"
+    program = bindir / name
+    program.write_text(HANGING.format(pidfile=pidfile))
+    program.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    return name, pidfile
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_a_hanging_program_is_stopped_at_the_timeout(hanging_connector, tmp_path, monkeypatch):
+    name, pidfile = hanging_connector
+    monkeypatch.setenv("FAICE_CONNECTOR_TIMEOUT", "2")
+    start = time.monotonic()
+    with StagingSession(tmp_path / "w") as session, pytest.raises(ConnectorError) as err:
+        session.stage_in(ConnectorRequest("batches[0].inputs.f", name, {"x": 1}), "File")
+    elapsed = time.monotonic() - start
+    message = str(err.value)
+    assert "batches[0].inputs.f" in message and "did not finish within 2 s" in message, message
+    assert "FAICE_CONNECTOR_TIMEOUT" in message
+    assert elapsed < 20, f"stopped after {elapsed:.1f} s"
+    child = int(pidfile.read_text())
+    deadline = time.monotonic() + 5
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if _alive(child):
+        os.kill(child, signal.SIGKILL)
+        pytest.fail("the program's child was left running")
+
+
+def test_a_bad_timeout_setting_is_explained(hanging_connector, tmp_path, monkeypatch):
+    name, _pidfile = hanging_connector
+    monkeypatch.setenv("FAICE_CONNECTOR_TIMEOUT", "soon")
+    with StagingSession(tmp_path / "w") as session, pytest.raises(ConnectorError, match="FAICE_CONNECTOR_TIMEOUT"):
+        session.stage_in(ConnectorRequest("batches[0].inputs.f", name, {"x": 1}), "File")
