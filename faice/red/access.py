@@ -28,8 +28,9 @@ def access_findings(data: dict) -> tuple[list[Found], list[Found]]:
     """(errors, warnings) as (key path, message) for every connector of the plain RED ``data``."""
     errors: list[Found] = []
     warnings: list[Found] = []
+    validators: dict[tuple[str, str], Any] = {}  # one per connector and operation, for long batch lists
     for path, item, section, cli_type in _connector_places(data):
-        _check(path, item, section, cli_type, errors, warnings)
+        _check(path, item, section, cli_type, errors, warnings, validators)
     return errors, warnings
 
 
@@ -75,7 +76,9 @@ def _items(path: KeyPath, value: Any, section: str, cli_type: Any) -> Iterator[t
 # ---------------------------------------------------------------- checks
 
 
-def _check(path: KeyPath, item: dict, section: str, cli_type: Any, errors: list[Found], warnings: list[Found]) -> None:
+def _check(
+    path: KeyPath, item: dict, section: str, cli_type: Any, errors: list[Found], warnings: list[Found], validators: dict
+) -> None:
     from faice.errors import ConnectorError
 
     connector = item["connector"]
@@ -100,7 +103,12 @@ def _check(path: KeyPath, item: dict, section: str, cli_type: Any, errors: list[
         return
     access = connector.get("access")
     if isinstance(access, dict):
-        errors += _schema_problems(cls.schema_for(operation), access, where + ("access",))
+        key = (command, operation)
+        if key not in validators:
+            from jsonschema import Draft202012Validator
+
+            validators[key] = Draft202012Validator(cls.schema_for(operation))
+        errors += _schema_problems(validators[key], access, where + ("access",))
 
 
 def _unknown(command: str, where: KeyPath, errors: list[Found], warnings: list[Found]) -> None:
@@ -132,14 +140,11 @@ def _operation(section: str, item: dict, cli_type: Any, connector: dict) -> str:
     return "receive-file"
 
 
-def _schema_problems(schema: Any, access: dict, where: KeyPath) -> list[Found]:
+def _schema_problems(validator: Any, access: dict, where: KeyPath) -> list[Found]:
     """``access`` against the connector's schema, with ``_key`` read as ``key`` (as at run time)
     and paths that name the keys as written in the file."""
-    from jsonschema import Draft202012Validator
-
     from faice.secrets import normalise_protected_keys
 
-    validator = Draft202012Validator(schema)
     found: list[Found] = []
     for error in _relevant(validator.iter_errors(normalise_protected_keys(access))):
         found.append(_describe(error, access, where))
