@@ -30,7 +30,7 @@ from ruamel.yaml.nodes import MappingNode, ScalarNode, SequenceNode
 from faice.errors import KeyPath
 
 MAX_DEPTH = 100
-MAX_ALIAS_VALUES = 1_000_000
+MAX_ALIAS_VALUES = 100_000
 MAX_INT_BITS = 333  # about 100 decimal digits
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 MAX_BYTES_ENV = "FAICE_MAX_RED_BYTES"

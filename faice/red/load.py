@@ -21,6 +21,7 @@ from faice.errors import KeyPath, LoadError, ParseError, Problem
 URL_PREFIXES = ("http://", "https://")
 URL_TIMEOUT_S = (10, 30)  # connect, and each read
 URL_DEADLINE_S = 120.0  # the whole download
+POSITIONS_MAX_CHARS = 8 * 1024 * 1024  # larger JSON files name key paths only (reading them again is slow)
 _NO_POSITIONS = object()
 
 
@@ -58,7 +59,7 @@ class Document:
         """The text read again by the YAML loader, only for positions (JSON files)."""
         if self._positions is None:
             self._positions = _NO_POSITIONS
-            if self.text and not self.is_yaml:
+            if self.text and not self.is_yaml and len(self.text) <= POSITIONS_MAX_CHARS:
                 from faice.red.limits import guarded_yaml
 
                 try:

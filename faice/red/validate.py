@@ -35,9 +35,10 @@ def red_problems(document: Document) -> list[Problem]:
     from faice.red.schemas import schema_problems
     from faice.secrets import REDACTOR, protected_values
 
-    hostile = plain_problem(document.data)  # data that did not come through the loader (agency)
-    if hostile is not None:
-        return [_at(document, *hostile)]
+    if not document.text:  # data that did not come through the loader's limits (the agency's JSON)
+        hostile = plain_problem(document.data)
+        if hostile is not None:
+            return [_at(document, *hostile)]
     REDACTOR.add_all(protected_values(document.data))  # messages may quote values
     data = to_plain(document.data)
     if not isinstance(data, dict):
