@@ -26,6 +26,7 @@ from ruamel.yaml.constructor import RoundTripConstructor
 from ruamel.yaml.error import MarkedYAMLError
 from ruamel.yaml.events import AliasEvent
 from ruamel.yaml.nodes import MappingNode, ScalarNode, SequenceNode
+from ruamel.yaml.scanner import RoundTripScanner
 
 from faice.errors import KeyPath
 
@@ -57,6 +58,16 @@ class LimitError(MarkedYAMLError):
     def __init__(self, problem: str, mark: Any, key_path: KeyPath = ()):
         super().__init__(problem=problem, problem_mark=mark)
         self.key_path = key_path
+
+
+class GuardedScanner(RoundTripScanner):
+    """ruamel's scanner refusing deep ``[``/``{`` nesting as soon as it sees it: its look-ahead
+    over open brackets costs time quadratic in their number (seconds at a few thousand)."""
+
+    def fetch_flow_collection_start(self, TokenClass: Any, to_push: Any) -> None:
+        if self.flow_level >= MAX_DEPTH:
+            raise LimitError(f"nested deeper than {MAX_DEPTH} levels", self.reader.get_mark())
+        super().fetch_flow_collection_start(TokenClass, to_push)
 
 
 class GuardedComposer(Composer):
@@ -162,6 +173,7 @@ def guarded_yaml() -> YAML:
     """A round-trip YAML loader with every limit of this module installed."""
     yaml = YAML(typ="rt", pure=True)
     yaml.allow_duplicate_keys = False
+    yaml.Scanner = GuardedScanner
     yaml.Composer = GuardedComposer
     yaml.Constructor = GuardedConstructor
     return yaml

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from faice.errors import KeyPath, LoadError, ParseError, Problem
@@ -163,7 +163,11 @@ def parse_text(name: str, text: str) -> Document:
 
             found = plain_problem(data)
             if found is not None:  # the YAML loader finds the same problem, with its position
-                _parse_yaml(name, text, None, plain=True)
+                try:
+                    _parse_yaml(name, text, None, plain=True)
+                except ParseError as exc:
+                    problem = exc.problem
+                    raise ParseError(replace(problem, path=problem.path or found[0])) from None
                 raise ParseError(Problem(name, found[0], found[1]))
             return Document(name, data, text)
     else:

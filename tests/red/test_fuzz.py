@@ -171,7 +171,7 @@ def mutated_bytes(draw) -> bytes:
     return bytes(text)
 
 
-class _Hang(Exception):
+class _Hang(BaseException):  # not an Exception: faice's own error handler must not catch it
     pass
 
 
