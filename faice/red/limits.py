@@ -138,7 +138,14 @@ def _part(parent: Any, index: Any) -> str | int | None:
 
 
 class GuardedConstructor(RoundTripConstructor):
-    """Round-trip construction that refuses unusual tags and unreadable or hostile scalars."""
+    """Round-trip construction that refuses unusual tags, mappings or lists as keys, and
+    unreadable or hostile scalars."""
+
+    def construct_mapping(self, node: Any, maptyp: Any, deep: bool = False) -> Any:
+        for key, _value in node.value:
+            if not isinstance(key, ScalarNode):
+                raise LimitError("a key must be plain text or a number, not a mapping or a list", key.start_mark)
+        return super().construct_mapping(node, maptyp, deep=deep)
 
     def construct_non_recursive_object(self, node: Any, tag: str | None = None) -> Any:
         name = str(tag or node.tag)

@@ -194,3 +194,11 @@ def test_a_large_file_is_refused_before_it_is_read_whole(tmp_path, monkeypatch):
     path.write_text(json.dumps({"redVersion": "9", "doc": "x" * 10_000}))
     code, err = faice(["validate", str(path)])
     assert_clear(code, err, path, "larger than 4,096 bytes", "FAICE_MAX_RED_BYTES")
+
+
+def test_a_mapping_used_as_a_key_is_refused_where_it_is(tmp_path):
+    """Found by the fuzz test: a mapping holding a mapping, used as a key, crashed hashing."""
+    path = tmp_path / "key.red.yml"
+    path.write_text(RED_HEAD + "inputs:\n  ? {message: {nested: 1}}\n  : hi\n")
+    code, err = faice(["validate", str(path)])
+    assert_clear(code, err, path, f"{path}:12:5", "a key must be plain text or a number, not a mapping or a list")
