@@ -132,7 +132,8 @@ TEXTS = [path.read_bytes() for path in CORPUS]
 EXAMPLE_TIMEOUT_S = 10
 TOKENS = [b"[", b"]", b"{", b"}", b'"', b"'", b": ", b"- ", b"&a ", b"*a", b"!!float ", b"!!binary ", b"!tag ",
           b"<<: *a", b"{{x}}", b"{{", b"$(sweep.x)", b"\t", b"\\ud800", b"\"\\ud800\"", b"9" * 5000, b"---\n", b"%YAML 1.1\n",
-          b"\x00", b"\xff", b"\xed\xa0\x80", b"~", b"null", b"1e999", b".nan", b"0x" + b"f" * 400]
+          b"\x00", b"\xff", b"\xed\xa0\x80", b"~", b"null", b"1e999", b".nan", b"0x" + b"f" * 400,
+          b"? {a: {b: 1}}\n: x\n", b"{\n", b"? [a]\n: x\n", b"2020-13-45", b"!!set {a}", b"!!omap [a: 1]"]
 BOMB = b"".join(
     b"%s: &%s [%s]\n" % (name, name, b",".join([b"*" + previous] * 9 if previous else [b'"lol"'] * 9))
     for previous, name in zip([b""] + [bytes([c]) for c in b"abcdefgh"], [bytes([c]) for c in b"abcdefghi"], strict=True)

@@ -135,3 +135,10 @@ def test_a_slow_url_is_given_up_after_the_deadline(server, monkeypatch):
     with pytest.raises(LoadError, match=r"slow\.json: could not download: not complete after 1 s"):
         load_mapping(f"{server}/slow.json")
     assert time.monotonic() - start < 5
+
+
+def test_a_control_character_is_reported_at_its_line_and_column(tmp_path):
+    path = tmp_path / "ctrl.red.yml"
+    path.write_bytes(b'redVersion: "9"\ndoc: a\x01b\n')
+    with pytest.raises(ParseError, match=rf"^{path}:2:7: invalid YAML: character U\+0001 is not allowed"):
+        load_mapping(str(path))
