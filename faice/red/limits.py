@@ -80,6 +80,7 @@ class GuardedComposer(Composer):
 
     def __init__(self, loader: Any = None) -> None:
         super().__init__(loader)
+        self.warn_double_anchors = False  # YAML allows it (the later one counts); no Python warning text
         self._sizes: dict[int, int] = {}
         self._alias_values = 0
         self._depth = 0
