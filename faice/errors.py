@@ -69,6 +69,23 @@ class LoadError(FaiceError):
     """A file could not be read or parsed."""
 
 
+class ParseError(LoadError):
+    """A file that is not well-formed (syntax, nesting, alias or size limits) at a known place.
+
+    ``problem`` (and ``problems``, like :class:`ValidationError`) carry file, line, column and
+    key path so that ``faice validate --json`` can report them like any other problem.
+    """
+
+    def __init__(self, problem: Problem, *, hint: str | None = None):
+        self.problem = problem
+        self.problems = [problem]
+        where = problem.file
+        if problem.line is not None:
+            where += f":{problem.line}" + (f":{problem.column}" if problem.column is not None else "")
+        at = f" (at {format_key_path(problem.path)})" if problem.path else ""
+        super().__init__(f"{where}: {problem.message}{at}", hint=hint)
+
+
 class ValidationError(FaiceError):
     """One or more problems in a RED/CWL file; all of them are reported at once."""
 

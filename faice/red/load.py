@@ -1,8 +1,11 @@
 """Read RED, CWL and variables files: JSON or YAML, from a path, ``-`` (stdin) or an http(s) URL.
 
 YAML is read with ruamel.yaml's round-trip loader so that every later problem can point at the
-line and column of the offending key; JSON is read with the standard library (fast for large
-batch lists) and problems then name the key path only.
+line and column of the offending key. JSON is read with the standard library (fast for large
+batch lists); when a problem is reported, the text is read once more with the YAML loader
+(JSON is YAML) to find its line and column. Both honour the limits of :mod:`faice.red.limits`
+(size, nesting, alias expansion, tags, scalars), so hostile input ends in a
+:class:`~faice.errors.ParseError` naming file, line, column and key path.
 """
 
 from __future__ import annotations
@@ -10,12 +13,16 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from faice.errors import KeyPath, LoadError
+from faice.errors import KeyPath, LoadError, ParseError, Problem
 
 URL_PREFIXES = ("http://", "https://")
+URL_TIMEOUT_S = (10, 30)  # connect, and each read
+URL_DEADLINE_S = 120.0  # the whole download
+POSITIONS_MAX_CHARS = 8 * 1024 * 1024  # larger JSON files name key paths only (reading them again is slow)
+_NO_POSITIONS = object()
 
 
 @dataclass
@@ -26,10 +33,13 @@ class Document:
     data: Any
     text: str = field(repr=False, default="")
     is_yaml: bool = False
+    _positions: Any = field(default=None, repr=False, compare=False)
 
     def locate(self, path: KeyPath) -> tuple[int | None, int | None]:
         """1-based (line, column) of the key at ``path`` when the loader kept positions."""
         node = self.data
+        if getattr(node, "lc", None) is None:
+            node = self._position_tree()
         line = column = None
         for part in path:
             lc = getattr(node, "lc", None)
@@ -45,32 +55,94 @@ class Document:
                 break
         return line, column
 
+    def _position_tree(self) -> Any:
+        """The text read again by the YAML loader, only for positions (JSON files)."""
+        if self._positions is None:
+            self._positions = _NO_POSITIONS
+            if self.text and not self.is_yaml and len(self.text) <= POSITIONS_MAX_CHARS:
+                from faice.red.limits import guarded_yaml
+
+                try:
+                    self._positions = guarded_yaml().load(self.text)
+                except Exception:  # positions are a courtesy: never let them hide the real problem
+                    self._positions = _NO_POSITIONS
+        return None if self._positions is _NO_POSITIONS else self._positions
+
 
 def read_text(source: str) -> tuple[str, str]:
-    """Return (display name, text) of a path, ``-`` or URL."""
-    if source == "-":
-        return "<stdin>", sys.stdin.read()
-    if source.startswith(URL_PREFIXES):
-        import requests
+    """Return (display name, text) of a path, ``-`` or URL, at most ``FAICE_MAX_RED_BYTES``."""
+    from faice.red.limits import max_bytes
 
-        try:
-            response = requests.get(source, timeout=(10, 60))
-            response.raise_for_status()
-        except requests.RequestException as exc:
-            raise LoadError(f"{source}: could not download: {exc}") from None
-        return source, response.text
+    limit = max_bytes()
+    if source == "-":
+        text = sys.stdin.read(limit + 1)
+        if len(text.encode("utf-8", "surrogatepass")) > limit:
+            raise _too_big("<stdin>", limit)
+        return "<stdin>", text
+    if source.startswith(URL_PREFIXES):
+        return source, _decode(source, _download(source, limit))
     path = os.path.expanduser(source)
     try:
-        with open(path, encoding="utf-8") as handle:
-            return source, handle.read()
+        with open(path, "rb") as handle:
+            data = handle.read(limit + 1)
     except FileNotFoundError:
         raise LoadError(f"{source}: no such file") from None
     except IsADirectoryError:
         raise LoadError(f"{source}: is a directory, expected a JSON or YAML file") from None
-    except UnicodeDecodeError as exc:
-        raise LoadError(f"{source}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except OSError as exc:
         raise LoadError(f"{source}: cannot read: {exc.strerror}") from None
+    if len(data) > limit:
+        raise _too_big(source, limit)
+    return source, _decode(source, data)
+
+
+def _decode(name: str, data: bytes) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise LoadError(f"{name}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+
+
+def _too_big(name: str, limit: int) -> LoadError:
+    from faice.red.limits import MAX_BYTES_ENV
+
+    return LoadError(
+        f"{name}: larger than {limit:,} bytes, the limit for one file",
+        hint=f"set {MAX_BYTES_ENV} to a larger number of bytes if the file is meant to be this big",
+    )
+
+
+def _download(url: str, limit: int) -> bytes:
+    """The body of ``url``: refused beyond ``limit`` bytes or ``URL_DEADLINE_S`` seconds."""
+    import time
+
+    import requests
+    import urllib3
+
+    deadline = time.monotonic() + URL_DEADLINE_S
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        with requests.get(url, timeout=URL_TIMEOUT_S, stream=True) as response:
+            response.raise_for_status()
+            declared = response.headers.get("Content-Length", "")
+            if declared.isdigit() and int(declared) > limit:
+                raise _too_big(url, limit)
+            raw = response.raw
+            read = getattr(raw, "read1", None) or raw.read  # read1: whatever arrived, so the deadline holds
+            while True:
+                chunk = read(65536, decode_content=True)
+                if not chunk:
+                    break
+                size += len(chunk)
+                if size > limit:
+                    raise _too_big(url, limit)
+                if time.monotonic() > deadline:
+                    raise LoadError(f"{url}: could not download: not complete after {URL_DEADLINE_S:.0f} s")
+                chunks.append(chunk)
+    except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+        raise LoadError(f"{url}: could not download: {exc}") from None
+    return b"".join(chunks)
 
 
 def parse_text(name: str, text: str) -> Document:
@@ -78,37 +150,106 @@ def parse_text(name: str, text: str) -> Document:
     stripped = text.lstrip()
     if stripped.startswith(("{", "[")):
         try:
-            return Document(name, json.loads(text), text)
+            data = json.loads(text)
         except json.JSONDecodeError as exc:
             if stripped.startswith("["):
-                raise LoadError(f"{name}:{exc.lineno}:{exc.colno}: invalid JSON: {exc.msg}") from None
+                raise _json_error(name, exc) from None
             # JSON is a subset of YAML, but a YAML flow mapping may not be JSON: fall through.
             json_error = exc
+        except (ValueError, RecursionError):  # a huge integer, nesting too deep for the parser
+            return _parse_yaml(name, text, None, plain=True)
+        else:
+            from faice.red.limits import plain_problem
+
+            found = plain_problem(data)
+            if found is not None:  # the YAML loader finds the same problem, with its position
+                try:
+                    _parse_yaml(name, text, None, plain=True)
+                except ParseError as exc:
+                    problem = exc.problem
+                    raise ParseError(replace(problem, path=problem.path or found[0])) from None
+                raise ParseError(Problem(name, found[0], found[1]))
+            return Document(name, data, text)
     else:
         json_error = None
     return _parse_yaml(name, text, json_error)
 
 
-def _parse_yaml(name: str, text: str, json_error: json.JSONDecodeError | None) -> Document:
-    from ruamel.yaml import YAML
+def _json_error(name: str, exc: json.JSONDecodeError) -> ParseError:
+    return ParseError(Problem(name, (), f"invalid JSON: {exc.msg}", exc.lineno, exc.colno))
+
+
+def _parse_yaml(name: str, text: str, json_error: json.JSONDecodeError | None, *, plain: bool = False) -> Document:
     from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
-    yaml = YAML(typ="rt")
-    yaml.allow_duplicate_keys = False
+    from faice.red.limits import guarded_yaml
+
     try:
-        data = yaml.load(text)
+        data = guarded_yaml().load(text)
     except MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f"{name}:{mark.line + 1}:{mark.column + 1}" if mark else name
         if json_error is not None:
-            raise LoadError(
-                f"{name}:{json_error.lineno}:{json_error.colno}: invalid JSON: {json_error.msg}"
-            ) from None
-        problem = exc.problem or exc.context or "syntax error"
-        raise LoadError(f"{where}: invalid YAML: {problem}") from None
+            raise _json_error(name, json_error) from None
+        raise _yaml_error(name, text, exc) from None
     except YAMLError as exc:
-        raise LoadError(f"{name}: invalid YAML: {exc}") from None
+        position = getattr(exc, "position", None)  # ReaderError: a character YAML does not allow
+        if isinstance(position, int) and isinstance(getattr(exc, "character", None), int):
+            line = text.count("\n", 0, position) + 1
+            column = position - (text.rfind("\n", 0, position) + 1) + 1
+            message = f"invalid YAML: character U+{exc.character:04X} is not allowed ({exc.reason})"
+            raise ParseError(Problem(name, (), message, line, column)) from None
+        raise ParseError(Problem(name, (), f"invalid YAML: {exc}")) from None
+    except RecursionError:  # not expected with the nesting limit; never an internal error
+        raise ParseError(Problem(name, (), "nested too deeply to read")) from None
+    if plain:
+        from faice.red.limits import plain_problem
+
+        found = plain_problem(data)
+        if found is not None:
+            raise ParseError(Problem(name, found[0], found[1]))
     return Document(name, data, text, is_yaml=True)
+
+
+def _yaml_error(name: str, text: str, exc: Any) -> ParseError:
+    """Where the parser gave up, and — when it differs — where the construct began."""
+    from faice.red.limits import LimitError
+
+    mark = exc.problem_mark or exc.context_mark
+    line, column = (mark.line + 1, mark.column + 1) if mark else (None, None)
+    if isinstance(exc, LimitError):
+        path = exc.key_path or (_path_at(text, mark) if mark else ())
+        return ParseError(Problem(name, path, exc.problem, line, column))
+    message = f"invalid YAML: {exc.problem or exc.context or 'syntax error'}"
+    context = exc.context_mark
+    if exc.problem and exc.context and context is not None and mark is not None and (context.line, context.column) != (mark.line, mark.column):
+        message += f" ({exc.context} that began at line {context.line + 1}, column {context.column + 1})"
+    elif exc.problem and exc.context:
+        message += f" ({exc.context})"
+    return ParseError(Problem(name, (), message, line, column))
+
+
+def _path_at(text: str, mark: Any) -> KeyPath:
+    """The key path of the node that starts at ``mark`` (for errors raised while constructing)."""
+    from ruamel.yaml.nodes import MappingNode, SequenceNode
+
+    from faice.red.limits import guarded_yaml
+
+    try:
+        node = guarded_yaml().compose(text)
+    except Exception:  # the path is a courtesy
+        return ()
+    stack: list[tuple[Any, KeyPath]] = [(node, ())]
+    while stack:
+        node, path = stack.pop()
+        if node.start_mark.index == mark.index:
+            return path
+        if isinstance(node, MappingNode):
+            for key, value in node.value:
+                label = key.value if isinstance(key.value, str) else str(key.value)
+                stack.append((key, path))
+                stack.append((value, path + (label,)))
+        elif isinstance(node, SequenceNode):
+            stack.extend((item, path + (index,)) for index, item in enumerate(node.value))
+    return ()
 
 
 def load_document(source: str) -> Document:

@@ -9,6 +9,10 @@ combination of parameter values. The order is documented and stable:
   omitted, so a file always expands the same way), parameters drawn in key order;
 * the three are combined as a product: grid outermost, then zip, then random innermost.
 
+The number of batches is computed from the list lengths before anything is expanded and
+refused above a limit (:func:`max_batches`: 100,000 by default, ``FAICE_MAX_BATCHES``, or a
+lower limit a server passes in), so a 200-byte file cannot ask for 10⁸ batches.
+
 ``$(sweep.NAME)`` and ``$(sweep.index)`` (0-based) are substituted in every string of the
 template; a string that is exactly one reference becomes the typed value. A parameter named
 like a ``cli`` input sets that input.
@@ -24,6 +28,7 @@ import hashlib
 import itertools
 import json
 import math
+import os
 import random
 import re
 from collections.abc import Iterator
@@ -39,20 +44,57 @@ SECTIONS = ("grid", "zip", "random")
 DISTRIBUTIONS = ("uniform", "loguniform", "randint", "choice")
 ID_PREFIX = "b-"
 ID_HEX_CHARS = 12
+DEFAULT_MAX_BATCHES = 100_000
+MAX_BATCHES_ENV = "FAICE_MAX_BATCHES"
 
 
 # ---------------------------------------------------------------- expansion
 
 
-def expand_batches(data: dict, source: str) -> list[Batch]:
-    """All batches of a (validated, unfilled) RED document, in execution order."""
+def max_batches(limit: int | None = None) -> int:
+    """The most batches a sweep may produce: ``limit`` when given, else ``FAICE_MAX_BATCHES``,
+    else :data:`DEFAULT_MAX_BATCHES`."""
+    if limit is not None:
+        return limit
+    text = os.environ.get(MAX_BATCHES_ENV, "").strip()
+    try:
+        return int(text) if text else DEFAULT_MAX_BATCHES
+    except ValueError:
+        return DEFAULT_MAX_BATCHES
+
+
+def sweep_size(sweep: Any) -> int:
+    """How many batches ``sweep`` yields, from its list lengths and ``samples``, without
+    expanding anything (a malformed part counts as one value: its problem is reported apart)."""
+    if not isinstance(sweep, dict):
+        return 1
+    count = 1
+    grid = sweep.get("grid")
+    if isinstance(grid, dict):
+        for values in grid.values():
+            count *= len(values) if isinstance(values, list) and values else 1
+    zipped = sweep.get("zip")
+    if isinstance(zipped, dict):
+        lengths = [len(values) for values in zipped.values() if isinstance(values, list) and values]
+        count *= min(lengths) if lengths else 1
+    spec = sweep.get("random")
+    if isinstance(spec, dict) and spec.get("parameters"):
+        samples = spec.get("samples", 1)
+        count *= samples if _is_int(samples) and samples > 0 else 1
+    return count
+
+
+def expand_batches(data: dict, source: str, *, limit: int | None = None) -> list[Batch]:
+    """All batches of a (validated, unfilled) RED document, in execution order.
+
+    ``limit`` lowers the most batches a sweep may produce (see :func:`max_batches`)."""
     if "batches" in data and isinstance(data["batches"], list):
         batches = [
             _batch(data, index, item.get("inputs") or {}, item.get("outputs") or {}, {}, item)
             for index, item in enumerate(data["batches"])
         ]
     elif isinstance(data.get("sweep"), dict):
-        problems = sweep_problems(data, source)
+        problems = sweep_problems(data, source, limit=limit)
         if problems:
             raise ValidationError(problems)
         batches = [
@@ -186,7 +228,7 @@ def _render(value: Any) -> str:
     return str(value)
 
 
-def expanded_red(data: dict, source: str) -> dict:
+def expanded_red(data: dict, source: str, *, limit: int | None = None) -> dict:
     """The RED document with its sweep replaced by an explicit ``batches`` list (plain RED).
 
     faice-only keys (``metrics``) are removed; without a sweep the rest is returned as a
@@ -198,7 +240,7 @@ def expanded_red(data: dict, source: str) -> dict:
     result = copy.deepcopy(strip_faice_keys(data))
     if "sweep" not in data:
         return result
-    batches = expand_batches(data, source)
+    batches = expand_batches(data, source, limit=limit)
     cloud = result.pop("cloud", None)
     for key in ("sweep", "inputs", "outputs"):
         result.pop(key, None)
@@ -215,8 +257,9 @@ def expanded_red(data: dict, source: str) -> dict:
 # ---------------------------------------------------------------- problems
 
 
-def sweep_problems(data: dict, source: str) -> list[Problem]:
-    """Everything wrong with the ``sweep`` of a RED document (none when there is no sweep)."""
+def sweep_problems(data: dict, source: str, *, limit: int | None = None) -> list[Problem]:
+    """Everything wrong with the ``sweep`` of a RED document (none when there is no sweep),
+    including more batches than :func:`max_batches` (``limit`` when given) allows."""
     if not isinstance(data, dict) or "sweep" not in data:
         return []
     found: list[tuple[KeyPath, str]] = []
@@ -238,7 +281,18 @@ def sweep_problems(data: dict, source: str) -> list[Problem]:
     _check_random(sweep, names, found)
     _check_types(data, sweep, names, found)
     _check_references(data, names, found)
+    _check_size(sweep, max_batches(limit), found)
     return _problems(data, source, found)
+
+
+def _check_size(sweep: dict, limit: int, found: list) -> None:
+    count = sweep_size(sweep)
+    if count > limit:
+        found.append((
+            ("sweep",),
+            f"the sweep would produce {count:,} batches, more than the limit of {limit:,} "
+            f"(set {MAX_BATCHES_ENV} to allow more)",
+        ))
 
 
 def _check_lists(sweep: dict, section: str, names: dict[str, KeyPath], found: list) -> None:

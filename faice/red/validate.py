@@ -27,6 +27,7 @@ def validate_red(document: Document) -> None:
 def red_problems(document: Document) -> list[Problem]:
     """Every problem of a loaded RED file, sorted by position in the file."""
     from faice.red import semantics
+    from faice.red.limits import plain_problem
     from faice.red.load import to_plain
     from faice.red.metrics import metrics_problems
     from faice.red.schemas import schema_problems
@@ -34,6 +35,10 @@ def red_problems(document: Document) -> list[Problem]:
     from faice.red.variables import variable_problems
     from faice.secrets import REDACTOR, protected_values
 
+    if not document.text:  # data that did not come through the loader's limits (the agency's JSON)
+        hostile = plain_problem(document.data)
+        if hostile is not None:
+            return [_at(document, *hostile)]
     REDACTOR.add_all(protected_values(document.data))  # messages may quote values
     data = to_plain(document.data)
     if not isinstance(data, dict):
@@ -63,11 +68,14 @@ def red_problems(document: Document) -> list[Problem]:
     if "sweep" in data and "batches" not in data:
         extra += sweep_problems(data, document.name)
     extra += metrics_found
+    access_errors, access_warnings = _access_findings(data)
+    found += access_errors
     cli = data.get("cli")
     if isinstance(cli, dict) and not any(path[:1] == ("cli",) for path, _ in schema_found + found):
         from faice.cwl.tool import cli_problems
 
         found += cli_problems(cli, document.name)
+    _warn(_problems(document, access_warnings))
     problems = keys + _problems(document, found[len(keys) :])
     for problem in extra:
         if problem.line is None and problem.path:
@@ -76,6 +84,21 @@ def red_problems(document: Document) -> list[Problem]:
         if problem not in problems:
             problems.append(problem)
     return sorted(problems, key=_position)
+
+
+def _access_findings(data: dict) -> tuple[list[Found], list[Found]]:
+    """Connector commands and ``access`` against each connector's schema (faice.red.access)."""
+    from faice.red.access import access_findings
+
+    return access_findings(data)
+
+
+def _warn(warnings: list[Problem]) -> None:
+    """Print each warning once (a command missing here may exist where the RED runs)."""
+    from faice.secrets import REDACTOR
+
+    for problem in warnings:
+        sys.stderr.write(REDACTOR.redact(f"faice: warning: {problem}") + "\n")
 
 
 BATCHES_FORM_HINTS = {

@@ -283,3 +283,82 @@ def test_expand_batches_refuses_an_invalid_sweep():
     with pytest.raises(ValidationError) as caught:
         expand_batches(red(sweep={"zip": {"learning_rate": [1.0, 2.0], "batch_size": [1]}}), "bad.red")
     assert "bad.red" in str(caught.value) and "sweep.zip.batch_size" in str(caught.value)
+
+
+# ---------------------------------------------------------------- size before expansion
+
+
+def _huge_grid(values: int = 10, parameters: int = 8) -> dict:
+    """8 parameters × 10 values: 10⁸ batches from a few hundred bytes."""
+    names = [f"p{i}" for i in range(parameters)]
+    return red(
+        inputs={"learning_rate": 0.1, "batch_size": 8, "log": "".join(f"$(sweep.{n})" for n in names)},
+        sweep={"grid": {n: list(range(values)) for n in names}},
+    )
+
+
+def test_a_sweep_too_large_is_refused_at_once_without_expanding_it():
+    import time
+    import tracemalloc
+
+    data = _huge_grid()
+    (problem,) = sweep_problems(data, "huge.red.yml")  # first, so that old code never expands 10⁸ here
+    assert problem.path == ("sweep",)
+    tracemalloc.start()
+    start = time.monotonic()
+    try:
+        with pytest.raises(ValidationError) as error:
+            expand_batches(data, "huge.red.yml")
+        seconds = time.monotonic() - start
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    (problem,) = error.value.problems
+    assert problem.path == ("sweep",)
+    assert "the sweep would produce 100,000,000 batches, more than the limit of 100,000" in problem.message
+    assert "FAICE_MAX_BATCHES" in problem.message
+    assert seconds < 1.0 and peak < 20 * 1024**2, (seconds, peak)
+
+
+def test_the_batch_limit_counts_grid_zip_and_random_samples_together():
+    data = red(
+        inputs={"learning_rate": 0.1, "batch_size": 8, "log": "$(sweep.a)$(sweep.b)$(sweep.c)"},
+        sweep={
+            "grid": {"a": [1, 2, 3]},
+            "zip": {"b": [1, 2, 3, 4], "learning_rate": [0.1, 0.2, 0.3, 0.4]},
+            "random": {"samples": 5, "parameters": {"c": {"uniform": [0, 1]}}},
+        },
+    )
+    assert sweep_problems(data, "s.red.yml", limit=60) == []
+    assert len(expand_batches(data, "s.red.yml", limit=60)) == 60
+    (problem,) = sweep_problems(data, "s.red.yml", limit=59)
+    assert "would produce 60 batches, more than the limit of 59" in problem.message
+
+
+def test_the_limit_comes_from_the_environment_and_a_server_can_pass_a_lower_one(monkeypatch):
+    data = _huge_grid(values=3, parameters=4)  # 81 batches
+    assert len(expanded_red(data, "s.red.yml")["batches"]) == 81
+    with pytest.raises(ValidationError, match="81 batches, more than the limit of 80"):
+        expanded_red(data, "s.red.yml", limit=80)
+    monkeypatch.setenv("FAICE_MAX_BATCHES", "50")
+    with pytest.raises(ValidationError, match="81 batches, more than the limit of 50"):
+        expand_batches(data, "s.red.yml")
+    monkeypatch.setenv("FAICE_MAX_BATCHES", "1000000000")
+    assert sweep_problems(_huge_grid(), "s.red.yml") == []
+
+
+def test_validate_reports_the_oversized_sweep_with_its_line(tmp_path, capsys, monkeypatch):
+    from faice.cli import main
+
+    monkeypatch.setenv("FAICE_MAX_BATCHES", "200")
+    path = tmp_path / "huge.red.yml"
+    grid = "".join(f"    p{i}: [0, 1, 2]\n" for i in range(5))
+    log = "".join(f"$(sweep.p{i})" for i in range(5))
+    path.write_text(
+        "redVersion: '9'\ncli:\n  cwlVersion: v1.0\n  class: CommandLineTool\n  baseCommand: echo\n"
+        "  inputs:\n    log: {type: string, inputBinding: {position: 0}}\n  outputs: {}\n"
+        f"container: {{engine: docker, settings: {{image: {{url: alpine}}}}}}\ninputs:\n  log: '{log}'\noutputs: {{}}\n"
+        f"sweep:\n  grid:\n{grid}"
+    )
+    assert main(["validate", str(path)]) == 1
+    assert f"{path}:13:1: sweep: the sweep would produce 243 batches, more than the limit of 200" in capsys.readouterr().err

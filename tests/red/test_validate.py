@@ -178,13 +178,18 @@ def test_json_output_for_unreadable_file(tmp_path, capsys):
     assert result["valid"] is False and "invalid YAML" in result["problems"][0]["message"]
 
 
-def test_json_file_problems_name_the_key_path_without_lines(tmp_path, capsys):
+def test_json_file_problems_name_line_column_and_key_path(tmp_path, capsys):
     data = json.loads((DATA / "valid" / "minimal.json").read_text())
     data["inputs"]["some_string"] = 5
     path = tmp_path / "bad.json"
-    path.write_text(json.dumps(data))
+    text = json.dumps(data, indent=4)
+    path.write_text(text)
+    lines = text.splitlines()
+    line = max(i for i, t in enumerate(lines, 1) if '"some_string": 5' in t)
+    column = lines[line - 1].index('"some_string"') + 1
     assert main(["validate", str(path)]) == 1
-    assert f"{path}: inputs.some_string: expected a string (cli type string), got integer 5" in capsys.readouterr().err
+    expected = f"{path}:{line}:{column}: inputs.some_string: expected a string (cli type string), got integer 5"
+    assert expected in capsys.readouterr().err
 
 
 def test_protected_values_never_appear_in_messages(tmp_path, capsys):
