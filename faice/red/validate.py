@@ -9,6 +9,7 @@ accepted, because its messages about a malformed tool would repeat the schema's 
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from faice.errors import KeyPath, Problem, ValidationError
