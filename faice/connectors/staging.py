@@ -115,13 +115,12 @@ class StagingSession:
         key = _cache_key(request, kind)
         with self._lock:
             self._check_open()
-            future = self._cache.get(key)
-            owner = future is None
-            if owner:
-                future = Future()
+            shared = self._cache.get(key)
+            if shared is None:
+                future: Future[Path] = Future()
                 self._cache[key] = future
-        if not owner:
-            return future.result()
+        if shared is not None:
+            return shared.result()
         try:
             path = self._download(connector, request, operation, key)
         except BaseException as exc:
@@ -493,16 +492,16 @@ def verify_file(label: str, path: Path, *, size: int | None = None, checksum: st
         if actual != int(size):
             raise ConnectorError(f"{label}: received {actual} bytes but the RED file says size {size}")
     if checksum:
-        algorithm, _, expected = str(checksum).partition("$")
+        name, _, expected = str(checksum).partition("$")
         if not expected:
-            algorithm, expected = "sha1", algorithm
-        algorithm = algorithm.lower()
+            name, expected = "sha1", name
+        algorithm = name.lower()
         if algorithm not in hashlib.algorithms_available:
             raise ConnectorError(f"{label}.checksum: unknown checksum algorithm {algorithm!r}")
-        actual = file_digest(path, algorithm)
-        if actual.lower() != expected.lower():
+        digest = file_digest(path, algorithm)
+        if digest.lower() != expected.lower():
             raise ConnectorError(
-                f"{label}: checksum mismatch: expected {algorithm}${expected}, received {algorithm}${actual}"
+                f"{label}: checksum mismatch: expected {algorithm}${expected}, received {algorithm}${digest}"
             )
 
 

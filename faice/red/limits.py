@@ -142,7 +142,7 @@ class GuardedConstructor(RoundTripConstructor):
     """Round-trip construction that refuses unusual tags, mappings or lists as keys, and
     unreadable or hostile scalars."""
 
-    def construct_mapping(self, node: Any, maptyp: Any, deep: bool = False) -> Any:
+    def construct_mapping(self, node: Any, maptyp: Any, deep: bool = False) -> Any:  # type: ignore[override]
         for key, _value in node.value:
             if not isinstance(key, ScalarNode):
                 raise LimitError("a key must be plain text or a number, not a mapping or a list", key.start_mark)

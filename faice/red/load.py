@@ -192,10 +192,11 @@ def _parse_yaml(name: str, text: str, json_error: json.JSONDecodeError | None, *
         raise _yaml_error(name, text, exc) from None
     except YAMLError as exc:
         position = getattr(exc, "position", None)  # ReaderError: a character YAML does not allow
-        if isinstance(position, int) and isinstance(getattr(exc, "character", None), int):
+        character = getattr(exc, "character", None)
+        if isinstance(position, int) and isinstance(character, int):
             line = text.count("\n", 0, position) + 1
             column = position - (text.rfind("\n", 0, position) + 1) + 1
-            message = f"invalid YAML: character U+{exc.character:04X} is not allowed ({exc.reason})"
+            message = f"invalid YAML: character U+{character:04X} is not allowed ({getattr(exc, 'reason', '')})"
             raise ParseError(Problem(name, (), message, line, column)) from None
         raise ParseError(Problem(name, (), f"invalid YAML: {exc}")) from None
     except RecursionError:  # not expected with the nesting limit; never an internal error

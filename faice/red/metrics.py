@@ -259,8 +259,8 @@ def _check_file(data: dict, item: dict, path: KeyPath, found: list) -> None:
 
 
 def _check_directory_input(data: dict, name: Any, path: KeyPath, found: list) -> None:
-    cli = data.get("cli") if isinstance(data.get("cli"), dict) else {}
-    inputs = cli.get("inputs") if isinstance(cli.get("inputs"), dict) else {}
+    cli: dict[str, Any] = data["cli"] if isinstance(data.get("cli"), dict) else {}
+    inputs: dict[str, Any] = cli["inputs"] if isinstance(cli.get("inputs"), dict) else {}
     if not isinstance(name, str) or name not in inputs:
         known = ", ".join(sorted(str(k) for k, v in inputs.items() if _is_directory(v))) or "none"
         found.append((path, f"expected the name of a Directory input of the cli, got {name!r}; Directory inputs: {known}"))
@@ -278,8 +278,8 @@ def _check_references(data: dict, text: str, path: KeyPath, found: list) -> None
     from faice.red.semantics import sweep_parameter_names
 
     parameters = sweep_parameter_names(data) | {"index"}
-    cli = data.get("cli") if isinstance(data.get("cli"), dict) else {}
-    inputs = cli.get("inputs") if isinstance(cli.get("inputs"), dict) else {}
+    cli: dict[str, Any] = data["cli"] if isinstance(data.get("cli"), dict) else {}
+    inputs: dict[str, Any] = cli["inputs"] if isinstance(cli.get("inputs"), dict) else {}
     for match in REFERENCE.finditer(text):
         kind, name = match.groups()
         if kind == "sweep" and ("sweep" not in data or name not in parameters):

@@ -233,7 +233,7 @@ def _input_problems(path: KeyPath, inputs: dict, cli_inputs: dict, swept: set[st
         cli_type = _mapping(cli_inputs[name]).get("type")
         if name in swept or parse_cli_type(cli_type) is None:
             continue
-        message = check_value(cli_type, value)
+        message = check_value(str(cli_type), value)
         if message:
             found.append((path + (name,), message))
         found += _mount_problems(path + (name,), value, output=False)

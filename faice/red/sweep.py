@@ -352,7 +352,7 @@ def _check_random(sweep: dict, names: dict[str, KeyPath], found: list) -> None:
         if key not in ("samples", "seed", "parameters"):
             found.append((("sweep", "random", key), "unknown key; expected samples, seed or parameters"))
     samples = spec.get("samples")
-    if not _is_int(samples) or samples < 1:
+    if not isinstance(samples, int) or not _is_int(samples) or samples < 1:
         found.append((("sweep", "random", "samples"), f"expected a positive integer number of samples, got {samples!r}"))
     if "seed" in spec and not _is_int(spec["seed"]):
         found.append((("sweep", "random", "seed"), f"expected an integer seed, got {spec['seed']!r}"))
