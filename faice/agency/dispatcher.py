@@ -1,8 +1,10 @@
 """Runs registered batches on this host, with attempts, cancellation, restart recovery,
 secret voiding and notifications.
 
-A single scheduling thread claims ``registered`` batches FIFO (by registration time) up to
-``parallel`` at a time and hands each to a worker thread running the :class:`Runner`. Every
+A single scheduling thread claims ``registered`` batches FIFO (by registration time) when
+:class:`faice.agency.placement.Admission` admits them (server cap, ``batchConcurrencyLimit``,
+RAM, GPUs; a batch that must wait does not hold up later ones that fit) and hands each to a
+worker thread running the :class:`Runner`. Every
 state change is an optimistic transition in the store, so a cancel that races with a
 finishing batch is decided by the database, not by timing.
 """
@@ -18,12 +20,15 @@ from pathlib import Path
 from typing import Any
 
 from faice.agency.notify import Hook, Notifier
+from faice.agency.placement import Admission, Claim, host_ram_mb
 from faice.agency.runner import BatchJob, Outcome, Runner
 from faice.agency.store import FINAL_STATES, Store
 from faice.agency.vault import Vault, unseal
 
 log = logging.getLogger("faice.agency")
 ACTIVE = frozenset({"scheduled", "processing"})
+# Registered batches looked at per scheduling round (FIFO; those that must wait are skipped).
+SCAN_LIMIT = 1000
 
 
 class Dispatcher:
@@ -53,6 +58,10 @@ class Dispatcher:
         self._stopping = threading.Event()
         self._running: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
+        # A local runner places GPUs and RAM on this host; a Slurm runner leaves that to Slurm.
+        local = self.node == "local"
+        self.admission = Admission(self.parallel, gpus=getattr(runner, "gpus", None) if local else None,
+                                   ram_mb=host_ram_mb() if local else None)
         self._pool = ThreadPoolExecutor(self.parallel, thread_name_prefix="batch")
         self._notifier = Notifier(store, self.hooks)
         self._thread = threading.Thread(target=self._loop, name="dispatcher", daemon=True)
@@ -105,25 +114,36 @@ class Dispatcher:
             self._wake.clear()
 
     def _schedule(self) -> None:
-        with self._lock:
-            free = self.parallel - len(self._running)
-        if free <= 0:
+        if self.admission.full:
             return
-        for batch in self.store.batches_in({"registered"}, limit=free):
+        demands: dict[str, tuple[Any, Any]] = {}
+        for batch in self.store.batches_in({"registered"}, limit=SCAN_LIMIT):
+            if self.admission.full:
+                return
+            experiment_id = batch["experimentId"]
+            if experiment_id not in demands:
+                # ram and gpus are never secret: read without unsealing anything
+                experiment = self.store.experiment(experiment_id) or {}
+                demands[experiment_id] = (experiment.get("execution"),
+                                          (experiment.get("container") or {}).get("settings"))
+            claim = self.admission.admit(experiment_id, *demands[experiment_id])
+            if claim is None:
+                continue
             claimed = self.store.transition(
                 batch["_id"], "scheduled", expect={"registered"}, node=self.node, count_attempt=True
             )
             if claimed is None:
+                self.admission.release(claim)
                 continue
             event = threading.Event()
             with self._lock:
                 self._running[claimed["_id"]] = event
-            self._pool.submit(self._run_batch, claimed, event)
+            self._pool.submit(self._run_batch, claimed, event, claim)
 
-    def _run_batch(self, batch: dict[str, Any], cancel: threading.Event) -> None:
+    def _run_batch(self, batch: dict[str, Any], cancel: threading.Event, claim: Claim | None = None) -> None:
         batch_id = batch["_id"]
         try:
-            outcome = self._execute(batch, cancel)
+            outcome = self._execute(batch, cancel, claim)
             self._finish(batch, outcome, cancel)
         except Exception as exc:  # never leave a batch stuck in processing
             log.exception("batch %s crashed", batch_id)
@@ -131,9 +151,11 @@ class Dispatcher:
         finally:
             with self._lock:
                 self._running.pop(batch_id, None)
+            if claim is not None:
+                self.admission.release(claim)
             self.wake()
 
-    def _execute(self, batch: dict[str, Any], cancel: threading.Event) -> Outcome:
+    def _execute(self, batch: dict[str, Any], cancel: threading.Event, claim: Claim | None = None) -> Outcome:
         batch_id = batch["_id"]
         if self.store.transition(batch_id, "processing", expect={"scheduled"}, node=self.node) is None:
             return Outcome("cancelled", "cancelled before it started")
@@ -158,6 +180,7 @@ class Dispatcher:
             red=red,
             workdir=self.workdir / "batches" / batch_id,
             disable_connector_validation=bool(experiment["execution"]["settings"].get("disableConnectorValidation")),
+            gpus=claim.gpus if claim is not None and claim.gpus else None,
         )
         return self.runner.run(job, cancel)
 

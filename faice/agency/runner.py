@@ -20,7 +20,7 @@ from faice.pipeline.options import RunOptions
 from faice.pipeline.plan import plan_batches
 from faice.pipeline.records import RESULT_FILE, BatchRecord, FailureClass, batch_dir
 from faice.red.experiment import Batch, Experiment
-from faice.runtime.gpus import host_allocator
+from faice.runtime.gpus import Gpu, GpuAllocator, host_allocator
 from faice.secrets import Redactor, batch_redactor
 
 
@@ -33,6 +33,7 @@ class BatchJob:
     red: dict[str, Any]  # redVersion, cli, container, inputs, outputs — secrets filled in
     workdir: Path
     disable_connector_validation: bool = False
+    gpus: list[Gpu] | None = None  # devices the dispatcher reserved for this batch
 
 
 @dataclass
@@ -75,6 +76,11 @@ class PipelineRunner:
                 self._host = Host(host_allocator(None))
             return self._host
 
+    @property
+    def gpus(self) -> GpuAllocator:
+        """The server's one allocator: the dispatcher places batches with it."""
+        return self.host.gpus
+
     def run(self, job: BatchJob, cancel: threading.Event) -> Outcome:
         red = job.red
         experiment = Experiment.of_batch(
@@ -90,7 +96,8 @@ class PipelineRunner:
             return Outcome("failed", redactor.redact(str(exc)), retryable=False)
         self.host.remove_leftovers()
         record = self.host.run_alone(plan, run_id=job.experiment_id, outdir=outdir, redactor=redactor,
-                                     options=options, cancel=cancel, engine={"name": "agency", "node": self.node})
+                                     options=options, cancel=cancel, engine={"name": "agency", "node": self.node},
+                                     gpus=GpuAllocator(job.gpus, busy="ignore") if job.gpus else None)
         return outcome_of(record, batch_dir(outdir, job.batch_id), redactor=redactor, cancelled=cancel.is_set())
 
     def cleanup(self, batch_id: str) -> None:

@@ -206,7 +206,8 @@ class _BatchRun:
                     self.gpus = self.context.gpus.acquire(plan.gpu_request, self.context.cancel) or []
                 if not self.gpus:
                     raise BatchFailure(FailureClass.CANCELLED, "cancelled while waiting for a GPU")
-            self.record.gpus = [{"index": g.index, "uuid": g.uuid, "name": g.name, "vram": g.vram} for g in self.gpus]
+            self.record.gpus = [g.describe() | ({"reserved": mib} if mib else {})
+                                for g, mib in zip(self.gpus, self.context.gpus.reserved(self.gpus), strict=True)]
             self._run_container(binds)
         finally:
             if self.gpus:

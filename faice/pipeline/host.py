@@ -73,9 +73,11 @@ class Host:
         cancel: threading.Event,
         engine: dict[str, Any] | None = None,
         on_event: EventSink = ignore,
+        gpus: GpuAllocator | None = None,
     ) -> BatchRecord:
         """Run one batch: image, scratch space and a staging session of its own, connector
-        access checked first; a failure before the batch could start is recorded too."""
+        access checked first; a failure before the batch could start is recorded too.
+        ``gpus``: devices placed beforehand (the agency dispatcher), instead of the host's."""
         from faice.connectors.staging import StagingSession
         from faice.runtime.tempdirs import create_run_tempdir, remove_run_tempdir
 
@@ -90,7 +92,7 @@ class Host:
             with StagingSession(scratch / "staging", redactor=redactor, cancel=cancel,
                                 allowed_programs=options.allowed_programs) as staging:
                 context = BatchContext(
-                    run_id=run_id, outdir=outdir, scratch=scratch, runtime=runtime, image=image, gpus=self.gpus,
+                    run_id=run_id, outdir=outdir, scratch=scratch, runtime=runtime, image=image, gpus=gpus or self.gpus,
                     staging=staging, redactor=redactor, options=options, cancel=cancel, on_event=on_event,
                     pull_seconds=pull_seconds, check_access=True, engine=engine,
                 )

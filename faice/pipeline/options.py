@@ -26,6 +26,7 @@ class RunOptions:
     retries: int = 0
     timeout: float | None = None
     gpu_ids: str | None = None
+    gpu_busy: str = "skip"  # skip | wait | ignore: devices with processes faice did not start
     pull: str = "missing"  # one of PULL_POLICIES
     disable_pull: bool = False  # upstream's flag, kept as an alias of pull="never"
     leave_container: bool = False
@@ -48,6 +49,8 @@ class RunOptions:
             raise UsageError("--timeout: expected a number of seconds > 0")
         if self.max_failures is not None and self.max_failures < 1:
             raise UsageError("--max-failures: expected a number ≥ 1")
+        if self.gpu_busy not in ("skip", "wait", "ignore"):
+            raise UsageError(f"--gpu-busy: expected skip, wait or ignore, got {self.gpu_busy!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -19,7 +19,7 @@ from faice.cwl.commandline import OUTPUTS_DIR, BatchCommand, StagedInput
 from faice.errors import EngineError, FaiceError, KeyPath, format_key_path
 from faice.red.experiment import Batch, Experiment
 from faice.runtime.containers import check_image_ref
-from faice.runtime.gpus import GpuAllocator, GpuRequest
+from faice.runtime.gpus import Gpu, GpuAllocator, GpuRequest
 
 if TYPE_CHECKING:
     from faice.connectors.staging import ConnectorRequest, StagingSession
@@ -216,26 +216,32 @@ def default_parallel(count: int, ram_mb: int | None, gpus: GpuAllocator | None, 
 
 def describe(plans: list[BatchPlan], *, run_id: str, outdir: Path, parallel: int | None,
              gpus: GpuAllocator) -> dict[str, Any]:
-    """What ``--dry-run`` shows: batches, parameters, commands, image, GPUs, mounts and where
-    each output goes. A GPU request this host cannot place is shown with a note, not refused:
-    the plan is often read on a laptop before running on a GPU machine."""
+    """What ``--dry-run`` shows: batches, parameters, commands, image, GPU placement, mounts
+    and where each output goes.
+
+    The GPU plan is shown even where the request cannot be placed (no GPU here, all busy):
+    then with a note saying why, not refused: the plan is often read on a laptop before
+    running on a GPU machine."""
     first = plans[0] if plans else None
     request = first.gpu_request if first else GpuRequest()
     ram_mb = first.ram_mb if first else None
-    gpu_note = None
+    note = None
     try:
         gpus.check(request)
     except EngineError as exc:
-        gpu_note = f"not placeable here: {exc.message}"
-    parallel = parallel or default_parallel(len(plans), ram_mb, gpus, request)
+        note = f"not placeable here: {exc.message}"
+    parallel = parallel or default_parallel(len(plans), ram_mb, None if note else gpus, request)
+    busy = {g.uuid for g in gpus.busy_devices()} if request.count else set()
+    slots: list[list[Gpu]] = []
+    if request.count and not note:
+        for _ in range(min(parallel, len(plans))):
+            placed = gpus.try_acquire(request)
+            if not placed:
+                break
+            slots.append(placed)  # the batches that start at once; later ones reuse freed GPUs
     batches = []
-    slots: list[list] = []
     for position, plan in enumerate(plans):
-        placed_ids: list[str] = []
-        if request.count and gpu_note is None:
-            if position < parallel and (placed := gpus.try_acquire(request)):
-                slots.append(placed)  # the batches that start at once; later ones reuse freed GPUs
-            placed_ids = [g.index for g in slots[position % len(slots)]] if slots else []
+        placed_ids = [g.index for g in slots[position % len(slots)]] if slots else []
         batches.append({
             "id": plan.id,
             "index": plan.index,
@@ -247,13 +253,21 @@ def describe(plans: list[BatchPlan], *, run_id: str, outdir: Path, parallel: int
                  "source": str(outdir / "batches" / plan.id / "outputs")}],
             "outputs": _destinations(plan, outdir / "batches" / plan.id),
         })
+    devices = []
+    for gpu in gpus.gpus if request.count else []:
+        first_wave = [plans[i].id for i, slot in enumerate(slots) if gpu in slot]
+        reserved = sum(gpus.reserved(slot)[slot.index(gpu)] for slot in slots if gpu in slot)
+        devices.append({**gpu.describe(), "busy": gpu.uuid in busy, "batches": first_wave,
+                        "reserved": reserved if request.shared else (gpu.vram if first_wave else 0)})
     return {
         "runId": run_id,
         "image": first.image_ref if first else None,
         "ram": ram_mb,
         "gpusPerBatch": request.count,
         "gpuVramMin": list(request.vram_min) if request.count else [],
-        "gpuNote": gpu_note,
+        "gpuRequest": {"vram": list(request.vram_min), "shared": request.shared} if request.count else None,
+        "gpuDevices": devices,
+        "gpuNote": note,
         "parallel": parallel,
         "outdir": str(outdir),
         "batches": batches,

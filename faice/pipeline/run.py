@@ -115,7 +115,8 @@ class HostRun:
 
     def allocator(self) -> GpuAllocator:
         if self.gpus is None:
-            self.gpus = self.host.gpus if self.host else host_allocator(self.options.gpu_ids, self.gpu_inventory)
+            self.gpus = self.host.gpus if self.host else host_allocator(self.options.gpu_ids, self.gpu_inventory,
+                                                                            busy=self.options.gpu_busy)
         return self.gpus
 
     def plan(self) -> dict[str, Any]:

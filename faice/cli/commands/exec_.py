@@ -49,6 +49,8 @@ def add_parser(subparsers) -> None:
                          help="pull the image: when not present (default), before every run "
                               "(notices a moved tag), or never")
     pulling.add_argument("--disable-pull", action="store_true", help="never pull the image (same as --pull never)")
+    local.add_argument("--gpu-busy", choices=("skip", "wait", "ignore"), default="skip",
+                       help="GPUs running processes faice did not start: place elsewhere (skip, default), wait for them, or ignore")
     local.add_argument("--leave-container", action="store_true", help="keep containers (and their mounts) after the batch")
     local.add_argument("--preserve-environment", metavar="ENVVAR", action="append", default=[], help="pass this host environment variable into the container; repeatable")
     local.add_argument("--insecure", action="store_true", help="accepted for compatibility; mounts are made on the host, no extra capabilities needed")
@@ -81,6 +83,7 @@ def run(args: Any) -> int:
         timeout=args.timeout,
         gpu_ids=args.gpu_ids,
         pull=args.pull or "missing",
+        gpu_busy=args.gpu_busy,
         disable_pull=args.disable_pull,
         leave_container=args.leave_container,
         preserve_environment=list(args.preserve_environment or []),

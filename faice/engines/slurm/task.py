@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def work() -> None:
         try:
-            host = Host(host_allocator(gpu_ids))
+            host = Host(host_allocator(None, busy=options.gpu_busy))  # reads Slurm's allocation itself
             result.append(host.run_alone(plan, run_id=run_id, outdir=outdir, redactor=redactor, options=options,
                                          cancel=cancel, engine=engine))
         except Exception as exc:  # a bug: the batch still gets a record, the log the reason
