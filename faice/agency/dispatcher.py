@@ -160,6 +160,8 @@ class Dispatcher:
         if self.store.transition(batch_id, "processing", expect={"scheduled"}, node=self.node) is None:
             return Outcome("cancelled", "cancelled before it started")
         experiment = self.store.experiment(batch["experimentId"])
+        if experiment is None:
+            return Outcome("failed", "the batch's experiment is no longer stored", retryable=False)
         try:
             red = {
                 "redVersion": experiment["redVersion"],

@@ -67,7 +67,7 @@ class Admission:
         """Reserve what the batch needs, or None when it must wait (the reason it waits is
         only ever temporary: impossible requests are rejected when the RED is posted)."""
         settings = container_settings or {}
-        ram = settings.get("ram") if isinstance(settings.get("ram"), int) else 0
+        ram: int = settings["ram"] if isinstance(settings.get("ram"), int) else 0
         try:
             request = GpuRequest.from_settings(settings.get("gpus"))
         except FaiceError:

@@ -181,8 +181,10 @@ def print_plan(plan: dict[str, Any], *, as_json: bool) -> None:
     if plan.get("gpuNote"):
         lines.append(f"GPUs: {plan['gpuNote']}")
     for gpu in plan.get("gpuDevices") or []:
+        shared = bool((plan.get("gpuRequest") or {}).get("shared"))
         state = "busy (processes faice did not start): skipped" if gpu["busy"] else (
-            f"{gpu['reserved']}/{gpu['vram']} MiB reserved by " + (", ".join(gpu["batches"]) or "no batch"))
+            (f"{gpu['reserved']}/{gpu['vram']} MiB reserved by " if shared else "whole device for ")
+            + (", ".join(gpu["batches"]) or "no batch"))
         lines.append(f"GPU {gpu['index']} {gpu['name'] or gpu['uuid']}: {state}")
     for batch in plan["batches"]:
         lines.append(f"\n[{batch['index']}] {batch['id']}")
