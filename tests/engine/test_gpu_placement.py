@@ -263,28 +263,3 @@ def test_dry_run_without_gpus_still_shows_the_plan(tmp_path):
     assert plan["gpuNote"].startswith("cannot be placed on this host") and len(plan["batches"]) == 1
     text = _faice("exec", str(red), "--dry-run", env={"FAICE_GPU_INVENTORY": "[]"}).stdout
     assert "GPUs: cannot be placed on this host" in text
-
-
-def test_batch_record_names_the_physical_device(tmp_path):
-    from engine_helpers import sh_red
-    from fake_runtime import FakeRuntime
-
-    from faice.pipeline.host import Host
-    from faice.pipeline.options import RunOptions
-    from faice.pipeline.run import HostRun
-    from faice.red.prepare import load_experiment
-
-    red = sh_red(tmp_path / "r.json", "true", "img", gpus={"vendor": "nvidia", "count": 1, "vram": 8000, "shared": True},
-                 sweep={"grid": {"n": [1, 2]}})
-    runtime = FakeRuntime(seconds=0.3)
-    inventory = [Gpu("0", "GPU-busy", 24000, "A10", "550.54"), Gpu("1", "GPU-free", 24000, "A10", "550.54")]
-    allocator = GpuAllocator(inventory, probe=probe_of({"GPU-busy": [GpuProcess(1)]}))
-    run = HostRun(load_experiment(str(red)), RunOptions(parallel=2), tmp_path / "run", host=Host(allocator, runtime))
-    run.start()
-    summary = run.wait()
-    assert summary is not None and summary.exit_code == 0
-    for batch_id in runtime.gpu_ids():
-        record = json.loads((tmp_path / "run" / "batches" / batch_id / "result.json").read_text())
-        assert record["gpus"] == [{"index": "1", "uuid": "GPU-free", "name": "A10", "vram": 24000,
-                                   "driver": "550.54", "reserved": 8000}]
-    assert set(sum(runtime.gpu_ids().values(), [])) == {"GPU-free"}  # Docker gets the physical UUID
