@@ -197,65 +197,97 @@ def _wait_final(url: str, auth: tuple[str, str], experiment_ids: list[str], time
 # ----------------------------------------------------------------------------- main
 
 
+def table(results: dict[str, Any]) -> list[str]:
+    """The markdown rows of whatever parts ``results`` holds."""
+    rows = []
+    if "throughput" in results:
+        t = results["throughput"]
+        rows.append(f"| 200 trivial batches, `--parallel 4` | {t['faice']:.1f} s (median of {t['pairs']}) | "
+                    f"`xargs -P 4 docker run --rm` {t['xargs']:.1f} s | {t['ratio']:.2f} (pairs: "
+                    f"{', '.join(f'{r:.2f}' for r in t['ratios'])}) | ≤ 0.8 {'✔' if t['ratio'] <= 0.8 else '✘'} |")
+    if "growth" in results:
+        growth = results["growth"]
+        first, last = growth[0], growth[-1]
+        time_ratio = last["perBatch"] / first["perBatch"]
+        rss_ratio = last["rssMiB"] / first["rssMiB"]
+        text = "; ".join(f"{g['batches']}: {g['seconds']:.1f} s, {g['rssMiB']} MiB" for g in growth)
+        rows.append(f"| {first['batches']} → {last['batches']} trivial batches | {text} | — | time per batch ×{time_ratio:.2f}, "
+                    f"peak RSS ×{rss_ratio:.2f} | linear time, flat memory {'✔' if time_ratio <= 1.25 and rss_ratio <= 1.5 else '✘'} |")
+    if "agency" in results:
+        a = results["agency"]
+        total = a["experiments"]
+        ok = (a["accepted"] == total and a["succeeded"] == total and not a["lost"]
+              and not a["ranTwice"] and a["batchesPerExperiment"] == [1])
+        rows.append(f"| agency: {a['clients']} clients × {a['perClient']} experiments of 1 trivial batch | "
+                    f"{a['accepted']}/{total} accepted, {a['succeeded']} succeeded, {a['lost']} lost, "
+                    f"{len(a['ranTwice'])} run twice; {a['wallSeconds']:.1f} s | `faice exec` of the same "
+                    f"{total} batches {a['execSameBatches']:.1f} s | {a['overheadPerBatch'] * 1000:+.0f} ms per batch | "
+                    f"all final, none lost or twice {'✔' if ok else '✘'} |")
+        rows.append(f"| agency: one batch on an idle server, submit → final | {a['idleLatency']:.2f} s "
+                    f"(container part {a['idleProcessing']:.2f} s) | `faice exec` of it {a['execOneBatch']:.2f} s | "
+                    f"{a['idleLatency'] / a['execOneBatch']:.2f} | — |")
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--image", default="faice-test/base:bookworm")
+    parser.add_argument("--pairs", type=int, default=3, help="xargs/faice pairs of (a), alternated (default 3)")
     parser.add_argument("--sizes", default="100,300,1000")
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--per-client", type=int, default=10)
+    parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--skip-agency", action="store_true")
     parser.add_argument("--skip-growth", action="store_true")
     args = parser.parse_args()
-    results: dict[str, Any] = {"when": time.strftime("%Y-%m-%d %H:%M"), "cpus": os.cpu_count()}
-    rows = []
+    RESULTS.mkdir(exist_ok=True)
+    saved = RESULTS / "scale.json"
+    results: dict[str, Any] = json.loads(saved.read_text()) if saved.exists() else {}
+    results.update({"cpus": os.cpu_count()})
+    results.setdefault("when", {})
     with tempfile.TemporaryDirectory(prefix="faice-bench-scale-") as tmp:
         work = Path(tmp)
         faice_exec(work, args.image, 4)  # warm: tool check remembered, image inspected
-        docker_200 = xargs_docker(work, args.image, 200)
-        faice_200, rss_200 = faice_exec(work, args.image, 200)
-        results["throughput"] = {"faice": round(faice_200, 2), "xargs": round(docker_200, 2),
-                                 "ratio": round(faice_200 / docker_200, 2), "rssMiB": rss_200}
-        rows.append(f"| 200 trivial batches, `--parallel 4` | {faice_200:.1f} s | `xargs -P 4 docker run --rm` "
-                    f"{docker_200:.1f} s | {faice_200 / docker_200:.2f} | ≤ 0.8 {'✔' if faice_200 / docker_200 <= 0.8 else '✘'} |")
-        print(rows[-1], flush=True)
+        if not args.skip_throughput:
+            load = os.getloadavg()[0]
+            pairs = []
+            for _ in range(args.pairs):
+                docker = xargs_docker(work, args.image, 200)
+                faice, rss = faice_exec(work, args.image, 200)
+                pairs.append((faice, docker, rss))
+                print(f"200 batches: faice {faice:.1f} s, xargs {docker:.1f} s", flush=True)
+            ratios = [f / d for f, d, _ in pairs]
+            results["throughput"] = {
+                "faice": round(statistics.median(f for f, _, _ in pairs), 2),
+                "xargs": round(statistics.median(d for _, d, _ in pairs), 2),
+                "ratio": round(statistics.median(ratios), 2), "ratios": [round(r, 2) for r in ratios],
+                "pairs": len(pairs), "rssMiB": max(r for _, _, r in pairs), "loadavg": [round(load, 1), round(os.getloadavg()[0], 1)]}
+            results["when"]["throughput"] = time.strftime("%Y-%m-%d %H:%M")
         if not args.skip_growth:
+            load = os.getloadavg()[0]
             growth = []
             for size in [int(s) for s in args.sizes.split(",")]:
                 seconds, rss = faice_exec(work, args.image, size)
                 growth.append({"batches": size, "seconds": round(seconds, 2), "perBatch": round(seconds / size, 4), "rssMiB": rss})
                 print(growth[-1], flush=True)
             results["growth"] = growth
-            first, last = growth[0], growth[-1]
-            time_ratio = last["perBatch"] / first["perBatch"]
-            rss_ratio = last["rssMiB"] / first["rssMiB"]
-            text = "; ".join(f"{g['batches']}: {g['seconds']:.1f} s, {g['rssMiB']} MiB" for g in growth)
-            rows.append(f"| {first['batches']} → {last['batches']} trivial batches | {text} | — | time per batch ×{time_ratio:.2f}, "
-                        f"RSS ×{rss_ratio:.2f} | linear time, flat memory {'✔' if time_ratio <= 1.25 and rss_ratio <= 1.5 else '✘'} |")
-            print(rows[-1], flush=True)
+            results["when"]["growth"] = f"{time.strftime('%Y-%m-%d %H:%M')} (load {load:.1f})"
         if not args.skip_agency:
+            load = os.getloadavg()[0]
             agency = agency_bench(work, args.image, args.clients, args.per_client)
             total = args.clients * args.per_client
             exec_total, _ = faice_exec(work, args.image, total)
             exec_one = statistics.median(faice_exec(work, args.image, 1)[0] for _ in range(3))
-            agency.update({"execSameBatches": round(exec_total, 2), "execOneBatch": round(exec_one, 3),
+            agency.update({"clients": args.clients, "perClient": args.per_client,
+                           "execSameBatches": round(exec_total, 2), "execOneBatch": round(exec_one, 3),
                            "overheadPerBatch": round((agency["wallSeconds"] - exec_total) / total, 4)})
             results["agency"] = agency
-            ok = (agency["accepted"] == total and agency["succeeded"] == total and not agency["lost"]
-                  and not agency["ranTwice"] and agency["batchesPerExperiment"] == [1])
-            rows.append(f"| agency: {args.clients} clients × {args.per_client} experiments of 1 trivial batch | "
-                        f"{agency['accepted']}/{total} accepted, {agency['succeeded']} succeeded, {agency['lost']} lost, "
-                        f"{len(agency['ranTwice'])} run twice; {agency['wallSeconds']:.1f} s | `faice exec` of the same "
-                        f"{total} batches {exec_total:.1f} s | {agency['overheadPerBatch'] * 1000:+.0f} ms per batch | all final, none lost or twice "
-                        f"{'✔' if ok else '✘'} |")
-            rows.append(f"| agency: one batch on an idle server, submit → final | {agency['idleLatency']:.2f} s "
-                        f"(container part {agency['idleProcessing']:.2f} s) | `faice exec` of it {exec_one:.2f} s | "
-                        f"{agency['idleLatency'] / exec_one:.2f} | — |")
-            print("\n".join(rows[-2:]), flush=True)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "scale.json").write_text(json.dumps(results, indent=2) + "\n")
-    table = ["| what | faice | floor / peer | ratio | goal |", "| --- | --- | --- | --- | --- |", *rows]
-    (RESULTS / "scale.md").write_text(f"# Scale ({results['when']}, {results['cpus']} CPUs)\n\n" + "\n".join(table) + "\n")
-    print("\n".join(table))
+            results["when"]["agency"] = f"{time.strftime('%Y-%m-%d %H:%M')} (load {load:.1f})"
+    saved.write_text(json.dumps(results, indent=2) + "\n")
+    rows = ["| what | faice | floor / peer | ratio | goal |", "| --- | --- | --- | --- | --- |", *table(results)]
+    when = ", ".join(f"{k} {v}" for k, v in results["when"].items())
+    (RESULTS / "scale.md").write_text(f"# Scale ({results['cpus']} CPUs; measured: {when})\n\n" + "\n".join(rows) + "\n")
+    print("\n".join(rows))
 
 
 if __name__ == "__main__":

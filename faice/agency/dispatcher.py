@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from faice.agency.notify import Hook, Notifier
-from faice.agency.placement import Admission, Claim, host_ram_mb
+from faice.agency.placement import Admission, Claim, Impossible, host_ram_mb
 from faice.agency.runner import BatchJob, Outcome, Runner
 from faice.agency.store import FINAL_STATES, Store
 from faice.agency.vault import Vault, unseal
@@ -126,7 +126,12 @@ class Dispatcher:
                 experiment = self.store.experiment(experiment_id) or {}
                 demands[experiment_id] = (experiment.get("execution"),
                                           (experiment.get("container") or {}).get("settings"))
-            claim = self.admission.admit(experiment_id, *demands[experiment_id])
+            try:
+                claim = self.admission.admit(experiment_id, *demands[experiment_id])
+            except Impossible as exc:
+                self.store.transition(batch["_id"], "failed", expect={"registered"}, node=self.node, debug_info=str(exc))
+                self._void(self.store.batch(batch["_id"]))
+                continue
             if claim is None:
                 continue
             claimed = self.store.transition(

@@ -46,6 +46,11 @@ def concurrency_limit(execution: dict[str, Any] | None) -> int:
     return value if isinstance(value, int) and value >= 1 else DEFAULT_BATCH_CONCURRENCY
 
 
+class Impossible(Exception):
+    """A batch this host could never run (more or bigger GPUs than it has): fail it, do not
+    let it wait forever."""
+
+
 class Admission:
     """The server's bookkeeping of what running batches hold (thread-safe)."""
 
@@ -65,7 +70,8 @@ class Admission:
     def admit(self, experiment_id: str, execution: dict[str, Any] | None,
               container_settings: dict[str, Any] | None) -> Claim | None:
         """Reserve what the batch needs, or None when it must wait (the reason it waits is
-        only ever temporary: impossible requests are rejected when the RED is posted)."""
+        only ever temporary). Raises :class:`Impossible` for a request no placement on this
+        host could ever satisfy."""
         settings = container_settings or {}
         ram: int = settings["ram"] if isinstance(settings.get("ram"), int) else 0
         try:
@@ -80,6 +86,10 @@ class Admission:
             if ram and self.ram_mb is not None and self._count and self._ram + ram > self.ram_mb:
                 return None  # the first batch always runs: a single batch above RAM fails in Docker
             gpus: list[Gpu] = []
+            if request.count and self.gpus is not None and not self.gpus.possible(request):
+                have = ", ".join(f"{g.index} ({g.vram} MiB)" for g in self.gpus.gpus) or "none"
+                raise Impossible(f"container.settings.gpus: cannot be satisfied on this agency: "
+                                 f"{request.describe()} requested, available: {have}")
             if request.count and self.gpus is not None:
                 placed = self.gpus.try_acquire(request, fresh=False)
                 if placed is None:

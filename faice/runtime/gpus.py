@@ -364,9 +364,7 @@ class GpuAllocator:
     def check(self, request: GpuRequest) -> None:
         """Fail before anything runs when no placement could ever satisfy ``request``, or (policy
         ``skip``) when only devices busy with other users' processes could."""
-        if not request.count:
-            return
-        if self._place(request, self._empty(), set()) is None:
+        if not self.possible(request):
             have = ", ".join(f"{g.index} ({g.vram} MiB)" for g in self.gpus) or "none"
             raise EngineError(
                 f"container.settings.gpus: cannot be satisfied: {request.describe()} requested, available: {have}"
@@ -381,6 +379,10 @@ class GpuAllocator:
                     f"faice did not start ({names})",
                     hint="--gpu-busy wait waits for them to finish; --gpu-busy ignore uses them anyway",
                 )
+
+    def possible(self, request: GpuRequest) -> bool:
+        """Whether some placement on these devices, all free, satisfies ``request``."""
+        return not request.count or self._place(request, self._empty(), set()) is not None
 
     def max_concurrent(self, request: GpuRequest) -> int | None:
         """How many batches fit at once on devices not busy now (None = GPUs do not limit)."""

@@ -105,6 +105,22 @@ def test_shared_agency_batches_run_together_on_one_device(tmp_path):
     assert spans[2][0] >= min(spans[0][1], spans[1][1])  # ... the third waited for one of them
 
 
+def test_agency_batch_that_can_never_fit_fails_instead_of_waiting(tmp_path):
+    runtime = FakeRuntime(lambda spec: Played(0, seconds=0.2))
+    store, vault, dispatcher = _server(tmp_path, [Gpu("0", "GPU-only", 16000, "T4", "535.1")], runtime)
+    too_big = _agency_red()
+    too_big["container"]["settings"]["gpus"] = {"vendor": "nvidia", "count": 2}
+    impossible = _submit(store, vault, too_big)
+    fine = _submit(store, vault, _agency_red())
+    dispatcher.start()
+    try:
+        batches = _wait_final(store, impossible + fine)
+    finally:
+        dispatcher.stop()
+    assert [b["state"] for b in batches] == ["failed", "succeeded"]
+    assert "cannot be satisfied on this agency: 2 GPU(s)" in str(batches[0]["history"][-1].get("debugInfo") or batches[0])
+
+
 def test_admission_honours_cap_limit_and_ram():
     admission = Admission(3, ram_mb=1000)
     limited = {"settings": {"batchConcurrencyLimit": 1}}
