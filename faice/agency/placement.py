@@ -43,8 +43,9 @@ def host_ram_mb() -> int | None:
 def concurrency_limit(execution: dict[str, Any] | None) -> int:
     """``execution.settings.batchConcurrencyLimit`` of a stored experiment (default 64)."""
     value = ((execution or {}).get("settings") or {}).get("batchConcurrencyLimit")
-    valid = isinstance(value, int) and not isinstance(value, bool) and value >= 1
-    return value if valid else DEFAULT_BATCH_CONCURRENCY
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
+    return DEFAULT_BATCH_CONCURRENCY
 
 
 class Impossible(Exception):
