@@ -263,3 +263,14 @@ def test_dry_run_without_gpus_still_shows_the_plan(tmp_path):
     assert plan["gpuNote"].startswith("cannot be placed on this host") and len(plan["batches"]) == 1
     text = _faice("exec", str(red), "--dry-run", env={"FAICE_GPU_INVENTORY": "[]"}).stdout
     assert "GPUs: cannot be placed on this host" in text
+
+
+def test_nvml_api_faice_calls_exists_and_no_driver_means_no_gpus(monkeypatch):
+    pynvml = pytest.importorskip("pynvml", reason="the faice[gpu] extra (nvidia-ml-py) is not installed")
+    for name in ("nvmlInit", "nvmlShutdown", "nvmlSystemGetDriverVersion", "nvmlDeviceGetCount",
+                 "nvmlDeviceGetHandleByIndex", "nvmlDeviceGetUUID", "nvmlDeviceGetName",
+                 "nvmlDeviceGetMemoryInfo", "nvmlDeviceGetComputeRunningProcesses"):
+        assert callable(getattr(pynvml, name)), name
+    monkeypatch.delenv("FAICE_GPU_INVENTORY", raising=False)
+    monkeypatch.setenv("PATH", "/nonexistent")  # no nvidia-smi to fall back to either
+    assert detect_gpus() == [] and device_processes() == {}
