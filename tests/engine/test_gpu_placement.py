@@ -260,9 +260,9 @@ def test_dry_run_without_gpus_still_shows_the_plan(tmp_path):
     done = _faice("exec", str(red), "--dry-run", "--json", env={"FAICE_GPU_INVENTORY": "[]"})
     assert done.returncode == 0, done.stderr
     plan = json.loads(done.stdout)
-    assert plan["gpuNote"].startswith("cannot be placed on this host") and len(plan["batches"]) == 1
+    assert plan["gpuNote"].startswith("not placeable here") and len(plan["batches"]) == 1
     text = _faice("exec", str(red), "--dry-run", env={"FAICE_GPU_INVENTORY": "[]"}).stdout
-    assert "GPUs: cannot be placed on this host" in text
+    assert "GPUs: not placeable here" in text
 
 
 def test_nvml_api_faice_calls_exists_and_no_driver_means_no_gpus(monkeypatch):
