@@ -274,3 +274,17 @@ def test_nvml_api_faice_calls_exists_and_no_driver_means_no_gpus(monkeypatch):
     monkeypatch.delenv("FAICE_GPU_INVENTORY", raising=False)
     monkeypatch.setenv("PATH", "/nonexistent")  # no nvidia-smi to fall back to either
     assert detect_gpus() == [] and device_processes() == {}
+
+
+def test_gpu_busy_flag_reaches_the_placement(tmp_path):
+    from engine_helpers import sh_red
+
+    red = sh_red(tmp_path / "r.json", "true", "img", gpus={"vendor": "nvidia", "count": 1})
+    busy = json.dumps([{"index": "0", "uuid": "GPU-a", "vram": 16000, "name": "T4", "processes": [{"pid": 9}]}])
+    plan = json.loads(_faice("exec", str(red), "--dry-run", "--json", env={"FAICE_GPU_INVENTORY": busy}).stdout)
+    assert "busy with processes faice did not start (0)" in plan["gpuNote"] and plan["batches"][0]["gpus"] == []
+    ignored = _faice("exec", str(red), "--dry-run", "--json", "--gpu-busy", "ignore", env={"FAICE_GPU_INVENTORY": busy})
+    plan = json.loads(ignored.stdout)
+    assert plan["gpuNote"] is None and plan["batches"][0]["gpus"] == ["0"]
+    bad = _faice("exec", str(red), "--dry-run", "--gpu-busy", "sometimes")
+    assert bad.returncode == 2 and "--gpu-busy" in bad.stderr
