@@ -20,6 +20,14 @@ import pytest
 
 from faice.cli import main
 from faice.pipeline.metrics import MetricsReader, MetricsSpec, summary
+from faice.pipeline.records import (
+    BatchState,
+    FailureClass,
+    RunState,
+    new_batch_record,
+    write_batch_record,
+    write_run_record,
+)
 
 SPEC = {"objective": {"name": "val_accuracy", "goal": "max"},
         "sources": [{"file": "training.csv"}, {"stdout": True}]}
@@ -46,27 +54,28 @@ def make_run(outdir: Path, *, record_metrics: bool = True) -> dict[str, dict]:
             rows = "".join(f"{e},{accuracy(lr, bs, e) + 0.01},{accuracy(lr, bs, e)}\r\n" for e in range(5))
             (directory / "outputs" / "training.csv").write_text("epoch,accuracy,val_accuracy\r\n" + rows)
             (directory / "stdout.txt").write_text(f"done learning_rate_used={lr}\n")
-            record = {"batchId": batch_id, "batchIndex": index, "runId": "r1",
-                      "parameters": {"learning_rate": lr, "batch_size": bs}, "state": "succeeded",
-                      "failureClass": None, "message": None, "timings": {"total": 10.0 + index}}
+            record = new_batch_record(batch_id, index, {"learning_rate": lr, "batch_size": bs}, run_id="r1",
+                                      command=["train"], state=BatchState.SUCCEEDED)
+            record.timings = {"total": 10.0 + index}
             if record_metrics:
                 result = MetricsReader.for_batch(spec, outputs_dir=directory / "outputs",
                                                  stdout_file=directory / "stdout.txt").finish()
-                record["metrics"] = summary(result)
+                record.metrics = summary(result)
                 (directory / "metrics.json").write_text(json.dumps(result))
-            (directory / "result.json").write_text(json.dumps(record, indent=2))
-            entries.append({"id": batch_id, "index": index, "state": "succeeded", "parameters": record["parameters"]})
+            write_batch_record(outdir, record)
+            entries.append({"id": batch_id, "index": index, "state": "succeeded", "parameters": record.parameters})
             expected[batch_id] = {"lr": lr, "bs": bs, "value": accuracy(lr, bs, 4)}
             index += 1
     failed = outdir / "batches" / "b-failed000000"
     failed.mkdir(parents=True)
-    (failed / "result.json").write_text(json.dumps({
-        "batchId": "b-failed000000", "batchIndex": index, "parameters": {"learning_rate": 10.0, "batch_size": 16},
-        "state": "failed", "failureClass": "exit-code", "message": "exited with code 1", "timings": {"total": 1.5}}))
+    record = new_batch_record("b-failed000000", index, {"learning_rate": 10.0, "batch_size": 16}, run_id="r1",
+                              command=["train"], failure_class=FailureClass.EXIT_CODE, message="exited with code 1")
+    record.timings = {"total": 1.5}
+    write_batch_record(outdir, record)
     entries.append({"id": "b-failed000000", "index": index, "state": "failed", "parameters": {"learning_rate": 10.0}})
     entries.append({"id": "b-pending00000", "index": index + 1, "state": "pending",
                     "parameters": {"learning_rate": 10.0, "batch_size": 64}})
-    (outdir / "run.json").write_text(json.dumps({"runId": "r1", "state": "running", "batches": entries}))
+    write_run_record(outdir, {"runId": "r1"}, entries, phase=RunState.RUNNING)
     return expected
 
 

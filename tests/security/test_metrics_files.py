@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import time
 
+import pytest
+
 from faice.pipeline.metrics import MetricsReader, MetricsSpec
 
 
@@ -48,6 +50,7 @@ def test_input_values_cannot_lead_the_file_name_out_of_the_batch(tmp_path):
     assert any("'..' is not allowed" in p["reason"] for p in result["problems"])
 
 
+@pytest.mark.foreign_records
 def test_results_never_read_outside_the_run_for_hostile_batch_ids(tmp_path):
     """Batch ids come from run.json, which a remote node or agency may have written: an id
     like ../.. must not make ``faice results --red`` read metrics files outside batches/."""
