@@ -46,7 +46,7 @@ class LogStream:
         try:
             for chunk in self._chunks:
                 self._stream.write(chunk)
-        except BaseException as exc:  # noqa: BLE001 - reported through .error, the batch decides
+        except BaseException as exc:
             self.error = exc
         finally:
             try:
