@@ -414,8 +414,10 @@ class _BatchRun:
     def _follow(self, handle: ContainerHandle) -> None:
         """Stream stdout/stderr into the batch dir as they come; start reading metrics."""
         for stream, name in STREAM_FILES.items():
+            def chunks(stream: str = stream) -> Any:
+                return self.context.runtime.logs(handle, stream)
+
             try:
-                chunks = self.context.runtime.logs(handle, stream)
                 self.streams[stream] = LogStream(chunks, self.dir / name, self.context.redactor)
             except Exception:
                 pass  # _save_logs fetches the whole log at the end instead
@@ -462,7 +464,7 @@ class _BatchRun:
 
         try:
             for stream in self.streams.values():
-                stream.join(5)
+                stream.finish(5)
             result = self.reader.finish()
             self.record.metrics = summary(result)
             atomic_write_json(self.dir / METRICS_FILE, result, redact=self.context.redactor.redact)
@@ -479,7 +481,7 @@ class _BatchRun:
         for stream, name in STREAM_FILES.items():
             target = self.dir / name
             follower = streams.get(stream)
-            if follower is None or not follower.join(10):
+            if follower is None or not follower.finish(30):
                 # Streaming failed or hangs: the whole log once more, masked on the way to disk
                 # (a new file, so a stuck thread writes to the replaced one).
                 partial = target.with_name(target.name + ".part")

@@ -280,13 +280,17 @@ class HostRun:
             with self._lock:
                 self._series[batch_id] = series
                 others = [s for other, s in self._series.items() if other != batch_id]
-            if not series:
+            reached = sorted((s[-1][0] for s in others if s), reverse=True)
+            if not series or len(reached) < max(1, early.min_batches):
                 return None
-            step = series[-1][0]
+            # Compare at the latest step that enough others have reached: batches polled a
+            # moment apart are rarely at the same step.
+            step = min(series[-1][0], reached[max(1, early.min_batches) - 1])
             if not median_stopping(objective, series, others, step, early.grace_steps, min_batches=early.min_batches):
                 return None
             counted = sum(1 for s in others if s and s[-1][0] >= step)
-            return (f"stopped early by the median rule at step {step}: {objective.name} = {series[-1][1]} is worse "
+            value = next((v for st, v in reversed(series) if st <= step), None)
+            return (f"stopped early by the median rule at step {step}: {objective.name} = {value} is worse "
                     f"({objective.goal}) than the median of {counted} other batches at that step")
 
         return rule

@@ -217,7 +217,7 @@ def _run_directory(name: str, args) -> int:
         data = json.loads(record.read_text())
         print(json.dumps(data, indent=2) if args.json else f"batch {args.id}: {data.get('state')}")
         return 0
-    failed = 1 if run.get("state") in ("failed", "cancelled", "incomplete") else 0
+    failed = 1 if run.get("state") in ("failed", "cancelled", "incomplete", "interrupted") else 0
     if args.json:
         print(json.dumps(run, indent=2))
         return failed
