@@ -33,6 +33,11 @@ def accuracy(lr: float, bs: int, epoch: int) -> float:
     return round((0.95 - 0.08 * (math.log10(lr) + 1) ** 2 - bs / 2000) * (1 - 0.5 ** (epoch + 1)), 4)
 
 
+# The fields every batch record has (schemas/faice-records.json); their values do not matter here.
+RECORD_FIELDS = {"command": ["train"], "process": {"returnCode": 0, "executed": True}, "inputs": {}, "outputs": {},
+                 "debugInfo": None}
+
+
 def make_run(outdir: Path, *, record_metrics: bool = True) -> dict[str, dict]:
     """A finished sweep: 8 trained batches, one failed without metrics, one still pending."""
     spec = MetricsSpec.from_mapping(SPEC)
@@ -48,7 +53,7 @@ def make_run(outdir: Path, *, record_metrics: bool = True) -> dict[str, dict]:
             (directory / "stdout.txt").write_text(f"done learning_rate_used={lr}\n")
             record = {"batchId": batch_id, "batchIndex": index, "runId": "r1",
                       "parameters": {"learning_rate": lr, "batch_size": bs}, "state": "succeeded",
-                      "failureClass": None, "message": None, "timings": {"total": 10.0 + index}}
+                      "failureClass": None, "message": None, "timings": {"total": 10.0 + index}, **RECORD_FIELDS}
             if record_metrics:
                 result = MetricsReader.for_batch(spec, outputs_dir=directory / "outputs",
                                                  stdout_file=directory / "stdout.txt").finish()
@@ -62,11 +67,14 @@ def make_run(outdir: Path, *, record_metrics: bool = True) -> dict[str, dict]:
     failed.mkdir(parents=True)
     (failed / "result.json").write_text(json.dumps({
         "batchId": "b-failed000000", "batchIndex": index, "parameters": {"learning_rate": 10.0, "batch_size": 16},
-        "state": "failed", "failureClass": "exit-code", "message": "exited with code 1", "timings": {"total": 1.5}}))
+        "state": "failed", "failureClass": "exit-code", "message": "exited with code 1", "timings": {"total": 1.5},
+        **RECORD_FIELDS}))
     entries.append({"id": "b-failed000000", "index": index, "state": "failed", "parameters": {"learning_rate": 10.0}})
     entries.append({"id": "b-pending00000", "index": index + 1, "state": "pending",
                     "parameters": {"learning_rate": 10.0, "batch_size": 64}})
-    (outdir / "run.json").write_text(json.dumps({"runId": "r1", "state": "running", "batches": entries}))
+    (outdir / "run.json").write_text(json.dumps({"runId": "r1", "state": "running", "batches": entries,
+                                                 "counts": {"succeeded": 8, "failed": 1, "pending": 1},
+                                                 "updated": "2026-01-01T00:00:00.000Z"}))
     return expected
 
 
