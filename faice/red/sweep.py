@@ -84,11 +84,11 @@ def sweep_size(sweep: Any) -> int:
         lengths = [len(values) for values in zipped.values() if isinstance(values, list) and values]
         count *= min(lengths) if lengths else 1
     spec = sweep.get("random")
-    budget = sweep.get("maxBatches")
-    budget = budget if _is_int(budget) and budget > 0 else None
+    raw = sweep.get("maxBatches")
+    budget = raw if isinstance(raw, int) and not isinstance(raw, bool) and raw > 0 else None
     if isinstance(spec, dict) and spec.get("parameters"):
         samples = spec.get("samples", budget or 1)
-        count *= samples if _is_int(samples) and samples > 0 else 1
+        count *= samples if isinstance(samples, int) and not isinstance(samples, bool) and samples > 0 else 1
     return min(count, budget) if budget else count
 
 
