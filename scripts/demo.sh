@@ -46,8 +46,8 @@ log "faice exec $RED --outdir $OUTDIR"
 "$FAICE" exec "$RED" --outdir "$OUTDIR" "$@"
 
 log "faice results $OUTDIR"
-# --red reads the metrics from the batches' outputs when the records do not hold them yet.
-"$FAICE" results "$OUTDIR" --red "$RED"
+# faice exec already ended with this table; the records hold every batch's metrics.
+"$FAICE" results "$OUTDIR"
 echo
 echo "run summary:      $OUTDIR/run.json"
 echo "batch records:    $OUTDIR/batches/<batch id>/result.json, stdout.txt, stderr.txt"

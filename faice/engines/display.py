@@ -19,7 +19,9 @@ from faice.secrets import REDACTOR
 REFRESH_PER_SECOND = 4
 MAX_RUNNING_ROWS = 20  # a sweep of hundreds must not push the counts off the screen
 
-STATES = ("pending", "waiting", "running", "succeeded", "failed", "cancelled", "skipped")
+STATES = ("pending", "waiting", "running", "succeeded", "failed", "cancelled", "stopped", "skipped")
+FINAL_SHOWN = ("running", "succeeded", "failed", "cancelled", "stopped", "skipped")
+LOG_CHARS = 60  # the last log line shown per running batch
 
 
 class ProgressDisplay:
@@ -36,6 +38,8 @@ class ProgressDisplay:
         # stale lines on the screen. An RLock, because a signal handler may print mid-draw.
         self._draw = threading.RLock()
         self._state: dict[str, BatchEvent] = {}
+        self._phase_since: dict[str, tuple[tuple[str, str | None], float]] = {}  # id -> ((state, phase), since)
+        self._news: dict[str, BatchEvent] = {}  # batch id -> last event with a metric or log line
         self._live: Any = None
         self._console: Any = None
         self._ticker: threading.Thread | None = None
@@ -89,16 +93,27 @@ class ProgressDisplay:
     def __call__(self, event: BatchEvent) -> None:
         with self._lock:
             previous = self._state.get(event.batch_id)
+            if previous is not None and event.parameters is None:
+                event.parameters = previous.parameters
             self._state[event.batch_id] = event
+            since = self._phase_since.get(event.batch_id)
+            if since is None or since[0] != (event.state, event.phase):
+                self._phase_since[event.batch_id] = ((event.state, event.phase), event.time)
+            if event.metric is not None or event.log is not None:
+                old = self._news.get(event.batch_id)
+                if old is not None:
+                    event.metric = event.metric or old.metric
+                    event.log = event.log or old.log
+                self._news[event.batch_id] = event
         changed = previous is None or previous.state != event.state
         with self._draw:
-            if changed and event.state in ("running", "succeeded", "failed", "cancelled", "skipped"):
+            if changed and event.state in FINAL_SHOWN:
                 self._print(self._line(event))
             self._refresh()  # the counts change now, not at the next tick
 
     def _line(self, event: BatchEvent) -> str:
         width = len(str(self.total))
-        text = f"batch {event.index + 1:>{width}}/{self.total} {event.batch_id} {event.state}"
+        text = f"batch {event.index + 1:>{width}}/{self.total} {event.batch_id}{_parameters(event)} {event.state}"
         if event.seconds is not None and event.state != "running":
             text += f" in {event.seconds:.1f}s"
         if event.failure_class:
@@ -137,11 +152,32 @@ class ProgressDisplay:
         width = len(str(self.total))
         now = time.time()
         for event in running[:MAX_RUNNING_ROWS]:
-            phase = f"{event.phase or 'starting'} {max(0.0, now - event.time):.0f}s"
-            table.add_row(REDACTOR.redact(f"  batch {event.index + 1:>{width}}/{self.total} {event.batch_id}  {phase}"))
+            with self._lock:
+                since = self._phase_since.get(event.batch_id, (None, event.time))[1]
+                news = self._news.get(event.batch_id)
+            phase = f"{event.phase or 'starting'} {max(0.0, now - since):.0f}s"
+            row = f"  batch {event.index + 1:>{width}}/{self.total} {event.batch_id}{_parameters(event)}  {phase}"
+            if news is not None and news.metric and news.metric.get("value") is not None:
+                metric = news.metric
+                step = f" @{metric['step']}" if metric.get("step") is not None else ""
+                row += f"  {metric.get('name')}={_number(metric['value'])}{step}"
+            if news is not None and news.log:
+                row += f"  | {news.log.strip()[-LOG_CHARS:]}"
+            table.add_row(REDACTOR.redact(row))
         if len(running) > MAX_RUNNING_ROWS:
             table.add_row(f"  … and {len(running) - MAX_RUNNING_ROWS} more running")
         return table
+
+
+def _parameters(event: BatchEvent) -> str:
+    """`` (lr=0.1, batch=32)`` for a sweep batch, nothing otherwise."""
+    if not event.parameters:
+        return ""
+    return " (" + ", ".join(f"{k}={_number(v)}" for k, v in event.parameters.items()) + ")"
+
+
+def _number(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def summary_table(summary: dict[str, Any], stream: TextIO | None = None) -> None:
@@ -160,8 +196,47 @@ def summary_table(summary: dict[str, Any], stream: TextIO | None = None) -> None
             )
     counts = summary.get("counts") or {}
     totals = ", ".join(f"{v} {k}" for k, v in counts.items())
+    lines.extend(failure_report(summary))
     lines.append(f"faice: run {summary.get('runId')} {summary.get('state')}: {totals}; records in {summary.get('outdir')}")
     stream.write(REDACTOR.redact("\n".join(lines)) + "\n")
+    stream.flush()
+
+
+def failure_report(summary: dict[str, Any], outdir: Any = None, *, tail: int = 5, most: int = 10) -> list[str]:
+    """Each failed batch's reason and the last lines of its stderr (the first ``most`` batches)."""
+    from pathlib import Path
+
+    root = Path(outdir or summary.get("outdir") or ".")
+    failed = [e for e in summary.get("batches") or [] if e.get("state") == "failed"]
+    lines: list[str] = []
+    for entry in failed[:most]:
+        parameters = entry.get("parameters") or {}
+        shown = " (" + ", ".join(f"{k}={_number(v)}" for k, v in parameters.items()) + ")" if parameters else ""
+        lines.append(f"failed: batch {entry.get('index')} {entry.get('id')}{shown} "
+                     f"[{entry.get('failureClass')}]: {entry.get('message') or ''}")
+        stderr = root / "batches" / str(entry.get("id")) / "stderr.txt"
+        try:
+            with open(stderr, "rb") as handle:
+                handle.seek(0, 2)
+                size = handle.tell()
+                handle.seek(max(0, size - 4000))
+                text = handle.read().decode("utf-8", "replace")
+        except OSError:
+            continue
+        last = [line for line in text.splitlines() if line.strip()][-tail:]
+        if last and last[0] != (entry.get("message") or ""):
+            lines.append("  stderr: " + "\n  stderr: ".join(last))
+    if len(failed) > most:
+        lines.append(f"failed: … and {len(failed) - most} more (faice status --outdir {root})")
+    return lines
+
+
+def results_table(outdir: Any, stream: TextIO | None = None) -> None:
+    """``faice results OUTDIR``'s table and winner line, after a run with metrics."""
+    from faice.pipeline.results import load_results, render
+
+    stream = stream or sys.stdout
+    stream.write(REDACTOR.redact(render(load_results(outdir), "table", top=20)))
     stream.flush()
 
 

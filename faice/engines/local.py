@@ -11,7 +11,7 @@ import json
 import sys
 
 from faice.engines import ExecRequest
-from faice.engines.display import ProgressDisplay, print_plan, summary_table
+from faice.engines.display import ProgressDisplay, print_plan, results_table, summary_table
 from faice.errors import FaiceError
 from faice.pipeline.records import default_outdir, new_run_id, prepare_outdir
 from faice.pipeline.run import HostRun, interrupted_exit
@@ -45,5 +45,7 @@ def run(experiment: Experiment, request: ExecRequest) -> int:
         sys.stdout.write(REDACTOR.redact(json.dumps(summary.to_dict(), indent=2)) + "\n")
         sys.stdout.flush()
     summary_table(summary.to_dict())
+    if not request.json and any(e.get("metrics") for e in summary.to_dict().get("batches") or []):
+        results_table(outdir)
     code = interrupted_exit(host_run)
     return code if code is not None else summary.exit_code

@@ -14,14 +14,16 @@ import shutil
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from faice.connectors.staging import StagingSession
 from faice.cwl.commandline import OUTPUTS_DIR
 from faice.errors import ConnectorError, EngineError, FaiceError
 from faice.pipeline.events import BatchEvent, EventSink, ignore
+from faice.pipeline.logstream import LogStream
 from faice.pipeline.options import RunOptions
 from faice.pipeline.plan import BatchPlan, connector_request, input_label, preflight_access
 from faice.pipeline.records import (
@@ -44,6 +46,12 @@ from faice.runtime.containers import (
 )
 from faice.runtime.gpus import Gpu, GpuAllocator
 from faice.secrets import RedactingFile, Redactor
+
+if TYPE_CHECKING:
+    from faice.pipeline.metrics import MetricsReader
+
+# Asked once a second with a running batch's id and objective series: a reason to stop it early, or None.
+StopRule = Callable[[str, list], "str | None"]
 
 WAIT_SLICE_S = 1.0  # how often a waiting batch looks at its cancel event and timeout
 
@@ -78,6 +86,7 @@ class BatchContext:
     pull_seconds: float = 0.0  # once per run, shared by its batches
     check_access: bool = False  # probe connectors first (a batch run on its own: Slurm, agency)
     engine: dict[str, Any] | None = None  # where it ran, for the record (Slurm node, agency)
+    stop_rule: StopRule | None = None  # early stopping, decided by the scheduler that sees every batch
 
 
 def run_batch(plan: BatchPlan, context: BatchContext) -> BatchRecord:
@@ -108,6 +117,9 @@ class _BatchRun:
         self.mounts: list[Path] = []
         self.writable_mounts: dict[Path, str] = {}  # mount point → the input it serves
         self.unsent: list | None = None  # outputs of a command that succeeded but whose stage-out failed
+        self.input_dirs: dict[str, Path] = {}  # Directory inputs' host paths (metrics files may be there)
+        self.streams: dict[str, LogStream] = {}
+        self.reader: MetricsReader | None = None
         image = context.image
         self.record = new_batch_record(
             plan.id, plan.index, plan.batch.parameters, run_id=context.run_id, command=plan.command.argv,
@@ -119,7 +131,8 @@ class _BatchRun:
 
     def event(self, state: str, phase: str | None = None, **extra: Any) -> None:
         try:
-            self.context.on_event(BatchEvent(self.batch.id, self.batch.index, state, phase, **extra))
+            self.context.on_event(BatchEvent(self.batch.id, self.batch.index, state, phase,
+                                             parameters=self.batch.parameters, **extra))
         except Exception:
             pass  # a display that fails must not fail the batch
 
@@ -261,6 +274,8 @@ class _BatchRun:
                     entry["size"] = Path(host).stat().st_size
                 assert self.record.inputs is not None
                 self.record.inputs[item.key] = entry
+                if item.kind == "Directory":
+                    self.input_dirs[item.key] = Path(host)
         return binds
 
     def _umount(self) -> list[str]:
@@ -317,6 +332,7 @@ class _BatchRun:
                     process["returnCode"] = exc.code
                     raise BatchFailure(FailureClass.EXIT_CODE, self._not_runnable(exc.code)) from None
                 process["executed"] = True
+                self._follow(handle)
                 self._wait(handle)
                 result = runtime.exit_state(handle)
                 process["returnCode"] = result.code
@@ -324,6 +340,7 @@ class _BatchRun:
                 if keep:
                     self.record.container = handle.name
             finally:
+                self._finish_metrics()
                 if handle is not None and not keep:
                     runtime.remove(handle)
                 elif handle is not None:
@@ -361,6 +378,10 @@ class _BatchRun:
             code = runtime.wait(handle, WAIT_SLICE_S)
             if code is not None:
                 return code
+            reason = self._watch()
+            if reason is not None:
+                self._stop(handle)
+                raise BatchFailure(FailureClass.STOPPED_EARLY, reason)
             if self.cancelled():
                 self._stop(handle)
                 raise BatchFailure(FailureClass.CANCELLED, "cancelled while the command was running")
@@ -388,16 +409,86 @@ class _BatchRun:
         except Exception:
             pass
 
+    # ------------------------------------------------------------------ watching
+
+    def _follow(self, handle: ContainerHandle) -> None:
+        """Stream stdout/stderr into the batch dir as they come; start reading metrics."""
+        for stream, name in STREAM_FILES.items():
+            def chunks(stream: str = stream) -> Any:
+                return self.context.runtime.logs(handle, stream)
+
+            try:
+                self.streams[stream] = LogStream(chunks, self.dir / name, self.context.redactor)
+            except Exception:
+                pass  # _save_logs fetches the whole log at the end instead
+        spec = self.plan.metrics
+        if spec is not None and self.reader is None:
+            from faice.pipeline.metrics import MetricsReader
+
+            self.reader = MetricsReader.for_batch(
+                spec, outputs_dir=self.workdir, stdout_file=self.dir / STREAM_FILES["stdout"],
+                input_dirs=self.input_dirs, inputs=self.batch.inputs, parameters=self.batch.parameters,
+                index=self.batch.index)
+
+    def _watch(self) -> str | None:
+        """Once a second while the command runs: read new metrics, tell the display, ask the
+        early-stopping rule. Returns its reason to stop, or None."""
+        latest = None
+        if self.reader is not None:
+            try:
+                latest = self.reader.poll()
+            except Exception:
+                latest = None  # metrics never fail a batch
+        stream = self.streams.get("stdout")
+        log = stream.last_line if stream else None
+        err = self.streams.get("stderr")
+        if err is not None and err.last_line and not log:
+            log = err.last_line
+        if latest and latest.get("value") is not None or log:
+            self.event("running", "run", metric=latest if latest and latest.get("value") is not None else None,
+                       log=self.context.redactor.redact(log) if log else None)
+        rule = self.context.stop_rule
+        if rule is None or self.reader is None:
+            return None
+        try:
+            return rule(self.batch.id, self.reader.series())
+        except Exception:
+            return None
+
+    def _finish_metrics(self) -> None:
+        """Read the metrics one last time (whatever the outcome) into the record and metrics.json."""
+        if self.reader is None:
+            return
+        from faice.files import atomic_write_json
+        from faice.pipeline.metrics import METRICS_FILE, summary
+
+        try:
+            for stream in self.streams.values():
+                stream.finish(5)
+            result = self.reader.finish()
+            self.record.metrics = summary(result)
+            atomic_write_json(self.dir / METRICS_FILE, result, redact=self.context.redactor.redact)
+        except Exception as exc:
+            self.record.metrics = {"problems": [{"source": None, "line": None,
+                                                 "reason": self.context.redactor.redact(f"metrics not read: {exc}")}]}
+        self.reader = None
+
     def _save_logs(self, handle: ContainerHandle) -> None:
         """stdout.txt/stderr.txt in the batch dir (+ cli.stdout/stderr files in /cc/outputs)."""
         command = self.plan.command
         redactor = self.context.redactor
+        streams, self.streams = self.streams, {}
         for stream, name in STREAM_FILES.items():
             target = self.dir / name
-            # Masked on the way to disk: the clear text is never in the file, at any moment.
-            with RedactingFile(target, redactor) as handle_out:
-                for chunk in self.context.runtime.logs(handle, stream):
-                    handle_out.write(chunk)
+            follower = streams.get(stream)
+            if follower is None or not follower.finish(30):
+                # Streaming failed or hangs: the whole log once more, masked on the way to disk
+                # (a new file, so a stuck thread writes to the replaced one).
+                partial = target.with_name(target.name + ".part")
+                with RedactingFile(partial, redactor) as handle_out:
+                    for chunk in self.context.runtime.logs(handle, stream):
+                        handle_out.write(chunk)
+                os.replace(partial, target)
             named = command.stdout if stream == "stdout" else command.stderr
             if named:
                 destination = self.workdir / named

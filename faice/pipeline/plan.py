@@ -23,6 +23,7 @@ from faice.runtime.gpus import Gpu, GpuAllocator, GpuRequest
 
 if TYPE_CHECKING:
     from faice.connectors.staging import ConnectorRequest, StagingSession
+    from faice.red.metrics import MetricsSpec
 
 
 @dataclass
@@ -37,6 +38,7 @@ class BatchPlan:
     ram_mb: int | None
     gpu_request: GpuRequest
     output_kinds: dict[str, str]  # output key → "File" | "Directory"
+    metrics: MetricsSpec | None = None  # the RED file's ``metrics`` section, when it has one
 
     @property
     def id(self) -> str:
@@ -49,6 +51,15 @@ class BatchPlan:
     def output_connectors(self) -> dict[str, dict[str, Any]]:
         """The outputs that are sent somewhere (the others stay in ``outputs/``)."""
         return {k: v for k, v in (self.batch.outputs or {}).items() if isinstance(v, dict) and v.get("connector")}
+
+
+def metrics_spec(experiment: Experiment) -> MetricsSpec | None:
+    """The ``metrics`` section (imported only when there is one: a run without metrics pays nothing)."""
+    if "metrics" not in experiment.data:
+        return None
+    from faice.red.metrics import MetricsSpec
+
+    return MetricsSpec.from_red(experiment.data, experiment.source)
 
 
 def plan_batches(experiment: Experiment, batches: list[Batch] | None = None) -> list[BatchPlan]:
@@ -67,6 +78,7 @@ def plan_batches(experiment: Experiment, batches: list[Batch] | None = None) -> 
     gpu_request = GpuRequest.from_settings(settings.get("gpus"))
     kinds = {key: "Directory" if str((spec or {}).get("type", "File")).startswith("Directory") else "File"
              for key, spec in (experiment.cli.get("outputs") or {}).items()}
+    metrics = metrics_spec(experiment)
     return [
         BatchPlan(
             batch=batch,
@@ -77,6 +89,7 @@ def plan_batches(experiment: Experiment, batches: list[Batch] | None = None) -> 
             ram_mb=int(settings["ram"]) if settings.get("ram") else None,
             gpu_request=gpu_request,
             output_kinds=kinds,
+            metrics=metrics,
         )
         for batch in (experiment.batches if batches is None else batches)
     ]

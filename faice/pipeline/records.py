@@ -32,13 +32,18 @@ Redact = Callable[[str], str]
 
 
 class BatchState(str, enum.Enum):
-    """Where a batch stands; the last three are final."""
+    """Where a batch stands; the last four are final.
+
+    ``stopped``: the early-stopping rule ended the batch (failure class ``stopped-early``); it
+    is a planned end, not an error, so a run of succeeded and stopped batches succeeded.
+    """
 
     PENDING = "pending"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    STOPPED = "stopped"
 
     def __str__(self) -> str:
         return self.value
@@ -48,7 +53,9 @@ class BatchState(str, enum.Enum):
         return self in FINAL_STATES
 
 
-FINAL_STATES = frozenset({BatchState.SUCCEEDED, BatchState.FAILED, BatchState.CANCELLED})
+FINAL_STATES = frozenset({BatchState.SUCCEEDED, BatchState.FAILED, BatchState.CANCELLED, BatchState.STOPPED})
+# Final states a resumed run keeps (the others run again).
+KEPT_ON_RESUME = frozenset({BatchState.SUCCEEDED, BatchState.STOPPED})
 
 
 class FailureClass(str, enum.Enum):
@@ -60,6 +67,7 @@ class FailureClass(str, enum.Enum):
     CONNECTOR = "connector"
     TIMEOUT = "timeout"
     CANCELLED = "cancelled"
+    STOPPED_EARLY = "stopped-early"
     ENGINE = "engine"
 
     def __str__(self) -> str:
@@ -123,9 +131,9 @@ class BatchRecord:
         return self.state in FINAL_STATES
 
     def fail(self, failure_class: FailureClass, message: str) -> None:
-        """End as failed (or cancelled, for the cancelled class) with a one-line reason."""
-        cancelled = failure_class == FailureClass.CANCELLED
-        self.state = BatchState.CANCELLED if cancelled else BatchState.FAILED
+        """End as failed (cancelled or stopped, for those classes) with a one-line reason."""
+        self.state = {FailureClass.CANCELLED: BatchState.CANCELLED,
+                      FailureClass.STOPPED_EARLY: BatchState.STOPPED}.get(failure_class, BatchState.FAILED)
         self.failure_class = failure_class
         self.message = message
 
@@ -191,8 +199,9 @@ class BatchRecord:
         )
 
     def entry(self) -> dict[str, Any]:
-        """This batch's line in ``run.json``."""
-        return {
+        """This batch's line in ``run.json`` (with the objective and final metrics, so
+        ``faice results`` reads one file)."""
+        entry = {
             "id": self.batch_id,
             "index": self.batch_index,
             "state": self.state.value,
@@ -202,6 +211,9 @@ class BatchRecord:
             "gpus": self.gpus,
             "seconds": self.timings.get("total"),
         }
+        if self.metrics:
+            entry["metrics"] = {"objective": self.metrics.get("objective"), "final": self.metrics.get("final") or {}}
+        return entry
 
 
 def new_batch_record(
@@ -302,7 +314,7 @@ def run_state(entries: Iterable[dict[str, Any]], phase: RunState | str | None = 
     current = _enum(RunState, phase, None)
     if not states:
         return current or RunState.SUCCEEDED
-    if states <= {BatchState.SUCCEEDED.value}:
+    if states <= {BatchState.SUCCEEDED.value, BatchState.STOPPED.value}:
         return RunState.SUCCEEDED
     if states - {s.value for s in FINAL_STATES}:
         return current if current in (RunState.RUNNING, RunState.CANCELLED) else RunState.INCOMPLETE

@@ -26,8 +26,8 @@ RESULT_FILE = "result.json"
 METRICS_FILE = "metrics.json"
 FORMATS = ("table", "csv", "json", "markdown")
 # rank groups: succeeded with a value, other non-failed states with a value, failed with a value, no value
-_FAILED = ("failed", "cancelled", "stopped-early")
-_FINAL = ("succeeded", "failed", "cancelled", "stopped-early")
+_FAILED = ("failed", "cancelled", "stopped")
+_FINAL = ("succeeded", "failed", "cancelled", "stopped")
 _BASE_COLUMNS = ("rank", "best", "batch", "index", "state", "seconds", "objective", "failure", "message")
 
 
@@ -477,7 +477,7 @@ def to_mlflow(results: Results, uri: str = "./mlruns", *, experiment: str | None
         if _is_batch_id(batch_id) and record.is_file():
             client.log_artifact(run_id, str(record))
         status = {"succeeded": "FINISHED", "failed": "FAILED", "cancelled": "KILLED",
-                  "stopped-early": "KILLED"}.get(str(row["state"]), "RUNNING")
+                  "stopped": "KILLED"}.get(str(row["state"]), "RUNNING")
         if status != "RUNNING":
             client.set_terminated(run_id, status)
         counts["exported"] += 1

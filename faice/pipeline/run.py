@@ -18,13 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from faice.errors import EngineError, UsageError
+from faice.errors import EngineError
 from faice.pipeline.batch import BatchContext, not_started, run_batch
 from faice.pipeline.events import BatchEvent, EventSink, ignore
 from faice.pipeline.host import Host
 from faice.pipeline.options import RunOptions
 from faice.pipeline.plan import BatchPlan, default_parallel, describe, plan_batches, preflight_access
 from faice.pipeline.records import (
+    KEPT_ON_RESUME,
     BatchRecord,
     BatchState,
     RunState,
@@ -33,9 +34,9 @@ from faice.pipeline.records import (
     pending_entry,
     prepare_outdir,
     read_batch_record,
-    read_run_record,
     write_run_record,
 )
+from faice.pipeline.resume import RED_FILE, ResumePlan, save_red_file
 from faice.pipeline.signals import EXIT_SIGNAL
 from faice.red.experiment import Experiment
 from faice.runtime.docker import owner_token
@@ -104,6 +105,8 @@ class HostRun:
         self._summary: RunSummary | None = None
         self._error: BaseException | None = None
         self._failures = 0
+        self._running: set[str] = set()
+        self._series: dict[str, list] = {}  # batch id -> objective series, for early stopping
         self._lock = threading.Lock()
         self.started = now_iso()
 
@@ -182,8 +185,6 @@ class HostRun:
         from faice.runtime.tempdirs import create_run_tempdir
 
         started = time.monotonic()
-        if self.options.resume:
-            self._check_same_experiment()
         self.plans = plan_batches(self.experiment)
         first = self.plans[0] if self.plans else None
         if first is not None:
@@ -212,19 +213,6 @@ class HostRun:
             raise
         self._cancel = {p.id: threading.Event() for p in self.plans}
         self.preflight_seconds = round(time.monotonic() - started, 3)
-
-    def _check_same_experiment(self) -> None:
-        """--resume continues the run recorded in --outdir; a different experiment would mix runs."""
-        previous = read_run_record(self.outdir) or {}
-        recorded = {e.get("id") for e in previous.get("batches") or [] if isinstance(e, dict)}
-        current = {b.id for b in self.experiment.batches}
-        if recorded and recorded != current:
-            raise UsageError(
-                f"--resume: {self.outdir} holds a run of a different experiment "
-                f"({len(recorded - current)} of its batch ids are not in {self.experiment.source}); "
-                "faice never merges two runs",
-                hint="use a new --outdir for a changed RED file",
-            )
 
     def _pull_progress(self, text: str) -> None:
         if self.stop.is_set() or self.signals:
@@ -274,7 +262,52 @@ class HostRun:
             on_event=self.on_event,
             environment={k: os.environ[k] for k in self.options.preserve_environment if k in os.environ},
             pull_seconds=self.pull_seconds,
+            stop_rule=self._stop_rule() if plan.metrics is not None and plan.metrics.early_stopping else None,
         )
+
+    # ------------------------------------------------------------------ early stopping
+
+    def _stop_rule(self):
+        """The median stopping rule over every batch of this run (running and finished)."""
+        from faice.pipeline.metrics import median_stopping
+
+        spec = self.plans[0].metrics
+        assert spec is not None and spec.early_stopping is not None
+        early = spec.early_stopping
+        objective = spec.objective
+
+        def rule(batch_id: str, series: list) -> str | None:
+            with self._lock:
+                self._series[batch_id] = series
+                others = [s for other, s in self._series.items() if other != batch_id]
+            reached = sorted((s[-1][0] for s in others if s), reverse=True)
+            if not series or len(reached) < max(1, early.min_batches):
+                return None
+            # Compare at the latest step that enough others have reached: batches polled a
+            # moment apart are rarely at the same step.
+            step = min(series[-1][0], reached[max(1, early.min_batches) - 1])
+            if not median_stopping(objective, series, others, step, early.grace_steps, min_batches=early.min_batches):
+                return None
+            counted = sum(1 for s in others if s and s[-1][0] >= step)
+            value = next((v for st, v in reversed(series) if st <= step), None)
+            return (f"stopped early by the median rule at step {step}: {objective.name} = {value} is worse "
+                    f"({objective.goal}) than the median of {counted} other batches at that step")
+
+        return rule
+
+    def _remember_series(self, plan: BatchPlan) -> None:
+        """A finished batch's whole series (it may have ended between two polls)."""
+        if plan.metrics is None or plan.metrics.early_stopping is None:
+            return
+        from faice.files import read_json
+        from faice.pipeline.metrics import METRICS_FILE
+        from faice.pipeline.records import batch_dir
+
+        data = read_json(batch_dir(self.outdir, plan.id) / METRICS_FILE)
+        series = ((data or {}).get("series") or {}).get(plan.metrics.objective.name) if isinstance(data, dict) else None
+        if isinstance(series, list):
+            with self._lock:
+                self._series[plan.id] = series
 
     def _emit(self, event: BatchEvent) -> None:
         try:
@@ -284,18 +317,30 @@ class HostRun:
 
     def _run_all(self) -> RunSummary:
         pending: queue.Queue[BatchPlan] = queue.Queue()
+        resume = ResumePlan.of(self.outdir, self.experiment.data) if self.options.resume else None
         for plan in self.plans:
-            previous = read_batch_record(self.outdir, plan.id) if self.options.resume else None
-            if previous is not None and previous.state == BatchState.SUCCEEDED:
+            previous = read_batch_record(self.outdir, plan.id) if resume is not None else None
+            if resume is not None:
+                resume.add(plan.id, plan.batch.parameters, previous)
+            if previous is not None and previous.state in KEPT_ON_RESUME:
                 self._records[plan.id] = previous
-                self._emit(BatchEvent(plan.id, plan.index, "skipped", message="succeeded before"))
+                self._remember_series(plan)
+                self._emit(BatchEvent(plan.id, plan.index, "skipped", message=f"{previous.state} before",
+                                      parameters=plan.batch.parameters))
             else:
                 pending.put(plan)
-                self._emit(BatchEvent(plan.id, plan.index, "pending"))
+                self._emit(BatchEvent(plan.id, plan.index, "pending", parameters=plan.batch.parameters))
+        if resume is not None:
+            for line in resume.lines():
+                self.note(line)
+        save_red_file(self.outdir, self.experiment.data, self.redactor)
         self._write_summary(RunState.RUNNING)
         parallel = self.options.parallel or default_parallel(
             max(1, pending.qsize()), self.plans[0].ram_mb if self.plans else None, self.gpus,
             self.plans[0].gpu_request if self.plans else GpuRequest())
+        budget = (self.experiment.data.get("sweep") or {}).get("maxConcurrent")
+        if isinstance(budget, int) and budget > 0:
+            parallel = min(parallel, budget)
 
         def worker() -> None:
             while True:
@@ -309,9 +354,14 @@ class HostRun:
                     self._emit(BatchEvent(plan.id, plan.index, record.state.value, message=reason,
                                           failure_class=str(record.failure_class)))
                 else:
+                    with self._lock:
+                        self._running.add(plan.id)
+                    self._write_summary(RunState.RUNNING)
                     record = run_batch(plan, self._context(plan))
+                    self._remember_series(plan)
                 with self._lock:
                     self._records[plan.id] = record
+                    self._running.discard(plan.id)
                     if record.state == BatchState.FAILED:
                         self._failures += 1
                 self._write_summary(RunState.RUNNING)
@@ -335,10 +385,17 @@ class HostRun:
         with self._lock:
             entries = [r.entry() for r in self._records.values()]
             done = set(self._records)
-        entries += [pending_entry(p.id, p.index, p.batch.parameters) for p in self.plans if p.id not in done]
+            running = set(self._running)
+        entries += [pending_entry(p.id, p.index, p.batch.parameters,
+                                  BatchState.RUNNING if p.id in running else BatchState.PENDING)
+                    for p in self.plans if p.id not in done]
+        from faice import __version__
+
         header = {
             "runId": self.run_id,
             "source": self.experiment.source,
+            "faiceVersion": __version__,
+            "redFile": RED_FILE,
             "engine": "ccfaice",
             "image": {"ref": self.plans[0].image_ref if self.plans else None,
                       "id": getattr(self.image, "id", None), "digest": getattr(self.image, "digest", None),

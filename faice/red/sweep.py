@@ -13,6 +13,11 @@ The number of batches is computed from the list lengths before anything is expan
 refused above a limit (:func:`max_batches`: 100,000 by default, ``FAICE_MAX_BATCHES``, or a
 lower limit a server passes in), so a 200-byte file cannot ask for 10⁸ batches.
 
+A budget may go with them: ``maxBatches`` keeps the first N combinations (for ``random``,
+``samples`` may then be left out: N draws are made), so raising it later grows the sweep
+and ``--resume`` runs only the new batches; ``maxConcurrent`` caps how many batches run at
+a time (``--parallel`` and the free GPUs/RAM still apply).
+
 ``$(sweep.NAME)`` and ``$(sweep.index)`` (0-based) are substituted in every string of the
 template; a string that is exactly one reference becomes the typed value. A parameter named
 like a ``cli`` input sets that input.
@@ -41,6 +46,7 @@ SWEEP_REFERENCE = re.compile(r"\$\(sweep\.([^)]*)\)")
 PARAMETER_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 INDEX = "index"
 SECTIONS = ("grid", "zip", "random")
+BUDGET_KEYS = ("maxConcurrent", "maxBatches")  # how many at a time; how many in all
 DISTRIBUTIONS = ("uniform", "loguniform", "randint", "choice")
 ID_PREFIX = "b-"
 ID_HEX_CHARS = 12
@@ -78,10 +84,12 @@ def sweep_size(sweep: Any) -> int:
         lengths = [len(values) for values in zipped.values() if isinstance(values, list) and values]
         count *= min(lengths) if lengths else 1
     spec = sweep.get("random")
+    raw = sweep.get("maxBatches")
+    budget = raw if isinstance(raw, int) and not isinstance(raw, bool) and raw > 0 else None
     if isinstance(spec, dict) and spec.get("parameters"):
-        samples = spec.get("samples", 1)
-        count *= samples if _is_int(samples) and samples > 0 else 1
-    return count
+        samples = spec.get("samples", budget or 1)
+        count *= samples if isinstance(samples, int) and not isinstance(samples, bool) and samples > 0 else 1
+    return min(count, budget) if budget else count
 
 
 def expand_batches(data: dict, source: str, *, limit: int | None = None) -> list[Batch]:
@@ -171,9 +179,12 @@ def combinations(sweep: dict) -> list[dict[str, Any]]:
         names = list(zipped)
         axes.append([dict(zip(names, row, strict=True)) for row in zip(*zipped.values(), strict=True)])
     if sweep.get("random"):
-        axes.append(random_samples(sweep["random"]))
+        limit = sweep.get("maxBatches") if _is_int(sweep.get("maxBatches")) else None
+        axes.append(random_samples(sweep["random"], limit))
+    budget = sweep.get("maxBatches")
+    budget = budget if isinstance(budget, int) and not isinstance(budget, bool) and budget > 0 else None
     result = []
-    for parts in itertools.product(*axes):
+    for parts in itertools.islice(itertools.product(*axes), budget):  # never more than the budget
         merged: dict[str, Any] = {}
         for part in parts:
             merged.update(part)
@@ -181,12 +192,15 @@ def combinations(sweep: dict) -> list[dict[str, Any]]:
     return result
 
 
-def random_samples(spec: dict) -> list[dict[str, Any]]:
-    """``samples`` draws from ``random.Random(seed)``; parameters drawn in key order."""
+def random_samples(spec: dict, limit: int | None = None) -> list[dict[str, Any]]:
+    """``samples`` draws from ``random.Random(seed)``; parameters drawn in key order. With a
+    ``limit`` (``maxBatches``) at most that many: the same first draws, so a larger budget
+    extends the list (``samples`` defaults to the limit)."""
     rng = random.Random(spec.get("seed", 0))
     parameters = spec.get("parameters") or {}
     samples = []
-    for _ in range(int(spec.get("samples", 1))):
+    count = int(spec.get("samples", limit or 1))
+    for _ in range(min(count, limit) if limit else count):
         sample = {}
         for name, distribution in parameters.items():
             (kind, arguments), = distribution.items()
@@ -270,8 +284,11 @@ def sweep_problems(data: dict, source: str, *, limit: int | None = None) -> list
         found.append((("sweep",), f"expected a mapping with grid, zip and/or random, got {_kind(sweep)}"))
         return _problems(data, source, found)
     for key in sweep:
-        if key not in SECTIONS:
-            found.append((("sweep", key), f"unknown key; expected one of {', '.join(SECTIONS)}"))
+        if key in BUDGET_KEYS:
+            if not _is_int(sweep[key]) or sweep[key] < 1:
+                found.append((("sweep", key), f"expected a positive integer, got {sweep[key]!r}"))
+        elif key not in SECTIONS:
+            found.append((("sweep", key), f"unknown key; expected one of {', '.join(SECTIONS + BUDGET_KEYS)}"))
     if not any(sweep.get(section) for section in SECTIONS):
         found.append((("sweep",), "empty sweep: give at least one of grid, zip or random"))
     names: dict[str, KeyPath] = {}
@@ -352,7 +369,9 @@ def _check_random(sweep: dict, names: dict[str, KeyPath], found: list) -> None:
         if key not in ("samples", "seed", "parameters"):
             found.append((("sweep", "random", key), "unknown key; expected samples, seed or parameters"))
     samples = spec.get("samples")
-    if not isinstance(samples, int) or not _is_int(samples) or samples < 1:
+    if samples is None and _is_int(sweep.get("maxBatches")):
+        pass  # maxBatches draws
+    elif not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
         found.append((("sweep", "random", "samples"), f"expected a positive integer number of samples, got {samples!r}"))
     if "seed" in spec and not _is_int(spec["seed"]):
         found.append((("sweep", "random", "seed"), f"expected an integer seed, got {spec['seed']!r}"))

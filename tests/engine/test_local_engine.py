@@ -147,7 +147,7 @@ def test_image_user_cc_writes_outputs_and_results_belong_to_the_runner(tmp_path,
     shutil.rmtree(tmp_path / "run")  # removable by the user who ran faice
 
 
-def test_resume_skips_succeeded_batches_and_refuses_merging(tmp_path, test_image):
+def test_resume_skips_succeeded_batches_and_refuses_a_non_empty_outdir_without_it(tmp_path, test_image):
     red = sh_red(tmp_path / "r.json", 'date +%s%N > result.txt', test_image,
                  sweep={"grid": {"n": [1, 2, 3]}}, outputs=FILE_OUT)
     outdir = tmp_path / "run"
@@ -171,10 +171,12 @@ def test_resume_skips_succeeded_batches_and_refuses_merging(tmp_path, test_image
     assert after[ids[0]] == before[ids[0]] and after[ids[2]] == before[ids[2]]
     assert after[ids[1]] != before[ids[1]]
 
+    # A changed input makes every batch new (tests/engine/test_resume_grow.py has the details):
+    # they run, and run.json lists the batches of the RED file as it is now.
     changed = sh_red(tmp_path / "other.json", 'date > result.txt', test_image,
                      sweep={"grid": {"n": [1, 2, 3]}}, outputs=FILE_OUT)
-    with pytest.raises(UsageError, match="different experiment"):
-        run_experiment(load_experiment(str(changed)), RunOptions(resume=True), outdir)
+    third = run_experiment(load_experiment(str(changed)), RunOptions(resume=True), outdir)
+    assert third.exit_code == 0 and not {e["id"] for e in third.to_dict()["batches"]} & set(ids)
 
 
 def test_fail_fast_stops_starting_batches(tmp_path, test_image):

@@ -118,3 +118,34 @@ def test_a_busy_writable_mount_fails_the_batch(tmp_path, ssh_server, remote_dir,
     else:
         assert entry["state"] == "succeeded", record
         assert summary.exit_code == 0
+
+
+def test_a_csvlogger_file_on_a_writable_sshfs_mount_is_read_while_the_batch_runs(
+        tmp_path, ssh_server, remote_dir, test_image):
+    name, root = remote_dir
+    access = {"host": ssh_server.host, "port": ssh_server.port,
+              "auth": {"username": ssh_server.user, "password": ssh_server.password},
+              "hostKeyPolicy": "strict", "knownHostsFile": str(ssh_server.known_hosts)}
+    # Keras' CSVLogger: a header, then one line per epoch, appended as training goes.
+    red = sh_red(
+        tmp_path / "r.json",
+        'echo "epoch,accuracy,loss,val_accuracy,val_loss" > "$1/training.csv"; '
+        'for e in 0 1 2 3; do sleep 1.2; echo "$e,0.$((5 + e)),1.$e,0.$((4 + e)),0.9" >> "$1/training.csv"; done',
+        test_image,
+        extra_inputs={"logs": {"type": "Directory", "inputBinding": {"position": 2}}},
+    )
+    doc = read(red)
+    doc["inputs"]["logs"] = {"class": "Directory", "connector": {
+        "command": "ssh", "mount": True, "access": {**access, "dirPath": f"data/{name}/logs", "writable": True}}}
+    doc["metrics"] = {"objective": {"name": "val_accuracy", "goal": "max"},
+                      "sources": [{"file": "training.csv", "in": "logs"}]}
+    red.write_text(json.dumps(doc))
+    events = []
+    summary = run_experiment(load_experiment(str(red)), RunOptions(), tmp_path / "run", on_event=events.append)
+    assert summary.exit_code == 0, summary.to_dict()
+    (entry,) = summary.to_dict()["batches"]
+    assert entry["metrics"]["final"] == {"accuracy": 0.8, "loss": 1.3, "val_accuracy": 0.7, "val_loss": 0.9}
+    live = [e.metric["value"] for e in events if e.metric and e.state == "running"]
+    assert live and live[0] < 0.7  # seen while the batch ran, before its last epoch
+    series = read(tmp_path / "run" / "batches" / entry["id"] / "metrics.json")["series"]["val_accuracy"]
+    assert series == [[0, 0.4], [1, 0.5], [2, 0.6], [3, 0.7]]

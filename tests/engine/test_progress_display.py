@@ -117,8 +117,8 @@ def test_live_display_on_a_terminal_shows_counts_phases_and_the_summary(tmp_path
     running = [f for f in seen if re.search(r"^running 3  \(\d+s\)$", f, re.M)]
     assert running, "no screen showed three batches running:\n" + "\n---\n".join(seen[-5:])
     for position, batch_id in enumerate(ids, start=1):
-        assert re.search(rf"^  batch {position}/3 {batch_id}  (run|collect) \d+s$", running[-1], re.M), running[-1]
-    assert any(re.search(r"^  batch \d/3 \S+  run [1-9]\d*s$", f, re.M) for f in seen), "the phase clock never moved"
+        assert re.search(rf"^  batch {position}/3 {batch_id} \(n=\d\)  (run|collect) \d+s$", running[-1], re.M), running[-1]
+    assert any(re.search(r"^  batch \d/3 \S+ \(n=\d\)  run [1-9]\d*s$", f, re.M) for f in seen), "the phase clock never moved"
     # Counts move as batches end, one state per count.
     assert any(re.search(r"^running 2  succeeded 1  \(\d+s\)$|^running 2  failed 1  \(\d+s\)$", f, re.M) for f in seen)
 
@@ -128,9 +128,9 @@ def test_live_display_on_a_terminal_shows_counts_phases_and_the_summary(tmp_path
     assert screen.cursor_visible
     assert not re.search(r"^(pending|running|succeeded) \d", final, re.M), final
     for position, batch_id in enumerate(ids[:2], start=1):
-        assert f"batch {position}/3 {batch_id} running" in final
-        assert re.search(rf"^batch {position}/3 {batch_id} succeeded in \d+\.\ds$", final, re.M), final
-    assert re.search(rf"^batch 3/3 {ids[2]} failed in \d+\.\ds \[exit-code\]: the command exited with code 1$",
+        assert f"batch {position}/3 {batch_id} (n={position}) running" in final
+        assert re.search(rf"^batch {position}/3 {batch_id} \(n={position}\) succeeded in \d+\.\ds$", final, re.M), final
+    assert re.search(rf"^batch 3/3 {ids[2]} \(n=3\) failed in \d+\.\ds \[exit-code\]: the command exited with code 1$",
                      final, re.M), final
     assert re.search(rf"^\s+2  {ids[2]}\s+failed\s+\d+\.\d  exit-code$", final, re.M), final
     run_id = read(tmp_path / "run" / "run.json")["runId"]
@@ -148,9 +148,9 @@ def test_without_a_terminal_progress_is_plain_lines_on_stderr_and_stdout_is_only
     assert not ANSI.search(done.stderr), done.stderr
     lines = done.stderr.splitlines()
     for position, batch_id in enumerate(ids, start=1):
-        assert f"batch {position}/3 {batch_id} running" in lines
-    assert sum(bool(re.fullmatch(r"batch [12]/3 \S+ succeeded in \d+\.\ds", line)) for line in lines) == 2
-    assert f"batch 3/3 {ids[2]} failed in" in done.stderr and "[exit-code]" in done.stderr
+        assert f"batch {position}/3 {batch_id} (n={position}) running" in lines
+    assert sum(bool(re.fullmatch(r"batch [12]/3 \S+ \(n=[12]\) succeeded in \d+\.\ds", line)) for line in lines) == 2
+    assert f"batch 3/3 {ids[2]} (n=3) failed in" in done.stderr and "[exit-code]" in done.stderr
     assert lines[-1].startswith(f"faice: run {summary['runId']} ")
     # Without --json, stdout stays empty: everything for people goes to stderr.
     again = subprocess.run([sys.executable, "-m", "faice", "exec", str(sweep_red), "--outdir", "run2"],
@@ -168,7 +168,7 @@ def test_no_progress_on_a_terminal_draws_no_live_display(tmp_path, sweep_red):
     assert not re.search(r"^(pending|running) \d", text, re.M), text
     ids = batch_ids(tmp_path / "run")
     for position, batch_id in enumerate(ids, start=1):
-        assert f"batch {position}/3 {batch_id} running\n" in text
+        assert f"batch {position}/3 {batch_id} (n={position}) running\n" in text
     assert f"faice: run {read(tmp_path / 'run' / 'run.json')['runId']} " in text
 
 
@@ -184,7 +184,7 @@ def test_ctrl_c_on_a_terminal_restores_the_screen(tmp_path, test_image, docker_c
     assert screen.cursor_visible
     assert not re.search(r"^(pending|running) \d", final, re.M), final
     assert "stopping: no new batches" in final
-    assert re.search(r"^batch [12]/2 \S+ cancelled", final, re.M), final
+    assert re.search(r"^batch [12]/2 \S+ \(n=\d\) cancelled", final, re.M), final
     run_id = read(tmp_path / "run" / "run.json")["runId"]
     assert faice_containers(docker_client, run_id) == []
 

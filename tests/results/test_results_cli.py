@@ -41,6 +41,11 @@ def accuracy(lr: float, bs: int, epoch: int) -> float:
     return round((0.95 - 0.08 * (math.log10(lr) + 1) ** 2 - bs / 2000) * (1 - 0.5 ** (epoch + 1)), 4)
 
 
+# The fields every batch record has (schemas/faice-records.json); their values do not matter here.
+RECORD_FIELDS = {"command": ["train"], "process": {"returnCode": 0, "executed": True}, "inputs": {}, "outputs": {},
+                 "debugInfo": None}
+
+
 def make_run(outdir: Path, *, record_metrics: bool = True) -> dict[str, dict]:
     """A finished sweep: 8 trained batches, one failed without metrics, one still pending."""
     spec = MetricsSpec.from_mapping(SPEC)

@@ -31,13 +31,17 @@ def add_parser(subparsers) -> None:
     status = command("status", "show the state of an experiment or batch (agency, Slurm or local run)",
                      "  faice status 65f0c1...\n  faice status --outdir runs/lr\n"
                      "  faice status --agency https://agency.example.org --json")
-    status.add_argument("id", metavar="ID", nargs="?", help="experiment or batch id (default: your recent experiments)")
+    status.add_argument("id", metavar="ID", nargs="?",
+                        help="experiment or batch id (default: the local runs under ./faice-runs, else your recent experiments)")
     status.add_argument("--wait", action="store_true", help="follow until every batch is final")
     _add_agency_options(status)
 
-    logs = command("logs", "print a batch's stdout (or --stderr)", "  faice logs 65f0c1...\n  faice logs --stderr 65f0c1...")
+    logs = command("logs", "print a batch's stdout (or --stderr)",
+                   "  faice logs 65f0c1...\n  faice logs --stderr 65f0c1...\n  faice logs -f b-1a2b3c4d5e6f --outdir runs/lr")
     logs.add_argument("id", metavar="BATCH_ID")
     logs.add_argument("--stderr", action="store_true", help="print stderr instead of stdout")
+    logs.add_argument("-f", "--follow", action="store_true",
+                      help="keep printing new lines until the batch ends (a local run directory, --outdir)")
     _add_agency_options(logs)
 
     cancel = command("cancel", "cancel a batch or every batch of an experiment", "  faice cancel 65f0c1...")
@@ -52,6 +56,11 @@ def add_parser(subparsers) -> None:
 def run(name: str, args: Any) -> int:
     if args.outdir:
         return _run_directory(name, args)
+    if getattr(args, "follow", False):
+        raise UsageError("faice logs -f follows a local or Slurm run directory: add --outdir DIR")
+    if name in ("status", "list") and not getattr(args, "id", None) and not args.agency and not args.red_file \
+            and LOCAL_ROOT.is_dir():
+        return _list_local_runs(LOCAL_ROOT, args.json)
     from faice.engines.agency.connect import connect
 
     client = connect(args.agency, args.red_file, variable_sources(args))
@@ -182,6 +191,8 @@ def _run_directory(name: str, args) -> int:
         raise UsageError(f"faice {name} works with an agency; a local or Slurm run directory has nothing to {name}")
     if name == "logs":
         path = outdir / "batches" / args.id / ("stderr.txt" if args.stderr else "stdout.txt")
+        if args.follow:
+            return _follow(path, outdir, args.id)
         if not path.exists():
             raise UsageError(f"{path}: no such file (is {args.id} a batch id of the run in {outdir}?)")
         sys.stdout.write(REDACTOR.redact(path.read_text(errors="replace")))
@@ -206,11 +217,90 @@ def _run_directory(name: str, args) -> int:
         data = json.loads(record.read_text())
         print(json.dumps(data, indent=2) if args.json else f"batch {args.id}: {data.get('state')}")
         return 0
+    failed = 1 if run.get("state") in ("failed", "cancelled", "incomplete", "interrupted") else 0
     if args.json:
         print(json.dumps(run, indent=2))
-        return 0
+        return failed
+    from faice.engines.display import failure_report
+
     print(f"run {run.get('runId', run.get('id', '?'))}: {run.get('state', '?')}")
     for entry in run.get("batches", []):
         bid = entry.get("batchId", entry.get("id"))
-        print(f"{entry.get('index', ''):>4}  {bid}  {entry.get('state')}")
+        parameters = entry.get("parameters") or {}
+        shown = "  " + ", ".join(f"{k}={v}" for k, v in parameters.items()) if parameters else ""
+        print(f"{entry.get('index', ''):>4}  {bid}  {entry.get('state'):<10}{shown}")
+    for line in failure_report(run, outdir):
+        print(REDACTOR.redact(line))
+    return failed
+
+
+LOCAL_ROOT = Path("faice-runs")  # where faice exec puts runs without --outdir
+FOLLOW_POLL_S = 0.2
+
+
+def _list_local_runs(root: Path, as_json: bool) -> int:
+    """``faice status`` without arguments: the runs under ./faice-runs, newest first."""
+    from faice.pipeline.records import read_run_record
+
+    runs: list[dict[str, Any]] = []
+    for path in sorted(root.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True):
+        record = read_run_record(path) if path.is_dir() else None
+        if record is not None:
+            runs.append({"outdir": str(path), "runId": record.get("runId"), "state": record.get("state"),
+                         "counts": record.get("counts") or {}, "source": record.get("source"),
+                         "started": record.get("started")})
+    if as_json:
+        print(json.dumps(runs, indent=2))
+        return 0
+    if not runs:
+        print(f"no runs under {root}/")
+    for item in runs:
+        counts = ", ".join(f"{v} {k}" for k, v in item["counts"].items())
+        print(REDACTOR.redact(f"{item['outdir']}  {item['state']:<10}  {counts}  ({item['source']})"))
+    if runs:
+        print("details: faice status --outdir DIR; agency experiments: faice status --agency URL")
     return 0
+
+
+def _follow(path: Path, outdir: Path, batch_id: str) -> int:
+    """``faice logs -f``: print the file as it grows (whole lines, redacted) until the batch's
+    record is final and nothing more comes."""
+    import time
+
+    from faice.files import read_json
+    from faice.pipeline.records import read_batch_record
+
+    if not (outdir / "batches" / batch_id).is_dir() and not (outdir / "run.json").is_file():
+        raise UsageError(f"{outdir}: not a faice run directory")
+    listed = (read_json(outdir / "run.json") or {}).get("batches")
+    if isinstance(listed, list) and listed and batch_id not in {str(e.get("id")) for e in listed if isinstance(e, dict)}:
+        raise UsageError(f"no batch {batch_id} in the run in {outdir} (faice status --outdir {outdir} lists them)")
+    deadline_missing = time.monotonic() + 60
+    offset, carry = 0, b""
+    while True:
+        record = read_batch_record(outdir, batch_id)
+        final = record is not None and record.is_final
+        try:
+            with open(path, "rb") as handle:
+                handle.seek(offset)
+                data = handle.read()
+        except FileNotFoundError:
+            data = b""
+            if final or time.monotonic() > deadline_missing:
+                if final:
+                    return 0
+                raise UsageError(f"{path}: no such file (is {batch_id} a batch id of the run in {outdir}?)") from None
+        if data:
+            offset += len(data)
+            data = carry + data
+            cut = data.rfind(b"\n") + 1
+            carry = data[cut:]
+            if cut:
+                sys.stdout.write(REDACTOR.redact(data[:cut].decode("utf-8", "replace")))
+                sys.stdout.flush()
+        elif final:
+            if carry:
+                sys.stdout.write(REDACTOR.redact(carry.decode("utf-8", "replace")))
+                sys.stdout.flush()
+            return 0
+        time.sleep(FOLLOW_POLL_S)

@@ -1,0 +1,87 @@
+"""``faice exec --resume`` of a sweep that grew or changed, on the real Docker engine."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from engine_helpers import read, sh_red
+
+from faice.pipeline.options import RunOptions
+from faice.pipeline.records import prepare_outdir
+from faice.pipeline.run import HostRun
+from faice.red.prepare import load_experiment
+from faice.secrets import REDACTOR
+
+pytestmark = pytest.mark.docker
+
+SCRIPT = 'echo "ran $0"; [ "$0" != 5 ]'  # n=5 fails
+
+
+def resume(red: Path, outdir: Path, *, first: bool = False):
+    previous = prepare_outdir(outdir, resume=not first)
+    notes: list[str] = []
+    events = []
+    run = HostRun(load_experiment(str(red)), RunOptions(parallel=4, resume=not first), outdir,
+                  run_id=(previous or {}).get("runId"), on_note=notes.append, on_event=events.append)
+    summary = run.start().wait()
+    ran = {e.batch_id for e in events if e.state == "running"}
+    return summary, notes, ran
+
+
+def test_a_grown_sweep_runs_exactly_the_new_and_unfinished_batches(tmp_path, test_image):
+    outdir = tmp_path / "run"
+    red = sh_red(tmp_path / "r.json", SCRIPT, test_image, sweep={"grid": {"n": [1, 2, 3, 4, 5]}})
+    summary, _, ran = resume(red, outdir, first=True)
+    assert summary.to_dict()["counts"] == {"succeeded": 4, "failed": 1}
+    first = {e["parameters"]["n"]: e["id"] for e in summary.to_dict()["batches"]}
+    started = {n: read(outdir / "batches" / i / "result.json")["started"] for n, i in first.items()}
+
+    red = sh_red(tmp_path / "r.json", SCRIPT, test_image, sweep={"grid": {"n": [1, 2, 3, 4, 5, 6, 7]}})
+    summary, notes, ran = resume(red, outdir)
+    assert "resume: 4 reused, 2 new, 1 re-run: failed" in notes
+    by_n = {e["parameters"]["n"]: e["id"] for e in summary.to_dict()["batches"]}
+    assert ran == {by_n[5], by_n[6], by_n[7]}  # exactly the new and the failed one
+    assert {n: by_n[n] for n in first} == first  # the old batches keep their ids
+    for n in (1, 2, 3, 4):
+        assert read(outdir / "batches" / by_n[n] / "result.json")["started"] == started[n]
+    assert sum("is new: new parameter values" in line for line in notes) == 2
+    assert summary.to_dict()["counts"] == {"succeeded": 6, "failed": 1}
+
+
+def test_a_changed_input_makes_batches_new_with_the_reason(tmp_path, test_image):
+    outdir = tmp_path / "run"
+    red = sh_red(tmp_path / "r.json", 'echo "v1 $0"', test_image, sweep={"grid": {"n": [1, 2]}})
+    resume(red, outdir, first=True)
+    red = sh_red(tmp_path / "r.json", 'echo "v2 $0"', test_image, sweep={"grid": {"n": [1, 2]}})
+    summary, notes, ran = resume(red, outdir)
+    assert notes[0].startswith("resume: 0 reused, 2 new, 2 no longer in the RED file")
+    assert sum("is new: its inputs or outputs changed" in line for line in notes) == 2
+    assert len(ran) == 2 and summary.exit_code == 0
+    # The tool itself changed: said so.
+    data = json.loads(red.read_text())
+    data["cli"]["doc"] = "a new version of the tool"
+    red.write_text(json.dumps(data))
+    summary, notes, ran = resume(red, outdir)
+    assert sum("is new: the tool (cli) changed" in line for line in notes) == 2
+
+
+def test_the_run_directory_keeps_the_red_file_without_secrets_and_the_version(tmp_path, test_image):
+    import faice
+
+    red = sh_red(tmp_path / "r.json", "true", test_image)
+    data = json.loads(red.read_text())
+    data["container"]["settings"]["image"]["auth"] = {"username": "me", "password": "{{db_password}}"}
+    red.write_text(json.dumps(data))
+    (tmp_path / "vars.yml").write_text("db_password: hunter2-very-secret\n")
+    from faice.red.variables import VariableSources
+
+    experiment = load_experiment(str(red), variables=VariableSources(files=[str(tmp_path / "vars.yml")], non_interactive=True))
+    outdir = tmp_path / "run"
+    HostRun(experiment, RunOptions(disable_pull=True), outdir).start().wait()
+    kept = (outdir / "red.json").read_text()
+    assert "hunter2-very-secret" not in kept and json.loads(kept)["cli"] == data["cli"]
+    assert json.loads(kept)["container"]["settings"]["image"]["auth"]["username"] == "me"
+    assert read(outdir / "run.json")["faiceVersion"] == faice.__version__
+    REDACTOR.clear()
