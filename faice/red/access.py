@@ -180,7 +180,7 @@ def _describe(error: Any, access: dict, where: KeyPath) -> Found:
     path = _written_path(access, list(error.absolute_path))
     if error.validator == "additionalProperties" and isinstance(error.instance, dict):
         allowed = set(error.schema.get("properties") or {})
-        extra = sorted(k for k in error.instance if k not in allowed)
+        extra = sorted((k for k in error.instance if k not in allowed), key=str)
         if len(extra) == 1:  # point at the unknown key itself
             path = _written_path(access, list(error.absolute_path) + extra)
     return where + tuple(path), _explain(error)
