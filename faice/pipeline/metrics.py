@@ -320,6 +320,7 @@ class _Tail:
         self.parser = parser
         self.offset = 0
         self.identity: tuple[int, int] | None = None
+        self.error: str | None = None  # why the file could not be opened at the last poll
         self.pending = b""
         self.skipping = False  # inside an over-long line
         self.line_number = 0
@@ -350,7 +351,7 @@ class _Tail:
         return fd
 
     def poll(self, final: bool) -> None:
-        self.error: str | None = None
+        self.error = None
         fd = self.open()
         if fd is None:
             if final and self.error and self.identity is None and self.json_seen is None:

@@ -142,7 +142,7 @@ def build_results(outdir: Path, records: Iterable[dict[str, Any]], *, objective:
         for name in row["_metrics"]:
             metrics.setdefault(name, None)
         rows.append(row)
-    maximise = bool(objective) and objective.get("goal", "max") == "max"
+    maximise = objective is not None and objective.get("goal", "max") == "max"
     rows.sort(key=lambda row: _rank_key(row, maximise))
     results = Results(Path(outdir), objective, list(parameters), list(metrics), series=series)
     for rank, row in enumerate(rows, 1):
@@ -159,12 +159,16 @@ def build_results(outdir: Path, records: Iterable[dict[str, Any]], *, objective:
     return results
 
 
+def _mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
 def _row(record: dict[str, Any], objective: dict[str, Any] | None) -> dict[str, Any]:
-    metrics = record.get("metrics") if isinstance(record.get("metrics"), dict) else {}
-    final = metrics.get("final") if isinstance(metrics.get("final"), dict) else {}
+    metrics = _mapping(record.get("metrics"))
+    final = _mapping(metrics.get("final"))
     value = None
     if objective:
-        recorded = metrics.get("objective") if isinstance(metrics.get("objective"), dict) else {}
+        recorded = _mapping(metrics.get("objective"))
         if recorded.get("name") == objective["name"] and recorded.get("scope", "final") == objective.get("scope", "final"):
             value = recorded.get("value")
         elif objective.get("scope") == "best" and isinstance(metrics.get("best"), dict):
@@ -181,8 +185,8 @@ def _row(record: dict[str, Any], objective: dict[str, Any] | None) -> dict[str, 
         group = 2
     else:
         group = 1
-    timings = record.get("timings") if isinstance(record.get("timings"), dict) else {}
-    parameters = record.get("parameters") if isinstance(record.get("parameters"), dict) else {}
+    timings = _mapping(record.get("timings"))
+    parameters = _mapping(record.get("parameters"))
     return {
         "batch": record.get("batchId"),
         "index": record.get("batchIndex"),
@@ -373,7 +377,7 @@ def plot(results: Results, metric: str, directory: Path) -> list[Path]:
             continue
         figure, axes = plt.subplots(figsize=(6, 4))
         numeric = all(_finite(x) for x, _ in pairs)
-        xs = [x if numeric else str(x) for x, _ in pairs]
+        xs: list[Any] = [x if numeric else str(x) for x, _ in pairs]
         axes.scatter(xs, [y for _, y in pairs])
         if numeric and min(xs) > 0 and max(xs) / min(xs) >= 100:
             axes.set_xscale("log")
@@ -464,7 +468,7 @@ def to_mlflow(results: Results, uri: str = "./mlruns", *, experiment: str | None
                 if _finite(value) and _finite(step):
                     metrics.append(Metric(metric, float(value), now, int(round(step))))
                     logged.add(metric)
-            final = row.get(f"metric.{metric}")
+            final: Any = row.get(f"metric.{metric}")
             if metric not in logged and _finite(final):
                 metrics.append(Metric(metric, float(final), now, 0))
         if _finite(row.get("seconds")):
