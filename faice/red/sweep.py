@@ -414,10 +414,8 @@ def _distribution_problem(distribution: Any) -> str | None:
 
 def _check_types(data: dict, sweep: dict, names: dict[str, KeyPath], found: list) -> None:
     """Values of parameters that set a cli input must have that input's type."""
-    try:
-        from faice.red.semantics import check_value
-    except ImportError:  # the semantics module is optional for this check
-        return
+    from faice.red.semantics import check_value
+
     cli_inputs = _cli_inputs(data)
     for name, path in names.items():
         spec = cli_inputs.get(name)
