@@ -601,31 +601,3 @@ def _lazy_unmount(mountpoint: Path) -> None:
         if shutil.which(tool):
             subprocess.run([tool, "-u", "-z", str(mountpoint)], capture_output=True, timeout=30)
             return
-
-
-def cleanup_stale(root: Path) -> list[str]:
-    """Leftovers of a killed run under ``root``: unmount sshfs mounts, remove staging dirs.
-
-    Engines call it at start-up (leftovers of a killed run are cleaned at the
-    next start). Returns what was cleaned, for a log line.
-    """
-    root = Path(root).absolute()
-    cleaned: list[str] = []
-    try:
-        with open("/proc/self/mounts") as mounts:
-            entries = [line.split() for line in mounts]
-    except OSError:
-        entries = []
-    for fields in entries:
-        if len(fields) < 3 or not fields[2].startswith("fuse"):
-            continue
-        mountpoint = fields[1].replace("\\040", " ")
-        if mountpoint == str(root) or mountpoint.startswith(str(root) + os.sep):
-            _lazy_unmount(Path(mountpoint))
-            cleaned.append(f"unmounted {mountpoint}")
-    if root.is_dir():
-        for stale in root.glob("**/faice-staging-*"):
-            if stale.is_dir() and not os.path.ismount(stale):
-                remove_tree(stale)
-                cleaned.append(f"removed {stale}")
-    return cleaned

@@ -368,16 +368,21 @@ def test_server_killed_mid_transfer(private_sshd, place, ssh_server, ssh_prefix,
         thread.join()
 
 
-def test_cleanup_stale_unmounts_a_leftover_sshfs_mount(place, ssh_server, tmp_path):
-    from faice.connectors.staging import cleanup_stale
+def test_the_next_start_unmounts_a_sshfs_mount_a_killed_run_left(place, ssh_server, tmp_path):
+    import socket
 
+    from faice.runtime.tempdirs import remove_stale_tempdirs
+
+    run_dir = tmp_path / "faice-run-killed-1"  # a run's temp dir, whose owner process is gone
+    run_dir.mkdir()
+    (run_dir / "owner").write_text(f"{socket.gethostname()}:999999999:1")
     session = StagingSession(tmp_path / "w")
-    mnt = tmp_path / "run" / "mounts" / "data"
+    mnt = run_dir / "mounts" / "data"
     session.mount_dir(ConnectorRequest("i", "ssh", {**place.dir("x"), "dirPath": "data"}, mount=True), mnt,
                       writable=False)
     assert os.path.ismount(mnt)
-    cleaned = cleanup_stale(tmp_path / "run")  # as if the run had been killed
-    assert not os.path.ismount(mnt) and cleaned
+    assert remove_stale_tempdirs(tmp_path) == [run_dir]
+    assert not os.path.ismount(mnt) and not run_dir.exists()
     session.close()
 
 

@@ -178,15 +178,19 @@ def test_close_is_idempotent_and_session_refuses_afterwards(tmp_path):
         session.stage_in(request(), "File")
 
 
-def test_cleanup_stale_removes_leftovers_of_a_killed_run(tmp_path):
-    session = StagingSession(tmp_path)
+def test_the_next_start_removes_the_staging_area_of_a_killed_run(tmp_path):
+    import socket
+
+    from faice.runtime.tempdirs import remove_stale_tempdirs
+
+    run_dir = tmp_path / "faice-run-killed-2"  # a run's temp dir, whose owner process is gone
+    run_dir.mkdir()
+    (run_dir / "owner").write_text(f"{socket.gethostname()}:999999999:1")
+    session = StagingSession(run_dir / "staging")
     path = session.stage_in(request(), "File")  # never closed: the process "was killed"
     assert path.exists()
-    from faice.connectors.staging import cleanup_stale
-
-    cleaned = cleanup_stale(tmp_path)
-    assert not path.exists() and any("faice-staging-" in line for line in cleaned)
-    assert list(tmp_path.iterdir()) == []
+    assert remove_stale_tempdirs(tmp_path) == [run_dir]
+    assert not path.exists() and list(tmp_path.iterdir()) == []
 
 
 def test_access_schemas_are_listed_per_operation():
