@@ -23,7 +23,7 @@ from faice.engines.slurm.job import (
     POLL_INTERVAL_S,
     SUCCEEDED,
     TASK_MODULE,
-    SlurmJob,
+    Job,
     cancel_run,
     open_run,
     refresh_run,
@@ -31,6 +31,7 @@ from faice.engines.slurm.job import (
     wait_run,
     write_run_summary,
 )
+from faice.engines.slurm.packed import WORKER_MODULE, PackedJob
 from faice.engines.slurm.settings import SlurmSettings, sbatch_options
 from faice.pipeline.records import default_outdir, new_run_id, prepare_outdir, read_batch_record
 from faice.pipeline.signals import EXIT_SIGNAL, interrupts_to
@@ -67,7 +68,8 @@ def run(experiment: Experiment, request: ExecRequest) -> int:
             return 0
         _say(f"faice: resuming: {len(done)} batches succeeded before, re-submitting {len(batches)}")
     job = submit_batches(experiment, options, outdir, batches, run_id=run_id, max_running=options.parallel)
-    _say(f"faice: submitted Slurm job array {job.job_id} ({len(job.batch_ids)} batches); run directory {outdir}")
+    workers = f"{job.workers} workers for " if isinstance(job, PackedJob) else ""
+    _say(f"faice: submitted Slurm job array {job.job_id} ({workers}{len(job.batch_ids)} batches); run directory {outdir}")
     if not request.wait:
         if request.json:
             print(json.dumps(rundir.read_json(outdir / "run.json"), indent=2))
@@ -77,7 +79,7 @@ def run(experiment: Experiment, request: ExecRequest) -> int:
     return follow(job, json_output=request.json, live=None if request.progress else False)
 
 
-def follow(job: SlurmJob, *, json_output: bool = False, live: bool | None = None) -> int:
+def follow(job: Job, *, json_output: bool = False, live: bool | None = None) -> int:
     """Follow the array until every batch is final; the first Ctrl-C or SIGTERM cancels it.
     The handler only records the signal; this loop (between polls) cancels."""
     from faice.engines.slurm.progress import Follower
@@ -109,25 +111,34 @@ def follow(job: SlurmJob, *, json_output: bool = False, live: bool | None = None
 def _dry_run(experiment: Experiment, settings: SlurmSettings, request: ExecRequest) -> int:
     """Print the sbatch command and the batches; submit nothing."""
     outdir = Path(request.outdir).resolve() if request.outdir else Path("faice-runs/<time>-<run id>")
+    workers = min(settings.workers, len(experiment.batches)) if settings.workers else None
     argv = sbatch_options(
         settings,
         experiment.container_settings,
         job_name="faice-<run id>",
-        array=slurm_cli.array_spec(len(experiment.batches), request.options.parallel or settings.max_running),
+        array=slurm_cli.array_spec(workers or len(experiment.batches), request.options.parallel or settings.max_running),
         output=rundir.log_pattern(outdir),
         workdir=str(outdir),
+        batches_per_task=settings.batches_per_worker if workers else 1,
     )
+    submission = str(outdir / "slurm" / "1")
     plan: dict[str, Any] = {
         "engine": "slurm",
         "sbatch": ["sbatch", *argv, str(outdir / "slurm" / "1" / "job.sh")],
-        "taskCommand": [settings.python, "-m", TASK_MODULE, str(outdir / "slurm" / "1"), "$SLURM_ARRAY_TASK_ID"],
+        "taskCommand": ([settings.python, "-m", WORKER_MODULE, submission] if workers else
+                        [settings.python, "-m", TASK_MODULE, submission, "$SLURM_ARRAY_TASK_ID"]),
         "batches": [{"task": i, "id": b.id, "index": b.index, "parameters": b.parameters}
                     for i, b in enumerate(experiment.batches)],
     }
+    if workers:
+        plan["workers"] = workers
     if request.json:
         print(REDACTOR.redact(json.dumps(plan, indent=2)))
     else:
         lines = ["Slurm plan (nothing submitted):", "  " + shlex.join(plan["sbatch"])]
+        if workers:
+            lines.append(f"  {workers} workers, each running up to {settings.batches_per_worker} batch(es) at once,"
+                         " claim the batches below from the run directory")
         lines += [f"  task {e['task']}: batch {e['id']} {json.dumps(e['parameters'])}" for e in plan["batches"]]
         print(REDACTOR.redact("\n".join(lines)))
     return 0

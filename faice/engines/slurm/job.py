@@ -20,6 +20,8 @@ from typing import Any
 
 from faice.engines.slurm import client as slurm_cli
 from faice.engines.slurm import rundir
+from faice.engines.slurm.claims import ClaimQueue
+from faice.engines.slurm.packed import WORKER_MODULE, PackedJob
 from faice.engines.slurm.settings import SlurmSettings, sbatch_options
 from faice.errors import EngineError, UsageError
 from faice.files import atomic_write_text
@@ -170,6 +172,8 @@ class SlurmJob:
             rundir.remove_task_specs(self.submission_dir, pending)
 
 
+Job = SlurmJob | PackedJob
+
 # ----------------------------------------------------------------------------- submission
 
 
@@ -191,7 +195,15 @@ def _shared_data(experiment: Experiment) -> dict[str, Any]:
 
 
 def job_script(settings: SlurmSettings, submission: Path, run_id: str) -> str:
-    """The batch script: hand over to faice's task entry point on the node."""
+    """The batch script: hand over to faice's task entry point on the node (or, packed, to a
+    worker that pulls batches from the queue)."""
+    if settings.packed:
+        command = [settings.python, "-m", WORKER_MODULE, str(submission)]
+        return (
+            "#!/bin/sh\n"
+            f"# faice run {run_id}: every array task is a worker that claims batches from queue/\n"
+            f"exec {shlex.join(command)}\n"
+        )
     command = [settings.python, "-m", TASK_MODULE, str(submission)]
     return (
         "#!/bin/sh\n"
@@ -209,7 +221,7 @@ def submit_batches(
     run_id: str | None = None,
     max_running: int | None = None,
     protected: Iterable[str] | None = None,
-) -> SlurmJob:
+) -> Job:
     """Submit one job array with a task per batch (of ``batches``, default: all).
 
     ``protected``: the secrets the tasks must mask (default: every value registered with
@@ -236,13 +248,21 @@ def submit_batches(
     script = submission / "job.sh"
     script.write_text(job_script(settings, submission, run_id), encoding="utf-8")
     limit = max_running or settings.max_running
+    packed: dict[str, Any] | None = None
+    if settings.packed:
+        assert settings.workers is not None
+        packed = {"workers": min(settings.workers, len(batches)), "batchesPerWorker": settings.batches_per_worker,
+                  "leaseSeconds": settings.lease_seconds, "pollInterval": settings.poll_interval}
+        ClaimQueue(submission / "queue").create(len(batches))
+        rundir.write_json(submission / rundir.PACK_FILE, packed)
     argv = sbatch_options(
         settings,
         experiment.container_settings,
         job_name=f"faice-{run_id}",
-        array=slurm_cli.array_spec(len(batches), limit),
+        array=slurm_cli.array_spec(packed["workers"] if packed else len(batches), limit),
         output=rundir.log_pattern(outdir),
         workdir=str(outdir),
+        batches_per_task=settings.batches_per_worker if packed else 1,
     )
     try:
         job_id = slurm_cli.sbatch(str(script), argv)
@@ -259,8 +279,10 @@ def submit_batches(
         "submittedAt": rundir.now(),
         "sbatch": argv,
     }
+    if packed:
+        entry["packed"] = packed
     rundir.add_submission(outdir, entry)
-    job = SlurmJob(outdir, entry)
+    job = make_job(outdir, entry)
     write_run_summary(outdir, experiment=experiment, states={b.id: SCHEDULED for b in batches})
     return job
 
@@ -268,15 +290,20 @@ def submit_batches(
 # ----------------------------------------------------------------------------- run directory
 
 
-def open_run(outdir: Path) -> list[SlurmJob]:
+def make_job(outdir: Path, entry: dict[str, Any]) -> Job:
+    """The job of one submissions.json entry: a task per batch, or packed workers."""
+    return PackedJob(outdir, entry) if entry.get("packed") else SlurmJob(outdir, entry)
+
+
+def open_run(outdir: Path) -> list[Job]:
     """The job arrays of a Slurm run directory, oldest first."""
     outdir = Path(outdir).resolve()
     if not rundir.is_slurm_run(outdir):
         raise UsageError(f"{outdir}: not a Slurm run directory (no slurm/{rundir.SUBMISSIONS})")
-    return [SlurmJob(outdir, entry) for entry in rundir.read_submissions(outdir)]
+    return [make_job(outdir, entry) for entry in rundir.read_submissions(outdir)]
 
 
-def current_states(jobs: list[SlurmJob]) -> dict[str, BatchState]:
+def current_states(jobs: list[Job]) -> dict[str, BatchState]:
     """Batch states over all arrays of a run; each batch is asked of the latest array that
     ran it (``--resume`` re-submits failed batches in a new array)."""
     owner = {batch_id: job for job in jobs for batch_id in job.batch_ids}
@@ -309,7 +336,7 @@ def cancel_run(outdir: Path, batch_id: str | None = None) -> list[str]:
     return cancelled
 
 
-def wait_run(jobs: list[SlurmJob], on_update: Callable[[dict[str, BatchState]], None] | None = None
+def wait_run(jobs: list[Job], on_update: Callable[[dict[str, BatchState]], None] | None = None
              ) -> dict[str, BatchState]:
     """Poll every array of a run until each batch is final."""
     while True:

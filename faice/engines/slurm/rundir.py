@@ -12,6 +12,13 @@ keeps::
                                 deletes it as soon as it has read it, faice deletes the specs
                                 of tasks that never started when the array is final or cancelled
       logs/slurm-<job>_<task>.out   what the task printed (Slurm's --output)
+
+A packed submission (``workers: K``) has K worker tasks instead of one task per batch; its
+specs are kept until their batch is final (a batch may be re-run by another worker), and::
+
+      <tag>/pack.json           workers, batchesPerWorker, leaseSeconds, pollInterval
+      <tag>/queue/              the claim queue (faice.engines.slurm.claims)
+      <tag>/work/<task>.<gen>/  a claimed batch's directory until its worker commits it
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from faice.secrets import REDACTOR
 SLURM_DIR = "slurm"
 SUBMISSIONS = "submissions.json"
 LOGS = "logs"
+PACK_FILE = "pack.json"  # a packed submission's worker settings
 
 
 def slurm_dir(outdir: Path) -> Path:

@@ -14,6 +14,10 @@ Settings (all optional)::
         runDir: /shared/faice-runs      # default parent of run directories (shared by all nodes)
         python: /opt/faice/bin/python   # the Python with faice installed on the nodes
         extraArgs: ["--constraint=a100"]  # appended to sbatch's options as given
+        workers: 2                # packing: ONE array of 2 worker allocations that pull batches
+        batchesPerWorker: 1       # batches a worker runs at once (its allocation is sized for them)
+        leaseSeconds: 60          # a claimed batch whose worker is silent this long is re-queued
+        pollInterval: 10          # seconds between two squeue calls while following a packed run
 
 Memory and GPUs come from the batch's container request: ``container.settings.ram`` (MB)
 becomes ``--mem=<ram>M`` and ``container.settings.gpus`` (``count``, or one GPU per
@@ -75,6 +79,14 @@ class SlurmSettings:
     run_dir: str | None = None
     python: str = field(default_factory=lambda: sys.executable)
     extra_args: tuple[str, ...] = ()
+    workers: int | None = None
+    batches_per_worker: int = 1
+    lease_seconds: float = 60.0
+    poll_interval: float = 10.0
+
+    @property
+    def packed(self) -> bool:
+        return self.workers is not None
 
     @classmethod
     def from_experiment(cls, experiment) -> SlurmSettings:
@@ -88,7 +100,8 @@ class SlurmSettings:
 
         if not isinstance(settings, dict):
             raise ValidationError([Problem(source, SETTINGS_PATH, "expected a mapping of Slurm settings")])
-        known = {"partition", "account", "qos", "time", "cpusPerTask", "batchConcurrencyLimit", "runDir", "python", "extraArgs"}
+        known = {"partition", "account", "qos", "time", "cpusPerTask", "batchConcurrencyLimit", "runDir", "python", "extraArgs",
+                 "workers", "batchesPerWorker", "leaseSeconds", "pollInterval"}
         for key in settings:
             if key not in known:
                 problem(str(key), f"unknown Slurm setting; expected one of {', '.join(sorted(known))}")
@@ -105,7 +118,8 @@ class SlurmSettings:
                 problem(key, "expected a directory path without control characters")
             else:
                 values[attr] = str(value)
-        for key, attr in (("cpusPerTask", "cpus_per_task"), ("batchConcurrencyLimit", "max_running")):
+        for key, attr in (("cpusPerTask", "cpus_per_task"), ("batchConcurrencyLimit", "max_running"),
+                          ("workers", "workers"), ("batchesPerWorker", "batches_per_worker")):
             value = settings.get(key)
             if value is None:
                 continue
@@ -113,6 +127,16 @@ class SlurmSettings:
                 problem(key, "expected an integer >= 1")
             else:
                 values[attr] = value
+        for key, attr, low in (("leaseSeconds", "lease_seconds", 5.0), ("pollInterval", "poll_interval", 0.1)):
+            value = settings.get(key)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= 86400:
+                problem(key, f"expected a number of seconds between {low:g} and 86400")
+            else:
+                values[attr] = float(value)
+        if "batchesPerWorker" in settings and "workers" not in settings:
+            problem("batchesPerWorker", "only applies to packed runs: set workers too")
         extra = settings.get("extraArgs", [])
         if not isinstance(extra, list) or not all(isinstance(a, str) for a in extra):
             problem("extraArgs", 'expected a list of strings, e.g. ["--constraint=a100"]')
@@ -146,8 +170,10 @@ def sbatch_options(
     array: str,
     output: str,
     workdir: str,
+    batches_per_task: int = 1,
 ) -> list[str]:
-    """The sbatch options of one job array: every task is one batch with the same resources."""
+    """The sbatch options of one job array: every task is one batch with the same resources,
+    or (packed) a worker sized for ``batches_per_task`` batches at once."""
     options = [
         f"--job-name={job_name}",
         f"--array={array}",
@@ -161,15 +187,16 @@ def sbatch_options(
         ("--account", settings.account),
         ("--qos", settings.qos),
         ("--time", settings.time),
-        ("--cpus-per-task", settings.cpus_per_task),
+        ("--cpus-per-task", settings.cpus_per_task * batches_per_task if settings.cpus_per_task
+         else (batches_per_task if batches_per_task > 1 else None)),
     ):
         if value is not None:
             options.append(f"{flag}={value}")
     ram = container_settings.get("ram")
     if isinstance(ram, int) and not isinstance(ram, bool):
-        options.append(f"--mem={ram}M")
+        options.append(f"--mem={ram * batches_per_task}M")
     gpus = gpu_count(container_settings)
     if gpus:
-        options.append(f"--gres=gpu:{gpus}")
+        options.append(f"--gres=gpu:{gpus * batches_per_task}")
     options.extend(settings.extra_args)
     return options

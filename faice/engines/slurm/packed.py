@@ -1,0 +1,176 @@
+"""A packed Slurm submission: ONE array of ``workers`` allocations that pull the batches.
+
+The batch states come from the claim queue on the shared file system (three directory
+listings); Slurm is asked only whether workers are still alive: one ``squeue`` call for the
+whole run, at most once every ``pollInterval`` seconds. A batch that is still waiting or
+claimed once no worker is left gets a failure record (or a cancelled one after ``faice
+cancel``), after taking the batch out of the queue so that no worker can publish it later.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from faice.engines.slurm import client as slurm_cli
+from faice.engines.slurm import rundir
+from faice.engines.slurm.claims import CLAIMED, DONE, READY, ClaimQueue
+from faice.files import atomic_write_text
+from faice.pipeline.records import (
+    FINAL_STATES,
+    BatchState,
+    FailureClass,
+    batch_dir,
+    new_batch_record,
+    read_batch_record,
+    write_batch_record,
+)
+from faice.secrets import REDACTOR
+
+WORKER_MODULE = "faice.engines.slurm.worker"
+# A batch that Slurm's answer leaves without a record gets this long for it to appear
+# (shared file systems cache directory entries) before faice writes a failure in its place.
+RECORD_GRACE_S = 5.0
+
+
+class PackedJob:
+    """One packed submission: the array of worker tasks and the queue of its batches.
+
+    The same interface as :class:`faice.engines.slurm.job.SlurmJob` (poll, wait, cancel,
+    remove_specs), so ``faice exec --wait``, ``status``, ``results`` and ``cancel`` work alike."""
+
+    def __init__(self, outdir: Path, entry: dict[str, Any]):
+        self.outdir = outdir
+        self.job_id: str = entry["jobId"]
+        self.tag: str = entry["tag"]
+        self.run_id: str = entry["runId"]
+        self.batch_ids: list[str] = list(entry["batchIds"])
+        self.batch_index: dict[str, int] = dict(entry.get("batchIndex") or {})
+        self.batch_parameters: dict[str, Any] = dict(entry.get("batchParameters") or {})
+        pack = entry.get("packed") or {}
+        self.workers = int(pack.get("workers", 1))
+        self.poll_interval = float(pack.get("pollInterval", 10.0))
+        self.queue = ClaimQueue(self.submission_dir / "queue")
+        self._states: dict[str, BatchState] = {}
+        self._alive: bool | None = None
+        self._asked_at = float("-inf")
+        self._gone_since: dict[str, float] = {}
+        self.squeue_calls = 0
+
+    @property
+    def submission_dir(self) -> Path:
+        return rundir.slurm_dir(self.outdir) / self.tag
+
+    # ------------------------------------------------------------------ Slurm, rate-limited
+
+    def workers_alive(self) -> bool:
+        """Whether any worker task is pending or running: one squeue call per poll interval."""
+        now = time.monotonic()
+        if self._alive is None or (self._alive and now - self._asked_at >= self.poll_interval):
+            tasks = slurm_cli.queued_tasks(self.job_id)
+            self.squeue_calls += 1
+            self._asked_at = now
+            self._alive = any(not t.is_final for t in tasks.values())
+        return self._alive
+
+    # ------------------------------------------------------------------ states
+
+    def poll(self, only: set[str] | None = None) -> dict[str, BatchState]:
+        scan = self.queue.scan()
+        alive: bool | None = None
+        states: dict[str, BatchState] = {}
+        for task, batch_id in enumerate(self.batch_ids):
+            if only is not None and batch_id not in only:
+                continue
+            if self._states.get(batch_id) in FINAL_STATES:
+                states[batch_id] = self._states[batch_id]
+                continue
+            kind = scan.get(task, (None, None))[0]
+            if kind == DONE:
+                record = read_batch_record(self.outdir, batch_id)
+                if record is not None and record.is_final:
+                    states[batch_id] = record.state
+                    continue
+            elif kind in (READY, CLAIMED):
+                if alive is None:
+                    alive = self.workers_alive()
+                if alive:
+                    states[batch_id] = BatchState.RUNNING if kind == CLAIMED else BatchState.PENDING
+                    self._gone_since.pop(batch_id, None)
+                    continue
+            first = self._gone_since.setdefault(batch_id, time.monotonic())
+            if time.monotonic() - first < RECORD_GRACE_S:
+                states[batch_id] = BatchState.RUNNING if kind != READY else BatchState.PENDING
+                continue
+            states[batch_id] = self._record_lost(task, batch_id, kind)
+        self._states.update(states)
+        return states
+
+    def _record_lost(self, task: int, batch_id: str, kind: str | None) -> BatchState:
+        """The record of a batch that no worker finished: taken out of the queue first
+        (``kind`` DONE: it is out already)."""
+        if kind != DONE and self.queue.finish(task, (READY, CLAIMED)) is None:
+            return BatchState.RUNNING  # it moved meanwhile: look again at the next poll
+        rundir.task_spec_path(self.submission_dir, task).unlink(missing_ok=True)
+        if self.queue.cancel_requested() or self.queue.cancel_requested_for(task):
+            failure, message = FailureClass.CANCELLED, "cancelled before the batch finished"
+        elif kind == DONE:
+            failure, message = FailureClass.ENGINE, "the faice worker stopped while saving the batch's results"
+        else:
+            failure, message = FailureClass.ENGINE, (
+                f"no faice worker of Slurm job {self.job_id} is left to run the batch"
+                " (workers ended: time limit, cancelled or failed; see slurm/logs/)")
+        record = new_batch_record(
+            batch_id, self.batch_index.get(batch_id), self.batch_parameters.get(batch_id), run_id=self.run_id,
+            command=None, failure_class=failure, message=message,
+            engine={"name": "slurm", "jobId": self.job_id, "task": task, "packed": True},
+        )
+        logs = [rundir.log_path(self.outdir, self.job_id, w) for w in range(self.workers)]
+        text = "\n".join(f"{p.name}:\n{t}" for p in logs if (t := rundir.tail(p, 1500)))
+        if text:
+            assert record.debug_info is not None
+            record.debug_info.append(f"worker output:\n{text}")
+            stderr = batch_dir(self.outdir, batch_id) / "stderr.txt"
+            if not stderr.exists():
+                atomic_write_text(stderr, text, redact=REDACTOR.redact)
+        write_batch_record(self.outdir, record)
+        return record.state
+
+    def is_final(self) -> bool:
+        return bool(self._states) and all(s in FINAL_STATES for s in self._states.values())
+
+    def wait(self, on_update: Callable[[dict[str, BatchState]], None] | None = None,
+             interval: float = 0.5) -> dict[str, BatchState]:
+        while True:
+            states = self.poll()
+            if on_update:
+                on_update(states)
+            if all(s in FINAL_STATES for s in states.values()):
+                self.remove_specs()
+                return states
+            time.sleep(interval)
+
+    def remove_specs(self) -> None:
+        rundir.remove_task_specs(self.submission_dir)
+
+    # ------------------------------------------------------------------ cancel
+
+    def cancel(self, batch_ids: Iterable[str] | None = None) -> None:
+        """Cancel the run (scancel the workers, waiting batches recorded cancelled), or some
+        batches: waiting ones are cancelled here, claimed ones by their worker."""
+        open_ids = [b for b in self.batch_ids if self._states.get(b) not in FINAL_STATES]
+        wanted = set(self.batch_ids if batch_ids is None else batch_ids)
+        everything = wanted >= set(open_ids)
+        if everything:
+            self.queue.request_cancel_all()
+        for task, batch_id in enumerate(self.batch_ids):
+            if batch_id not in wanted:
+                continue
+            if not everything:
+                self.queue.request_cancel(task)
+            if self.queue.finish(task) is not None:  # still waiting: no worker will see it
+                self._states[batch_id] = self._record_lost(task, batch_id, DONE)
+        if everything:
+            slurm_cli.scancel(self.job_id)

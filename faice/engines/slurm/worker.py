@@ -1,0 +1,194 @@
+"""A faice worker of a packed Slurm run: one allocation that pulls many batches.
+
+    python -m faice.engines.slurm.worker SUBMISSION_DIR
+
+The worker claims batches from ``SUBMISSION_DIR/queue`` (:mod:`faice.engines.slurm.claims`),
+runs up to ``batchesPerWorker`` of them at once with :meth:`Host.run_alone` (the pipeline of
+``faice exec``; one Host per worker, so the GPUs Slurm gave the allocation are handed out
+exclusively), keeps their leases alive, and publishes each batch's directory into the run
+directory only after its commit succeeded. It stops when the queue is empty and no other
+worker holds a claim that could still expire back to it.
+
+SIGTERM (``scancel``, the allocation's time limit) stops the running containers and gives
+their batches back to the queue for another worker, unless the run is being cancelled: then
+the batches are recorded cancelled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from faice.engines.slurm import rundir
+from faice.engines.slurm.claims import Claim, ClaimQueue
+from faice.engines.slurm.task import docker_gpu_ids, say
+from faice.pipeline.host import Host, failed_before_start
+from faice.pipeline.options import RunOptions
+from faice.pipeline.plan import plan_batches
+from faice.pipeline.records import BatchRecord, batch_dir
+from faice.red.experiment import Batch, Experiment
+from faice.runtime.gpus import host_allocator
+from faice.secrets import Redactor
+
+IDLE_SLEEP_S = 0.5
+
+
+@dataclass
+class Held:
+    """A claim this worker holds and the event that stops its batch."""
+
+    claim: Claim
+    cancel: threading.Event = field(default_factory=threading.Event)
+    lost: bool = False
+
+
+class Worker:
+    def __init__(self, submission: Path, environ: dict[str, str]):
+        self.submission = submission
+        self.outdir = submission.parent.parent
+        self.queue = ClaimQueue(submission / "queue")
+        pack: dict[str, Any] = rundir.read_json(submission / rundir.PACK_FILE)
+        self.slots = int(pack.get("batchesPerWorker", 1))
+        self.lease_s = float(pack.get("leaseSeconds", 60))
+        self.heartbeat_s = max(0.2, self.lease_s / 5)
+        stored: dict[str, Any] = rundir.read_json(submission / "options.json")
+        self.options = RunOptions.from_dict(stored).replace(parallel=1)
+        self.run_id = str(stored.get("run_id"))
+        job, task = environ.get("SLURM_ARRAY_JOB_ID"), environ.get("SLURM_ARRAY_TASK_ID")
+        self.name = f"{job}_{task}" if job else f"{os.uname().nodename}:{os.getpid()}"
+        self.start = int(task) * 7919 if task and task.isdigit() else os.getpid()
+        self.engine_base = {"name": "slurm", "node": os.uname().nodename, "jobId": job,
+                            "taskId": int(task) if task and task.isdigit() else None, "worker": self.name}
+        self.gpu_ids = docker_gpu_ids(environ)
+        self.host = Host(host_allocator(self.gpu_ids))
+        self.stopping = threading.Event()  # SIGTERM
+        self.held: dict[int, Held] = {}
+        self.lock = threading.Lock()
+        self.ran: list[str] = []
+
+    # ------------------------------------------------------------------ main loop
+
+    def run(self) -> int:
+        say(f"faice worker {self.name}: {self.slots} slot(s), GPUs: {self.gpu_ids or 'none'}, lease {self.lease_s:g} s")
+        slots = [threading.Thread(target=self._slot, name=f"faice-slot-{i}", daemon=True) for i in range(self.slots)]
+        for thread in slots:
+            thread.start()
+        while any(t.is_alive() for t in slots):
+            for thread in slots:
+                thread.join(self.heartbeat_s / len(slots))
+            self._beat()
+        say(f"faice worker {self.name}: done, ran {len(self.ran)} batch(es)")
+        return 0
+
+    def _beat(self) -> None:
+        """Renew every lease; stop batches whose lease was lost or whose cancel was asked for."""
+        cancel_all = self.queue.cancel_requested()
+        with self.lock:
+            held = list(self.held.values())
+        for entry in held:
+            if not self.queue.heartbeat(entry.claim):
+                entry.lost = True
+                entry.cancel.set()
+            elif cancel_all or self.stopping.is_set() or self.queue.cancel_requested_for(entry.claim.task):
+                entry.cancel.set()
+
+    def _slot(self) -> None:
+        while not self.stopping.is_set() and not self.queue.cancel_requested():
+            claim = self.queue.claim(self.start)
+            if claim is None:
+                state = self.queue.scan()
+                if not any(kind != "done" for kind, _ in state.values()):
+                    return  # nothing waits, nothing can come back
+                self.queue.reap(self.lease_s)
+                time.sleep(IDLE_SLEEP_S)
+                continue
+            entry = Held(claim)
+            with self.lock:
+                self.held[claim.task] = entry
+            try:
+                self._run_claim(entry)
+            finally:
+                with self.lock:
+                    self.held.pop(claim.task, None)
+
+    # ------------------------------------------------------------------ one batch
+
+    def _run_claim(self, entry: Held) -> None:
+        claim = entry.claim
+        stage = self.submission / "work" / claim.name
+        spec_path = rundir.task_spec_path(self.submission, claim.task)
+        try:
+            spec = rundir.read_json(spec_path)
+        except FileNotFoundError:
+            say(f"faice worker {self.name}: task {claim.task} has no spec (cancelled): skipped")
+            self.queue.commit(claim)
+            return
+        redactor = Redactor(spec.get("protected") or [])
+        experiment = Experiment.of_batch(spec["source"], spec["data"], Batch(**spec["batch"]))
+        (plan,) = plan_batches(experiment)
+        engine = {**self.engine_base, "task": claim.task, "claim": claim.generation}
+        say(f"faice worker {self.name}: batch {plan.id} (task {claim.task}, claim {claim.generation})")
+        shutil.rmtree(stage, ignore_errors=True)
+        stage.mkdir(parents=True)
+        record: BatchRecord
+        try:
+            record = self.host.run_alone(plan, run_id=self.run_id, outdir=stage, redactor=redactor,
+                                         options=self.options, cancel=entry.cancel, engine=engine)
+        except Exception as exc:  # a bug: the batch still gets a record, the log the reason
+            say(f"faice worker {self.name}: internal error: {type(exc).__name__}: {exc}", redactor)
+            record = failed_before_start(plan, self.run_id, stage, f"internal error: {type(exc).__name__}: {exc}",
+                                         redactor=redactor, engine=engine)
+        cancelled_run = self.queue.cancel_requested() or self.queue.cancel_requested_for(claim.task)
+        if entry.lost:
+            say(f"faice worker {self.name}: lost the lease of batch {plan.id}: its result is discarded")
+        elif self.stopping.is_set() and not cancelled_run:
+            released = self.queue.release(claim)
+            say(f"faice worker {self.name}: stopping: batch {plan.id} "
+                + ("goes back to the queue" if released else "was already taken back"))
+        elif self.queue.commit(claim):
+            self._publish(stage, plan.id)
+            spec_path.unlink(missing_ok=True)
+            self.ran.append(plan.id)
+            say(f"faice worker {self.name}: batch {plan.id} {record.state}"
+                + (f": {record.message}" if record.message else ""), redactor)
+        else:
+            say(f"faice worker {self.name}: lease of batch {plan.id} was taken: its result is discarded")
+        shutil.rmtree(stage, ignore_errors=True)
+
+    def _publish(self, stage: Path, batch_id: str) -> None:
+        """Move the batch's directory into the run directory (one rename on the same file system)."""
+        source, target = batch_dir(stage, batch_id), batch_dir(self.outdir, batch_id)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.exists():  # a stale directory of an earlier attempt (--resume)
+            old = stage / "replaced"
+            os.rename(target, old)
+        os.rename(source, target)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=f"python -m {__name__}", description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("submission", type=Path)
+    args = parser.parse_args(argv)
+    submission = args.submission.resolve()
+    worker = Worker(submission, dict(os.environ))
+    # The Docker daemon counts host GPUs; the renumbered ids must not restrict them again.
+    os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+
+    def stop(signum: int, _frame: object) -> None:
+        worker.stopping.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    return worker.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
