@@ -33,12 +33,13 @@ from faice.engines.slurm.task import docker_gpu_ids, say
 from faice.pipeline.host import Host, failed_before_start
 from faice.pipeline.options import RunOptions
 from faice.pipeline.plan import plan_batches
-from faice.pipeline.records import BatchRecord, batch_dir
+from faice.pipeline.records import BatchRecord, FailureClass, batch_dir
 from faice.red.experiment import Batch, Experiment
 from faice.runtime.gpus import host_allocator
 from faice.secrets import Redactor
 
 IDLE_SLEEP_S = 0.5
+CANCEL_CHECK_S = 1.0
 
 
 @dataclass
@@ -81,10 +82,20 @@ class Worker:
         slots = [threading.Thread(target=self._slot, name=f"faice-slot-{i}", daemon=True) for i in range(self.slots)]
         for thread in slots:
             thread.start()
+        last_beat = last_check = time.monotonic()
         while any(t.is_alive() for t in slots):
-            for thread in slots:
-                thread.join(self.heartbeat_s / len(slots))
-            self._beat()
+            slots[0].join(0.2) if slots[0].is_alive() else time.sleep(0.2)
+            now = time.monotonic()
+            if self.stopping.is_set():
+                with self.lock:
+                    for entry in self.held.values():
+                        entry.cancel.set()
+            if now - last_beat >= self.heartbeat_s:
+                last_beat = now
+                self._beat()
+            elif now - last_check >= CANCEL_CHECK_S:
+                last_check = now
+                self._check_cancel()
         say(f"faice worker {self.name}: done, ran {len(self.ran)} batch(es)")
         return 0
 
@@ -98,6 +109,15 @@ class Worker:
                 entry.lost = True
                 entry.cancel.set()
             elif cancel_all or self.stopping.is_set() or self.queue.cancel_requested_for(entry.claim.task):
+                entry.cancel.set()
+
+    def _check_cancel(self) -> None:
+        """Stop the batches that ``faice cancel`` asked for (between two heartbeats)."""
+        cancel_all = self.queue.cancel_requested()
+        with self.lock:
+            held = list(self.held.values())
+        for entry in held:
+            if cancel_all or self.queue.cancel_requested_for(entry.claim.task):
                 entry.cancel.set()
 
     def _slot(self) -> None:
@@ -149,7 +169,7 @@ class Worker:
         cancelled_run = self.queue.cancel_requested() or self.queue.cancel_requested_for(claim.task)
         if entry.lost:
             say(f"faice worker {self.name}: lost the lease of batch {plan.id}: its result is discarded")
-        elif self.stopping.is_set() and not cancelled_run:
+        elif self.stopping.is_set() and not cancelled_run and record.failure_class == FailureClass.CANCELLED:
             released = self.queue.release(claim)
             say(f"faice worker {self.name}: stopping: batch {plan.id} "
                 + ("goes back to the queue" if released else "was already taken back"))

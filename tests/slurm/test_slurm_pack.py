@@ -1,0 +1,146 @@
+"""Packed Slurm runs (``workers: K``) end to end: the real CLI, the real single-node Slurm
+cluster and Docker. Every batch's output is sent by an external connector program that
+appends to a shared side-effect log, so a batch that ran twice would show twice."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from slurm_helpers import wait_for
+
+pytestmark = [pytest.mark.slurm, pytest.mark.docker]
+
+CONNECTOR = """#!/bin/sh
+# A RED output connector (CLI 1) whose only effect is one line per delivered output.
+case "$1" in
+  cli-version) echo 1 ;;
+  send-file-validate) exit 0 ;;
+  send-file) log=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["log"])' "$2")
+             echo "$(cat "$3")" >> "$log" ;;
+  *) echo "unsupported: $1" >&2; exit 1 ;;
+esac
+"""
+
+RED = """\
+redVersion: "9"
+cli:
+  cwlVersion: v1.0
+  class: CommandLineTool
+  baseCommand: [sh, -c]
+  inputs:
+    script: {{type: string, inputBinding: {{position: 0}}}}
+  outputs:
+    result: {{type: File, outputBinding: {{glob: result.txt}}}}
+sweep:
+  grid:
+    n: {values}
+inputs:
+  script: {script}
+outputs:
+  result:
+    class: File
+    connector: {{command: faice-test-sidelog, access: {{log: "{log}"}}}}
+container:
+  engine: docker
+  settings: {{image: {{url: "{image}"}}, ram: 256}}
+execution:
+  engine: {engine}
+  settings: {settings}
+"""
+
+
+def setup(tmp_path: Path, image: str, count: int, script: str, settings: dict, engine: str = "slurm"):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    connector = bin_dir / "faice-test-sidelog"
+    connector.write_text(CONNECTOR)
+    connector.chmod(0o755)
+    log = tmp_path / f"side-{engine}.log"
+    red = tmp_path / f"{engine}.red.yml"
+    red.write_text(RED.format(values=json.dumps(list(range(count))), script=json.dumps(script), log=log,
+                              image=image, engine=engine, settings=json.dumps(settings)))
+    env = {**os.environ, "NO_COLOR": "1", "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    return red, log, env
+
+
+def faice(env, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "faice", *args], capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL, env=env)
+
+
+def records(outdir: Path) -> dict[str, dict]:
+    return {p.parent.name: json.loads(p.read_text()) for p in (outdir / "batches").glob("*/result.json")}
+
+
+def test_twenty_batches_on_two_workers_one_sbatch_records_like_a_local_run(slurm, test_image, tmp_path):
+    settings = {"partition": slurm.partition, "workers": 2, "pollInterval": 1}
+    red, log, env = setup(tmp_path, test_image, 20, "echo $(( $(sweep.n) * 10 )) > result.txt", settings)
+    outdir = tmp_path / "run"
+    result = faice(env, "exec", str(red), "--outdir", str(outdir), "--wait", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert "2 workers for 20 batches" in result.stderr
+    submissions = json.loads((outdir / "slurm" / "submissions.json").read_text())
+    assert len(submissions) == 1  # exactly ONE sbatch call
+    assert "--array=0-1" in submissions[0]["sbatch"] and len(submissions[0]["batchIds"]) == 20
+    run = json.loads((outdir / "run.json").read_text())
+    assert run["state"] == "succeeded" and run["counts"] == {"succeeded": 20}
+    assert run["slurm"]["jobIds"] == [submissions[0]["jobId"]]
+    found = records(outdir)
+    assert sorted(int((outdir / "batches" / b / "outputs" / "result.txt").read_text()) for b in found) == \
+        [n * 10 for n in range(20)]
+    assert sorted(int(line) for line in log.read_text().split()) == [n * 10 for n in range(20)]  # each once
+    workers = {r["engine"]["worker"] for r in found.values()}
+    assert workers <= {f"{submissions[0]['jobId']}_0", f"{submissions[0]['jobId']}_1"}
+    assert not list((outdir / "slurm" / "1" / "tasks").iterdir())  # no secret-bearing spec left
+    assert not list((outdir / "slurm" / "1" / "work").iterdir())
+
+    # The same sweep with the local engine: the batch records have the same shape.
+    local_red, _, local_env = setup(tmp_path, test_image, 20, "echo $(( $(sweep.n) * 10 )) > result.txt", {},
+                                    engine="local")
+    local_out = tmp_path / "local"
+    local = faice(local_env, "exec", str(local_red), "--outdir", str(local_out), "--no-progress")
+    assert local.returncode == 0, local.stderr
+    local_records = {r["parameters"]["n"]: r for r in records(local_out).values()}
+    assert len(local_records) == 20
+    for record in found.values():
+        other = local_records[record["parameters"]["n"]]
+        assert set(record) - {"engine"} == set(other)  # plus where it ran: node, job, worker
+        assert set(record["process"]) == set(other["process"])
+        assert (record["state"], record["parameters"], record["process"]["returnCode"]) == \
+            (other["state"], other["parameters"], other["process"]["returnCode"])
+    status = faice(env, "status", "--outdir", str(outdir), "--json")
+    assert status.returncode == 0 and json.loads(status.stdout)["counts"] == {"succeeded": 20}
+
+
+def test_a_cancelled_worker_gives_its_batches_to_the_other_and_none_runs_twice(slurm, test_image, tmp_path):
+    settings = {"partition": slurm.partition, "workers": 2, "pollInterval": 1}
+    red, log, env = setup(tmp_path, test_image, 8, "sleep 4; echo $(sweep.n) > result.txt", settings)
+    outdir = tmp_path / "run"
+    submit = faice(env, "exec", str(red), "--outdir", str(outdir))
+    assert submit.returncode == 0, submit.stderr
+    job_id = json.loads((outdir / "slurm" / "submissions.json").read_text())[0]["jobId"]
+    worker_log = outdir / "slurm" / "logs" / f"slurm-{job_id}_0.out"
+
+    def claimed_by_worker_0() -> list[str]:
+        text = worker_log.read_text() if worker_log.exists() else ""
+        return [line.split("batch ")[1].split(" ")[0] for line in text.splitlines() if "(task " in line]
+
+    taken = wait_for(claimed_by_worker_0, timeout=120, what="worker 0 never claimed a batch")
+    time.sleep(1)  # inside the batch's sleep
+    subprocess.run(["scancel", f"{job_id}_0"], check=True, timeout=30)
+    status = faice(env, "status", "--outdir", str(outdir), "--wait", "--json", timeout=300)
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["counts"] == {"succeeded": 8}
+    released = worker_log.read_text()
+    assert "goes back to the queue" in released, released
+    found = records(outdir)
+    interrupted = taken[-1]
+    assert found[interrupted]["engine"]["worker"] == f"{job_id}_1"  # re-run by the other worker
+    assert found[interrupted]["engine"]["claim"] >= 1
+    assert sorted(int(line) for line in log.read_text().split()) == list(range(8))  # none twice
