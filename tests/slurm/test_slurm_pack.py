@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -78,12 +79,28 @@ def records(outdir: Path) -> dict[str, dict]:
     return {p.parent.name: json.loads(p.read_text()) for p in (outdir / "batches").glob("*/result.json")}
 
 
+def count_calls(bin_dir: Path, tools: tuple[str, ...]) -> Path:
+    """Put wrappers of the Slurm query tools first on PATH that log each call."""
+    calls = bin_dir / "calls.log"
+    for tool in tools:
+        wrapper = bin_dir / tool
+        wrapper.write_text(f'#!/bin/sh\necho {tool} >> "{calls}"\nexec {shutil.which(tool)} "$@"\n')
+        wrapper.chmod(0o755)
+    return calls
+
+
 def test_twenty_batches_on_two_workers_one_sbatch_records_like_a_local_run(slurm, test_image, tmp_path):
-    settings = {"partition": slurm.partition, "workers": 2, "pollInterval": 1}
+    settings = {"partition": slurm.partition, "workers": 2}  # default pollInterval: 10 s
     red, log, env = setup(tmp_path, test_image, 20, "echo $(( $(sweep.n) * 10 )) > result.txt", settings)
+    calls = count_calls(tmp_path / "bin", ("squeue", "scontrol", "sacct"))
     outdir = tmp_path / "run"
+    started = time.monotonic()
     result = faice(env, "exec", str(red), "--outdir", str(outdir), "--wait", "--no-progress")
+    elapsed = time.monotonic() - started
     assert result.returncode == 0, result.stderr
+    # Following the run: one squeue call for the whole array per 10 s, nothing per batch.
+    queries = calls.read_text().split() if calls.exists() else []
+    assert set(queries) <= {"squeue"} and 1 <= len(queries) <= elapsed // 10 + 1, (queries, elapsed)
     assert "2 workers for 20 batches" in result.stderr
     submissions = json.loads((outdir / "slurm" / "submissions.json").read_text())
     assert len(submissions) == 1  # exactly ONE sbatch call
@@ -144,3 +161,25 @@ def test_a_cancelled_worker_gives_its_batches_to_the_other_and_none_runs_twice(s
     assert found[interrupted]["engine"]["worker"] == f"{job_id}_1"  # re-run by the other worker
     assert found[interrupted]["engine"]["claim"] >= 1
     assert sorted(int(line) for line in log.read_text().split()) == list(range(8))  # none twice
+
+
+def test_cancel_outdir_stops_the_workers_and_records_every_batch_cancelled(slurm, test_image, tmp_path):
+    settings = {"partition": slurm.partition, "workers": 1, "pollInterval": 1}
+    red, log, env = setup(tmp_path, test_image, 5, "sleep 60; echo $(sweep.n) > result.txt", settings)
+    outdir = tmp_path / "run"
+    assert faice(env, "exec", str(red), "--outdir", str(outdir)).returncode == 0
+    submission = json.loads((outdir / "slurm" / "submissions.json").read_text())[0]
+    wait_for(lambda: list((outdir / "slurm" / "1" / "queue" / "claimed").iterdir()), timeout=120,
+             what="the worker never claimed a batch")
+    specs = list((outdir / "slurm" / "1" / "tasks").iterdir())
+    assert len(specs) == 5 and {oct(p.stat().st_mode & 0o777) for p in specs} == {"0o600"}
+    started = time.monotonic()
+    result = faice(env, "cancel", "all", "--outdir", str(outdir), timeout=180)
+    assert result.returncode == 0, result.stderr
+    assert time.monotonic() - started < 60  # the running batch was stopped, not waited for
+    run = json.loads((outdir / "run.json").read_text())
+    assert run["counts"] == {"cancelled": 5}, run["counts"]
+    assert not list((outdir / "slurm" / "1" / "tasks").iterdir())  # secrets gone
+    assert not log.exists()  # nothing was delivered
+    wait_for(lambda: not subprocess.run(["squeue", "-h", "-j", submission["jobId"]], capture_output=True,
+                                        text=True).stdout.strip(), timeout=60, what="the worker is still queued")

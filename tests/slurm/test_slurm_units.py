@@ -101,3 +101,25 @@ def test_without_slurm_tools_exec_fails_with_a_clear_message(tmp_path):
     assert result.returncode == 1
     assert "sbatch not found on PATH" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "run").exists()  # checked before anything is written
+
+
+def test_packed_workers_are_sized_for_the_batches_they_run_at_once():
+    settings = SlurmSettings.from_experiment(
+        experiment({"workers": 3, "batchesPerWorker": 2, "cpusPerTask": 4, "leaseSeconds": 30, "pollInterval": 2}))
+    assert (settings.workers, settings.batches_per_worker, settings.lease_seconds, settings.poll_interval) == \
+        (3, 2, 30.0, 2.0)
+    options = sbatch_options(settings, {"ram": 1000, "gpus": {"vendor": "nvidia", "count": 1}},
+                             job_name="j", array="0-2", output="o", workdir="w", batches_per_task=2)
+    assert {"--cpus-per-task=8", "--mem=2000M", "--gres=gpu:2", "--array=0-2"} <= set(options)
+    unpacked = SlurmSettings.from_experiment(experiment({}))
+    assert not unpacked.packed and unpacked.poll_interval == 10.0  # absent: one task per batch
+
+
+def test_bad_packing_settings_name_their_key_path():
+    with pytest.raises(ValidationError) as caught:
+        SlurmSettings.from_experiment(experiment({"workers": 0, "leaseSeconds": 1, "pollInterval": "fast"}))
+    text = str(caught.value)
+    for key in ("execution.settings.workers", "execution.settings.leaseSeconds", "execution.settings.pollInterval"):
+        assert key in text
+    with pytest.raises(ValidationError, match="set workers too"):
+        SlurmSettings.from_experiment(experiment({"batchesPerWorker": 2}))
