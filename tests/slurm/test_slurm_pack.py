@@ -183,3 +183,28 @@ def test_cancel_outdir_stops_the_workers_and_records_every_batch_cancelled(slurm
     assert not log.exists()  # nothing was delivered
     wait_for(lambda: not subprocess.run(["squeue", "-h", "-j", submission["jobId"]], capture_output=True,
                                         text=True).stdout.strip(), timeout=60, what="the worker is still queued")
+
+
+def test_a_killed_worker_s_claim_expires_and_is_run_once_by_the_other(slurm, test_image, tmp_path):
+    """SIGKILL (a lost node): no release, no goodbye; the lease runs out and the other worker
+    re-runs the batch under a new claim generation."""
+    settings = {"partition": slurm.partition, "workers": 2, "pollInterval": 1, "leaseSeconds": 5}
+    red, log, env = setup(tmp_path, test_image, 6, "sleep 3; echo $(sweep.n) > result.txt", settings)
+    outdir = tmp_path / "run"
+    assert faice(env, "exec", str(red), "--outdir", str(outdir)).returncode == 0
+    job_id = json.loads((outdir / "slurm" / "submissions.json").read_text())[0]["jobId"]
+    worker_log = outdir / "slurm" / "logs" / f"slurm-{job_id}_0.out"
+
+    def claimed_by_worker_0() -> list[str]:
+        text = worker_log.read_text() if worker_log.exists() else ""
+        return [line.split("batch ")[1].split(" ")[0] for line in text.splitlines() if "(task " in line]
+
+    taken = wait_for(claimed_by_worker_0, timeout=120, what="worker 0 never claimed a batch")
+    subprocess.run(["scancel", "--full", "--signal=KILL", f"{job_id}_0"], check=True, timeout=30)
+    status = faice(env, "status", "--outdir", str(outdir), "--wait", "--json", timeout=300)
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["counts"] == {"succeeded": 6}
+    assert "goes back to the queue" not in worker_log.read_text()  # it had no chance to release
+    record = records(outdir)[taken[-1]]
+    assert record["engine"]["worker"] == f"{job_id}_1" and record["engine"]["claim"] >= 1
+    assert sorted(int(line) for line in log.read_text().split()) == list(range(6))  # none twice

@@ -92,6 +92,11 @@ class ClaimQueue:
                 found[claim.task] = (kind, claim)
         return found
 
+    def anything_open(self) -> bool:
+        """Whether a task is still ready or claimed. Claimed is listed first: a claim going
+        back (claimed -> ready) between the two listings is then seen in one of them."""
+        return bool(self._list(CLAIMED) or self._list(READY))
+
     def cancel_requested(self) -> bool:
         return (self.root / "CANCEL").exists()
 

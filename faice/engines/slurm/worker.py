@@ -84,7 +84,9 @@ class Worker:
             thread.start()
         last_beat = last_check = time.monotonic()
         while any(t.is_alive() for t in slots):
-            slots[0].join(0.2) if slots[0].is_alive() else time.sleep(0.2)
+            alive = next((t for t in slots if t.is_alive()), None)
+            if alive is not None:
+                alive.join(0.2)
             now = time.monotonic()
             if self.stopping.is_set():
                 with self.lock:
@@ -121,15 +123,19 @@ class Worker:
                 entry.cancel.set()
 
     def _slot(self) -> None:
+        empty_checks = 0
         while not self.stopping.is_set() and not self.queue.cancel_requested():
             claim = self.queue.claim(self.start)
             if claim is None:
-                state = self.queue.scan()
-                if not any(kind != "done" for kind, _ in state.values()):
-                    return  # nothing waits, nothing can come back
+                # Nothing waits and nothing can come back (twice: a claim moving between
+                # listings of a busy directory must not end the last worker).
+                empty_checks = 0 if self.queue.anything_open() else empty_checks + 1
+                if empty_checks >= 2:
+                    return
                 self.queue.reap(self.lease_s)
                 time.sleep(IDLE_SLEEP_S)
                 continue
+            empty_checks = 0
             entry = Held(claim)
             with self.lock:
                 self.held[claim.task] = entry
