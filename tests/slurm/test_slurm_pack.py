@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -14,6 +15,8 @@ from pathlib import Path
 
 import pytest
 from slurm_helpers import wait_for
+
+from faice.runtime.containers import LABEL_OWNER as OWNER_LABEL
 
 pytestmark = [pytest.mark.slurm, pytest.mark.docker]
 
@@ -185,7 +188,23 @@ def test_cancel_outdir_stops_the_workers_and_records_every_batch_cancelled(slurm
                                         text=True).stdout.strip(), timeout=60, what="the worker is still queued")
 
 
-def test_a_killed_worker_s_claim_expires_and_is_run_once_by_the_other(slurm, test_image, tmp_path):
+def worker_pid(job_id: str, task: int) -> int:
+    """The process id of worker ``task`` of the array ``job_id`` (it runs on this machine)."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+            environ = dict(e.split(b"=", 1) for e in (proc / "environ").read_bytes().split(b"\0") if b"=" in e)
+        except OSError:
+            continue
+        if b"faice.engines.slurm.worker" in cmdline and environ.get(b"SLURM_ARRAY_JOB_ID") == job_id.encode() \
+                and environ.get(b"SLURM_ARRAY_TASK_ID") == str(task).encode():
+            return int(proc.name)
+    raise AssertionError(f"no worker process of {job_id}_{task}")
+
+
+def test_a_killed_worker_s_claim_expires_and_is_run_once_by_the_other(slurm, test_image, tmp_path, docker_client):
     """SIGKILL (a lost node): no release, no goodbye; the lease runs out and the other worker
     re-runs the batch under a new claim generation."""
     settings = {"partition": slurm.partition, "workers": 2, "pollInterval": 1, "leaseSeconds": 5}
@@ -200,7 +219,15 @@ def test_a_killed_worker_s_claim_expires_and_is_run_once_by_the_other(slurm, tes
         return [line.split("batch ")[1].split(" ")[0] for line in text.splitlines() if "(task " in line]
 
     taken = wait_for(claimed_by_worker_0, timeout=120, what="worker 0 never claimed a batch")
-    subprocess.run(["scancel", "--full", "--signal=KILL", f"{job_id}_0"], check=True, timeout=30)
+    run_id = json.loads((outdir / "run.json").read_text())["runId"]
+    pid = worker_pid(job_id, 0)
+
+    def worker_0_containers() -> list:
+        return [c for c in docker_client.containers.list(all=True, filters={"label": f"org.faice.run={run_id}"})
+                if f":{pid}:" in c.labels.get(OWNER_LABEL, "")]
+
+    wait_for(worker_0_containers, timeout=60, what="worker 0 started no container")
+    os.kill(pid, signal.SIGKILL)  # the node is this machine: its container lives on, orphaned
     status = faice(env, "status", "--outdir", str(outdir), "--wait", "--json", timeout=300)
     assert status.returncode == 0, status.stderr
     assert json.loads(status.stdout)["counts"] == {"succeeded": 6}

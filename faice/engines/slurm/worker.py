@@ -132,7 +132,8 @@ class Worker:
                 empty_checks = 0 if self.queue.anything_open() else empty_checks + 1
                 if empty_checks >= 2:
                     return
-                self.queue.reap(self.lease_s)
+                if self.queue.reap(self.lease_s):
+                    self._remove_orphans()
                 time.sleep(IDLE_SLEEP_S)
                 continue
             empty_checks = 0
@@ -144,6 +145,18 @@ class Worker:
             finally:
                 with self.lock:
                     self.held.pop(claim.task, None)
+
+    def _remove_orphans(self) -> None:
+        """A claim expired: its worker died. If it died on this node (SIGKILL), its container
+        may still be running the batch that is about to run again: remove containers whose
+        faice process is gone (a lost node's containers went with the node)."""
+        try:
+            removed = getattr(self.host.runtime, "remove_leftovers", list)()
+        except Exception as exc:  # cleaning up must not stop the worker
+            say(f"faice worker {self.name}: could not look for orphaned containers: {exc}")
+            return
+        if removed:
+            say(f"faice worker {self.name}: removed {len(removed)} container(s) of a dead worker")
 
     # ------------------------------------------------------------------ one batch
 
