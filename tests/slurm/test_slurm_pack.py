@@ -136,6 +136,11 @@ def test_twenty_batches_on_two_workers_one_sbatch_records_like_a_local_run(slurm
             (other["state"], other["parameters"], other["process"]["returnCode"])
     status = faice(env, "status", "--outdir", str(outdir), "--json")
     assert status.returncode == 0 and json.loads(status.stdout)["counts"] == {"succeeded": 20}
+    table = faice(env, "results", str(outdir), "--format", "json")
+    assert table.returncode == 0, table.stderr
+    rows = json.loads(table.stdout)
+    rows = rows["batches"] if isinstance(rows, dict) else rows
+    assert sorted(r["param.n"] for r in rows) == list(range(20))
 
 
 def test_a_cancelled_worker_gives_its_batches_to_the_other_and_none_runs_twice(slurm, test_image, tmp_path):
@@ -235,3 +240,22 @@ def test_a_killed_worker_s_claim_expires_and_is_run_once_by_the_other(slurm, tes
     record = records(outdir)[taken[-1]]
     assert record["engine"]["worker"] == f"{job_id}_1" and record["engine"]["claim"] >= 1
     assert sorted(int(line) for line in log.read_text().split()) == list(range(6))  # none twice
+
+
+def test_cancel_of_one_batch_stops_it_where_it_runs_and_the_others_finish(slurm, test_image, tmp_path):
+    settings = {"partition": slurm.partition, "workers": 1, "pollInterval": 1}
+    red, log, env = setup(tmp_path, test_image, 3, "sleep $(( 60 * ($(sweep.n) == 0) )); echo $(sweep.n) > result.txt",
+                          settings)
+    outdir = tmp_path / "run"
+    assert faice(env, "exec", str(red), "--outdir", str(outdir)).returncode == 0
+    wait_for(lambda: (outdir / "slurm" / "1" / "queue" / "claimed" / "0.0").exists(), timeout=120,
+             what="the worker never claimed batch 0")
+    first = json.loads((outdir / "slurm" / "submissions.json").read_text())[0]["batchIds"][0]
+    time.sleep(2)  # its container is running
+    result = faice(env, "cancel", first, "--outdir", str(outdir), timeout=240)
+    assert result.returncode == 0, result.stderr
+    status = faice(env, "status", "--outdir", str(outdir), "--wait", "--json", timeout=240)
+    run = json.loads(status.stdout)
+    assert run["counts"] == {"cancelled": 1, "succeeded": 2}, run["counts"]
+    assert [e["id"] for e in run["batches"] if e["state"] == "cancelled"] == [first]
+    assert sorted(int(line) for line in log.read_text().split()) == [1, 2]
