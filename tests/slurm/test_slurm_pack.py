@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import docker_helpers
 import pytest
 from slurm_helpers import wait_for
 
@@ -228,7 +229,7 @@ def test_a_killed_worker_s_claim_expires_and_is_run_once_by_the_other(slurm, tes
     pid = worker_pid(job_id, 0)
 
     def worker_0_containers() -> list:
-        return [c for c in docker_client.containers.list(all=True, filters={"label": f"org.faice.run={run_id}"})
+        return [c for c in docker_helpers.labelled_containers(docker_client, f"org.faice.run={run_id}")
                 if f":{pid}:" in c.labels.get(OWNER_LABEL, "")]
 
     wait_for(worker_0_containers, timeout=60, what="worker 0 started no container")
