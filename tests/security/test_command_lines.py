@@ -37,6 +37,15 @@ HOSTILE_SETTINGS = [
     ("python", "../../bin/sh"),
     ("python", "-c"),
     ("runDir", "/shared/runs\n--output=/x"),
+    # Packing (issue 14): numbers only, within bounds; they size sbatch's --array and --mem.
+    ("workers", "2 --wrap=id"),
+    ("workers", 10**9),
+    ("workers", True),
+    ("batchesPerWorker", -1),
+    ("batchesPerWorker", 100000),
+    ("leaseSeconds", "60; id"),
+    ("pollInterval", float("nan")),
+    ("pollInterval", 0),
 ]
 
 
@@ -77,6 +86,9 @@ def test_good_settings_still_become_sbatch_options_and_a_quoted_script():
     script = job_script(settings, Path("/runs/x y"), "r1")
     assert "exec '/opt/faice env/bin/python' -m" in script and "'/runs/x y'" in script
     assert SlurmSettings.from_experiment(slurm_experiment({"python": "python3"})).python == "python3"
+    packed = SlurmSettings.from_experiment(slurm_experiment({"python": "/opt/faice env/bin/python", "workers": 2}))
+    script = job_script(packed, Path("/runs/x y;id"), "r1")
+    assert "exec '/opt/faice env/bin/python' -m faice.engines.slurm.worker '/runs/x y;id'\n" in script
 
 
 @pytest.mark.parametrize("ref", ["--help", "python:3.12 --privileged", "python:3.12\n", "../../etc", "a" * 600,

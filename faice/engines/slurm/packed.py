@@ -117,7 +117,8 @@ class PackedJob:
         if self.queue.cancel_requested() or self.queue.cancel_requested_for(task):
             failure, message = FailureClass.CANCELLED, "cancelled before the batch finished"
         elif kind == DONE:
-            failure, message = FailureClass.ENGINE, "the faice worker stopped while saving the batch's results"
+            failure, message = FailureClass.ENGINE, ("the faice worker ended the batch without a record (it stopped while saving"
+                                       " the results, or could not read the batch; see slurm/logs/)")
         else:
             failure, message = FailureClass.ENGINE, (
                 f"no faice worker of Slurm job {self.job_id} is left to run the batch"

@@ -35,6 +35,9 @@ from typing import Any
 from faice.errors import Problem, ValidationError
 
 SETTINGS_PATH = ("execution", "settings")
+# Packing: an array larger than Slurm's usual MaxArraySize, or allocations for more batches
+# than a node could hold, is a typo (or hostile), not a plan.
+UPPER_BOUNDS = {"workers": 10000, "batchesPerWorker": 256}
 
 # What each value may contain. They become sbatch options (argument lists, never a shell), but
 # a value starting with "-", holding a newline or naming another option would still change
@@ -123,8 +126,9 @@ class SlurmSettings:
             value = settings.get(key)
             if value is None:
                 continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                problem(key, "expected an integer >= 1")
+            high = UPPER_BOUNDS.get(key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1 or (high and value > high):
+                problem(key, f"expected an integer between 1 and {high}" if high else "expected an integer >= 1")
             else:
                 values[attr] = value
         for key, attr, low in (("leaseSeconds", "lease_seconds", 5.0), ("pollInterval", "poll_interval", 0.1)):

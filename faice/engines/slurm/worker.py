@@ -166,13 +166,16 @@ class Worker:
         spec_path = rundir.task_spec_path(self.submission, claim.task)
         try:
             spec = rundir.read_json(spec_path)
-        except FileNotFoundError:
-            say(f"faice worker {self.name}: task {claim.task} has no spec (cancelled): skipped")
+            redactor = Redactor(spec.get("protected") or [])
+            experiment = Experiment.of_batch(spec["source"], spec["data"], Batch(**spec["batch"]))
+            (plan,) = plan_batches(experiment)
+        except Exception as exc:  # gone (cancelled) or unreadable: no worker could run it
+            reason = "no spec (cancelled)" if isinstance(exc, FileNotFoundError) else f"{type(exc).__name__}"
+            say(f"faice worker {self.name}: task {claim.task}: {reason}: not run")
+            # Final without a record: the follower records it (re-queuing would only hand
+            # the same spec to the next worker).
             self.queue.commit(claim)
             return
-        redactor = Redactor(spec.get("protected") or [])
-        experiment = Experiment.of_batch(spec["source"], spec["data"], Batch(**spec["batch"]))
-        (plan,) = plan_batches(experiment)
         engine = {**self.engine_base, "task": claim.task, "claim": claim.generation}
         say(f"faice worker {self.name}: batch {plan.id} (task {claim.task}, claim {claim.generation})")
         shutil.rmtree(stage, ignore_errors=True)
