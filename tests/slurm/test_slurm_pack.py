@@ -260,3 +260,36 @@ def test_cancel_of_one_batch_stops_it_where_it_runs_and_the_others_finish(slurm,
     assert run["counts"] == {"cancelled": 1, "succeeded": 2}, run["counts"]
     assert [e["id"] for e in run["batches"] if e["state"] == "cancelled"] == [first]
     assert sorted(int(line) for line in log.read_text().split()) == [1, 2]
+
+
+def test_a_worker_runs_batches_per_worker_at_once_in_an_allocation_sized_for_them(slurm, test_image, tmp_path):
+    settings = {"partition": slurm.partition, "workers": 1, "batchesPerWorker": 2, "pollInterval": 1}
+    red, log, env = setup(tmp_path, test_image, 4, "sleep 3; echo $(sweep.n) > result.txt", settings)
+    outdir = tmp_path / "run"
+    result = faice(env, "exec", str(red), "--outdir", str(outdir), "--wait", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    submission = json.loads((outdir / "slurm" / "submissions.json").read_text())[0]
+    assert {"--array=0", "--cpus-per-task=2", "--mem=512M"} <= set(submission["sbatch"])  # 2 × (1 CPU, 256 MB)
+    found = sorted(records(outdir).values(), key=lambda r: r["started"])
+    assert len(found) == 4 and {r["engine"]["worker"] for r in found} == {f"{submission['jobId']}_0"}
+    # Two at a time: the second batch started before the first one finished.
+    assert found[1]["started"] < found[0]["finished"]
+    assert sorted(int(line) for line in log.read_text().split()) == [0, 1, 2, 3]
+
+
+def test_resume_of_a_packed_run_repacks_only_the_failed_batches(slurm, test_image, tmp_path):
+    settings = {"partition": slurm.partition, "workers": 2, "pollInterval": 1}
+    red, log, env = setup(tmp_path, test_image, 3, "echo $(sweep.n) > result.txt; test $(sweep.n) -ne 1", settings)
+    outdir = tmp_path / "run"
+    first = faice(env, "exec", str(red), "--outdir", str(outdir), "--wait", "--no-progress")
+    assert first.returncode == 1
+    assert json.loads((outdir / "run.json").read_text())["counts"] == {"succeeded": 2, "failed": 1}
+    resumed = faice(env, "exec", str(red), "--outdir", str(outdir), "--resume", "--wait", "--no-progress")
+    assert resumed.returncode == 1
+    submissions = json.loads((outdir / "slurm" / "submissions.json").read_text())
+    assert len(submissions) == 2 and len(submissions[1]["batchIds"]) == 1
+    assert submissions[1]["packed"]["workers"] == 1  # never more workers than batches
+    failed = records(outdir)[submissions[1]["batchIds"][0]]
+    assert failed["parameters"] == {"n": 1} and failed["engine"]["jobId"] == submissions[1]["jobId"]
+    run = json.loads((outdir / "run.json").read_text())
+    assert run["counts"] == {"succeeded": 2, "failed": 1} and run["slurm"]["jobIds"] == [s["jobId"] for s in submissions]
