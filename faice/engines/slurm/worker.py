@@ -151,7 +151,7 @@ class Worker:
         may still be running the batch that is about to run again: remove containers whose
         faice process is gone (a lost node's containers went with the node)."""
         try:
-            removed = getattr(self.host.runtime, "remove_leftovers", list)()
+            removed: list[str] = getattr(self.host.runtime, "remove_leftovers", list)()
         except Exception as exc:  # cleaning up must not stop the worker
             say(f"faice worker {self.name}: could not look for orphaned containers: {exc}")
             return
