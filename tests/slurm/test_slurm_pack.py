@@ -293,3 +293,23 @@ def test_resume_of_a_packed_run_repacks_only_the_failed_batches(slurm, test_imag
     assert failed["parameters"] == {"n": 1} and failed["engine"]["jobId"] == submissions[1]["jobId"]
     run = json.loads((outdir / "run.json").read_text())
     assert run["counts"] == {"succeeded": 2, "failed": 1} and run["slurm"]["jobIds"] == [s["jobId"] for s in submissions]
+
+
+def test_batches_left_when_every_worker_is_gone_get_a_failure_record(slurm, test_image, tmp_path):
+    """The allocations ended (here: scancel outside faice; a time limit alike) with batches
+    still queued: nobody can run them, and the follower says so instead of waiting forever."""
+    settings = {"partition": slurm.partition, "workers": 1, "pollInterval": 1}
+    red, log, env = setup(tmp_path, test_image, 3, "sleep 60; echo $(sweep.n) > result.txt", settings)
+    outdir = tmp_path / "run"
+    assert faice(env, "exec", str(red), "--outdir", str(outdir)).returncode == 0
+    job_id = json.loads((outdir / "slurm" / "submissions.json").read_text())[0]["jobId"]
+    wait_for(lambda: list((outdir / "slurm" / "1" / "queue" / "claimed").iterdir()), timeout=120,
+             what="the worker never claimed a batch")
+    subprocess.run(["scancel", job_id], check=True, timeout=30)
+    status = faice(env, "status", "--outdir", str(outdir), "--wait", "--json", timeout=240)
+    run = json.loads(status.stdout)
+    assert run["counts"] == {"failed": 3}, run["counts"]
+    for record in records(outdir).values():
+        assert record["failureClass"] == "engine" and "no faice worker" in record["message"]
+    assert not list((outdir / "slurm" / "1" / "tasks").iterdir())
+    assert not log.exists()

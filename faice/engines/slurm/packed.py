@@ -126,7 +126,7 @@ class PackedJob:
         record = new_batch_record(
             batch_id, self.batch_index.get(batch_id), self.batch_parameters.get(batch_id), run_id=self.run_id,
             command=None, failure_class=failure, message=message,
-            engine={"name": "slurm", "jobId": self.job_id, "task": task, "packed": True},
+            engine={"name": "slurm", "jobId": self.job_id, "queueIndex": task, "packed": True},
         )
         logs = [rundir.log_path(self.outdir, self.job_id, w) for w in range(self.workers)]
         text = "\n".join(f"{p.name}:\n{t}" for p in logs if (t := rundir.tail(p, 1500)))

@@ -176,7 +176,8 @@ class Worker:
             # the same spec to the next worker).
             self.queue.commit(claim)
             return
-        engine = {**self.engine_base, "task": claim.task, "claim": claim.generation}
+        # taskId: the worker's array task; queueIndex and claim: the batch's place and lease.
+        engine = {**self.engine_base, "queueIndex": claim.task, "claim": claim.generation}
         say(f"faice worker {self.name}: batch {plan.id} (task {claim.task}, claim {claim.generation})")
         shutil.rmtree(stage, ignore_errors=True)
         stage.mkdir(parents=True)
@@ -196,7 +197,10 @@ class Worker:
             say(f"faice worker {self.name}: stopping: batch {plan.id} "
                 + ("goes back to the queue" if released else "was already taken back"))
         elif self.queue.commit(claim):
-            self._publish(stage, plan.id)
+            try:
+                self._publish(stage, plan.id)
+            except OSError as exc:  # the follower records the batch as ended without a record
+                say(f"faice worker {self.name}: could not publish batch {plan.id}: {exc}")
             spec_path.unlink(missing_ok=True)
             self.ran.append(plan.id)
             say(f"faice worker {self.name}: batch {plan.id} {record.state}"
