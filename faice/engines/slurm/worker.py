@@ -69,7 +69,9 @@ class Worker:
         self.engine_base = {"name": "slurm", "node": os.uname().nodename, "jobId": job,
                             "taskId": int(task) if task and task.isdigit() else None, "worker": self.name}
         self.gpu_ids = docker_gpu_ids(environ)
-        self.host = Host(host_allocator(self.gpu_ids))
+        # One Host per worker: its batches get the allocation's GPUs exclusively. Like a task,
+        # it reads Slurm's allocation itself (devices matched by UUID, busy ones skipped).
+        self.host = Host(host_allocator(None, busy=self.options.gpu_busy))
         self.stopping = threading.Event()  # SIGTERM
         self.held: dict[int, Held] = {}
         self.lock = threading.Lock()
@@ -224,9 +226,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("submission", type=Path)
     args = parser.parse_args(argv)
     submission = args.submission.resolve()
-    worker = Worker(submission, dict(os.environ))
+    environ = dict(os.environ)
     # The Docker daemon counts host GPUs; the renumbered ids must not restrict them again.
     os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+    worker = Worker(submission, environ)
 
     def stop(signum: int, _frame: object) -> None:
         worker.stopping.set()
