@@ -8,6 +8,10 @@ Each array task runs :func:`faice.pipeline.batch.run_batch` for one batch on its
 * ``SlurmJob.poll() -> dict[batch_id, state]``, ``.wait(on_update)``, ``.cancel(batch_ids)``
 * ``open_run(outdir) -> list[SlurmJob]``, ``refresh_run(outdir) -> dict`` (rewrites run.json),
   ``cancel_run(outdir, batch_id=None)``
+
+With ``execution.settings.workers`` the submission is packed instead: one array of worker
+allocations that claim the batches (:mod:`faice.engines.slurm.packed`, ``.worker``,
+``.claims``); its :class:`PackedJob` has the same interface, so every caller above works alike.
 """
 
 from __future__ import annotations
