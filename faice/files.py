@@ -42,7 +42,21 @@ def atomic_write_text(
 def atomic_write_json(
     path: Path, data: Any, *, mode: int = 0o644, redact: Callable[[str], str] | None = None
 ) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2) + "\n", mode=mode, redact=redact)
+    """Write ``data`` as JSON; ``redact`` masks every string value (never a key, never the
+    JSON text: a masked key or a mask across JSON syntax would break the record's shape)."""
+    if redact is not None:
+        data = _map_strings(data, redact)
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n", mode=mode)
+
+
+def _map_strings(data: Any, change: Callable[[str], str]) -> Any:
+    if isinstance(data, str):
+        return change(data)
+    if isinstance(data, dict):
+        return {key: _map_strings(value, change) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_map_strings(value, change) for value in data]
+    return data
 
 
 def read_json(path: Path) -> Any | None:

@@ -18,6 +18,10 @@ from typing import Any
 PROTECTED_KEYS = frozenset({"password", "privateKey", "passphrase", "secretAccessKey", "sessionToken"})
 MASK = "********"
 VARIABLE_MIN_LENGTH = 4
+# A protected value shorter than this cannot be hidden without destroying every message that
+# happens to contain those characters (a password "x" would mask every x); it is not masked,
+# and docs/security.md says so. Any real secret is longer.
+SECRET_MIN_LENGTH = 3
 
 
 def is_protected_key(key: object) -> bool:
@@ -77,7 +81,7 @@ class Redactor:
         :func:`protected_values` registers it regardless of length)."""
         self.add_all([value], min_length=VARIABLE_MIN_LENGTH)
 
-    def add_all(self, values: Iterable[object], *, min_length: int = 1) -> None:
+    def add_all(self, values: Iterable[object], *, min_length: int = SECRET_MIN_LENGTH) -> None:
         with self._lock:
             for value in values:
                 if value is None or isinstance(value, bool):
@@ -116,14 +120,15 @@ class Redactor:
             return data
         return self.redact(data.decode("utf-8", "surrogateescape")).encode("utf-8", "surrogateescape")
 
-    def redact_data(self, data: Any) -> Any:
-        """A copy of a JSON-like structure with secrets masked in every string."""
+    def redact_data(self, data: Any, *, keys: bool = True) -> Any:
+        """A copy of a JSON-like structure with secrets masked in every string (and in the
+        mapping keys unless ``keys`` is false: a record's keys are faice's own names)."""
         if isinstance(data, str):
             return self.redact(data)
         if isinstance(data, dict):
-            return {self.redact_data(k): self.redact_data(v) for k, v in data.items()}
+            return {(self.redact_data(k) if keys else k): self.redact_data(v, keys=keys) for k, v in data.items()}
         if isinstance(data, (list, tuple)):
-            return [self.redact_data(v) for v in data]
+            return [self.redact_data(v, keys=keys) for v in data]
         return data
 
     def clear(self) -> None:

@@ -29,8 +29,31 @@ def test_short_variable_values_are_masked_only_under_protected_keys():
     redactor.add_variable("22")  # a port filled from {{ssh_port}}
     redactor.add_variable("alice")
     assert redactor.redact("port 22 user alice") == f"port 22 user {MASK}"
-    redactor.add_all(protected_values({"auth": {"password": "pw"}}))
-    assert redactor.redact("pw") == MASK
+    redactor.add_all(protected_values({"auth": {"password": "pw1"}}))
+    assert redactor.redact("pw1") == MASK
+
+
+def test_a_one_letter_password_does_not_mask_every_letter():
+    """A protected value of fewer than 3 characters cannot be hidden: masking it would turn
+    every message into noise (`password: x` masks every x), so it is not masked at all."""
+    redactor = Redactor()
+    redactor.add_all(protected_values({"auth": {"password": "x"}}))
+    assert redactor.redact("exit-code, max retries exceeded") == "exit-code, max retries exceeded"
+
+
+def test_records_keep_their_shape_whatever_secret_is_registered(tmp_path):
+    """Records are masked value by value, never as JSON text: a secret that equals a key or
+    spans JSON syntax cannot break the record."""
+    import json
+
+    from faice.pipeline.records import new_batch_record, read_batch_record, write_batch_record
+
+    redactor = Redactor(["batchIndex", '", "', "3cr3t-value"])
+    record = new_batch_record("b-1", 0, {"lr": "3cr3t-value"}, run_id="r", command=["echo", "ok"])
+    write_batch_record(tmp_path, record, redact=redactor.redact)
+    data = json.loads((tmp_path / "batches" / "b-1" / "result.json").read_text())
+    assert data["batchIndex"] == 0 and data["parameters"] == {"lr": MASK}
+    assert read_batch_record(tmp_path, "b-1") is not None
 
 
 def test_protected_values_and_normalisation():
