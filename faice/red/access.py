@@ -111,13 +111,22 @@ def _check(
         errors += _schema_problems(validators[key], access, where + ("access",))
 
 
+EXTERNAL_PREFIX = "red-connector-"
+
+
 def _unknown(command: str, where: KeyPath, errors: list[Found], warnings: list[Found]) -> None:
     from faice.connectors.registry import plugin_names
 
     if shutil.which(command):
         return  # an external connector program (RED connector CLI); its access is its own business
     known = plugin_names()
-    close = difflib.get_close_matches(command.lower(), known, n=3, cutoff=0.6)
+    # Compared without upstream's "red-connector-" prefix: that shared prefix would make every
+    # external program named by upstream's convention look like a typo of a built-in.
+    stems: dict[str, str] = {}
+    for name in sorted(known, key=len):  # "http" is suggested rather than "red-connector-http"
+        stems.setdefault(name.removeprefix(EXTERNAL_PREFIX), name)
+    matches = difflib.get_close_matches(command.lower().removeprefix(EXTERNAL_PREFIX), list(stems), n=3, cutoff=0.6)
+    close = list(dict.fromkeys(stems[m] for m in matches))
     if close:  # a typo of a known connector, not a program meant for another machine
         suggestion = " or ".join(repr(c) for c in close)
         errors.append((where, f"unknown connector {command!r}; did you mean {suggestion}? (known: {', '.join(known)})"))

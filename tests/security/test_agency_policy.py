@@ -65,7 +65,7 @@ def test_s3_without_auth_refused_by_default_allowed_by_policy(make_agency, tmp_p
     _refused(make_agency("--paused"), red, "inputs.f.connector.access", "host's own AWS credentials")
     allowing = make_agency("--paused", "--policy", _policy_file(tmp_path, {"s3WithoutAuth": True}))
     assert allowing.post_red(red).status_code == 200
-    with_auth = file_input_red({"command": "s3", "access": {"url": "s3://b/k", "auth": {"accessKeyId": "a", "secretAccessKey": "b"}}})
+    with_auth = file_input_red({"command": "s3", "access": {"url": "s3://bucket/k", "auth": {"accessKeyId": "a", "secretAccessKey": "b"}}})
     assert make_agency("--paused").post_red(with_auth).status_code == 200
 
 
