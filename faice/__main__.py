@@ -1,5 +1,5 @@
 """``python -m faice``."""
 
-from faice.cli import main
+from faice.cli import console
 
-raise SystemExit(main())
+console()

@@ -58,6 +58,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, previous)
 
 
+def console() -> None:
+    """The ``faice`` program: :func:`main` with SIGTERM caught for the whole process, and both
+    signals ignored once the exit code is known, so a late Ctrl-C or SIGTERM (while Python
+    shuts down, joining threads) cannot turn a finished run into a death by signal."""
+    import threading
+
+    code = EXIT_INTERRUPTED
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
+    try:
+        code = main()
+    except KeyboardInterrupt:
+        code = EXIT_INTERRUPTED
+    except Terminated:
+        code = EXIT_TERMINATED
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_IGN)
+    raise SystemExit(code)
+
+
 def _catch_sigterm():
     """SIGTERM → exit 143 with cleanup (runs install their own handler on top); returns the
     handler to restore, None where none was installed (not the main thread, or one is set)."""
