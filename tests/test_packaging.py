@@ -54,4 +54,4 @@ def test_wheel_contains_schemas_and_connectors(tmp_path):
     assert "faice_connectors/__init__.py" in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
-    assert "[faice.connectors.v1]" in text and "faice = faice.cli:main" in text
+    assert "[faice.connectors.v1]" in text and "faice = faice.cli:console" in text
