@@ -39,6 +39,7 @@ from faice.pipeline.records import (
 from faice.runtime.containers import (
     CommandNotRunnable,
     ContainerError,
+    ContainerExit,
     ContainerHandle,
     ContainerRuntime,
     ContainerSpec,
@@ -333,8 +334,10 @@ class _BatchRun:
                     raise BatchFailure(FailureClass.EXIT_CODE, self._not_runnable(exc.code)) from None
                 process["executed"] = True
                 self._follow(handle)
-                self._wait(handle)
-                result = runtime.exit_state(handle)
+                code = self._wait(handle)
+                # A command that exited 0 was not killed (by the OOM killer or anyone): no need
+                # to ask the runtime again; otherwise it says whether the RAM limit was hit.
+                result = ContainerExit(0, False) if code == 0 else runtime.exit_state(handle)
                 process["returnCode"] = result.code
                 self._save_logs(handle)
                 if keep:
