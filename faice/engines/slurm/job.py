@@ -58,29 +58,17 @@ FAILURE_CLASS = {
     "OUT_OF_MEMORY": FailureClass.OOM,
     "PREEMPTED": FailureClass.CANCELLED,
 }
-# A task that Slurm reports final gets this long for its record to appear (shared filesystems
-# cache directory entries) before faice writes a failure record in its place.
-RECORD_GRACE_S = 5.0
+RECORD_GRACE_S = rundir.RECORD_GRACE_S
 POLL_INTERVAL_S = 0.5
 
 
-class SlurmJob:
+class SlurmJob(rundir.Submission):
     """One submitted job array: array task ``i`` runs batch ``batch_ids[i]``."""
 
     def __init__(self, outdir: Path, entry: dict[str, Any]):
-        self.outdir = outdir
-        self.job_id: str = entry["jobId"]
-        self.tag: str = entry["tag"]
-        self.run_id: str = entry["runId"]
-        self.batch_ids: list[str] = list(entry["batchIds"])
-        self.batch_index: dict[str, int] = dict(entry.get("batchIndex") or {})
-        self.batch_parameters: dict[str, Any] = dict(entry.get("batchParameters") or {})
+        super().__init__(outdir, entry)
         self._final_since: dict[int, float] = {}
         self._states: dict[str, BatchState] = {}
-
-    @property
-    def submission_dir(self) -> Path:
-        return rundir.slurm_dir(self.outdir) / self.tag
 
     def poll(self, only: set[str] | None = None) -> dict[str, BatchState]:
         """The state of every batch of this array (or of those in ``only``: a later array of

@@ -30,25 +30,17 @@ from faice.pipeline.records import (
 from faice.secrets import REDACTOR
 
 WORKER_MODULE = "faice.engines.slurm.worker"
-# A batch that Slurm's answer leaves without a record gets this long for it to appear
-# (shared file systems cache directory entries) before faice writes a failure in its place.
-RECORD_GRACE_S = 5.0
+RECORD_GRACE_S = rundir.RECORD_GRACE_S
 
 
-class PackedJob:
+class PackedJob(rundir.Submission):
     """One packed submission: the array of worker tasks and the queue of its batches.
 
     The same interface as :class:`faice.engines.slurm.job.SlurmJob` (poll, wait, cancel,
     remove_specs), so ``faice exec --wait``, ``status``, ``results`` and ``cancel`` work alike."""
 
     def __init__(self, outdir: Path, entry: dict[str, Any]):
-        self.outdir = outdir
-        self.job_id: str = entry["jobId"]
-        self.tag: str = entry["tag"]
-        self.run_id: str = entry["runId"]
-        self.batch_ids: list[str] = list(entry["batchIds"])
-        self.batch_index: dict[str, int] = dict(entry.get("batchIndex") or {})
-        self.batch_parameters: dict[str, Any] = dict(entry.get("batchParameters") or {})
+        super().__init__(outdir, entry)
         pack = entry.get("packed") or {}
         self.workers = int(pack.get("workers", 1))
         self.poll_interval = float(pack.get("pollInterval", 10.0))
@@ -58,10 +50,6 @@ class PackedJob:
         self._asked_at = float("-inf")
         self._gone_since: dict[str, float] = {}
         self.squeue_calls = 0
-
-    @property
-    def submission_dir(self) -> Path:
-        return rundir.slurm_dir(self.outdir) / self.tag
 
     # ------------------------------------------------------------------ Slurm, rate-limited
 

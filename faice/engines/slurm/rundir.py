@@ -130,3 +130,27 @@ def tail(path: Path, limit: int = 4000) -> str:
 
 def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+# A batch that Slurm reports final gets this long for its record to appear (shared file
+# systems cache directory entries) before faice writes a failure record in its place.
+RECORD_GRACE_S = 5.0
+
+
+class Submission:
+    """One ``sbatch`` of a run, as ``submissions.json`` records it: the job, its batches and
+    where its files are. :class:`~faice.engines.slurm.job.SlurmJob` (a task per batch) and
+    :class:`~faice.engines.slurm.packed.PackedJob` (workers pulling batches) follow one each."""
+
+    def __init__(self, outdir: Path, entry: dict[str, Any]):
+        self.outdir = outdir
+        self.job_id: str = entry["jobId"]
+        self.tag: str = entry["tag"]
+        self.run_id: str = entry["runId"]
+        self.batch_ids: list[str] = list(entry["batchIds"])
+        self.batch_index: dict[str, int] = dict(entry.get("batchIndex") or {})
+        self.batch_parameters: dict[str, Any] = dict(entry.get("batchParameters") or {})
+
+    @property
+    def submission_dir(self) -> Path:
+        return slurm_dir(self.outdir) / self.tag
