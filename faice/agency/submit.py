@@ -127,11 +127,13 @@ def _validate(data: dict[str, Any]) -> dict[str, Any]:
     from faice.errors import FaiceError
     from faice.red.load import Document
     from faice.red.validate import validate_red
+    from faice.secrets import Redactor
 
+    own = Redactor()  # this request's secrets only: the server's redactor never holds a user's
     try:
-        validate_red(Document("RED data", data))
+        validate_red(Document("RED data", data), redactor=own)
     except FaiceError as exc:
-        raise BadRequest(f"{INVALID_RED}\n{exc}") from None
+        raise BadRequest(own.redact(f"{INVALID_RED}\n{exc}")) from None
     if "sweep" in data:
         from faice.red.sweep import expanded_red
 

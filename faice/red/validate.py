@@ -14,18 +14,24 @@ from typing import Any
 
 from faice.errors import KeyPath, Problem, ValidationError
 from faice.red.load import Document
+from faice.secrets import REDACTOR, Redactor
 
 Found = tuple[KeyPath, str]
 
 
-def validate_red(document: Document) -> None:
-    """Raise :class:`ValidationError` listing every problem of ``document`` (a loaded RED file)."""
-    problems = red_problems(document)
+def validate_red(document: Document, *, redactor: Redactor = REDACTOR) -> None:
+    """Raise :class:`ValidationError` listing every problem of ``document`` (a loaded RED file).
+
+    Its protected values are registered with ``redactor``, since messages may quote them: the
+    process's own for the command line, one of the request's own on a server that many users
+    share (never the process-wide one there, or one user's output would be masked with
+    another user's secrets)."""
+    problems = red_problems(document, redactor=redactor)
     if problems:
         raise ValidationError(problems)
 
 
-def red_problems(document: Document) -> list[Problem]:
+def red_problems(document: Document, *, redactor: Redactor = REDACTOR) -> list[Problem]:
     """Every problem of a loaded RED file, sorted by position in the file."""
     from faice.red import semantics
     from faice.red.limits import plain_problem
@@ -34,13 +40,13 @@ def red_problems(document: Document) -> list[Problem]:
     from faice.red.schemas import schema_problems
     from faice.red.sweep import sweep_problems
     from faice.red.variables import variable_problems
-    from faice.secrets import REDACTOR, protected_values
+    from faice.secrets import protected_values
 
     if not document.text:  # data that did not come through the loader's limits (the agency's JSON)
         hostile = plain_problem(document.data)
         if hostile is not None:
             return [_at(document, *hostile)]
-    REDACTOR.add_all(protected_values(document.data))  # messages may quote values
+    redactor.add_all(protected_values(document.data))  # messages may quote values
     data = to_plain(document.data)
     if not isinstance(data, dict):
         return [_at(document, (), "expected a mapping at the top level of the RED file")]
@@ -76,7 +82,7 @@ def red_problems(document: Document) -> list[Problem]:
         from faice.cwl.tool import cli_problems
 
         found += cli_problems(cli, document.name)
-    _warn(_problems(document, access_warnings))
+    _warn(_problems(document, access_warnings), redactor)
     problems = keys + _problems(document, found[len(keys) :])
     for problem in extra:
         if problem.line is None and problem.path:
@@ -94,12 +100,10 @@ def _access_findings(data: dict) -> tuple[list[Found], list[Found]]:
     return access_findings(data)
 
 
-def _warn(warnings: list[Problem]) -> None:
+def _warn(warnings: list[Problem], redactor: Redactor) -> None:
     """Print each warning once (a command missing here may exist where the RED runs)."""
-    from faice.secrets import REDACTOR
-
     for problem in warnings:
-        sys.stderr.write(REDACTOR.redact(f"faice: warning: {problem}") + "\n")
+        sys.stderr.write(redactor.redact(f"faice: warning: {problem}") + "\n")
 
 
 BATCHES_FORM_HINTS = {

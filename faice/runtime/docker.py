@@ -32,7 +32,7 @@ from faice.runtime.containers import (
     ImageInfo,
     check_image_ref,
 )
-from faice.secrets import REDACTOR
+from faice.secrets import MASK, REDACTOR
 
 __all__ = ["LABEL_BATCH", "LABEL_RUN", "DockerRuntime", "import_docker", "owner_alive", "owner_token"]
 
@@ -161,13 +161,23 @@ def repo_digest(ref: str, digests: list[str]) -> str | None:
     return digests[0] if digests else None
 
 
+def _masked(secret: Any, text: str) -> str:
+    """``text`` without the registry password (and the process's own secrets)."""
+    if secret:
+        text = text.replace(str(secret), MASK)
+    return REDACTOR.redact(text)
+
+
 def _pull(client, ref: str, auth: dict[str, Any] | None, on_progress: Callable[[str], None] | None):
     import docker
 
     repository, tag = _split_ref(ref)
     credentials = None
+    secret = None
     if auth:
-        REDACTOR.add(auth.get("password"), auth.get("_password"))
+        # Not registered with the process's redactor here: the batch's own masks its messages
+        # (on an agency, the process's redactor must never hold a user's password).
+        secret = auth.get("password", auth.get("_password"))
         credentials = {
             "username": auth.get("username", auth.get("_username")),
             "password": auth.get("password", auth.get("_password")),
@@ -176,14 +186,14 @@ def _pull(client, ref: str, auth: dict[str, Any] | None, on_progress: Callable[[
         last = ""
         for event in client.api.pull(repository, tag=tag, stream=True, decode=True, auth_config=credentials):
             if "error" in event:
-                raise EngineError(REDACTOR.redact(f"container.settings.image.url: pulling {ref!r} failed: {event['error']}"))
+                raise EngineError(_masked(secret, f"container.settings.image.url: pulling {ref!r} failed: {event['error']}"))
             status = " ".join(str(event.get(k, "")) for k in ("id", "status", "progress")).strip()
             if on_progress and status and status != last:
                 on_progress(status)
                 last = status
         return client.images.get(ref)
     except docker.errors.APIError as exc:
-        raise EngineError(REDACTOR.redact(f"container.settings.image.url: pulling {ref!r} failed: {exc.explanation}")) from None
+        raise EngineError(_masked(secret, f"container.settings.image.url: pulling {ref!r} failed: {exc.explanation}")) from None
 
 
 def _split_ref(ref: str) -> tuple[str, str | None]:
