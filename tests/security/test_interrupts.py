@@ -74,13 +74,13 @@ def http_sweep_red(tmp_path: Path, image: str, url: str, script: str) -> tuple[P
 def test_random_interrupts_leave_nothing_and_never_hang(tmp_path, docker_client, test_image):
     secret = "Tok-" + os.urandom(6).hex()
     rng = random.Random(8)
-    budget_s, runs, interrupted = 150.0, 0, 0
+    budget_s, runs, interrupted = 420.0, 0, 0
     with SlowServer(f"the token is {secret}\n".encode()) as server:
         red, variables = http_sweep_red(tmp_path, test_image, server.url + "/small",
                                         'cat "$1"; echo "$1" >&2; sleep 1.5')
         variables.write_text(f"token: {secret}\n")
         started = time.monotonic()
-        while runs < 60 and (runs < 20 or time.monotonic() - started < budget_s):
+        while runs < 100 and (runs < 40 or time.monotonic() - started < budget_s):
             outdir = tmp_path / f"run{runs}"
             signum = rng.choice([signal.SIGINT, signal.SIGTERM])
             delay = rng.uniform(0.3, 4.0)
