@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -63,11 +64,13 @@ class ExternalConnector(Connector):
 
     def _run(self, args: list[str]) -> subprocess.CompletedProcess:
         """One call in its own process group: on timeout, Ctrl-C or any error the whole group
-        (the program and whatever it started) is ended, never left running."""
+        (the program and whatever it started) is ended, never left running; and the kernel
+        kills the program when faice itself dies (SIGKILL included), through util-linux's
+        ``setpriv --pdeathsig`` where it exists."""
         limit = call_timeout(self.timeout)
         try:
             process = subprocess.Popen(
-                [self.program, *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                [*_die_with_faice(), self.program, *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE, text=True, errors="replace", start_new_session=True,
             )
         except OSError as exc:
@@ -139,6 +142,12 @@ def call_timeout(session_timeout: float | None) -> float:
             raise ConnectorFailure(f"{TIMEOUT_VARIABLE}={text!r} must be a positive number of seconds")
         return value
     return float(session_timeout) if session_timeout else DEFAULT_CALL_TIMEOUT
+
+
+def _die_with_faice() -> list[str]:
+    """The prefix that makes the program receive SIGKILL when faice dies (Linux)."""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "KILL", "--"] if setpriv else []
 
 
 def _end_group(process: subprocess.Popen) -> None:

@@ -73,3 +73,41 @@ def test_a_bad_timeout_setting_is_explained(hanging_connector, tmp_path, monkeyp
     monkeypatch.setenv("FAICE_CONNECTOR_TIMEOUT", "soon")
     with StagingSession(tmp_path / "w") as session, pytest.raises(ConnectorError, match="FAICE_CONNECTOR_TIMEOUT"):
         session.stage_in(ConnectorRequest("batches[0].inputs.f", name, {"x": 1}), "File")
+
+
+def test_a_sigkilled_faice_leaves_no_connector_program_running(tmp_path):
+    """faice is SIGKILLed while an external connector program downloads: the kernel ends the
+    program too (it holds credentials and would go on writing), nothing is left running."""
+    import subprocess
+    import sys
+
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    pidfile = tmp_path / "program.pid"
+    program = bindir / f"slow-connector-{uuid.uuid4().hex[:8]}"
+    program.write_text(f'#!/bin/sh\nif [ "$1" = cli-version ]; then echo 1; exit 0; fi\necho $$ > "{pidfile}"\nexec sleep 300\n')
+    program.chmod(0o755)
+    script = (
+        "from pathlib import Path\n"
+        "from faice.connectors.staging import ConnectorRequest, StagingSession\n"
+        f"session = StagingSession(Path({str(tmp_path / 'work')!r}))\n"
+        f"session.stage_in(ConnectorRequest('inputs.data', {program.name!r}, {{}}), 'File')\n"
+    )
+    env = dict(os.environ, PATH=f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    faice = subprocess.Popen([sys.executable, "-c", script], env=env, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not (pidfile.exists() and pidfile.read_text().strip()):
+            assert time.monotonic() < deadline and faice.poll() is None, "the connector program never started"
+            time.sleep(0.05)
+        pid = int(pidfile.read_text())
+        assert _alive(pid)
+        faice.kill()
+        faice.wait(10)
+        deadline = time.monotonic() + 10
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(pid), "the connector program outlived the SIGKILLed faice"
+    finally:
+        if faice.poll() is None:
+            faice.kill()
