@@ -25,7 +25,8 @@ CONNECTOR = """#!/bin/sh
 # A RED output connector (CLI 1) whose only effect is one line per delivered output.
 case "$1" in
   cli-version) echo 1 ;;
-  send-file-validate) exit 0 ;;
+  send-file-validate) # A slow check inside an allocation, when the test asks for one.
+                      if [ -n "$SLURM_JOB_ID" ] && [ -f "$0.slow" ]; then touch "$0.checking"; sleep 60; fi; exit 0 ;;
   send-file) log=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["log"])' "$2")
              echo "$(cat "$3")" >> "$log" ;;
   *) echo "unsupported: $1" >&2; exit 1 ;;
@@ -295,16 +296,25 @@ def test_resume_of_a_packed_run_repacks_only_the_failed_batches(slurm, test_imag
     assert run["counts"] == {"succeeded": 2, "failed": 1} and run["slurm"]["jobIds"] == [s["jobId"] for s in submissions]
 
 
-def test_batches_left_when_every_worker_is_gone_get_a_failure_record(slurm, test_image, tmp_path):
+@pytest.mark.parametrize("busy_with", ["command", "connector-check"])
+def test_batches_left_when_every_worker_is_gone_get_a_failure_record(slurm, test_image, tmp_path, busy_with):
     """The allocations ended (here: scancel outside faice; a time limit alike) with batches
-    still queued: nobody can run them, and the follower says so instead of waiting forever."""
+    still queued: nobody can run them, and the follower says so instead of waiting forever.
+    ``connector-check``: scancel's SIGTERM also kills the connector program checking access
+    for the claimed batch; that failure is the stop's doing, and the batch goes back to the
+    queue like the others instead of being recorded as a connector failure."""
     settings = {"partition": slurm.partition, "workers": 1, "pollInterval": 1}
     red, log, env = setup(tmp_path, test_image, 3, "sleep 60; echo $(sweep.n) > result.txt", settings)
+    if busy_with == "connector-check":
+        (tmp_path / "bin" / "faice-test-sidelog.slow").touch()
     outdir = tmp_path / "run"
     assert faice(env, "exec", str(red), "--outdir", str(outdir)).returncode == 0
     job_id = json.loads((outdir / "slurm" / "submissions.json").read_text())[0]["jobId"]
     wait_for(lambda: list((outdir / "slurm" / "1" / "queue" / "claimed").iterdir()), timeout=120,
              what="the worker never claimed a batch")
+    if busy_with == "connector-check":
+        wait_for((tmp_path / "bin" / "faice-test-sidelog.checking").exists, timeout=60,
+                 what="the worker never checked the connector")
     subprocess.run(["scancel", job_id], check=True, timeout=30)
     status = faice(env, "status", "--outdir", str(outdir), "--wait", "--json", timeout=240)
     run = json.loads(status.stdout)
@@ -312,4 +322,23 @@ def test_batches_left_when_every_worker_is_gone_get_a_failure_record(slurm, test
     for record in records(outdir).values():
         assert record["failureClass"] == "engine" and "no faice worker" in record["message"]
     assert not list((outdir / "slurm" / "1" / "tasks").iterdir())
+    assert not log.exists()
+
+
+def test_a_batch_task_stopped_while_checking_its_connector_is_recorded_cancelled(slurm, test_image, tmp_path):
+    """For contrast, one task per batch (no ``workers``): scancel's SIGTERM kills the task's
+    connector check too, and the record blames the stop, not the connector."""
+    settings = {"partition": slurm.partition, "pollInterval": 1}
+    red, log, env = setup(tmp_path, test_image, 1, "echo $(sweep.n) > result.txt", settings)
+    (tmp_path / "bin" / "faice-test-sidelog.slow").touch()
+    outdir = tmp_path / "run"
+    assert faice(env, "exec", str(red), "--outdir", str(outdir)).returncode == 0
+    job_id = json.loads((outdir / "slurm" / "submissions.json").read_text())[0]["jobId"]
+    wait_for((tmp_path / "bin" / "faice-test-sidelog.checking").exists, timeout=120,
+             what="the task never checked the connector")
+    subprocess.run(["scancel", job_id], check=True, timeout=30)
+    status = faice(env, "status", "--outdir", str(outdir), "--wait", "--json", timeout=240)
+    assert json.loads(status.stdout)["counts"] == {"cancelled": 1}, status.stdout
+    (record,) = records(outdir).values()
+    assert record["failureClass"] == "cancelled", record
     assert not log.exists()

@@ -23,7 +23,7 @@ from faice.engines.slurm import rundir
 from faice.pipeline.host import Host, failed_before_start
 from faice.pipeline.options import RunOptions
 from faice.pipeline.plan import BatchPlan, plan_batches
-from faice.pipeline.records import BatchRecord
+from faice.pipeline.records import BatchRecord, FailureClass, write_batch_record
 from faice.red.experiment import Batch, Experiment
 from faice.runtime.gpus import host_allocator
 from faice.secrets import Redactor
@@ -64,8 +64,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("task_id", type=int)
     args = parser.parse_args(argv)
     received: list[int] = []
-    signal.signal(signal.SIGTERM, lambda signum, _frame: received.append(signum))
-    signal.signal(signal.SIGINT, lambda signum, _frame: received.append(signum))
+    cancel = threading.Event()
+
+    def stop(signum: int, _frame: object) -> None:
+        received.append(signum)
+        cancel.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     submission = args.submission.resolve()
     outdir = submission.parent.parent
     try:
@@ -80,7 +86,6 @@ def main(argv: list[str] | None = None) -> int:
     engine = {"name": "slurm", "node": node, "jobId": os.environ.get("SLURM_ARRAY_JOB_ID"),
               "taskId": args.task_id}
     say(f"faice task: batch {plan.id} (index {plan.index}) on {node}, GPUs: {gpu_ids or 'none'}")
-    cancel = threading.Event()
     result: list[BatchRecord] = []
 
     def work() -> None:
@@ -97,12 +102,19 @@ def main(argv: list[str] | None = None) -> int:
 
     worker = threading.Thread(target=work, name="faice-task", daemon=True)
     worker.start()
+    announced = False
     while worker.is_alive():
         worker.join(0.2)
-        if received and not cancel.is_set():
+        if received and not announced:
+            announced = True
             say(f"faice task: received signal {received[0]}: stopping the batch")
-            cancel.set()
     record = result[0]
+    if received and record.failure_class in (FailureClass.CONNECTOR, FailureClass.ENGINE):
+        # scancel signals the whole job step: a connector program may have died of it
+        # before the batch saw its cancel event. The stop is the reason, not the connector.
+        record.fail(FailureClass.CANCELLED, f"stopped by signal {received[0]} (scancel or the time limit) while: "
+                                            f"{record.message}")
+        write_batch_record(outdir, record, redact=redactor.redact)
     say(f"faice task: batch {plan.id} {record.state}" + (f": {record.message}" if record.message else ""), redactor)
     return 0 if record.state == "succeeded" else 1
 

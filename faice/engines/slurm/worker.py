@@ -33,7 +33,7 @@ from faice.engines.slurm.task import docker_gpu_ids, say
 from faice.pipeline.host import Host, failed_before_start
 from faice.pipeline.options import RunOptions
 from faice.pipeline.plan import plan_batches
-from faice.pipeline.records import BatchRecord, FailureClass, batch_dir
+from faice.pipeline.records import BatchRecord, BatchState, batch_dir
 from faice.red.experiment import Batch, Experiment
 from faice.runtime.gpus import host_allocator
 from faice.secrets import Redactor
@@ -76,6 +76,13 @@ class Worker:
         self.held: dict[int, Held] = {}
         self.lock = threading.Lock()
         self.ran: list[str] = []
+
+    def stop(self) -> None:
+        """SIGTERM: stop the running batches now (no lock: this runs in a signal handler,
+        possibly while the main thread holds it; copying the dict is atomic)."""
+        self.stopping.set()
+        for entry in list(self.held.values()):
+            entry.cancel.set()
 
     # ------------------------------------------------------------------ main loop
 
@@ -194,7 +201,10 @@ class Worker:
         cancelled_run = self.queue.cancel_requested() or self.queue.cancel_requested_for(claim.task)
         if entry.lost:
             say(f"faice worker {self.name}: lost the lease of batch {plan.id}: its result is discarded")
-        elif self.stopping.is_set() and not cancelled_run and record.failure_class == FailureClass.CANCELLED:
+        elif self.stopping.is_set() and not cancelled_run and record.state != BatchState.SUCCEEDED:
+            # SIGTERM reaches the whole job step: a connector program or anything else the
+            # batch was running may have died of it before the cancel event was set, so a
+            # failure while stopping is the stop's doing, not the batch's.
             released = self.queue.release(claim)
             say(f"faice worker {self.name}: stopping: batch {plan.id} "
                 + ("goes back to the queue" if released else "was already taken back"))
@@ -232,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     worker = Worker(submission, environ)
 
     def stop(signum: int, _frame: object) -> None:
-        worker.stopping.set()
+        worker.stop()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
