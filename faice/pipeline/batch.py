@@ -23,7 +23,7 @@ from faice.connectors.staging import StagingSession
 from faice.cwl.commandline import OUTPUTS_DIR
 from faice.errors import ConnectorError, EngineError, FaiceError
 from faice.pipeline.events import BatchEvent, EventSink, ignore
-from faice.pipeline.logstream import LogStream
+from faice.pipeline.logstream import OutputCopy
 from faice.pipeline.options import RunOptions
 from faice.pipeline.plan import BatchPlan, connector_request, input_label, preflight_access
 from faice.pipeline.records import (
@@ -119,7 +119,7 @@ class _BatchRun:
         self.writable_mounts: dict[Path, str] = {}  # mount point → the input it serves
         self.unsent: list | None = None  # outputs of a command that succeeded but whose stage-out failed
         self.input_dirs: dict[str, Path] = {}  # Directory inputs' host paths (metrics files may be there)
-        self.streams: dict[str, LogStream] = {}
+        self.output: OutputCopy | None = None  # the attached stdout/stderr, copied as it comes
         self.reader: MetricsReader | None = None
         image = context.image
         self.record = new_batch_record(
@@ -327,13 +327,14 @@ class _BatchRun:
         with self._timed("run"):
             try:
                 handle = runtime.create(spec)
+                self._attach(handle)
                 try:
                     runtime.start(handle)
                 except CommandNotRunnable as exc:
                     process["returnCode"] = exc.code
                     raise BatchFailure(FailureClass.EXIT_CODE, self._not_runnable(exc.code)) from None
                 process["executed"] = True
-                self._follow(handle)
+                self._read_metrics()
                 code = self._wait(handle)
                 # A command that exited 0 was not killed (by the OOM killer or anyone): no need
                 # to ask the runtime again; otherwise it says whether the RAM limit was hit.
@@ -414,16 +415,16 @@ class _BatchRun:
 
     # ------------------------------------------------------------------ watching
 
-    def _follow(self, handle: ContainerHandle) -> None:
-        """Stream stdout/stderr into the batch dir as they come; start reading metrics."""
-        for stream, name in STREAM_FILES.items():
-            def chunks(stream: str = stream) -> Any:
-                return self.context.runtime.logs(handle, stream)
+    def _attach(self, handle: ContainerHandle) -> None:
+        """Before the start: copy stdout/stderr into the batch dir as they come."""
+        try:
+            chunks = self.context.runtime.attach(handle)
+            self.output = OutputCopy(chunks, {s: self.dir / n for s, n in STREAM_FILES.items()}, self.context.redactor)
+        except Exception:
+            self.output = None  # _save_logs fetches the whole log at the end instead
 
-            try:
-                self.streams[stream] = LogStream(chunks, self.dir / name, self.context.redactor)
-            except Exception:
-                pass  # _save_logs fetches the whole log at the end instead
+    def _read_metrics(self) -> None:
+        """Start reading the command's metrics (``plan.metrics``) while it runs."""
         spec = self.plan.metrics
         if spec is not None and self.reader is None:
             from faice.pipeline.metrics import MetricsReader
@@ -442,11 +443,7 @@ class _BatchRun:
                 latest = self.reader.poll()
             except Exception:
                 latest = None  # metrics never fail a batch
-        stream = self.streams.get("stdout")
-        log = stream.last_line if stream else None
-        err = self.streams.get("stderr")
-        if err is not None and err.last_line and not log:
-            log = err.last_line
+        log = (self.output.last_line("stdout") or self.output.last_line("stderr")) if self.output else None
         if latest and latest.get("value") is not None or log:
             self.event("running", "run", metric=latest if latest and latest.get("value") is not None else None,
                        log=self.context.redactor.redact(log) if log else None)
@@ -466,8 +463,8 @@ class _BatchRun:
         from faice.pipeline.metrics import METRICS_FILE, summary
 
         try:
-            for stream in self.streams.values():
-                stream.finish(5)
+            if self.output is not None:
+                self.output.finish(5)
             result = self.reader.finish()
             self.record.metrics = summary(result)
             atomic_write_json(self.dir / METRICS_FILE, result, redact=self.context.redactor.redact)
@@ -480,11 +477,11 @@ class _BatchRun:
         """stdout.txt/stderr.txt in the batch dir (+ cli.stdout/stderr files in /cc/outputs)."""
         command = self.plan.command
         redactor = self.context.redactor
-        streams, self.streams = self.streams, {}
+        output, self.output = self.output, None
+        complete = output is not None and output.finish(30)
         for stream, name in STREAM_FILES.items():
             target = self.dir / name
-            follower = streams.get(stream)
-            if follower is None or not follower.finish(30):
+            if not complete:
                 # Streaming failed or hangs: the whole log once more, masked on the way to disk
                 # (a new file, so a stuck thread writes to the replaced one).
                 partial = target.with_name(target.name + ".part")

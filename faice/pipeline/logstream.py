@@ -1,20 +1,22 @@
 """A running container's stdout/stderr written to ``batches/<id>/`` as they come, masked.
 
 ``faice logs -f`` and the ``stdout`` metrics source read these files while the batch runs,
-so they must grow as the program prints, not appear at the end. Secrets are masked on the
-way to disk by :class:`faice.secrets.StreamRedactor` (a secret split across chunks is still
-caught; memory stays one chunk plus the longest secret). The last complete line is kept for
-the live display.
+so they must grow as the program prints, not appear at the end. The output comes from one
+attach to the container made before it started (as ``docker run`` does): every byte, both
+streams on one connection, ending when the command's output ends. Secrets are masked on
+the way to disk by :class:`faice.secrets.StreamRedactor` (a secret split across chunks is
+still caught; memory stays one chunk plus the longest secret). The last complete line of
+each stream is kept for the live display.
 
-Docker may end a followed log stream a moment before its last bytes (the container exited,
-the log copier had not flushed yet), so once the container has exited the stream is read
-again from the start and whatever the first pass missed is appended (:meth:`LogStream.finish`).
+When the attached stream breaks, :meth:`OutputCopy.finish` says so and the batch fetches
+the whole log once more after the exit.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
+from contextlib import ExitStack
 from pathlib import Path
 
 from faice.secrets import Redactor, StreamRedactor
@@ -22,21 +24,15 @@ from faice.secrets import Redactor, StreamRedactor
 LAST_LINE_CHARS = 200
 
 
-class LogStream:
-    """One thread copying one stream of a container into a file until the stream ends."""
+class _StreamFile:
+    """One stream's file and its last complete line."""
 
-    def __init__(self, open_chunks: Callable[[], Iterable[bytes]], target: Path, redactor: Redactor | None):
-        self.target = target
-        self.error: BaseException | None = None
+    def __init__(self, target: Path, redactor: Redactor | None, stack: ExitStack):
         self.last_line = ""
         self._partial = b""
-        self._received = 0  # raw bytes written so far
-        self._exited = threading.Event()
-        self._open = open_chunks
-        self._file = open(target, "wb")  # noqa: SIM115 - closed by the thread
-        self._stream = StreamRedactor(redactor, self._sink)
-        self._thread = threading.Thread(target=self._copy, name=f"faice-log-{target.name}", daemon=True)
-        self._thread.start()
+        self._file = stack.enter_context(open(target, "wb"))  # noqa: SIM115 - closed with the stack
+        self.masked = StreamRedactor(redactor, self._sink)
+        stack.callback(self.masked.close)  # runs before the file closes (LIFO)
 
     def _sink(self, masked: bytes) -> None:
         self._file.write(masked)
@@ -48,35 +44,35 @@ class LogStream:
         if complete:
             self.last_line = complete[-1].decode("utf-8", "replace")[-LAST_LINE_CHARS:]
 
+
+class OutputCopy:
+    """One thread copying a container's ``(stream, chunk)`` output into one file per stream."""
+
+    def __init__(self, chunks: Iterable[tuple[str, bytes]], targets: dict[str, Path], redactor: Redactor | None):
+        self.error: BaseException | None = None
+        self._stack = ExitStack()
+        self._files = {name: _StreamFile(path, redactor, self._stack) for name, path in targets.items()}
+        self._chunks = chunks
+        self._thread = threading.Thread(target=self._copy, name=f"faice-output-{next(iter(targets.values())).parent.name}",
+                                        daemon=True)
+        self._thread.start()
+
+    def last_line(self, stream: str) -> str:
+        found = self._files.get(stream)
+        return found.last_line if found else ""
+
     def _copy(self) -> None:
         try:
-            for chunk in self._open():
-                self._received += len(chunk)
-                self._stream.write(chunk)
-            # The followed stream ended: the container exited (or Docker dropped us). Once the
-            # batch confirms the exit, the complete log tells what the first pass missed.
-            if self._exited.wait(30):
-                skip = self._received
-                for chunk in self._open():
-                    if skip >= len(chunk):
-                        skip -= len(chunk)
-                        continue
-                    self._stream.write(chunk[skip:])
-                    skip = 0
+            with self._stack:
+                for stream, chunk in self._chunks:
+                    found = self._files.get(stream)
+                    if found is not None:
+                        found.masked.write(chunk)
         except BaseException as exc:
             self.error = exc
-        finally:
-            try:
-                self._stream.close()
-            finally:
-                self._file.close()
 
     def finish(self, timeout: float) -> bool:
-        """The container has exited: complete the file. True when the whole log was written."""
-        self._exited.set()
-        return self.join(timeout)
-
-    def join(self, timeout: float) -> bool:
-        """True when the whole stream was written (it ended and nothing failed)."""
+        """The container has exited: True when the whole output was written (the stream ended
+        and nothing failed) within ``timeout`` seconds."""
         self._thread.join(timeout)
         return not self._thread.is_alive() and self.error is None

@@ -1,7 +1,8 @@
 """Many batches on one host: preflight once, then a pool of workers calling :func:`run_batch`.
 
     preflight (Docker, leftovers, GPUs, image once, connector access)
-      → per batch, on a pool of ``--parallel`` workers: run_batch → record → run.json
+      → per batch, on a pool of ``--parallel`` workers: run_batch → record
+      → run.json (rewritten at most every SUMMARY_INTERVAL_S while batches run, and at the end)
 
 Keep-going/fail-fast, ``--resume``, cancellation of one batch or the whole run, and signals
 (:meth:`HostRun.on_signal` only records the signal; the waiting thread acts on it) live here.
@@ -42,6 +43,10 @@ from faice.red.experiment import Experiment
 from faice.runtime.docker import owner_token
 from faice.runtime.gpus import Gpu, GpuAllocator, GpuRequest, host_allocator
 from faice.secrets import REDACTOR, Redactor, batch_redactor
+
+# run.json while batches run: at most this often. It lists every batch, so rewriting it on
+# each start and end would cost O(batches²) on a large sweep; the records stay per batch.
+SUMMARY_INTERVAL_S = 0.5
 
 
 @dataclass
@@ -108,6 +113,7 @@ class HostRun:
         self._running: set[str] = set()
         self._series: dict[str, list] = {}  # batch id -> objective series, for early stopping
         self._lock = threading.Lock()
+        self._summary_due = threading.Event()  # run.json is behind: written by _run_all's thread
         self.started = now_iso()
 
     # ------------------------------------------------------------------ plumbing
@@ -356,7 +362,7 @@ class HostRun:
                 else:
                     with self._lock:
                         self._running.add(plan.id)
-                    self._write_summary(RunState.RUNNING)
+                    self._summary_due.set()
                     record = run_batch(plan, self._context(plan))
                     self._remember_series(plan)
                 with self._lock:
@@ -364,14 +370,18 @@ class HostRun:
                     self._running.discard(plan.id)
                     if record.state == BatchState.FAILED:
                         self._failures += 1
-                self._write_summary(RunState.RUNNING)
+                self._summary_due.set()
 
         workers = [threading.Thread(target=worker, name=f"faice-batch-{i}", daemon=True)
                    for i in range(min(parallel, max(1, pending.qsize())))]
         for thread in workers:
             thread.start()
         for thread in workers:
-            thread.join()
+            while thread.is_alive():
+                thread.join(SUMMARY_INTERVAL_S)
+                if self._summary_due.is_set():
+                    self._summary_due.clear()
+                    self._write_summary(RunState.RUNNING)
         return self._write_summary(RunState.CANCELLED if self.stop.is_set() else None)
 
     def _stop_starting(self) -> bool:

@@ -108,6 +108,10 @@ class ContainerRuntime(Protocol):
 
     def create(self, spec: ContainerSpec) -> ContainerHandle: ...
 
+    def attach(self, handle: ContainerHandle) -> Iterator[tuple[str, bytes]]:
+        """Called before :meth:`start`: every ``(stream, chunk)`` the command writes to
+        ``stdout``/``stderr``, ending when its output ends."""
+
     def start(self, handle: ContainerHandle) -> None: ...
 
     def wait(self, handle: ContainerHandle, timeout: float) -> int | None:

@@ -46,9 +46,18 @@ def process_start_time(pid: int) -> str:
         return ""
 
 
+_OWN_TOKENS: dict[int, str] = {}  # pid -> token: a fork gets its own
+
+
 def owner_token(pid: int | None = None) -> str:
+    own = pid is None or pid == os.getpid()
     pid = os.getpid() if pid is None else pid
-    return f"{socket.gethostname()}:{pid}:{process_start_time(pid)}"
+    if own and pid in _OWN_TOKENS:
+        return _OWN_TOKENS[pid]
+    token = f"{socket.gethostname()}:{pid}:{process_start_time(pid)}"
+    if own:
+        _OWN_TOKENS[pid] = token
+    return token
 
 
 def owner_alive(token: str) -> bool:
@@ -227,9 +236,19 @@ def remove_leftovers(client: Any) -> list[str]:
     return removed
 
 
-def create_kwargs(spec: ContainerSpec) -> dict[str, Any]:
-    """``containers.create`` keyword arguments: faice's labels, binds, limits and devices."""
+def create_kwargs(api: Any, spec: ContainerSpec) -> dict[str, Any]:
+    """``APIClient.create_container`` keyword arguments: faice's labels, binds, limits and devices."""
     docker = import_docker()
+    host_config: dict[str, Any] = {
+        "binds": [f"{host}:{target}:{mode}" for host, target, mode in spec.binds],
+        "ulimits": [docker.types.Ulimit(name="nofile", soft=4096, hard=4096)],
+    }
+    if spec.ram_mb:
+        host_config["mem_limit"] = host_config["memswap_limit"] = f"{int(spec.ram_mb)}m"
+    if spec.gpu_ids:
+        host_config["device_requests"] = [
+            docker.types.DeviceRequest(driver="nvidia", device_ids=list(spec.gpu_ids), capabilities=[["gpu"]])
+        ]
     kwargs: dict[str, Any] = {
         "image": spec.image,
         "command": spec.command,
@@ -241,21 +260,14 @@ def create_kwargs(spec: ContainerSpec) -> dict[str, Any]:
             LABEL_OWNER: owner_token(),
             **({LABEL_KEEP: "1"} if spec.keep else {}),
         },
-        "volumes": {host: {"bind": target, "mode": mode} for host, target, mode in spec.binds},
         "environment": dict(spec.environment),
         "detach": True,
-        "ulimits": [docker.types.Ulimit(name="nofile", soft=4096, hard=4096)],
+        "host_config": api.create_host_config(**host_config),
     }
     if spec.name:
         kwargs["name"] = spec.name
     if spec.user is not None:
         kwargs["user"] = spec.user
-    if spec.ram_mb:
-        kwargs["mem_limit"] = kwargs["memswap_limit"] = f"{int(spec.ram_mb)}m"
-    if spec.gpu_ids:
-        kwargs["device_requests"] = [
-            docker.types.DeviceRequest(driver="nvidia", device_ids=list(spec.gpu_ids), capabilities=[["gpu"]])
-        ]
     return kwargs
 
 
@@ -280,13 +292,19 @@ def docker_errors() -> Iterator[None]:
 
 
 class DockerRuntime:
-    """The containers of this process on one Docker engine; every exit path can remove them."""
+    """The containers of this process on one Docker engine; every exit path can remove them.
+
+    A batch's container costs five calls to the engine (create, attach, start, wait,
+    remove), made with docker-py's low-level API: the high-level one inspects the container
+    again after creating it and before every log read, which on a sweep of trivial batches
+    is most of the engine's work."""
 
     def __init__(self, client: Any, owner: tuple[int, int] | None = None) -> None:
         self.client = client
+        self.api = client.api
         self.owner = owner or (os.geteuid(), os.getegid())  # who gets the files back (reclaim)
         self._lock = threading.Lock()
-        self._live: dict[str, Any] = {}
+        self._live: dict[str, ContainerHandle] = {}
 
     @classmethod
     def connect(cls) -> DockerRuntime:
@@ -300,22 +318,37 @@ class DockerRuntime:
     def remove_leftovers(self) -> list[str]:
         return remove_leftovers(self.client)
 
-    def _container(self, handle: ContainerHandle) -> Any:
-        with self._lock:
-            container = self._live.get(handle.id)
-        return container if container is not None else self.client.containers.get(handle.id)
-
     def create(self, spec: ContainerSpec) -> ContainerHandle:
         with docker_errors():
-            container = self.client.containers.create(**create_kwargs(spec))
+            created = self.api.create_container(**create_kwargs(self.api, spec))
+        handle = ContainerHandle(created["Id"], spec.name or created["Id"][:12])
         with self._lock:
-            self._live[container.id] = container
-        return ContainerHandle(container.id, container.name)
+            self._live[handle.id] = handle
+        return handle
+
+    def attach(self, handle: ContainerHandle) -> Iterator[tuple[str, bytes]]:
+        """Attached when this returns (call it before :meth:`start`, like ``docker run``):
+        the iterator yields every ``(stream, chunk)`` the command writes and ends when it exits."""
+        with docker_errors():
+            frames = self.api.attach(handle.id, stdout=True, stderr=True, stream=True, demux=True)
+
+        def chunks() -> Iterator[tuple[str, bytes]]:
+            try:
+                with docker_errors():
+                    for stdout, stderr in frames:
+                        if stdout:
+                            yield "stdout", stdout
+                        if stderr:
+                            yield "stderr", stderr
+            finally:
+                frames.close()
+
+        return chunks()
 
     def start(self, handle: ContainerHandle) -> None:
         try:
             with docker_errors():
-                self._container(handle).start()
+                self.api.start(handle.id)
         except ContainerError as exc:
             code = not_runnable_code(exc.message)
             if code is None:
@@ -327,38 +360,35 @@ class DockerRuntime:
 
         with docker_errors():
             try:
-                result = self._container(handle).wait(timeout=timeout)
+                result = self.api.wait(handle.id, timeout=timeout)
             except requests.exceptions.ConnectionError:  # docker-py's read timeout
                 return None
         return int(result.get("StatusCode", -1))
 
     def stop(self, handle: ContainerHandle, grace: float) -> None:
         with docker_errors():
-            self._container(handle).stop(timeout=int(grace))
+            self.api.stop(handle.id, timeout=int(grace))
 
     def kill(self, handle: ContainerHandle) -> None:
         with docker_errors():
-            self._container(handle).kill()
+            self.api.kill(handle.id)
 
     def exit_state(self, handle: ContainerHandle) -> ContainerExit:
         with docker_errors():
-            container = self._container(handle)
-            container.reload()
-        state = container.attrs.get("State") or {}
+            state = self.api.inspect_container(handle.id).get("State") or {}
         return ContainerExit(int(state.get("ExitCode", -1)), bool(state.get("OOMKilled")))
 
     def logs(self, handle: ContainerHandle, stream: str) -> Iterator[bytes]:
         with docker_errors():
-            yield from self._container(handle).logs(stdout=stream == "stdout", stderr=stream == "stderr",
-                                                    stream=True)
+            yield from self.api.logs(handle.id, stdout=stream == "stdout", stderr=stream == "stderr", stream=True)
 
     def remove(self, handle: ContainerHandle) -> None:
         docker = import_docker()
         with self._lock:
-            container = self._live.pop(handle.id, None)
+            self._live.pop(handle.id, None)
         try:
             with docker_errors():
-                (container or self.client.containers.get(handle.id)).remove(force=True, v=True)
+                self.api.remove_container(handle.id, force=True, v=True)
         except ContainerError as exc:
             if "already in progress" not in str(exc) and "No such container" not in str(exc):
                 raise
@@ -376,7 +406,7 @@ class DockerRuntime:
     def kill_all(self) -> None:
         """Kill and remove every container still registered (second Ctrl-C, final cleanup)."""
         with self._lock:
-            live = [ContainerHandle(c.id, c.name) for c in self._live.values()]
+            live = list(self._live.values())
         for handle in live:
             try:
                 self.remove(handle)
@@ -425,7 +455,7 @@ class DockerRuntime:
         try:
             with tempfile.TemporaryFile() as tree, tempfile.TemporaryFile() as owned:
                 with docker_errors():
-                    stream, _stat = self._container(handle).get_archive("/cc/reclaim")
+                    stream, _stat = self.api.get_archive(handle.id, "/cc/reclaim")
                     for chunk in stream:
                         tree.write(chunk)
                 tree.seek(0)
@@ -437,7 +467,7 @@ class DockerRuntime:
                         out.addfile(member, source.extractfile(member) if member.isfile() else None)
                 owned.seek(0)
                 with docker_errors():
-                    if not self._container(handle).put_archive("/cc", owned):
+                    if not self.api.put_archive(handle.id, "/cc", owned):
                         raise ContainerError(f"Docker refused to write {path} back with uid {uid}")
         finally:
             self.remove(handle)

@@ -145,9 +145,10 @@ def test_device_request_reaches_the_docker_engine(docker_client, test_image):
 
     spec = ContainerSpec(image=test_image, command=["true"], run_id="gputest", batch_id="b-gpu",
                          gpu_ids=["GPU-aaa", "GPU-ccc"], environment={"NVIDIA_VISIBLE_DEVICES": "GPU-aaa,GPU-ccc"})
-    kwargs = create_kwargs(spec)
+    kwargs = create_kwargs(docker_client.api, spec)
     kwargs["labels"]["org.faice.test"] = "1"
-    container = docker_client.containers.create(**kwargs)  # created, never started: no GPU here
+    created = docker_client.api.create_container(**kwargs)  # created, never started: no GPU here
+    container = docker_client.containers.get(created["Id"])
     try:
         requests = container.attrs["HostConfig"]["DeviceRequests"]
         assert requests == [{"Driver": "nvidia", "Count": 0, "DeviceIDs": ["GPU-aaa", "GPU-ccc"],

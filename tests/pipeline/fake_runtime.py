@@ -26,6 +26,7 @@ class Played:
     stderr: bytes = b""
     oom: bool = False
     seconds: float = 0.0  # how long it "runs" (wait() returns None until then)
+    attach_breaks: bool = False  # the attached output stream fails after its first chunk
 
 
 @dataclass
@@ -34,6 +35,7 @@ class _Container:
     played: Played | None = None
     started: float | None = None
     killed: bool = False
+    ran: threading.Event = field(default_factory=threading.Event)  # started (or removed unstarted)
 
 
 @dataclass
@@ -64,6 +66,24 @@ class FakeRuntime:
         with self._lock:
             self.running[container.spec.batch_id] = container.started
         container.played = self.command(container.spec)
+        container.ran.set()
+
+    def attach(self, handle: ContainerHandle) -> Iterator[tuple[str, bytes]]:
+        container = self._containers[handle.id]
+
+        def chunks() -> Iterator[tuple[str, bytes]]:
+            container.ran.wait()
+            played = container.played
+            if played is None:  # removed without starting
+                return
+            for start in range(0, max(len(played.stdout), len(played.stderr)), 7):  # secrets split across chunks
+                for stream, data in (("stdout", played.stdout), ("stderr", played.stderr)):
+                    if data[start:start + 7]:
+                        yield stream, data[start:start + 7]
+                if played.attach_breaks:
+                    raise ConnectionError("attach stream broken")
+
+        return chunks()
 
     def wait(self, handle: ContainerHandle, timeout: float) -> int | None:
         container = self._containers[handle.id]
@@ -102,7 +122,9 @@ class FakeRuntime:
             yield data[start:start + 7]
 
     def remove(self, handle: ContainerHandle) -> None:
-        self._containers.pop(handle.id, None)
+        container = self._containers.pop(handle.id, None)
+        if container is not None:
+            container.ran.set()
 
     def forget(self, handle: ContainerHandle) -> None:
         pass

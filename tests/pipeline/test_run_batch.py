@@ -109,6 +109,20 @@ def test_a_batch_gives_its_gpu_back_whatever_happens(tmp_path):
     assert gpus.try_acquire(plan.gpu_request) == ONE_GPU  # released again
 
 
+def test_a_broken_output_stream_is_completed_from_the_whole_log_after_the_exit(tmp_path):
+    """The attached stream breaks after its first chunk: stdout.txt and stderr.txt are still
+    whole (fetched once more after the exit) and masked."""
+    secret = "s3cr3t-value-Xy"
+    out, err = f"first line\nsecond {secret} line\n".encode(), b"a warning\n"
+    plan = plan_of(tmp_path)
+    runtime = FakeRuntime(lambda spec: Played(0, out, err, attach_breaks=True))
+    record = run_batch(plan, context(tmp_path, runtime, redactor=Redactor([secret])))
+    batch_dir = tmp_path / "run" / "batches" / plan.id
+    assert record.state == "succeeded"
+    assert (batch_dir / "stdout.txt").read_bytes() == b"first line\nsecond ******** line\n"
+    assert (batch_dir / "stderr.txt").read_bytes() == err
+
+
 def test_the_batch_redactor_masks_its_own_secrets_in_streams_and_record(tmp_path):
     secret = "s3cr3t-value-Xy"
     plan = plan_of(tmp_path)
