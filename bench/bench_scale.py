@@ -65,6 +65,11 @@ def faice_exec(work: Path, image: str, count: int) -> tuple[float, int]:
     return result
 
 
+def api_floor(work: Path, image: str, count: int) -> float:
+    """docker_api_floor.py: the engine calls faice makes per container, and nothing else."""
+    return measured([sys.executable, str(Path(__file__).parent / "docker_api_floor.py"), image, str(count)], work)[0]
+
+
 def xargs_docker(work: Path, image: str, count: int) -> float:
     script = (f"seq {count} | xargs -P 4 -I{{}} docker run --rm --label org.faice.bench=1 "
               f"--entrypoint sh {image} -c true {{}}")
@@ -205,6 +210,10 @@ def table(results: dict[str, Any]) -> list[str]:
         rows.append(f"| 200 trivial batches, `--parallel 4` | {t['faice']:.1f} s (median of {t['pairs']}) | "
                     f"`xargs -P 4 docker run --rm` {t['xargs']:.1f} s | {t['ratio']:.2f} (pairs: "
                     f"{', '.join(f'{r:.2f}' for r in t['ratios'])}) | ≤ 0.8 {'✔' if t['ratio'] <= 0.8 else '✘'} |")
+        if "apiFloor" in t:
+            rows.append(f"| the same, against the engine calls alone | {t['faice']:.1f} s | `docker_api_floor.py` (create, "
+                        f"attach, start, wait, remove; nothing else) {t['apiFloor']:.1f} s, which is "
+                        f"{t['apiFloorVsXargs']:.2f} of `xargs` | {t['overApiFloor']:.2f} | — |")
     if "growth" in results:
         growth = results["growth"]
         first, last = growth[0], growth[-1]
@@ -251,16 +260,22 @@ def main() -> None:
         if not args.skip_throughput:
             load = os.getloadavg()[0]
             pairs = []
+            floors = []
             for _ in range(args.pairs):
                 docker = xargs_docker(work, args.image, 200)
+                floor = api_floor(work, args.image, 200)
                 faice, rss = faice_exec(work, args.image, 200)
                 pairs.append((faice, docker, rss))
-                print(f"200 batches: faice {faice:.1f} s, xargs {docker:.1f} s", flush=True)
+                floors.append(floor)
+                print(f"200 batches: faice {faice:.1f} s, xargs {docker:.1f} s, docker-py floor {floor:.1f} s", flush=True)
             ratios = [f / d for f, d, _ in pairs]
             results["throughput"] = {
                 "faice": round(statistics.median(f for f, _, _ in pairs), 2),
                 "xargs": round(statistics.median(d for _, d, _ in pairs), 2),
+                "apiFloor": round(statistics.median(floors), 2),
                 "ratio": round(statistics.median(ratios), 2), "ratios": [round(r, 2) for r in ratios],
+                "overApiFloor": round(statistics.median(f / a for (f, _, _), a in zip(pairs, floors, strict=True)), 2),
+                "apiFloorVsXargs": round(statistics.median(a / d for (_, d, _), a in zip(pairs, floors, strict=True)), 2),
                 "pairs": len(pairs), "rssMiB": max(r for _, _, r in pairs), "loadavg": [round(load, 1), round(os.getloadavg()[0], 1)]}
             results["when"]["throughput"] = time.strftime("%Y-%m-%d %H:%M")
         if not args.skip_growth:

@@ -11,7 +11,8 @@
 #    and shows the plan (--dry-run),
 # 5. runs the sweep: every batch trains a small neural network in its own container,
 #    concurrently, and writes per-epoch metrics,
-# 6. prints the results table, best batch first, and names the winner.
+# 6. prints the results table, best batch first, and names the winner; then the best three
+#    again from the records, as Markdown.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 log() { printf '\n==> %s\n' "$*"; }
@@ -45,9 +46,10 @@ log "faice exec $RED --dry-run"
 log "faice exec $RED --outdir $OUTDIR"
 "$FAICE" exec "$RED" --outdir "$OUTDIR" "$@"
 
-log "faice results $OUTDIR"
-# faice exec already ended with this table; the records hold every batch's metrics.
-"$FAICE" results "$OUTDIR"
+log "faice results $OUTDIR --top 3 --format markdown"
+# faice exec already ended with the whole table; the records keep every batch's metrics, so
+# the ranking can be read again at any time, here the best three, ready for a report.
+"$FAICE" results "$OUTDIR" --top 3 --format markdown
 echo
 echo "run summary:      $OUTDIR/run.json"
 echo "batch records:    $OUTDIR/batches/<batch id>/result.json, stdout.txt, stderr.txt"

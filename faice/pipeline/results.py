@@ -41,6 +41,7 @@ class Results:
     metrics: list[str]
     rows: list[dict[str, Any]] = field(default_factory=list)
     series: dict[str, dict[str, Any]] = field(default_factory=dict)  # batch id -> series read now
+    dropped: list[str] = field(default_factory=list)  # batch dirs of an earlier sweep, not ranked
 
     @property
     def best(self) -> dict[str, Any] | None:
@@ -60,6 +61,12 @@ def read_records(outdir: Path) -> list[dict[str, Any]]:
     the metrics summary (one file for the whole run: fast), else ``batches/<id>/result.json``,
     else run.json's entry (pending, or on a node that has not written yet).
     FaiceError when ``outdir`` is no run directory."""
+    return _scan(outdir)[0]
+
+
+def _scan(outdir: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """:func:`read_records`, and the batch directories that run.json does not list: left by
+    an earlier version of the sweep (``--resume`` keeps them), not part of this run."""
     outdir = Path(outdir)
     run = _load(outdir / RUN_FILE)
     root = outdir / "batches"
@@ -70,6 +77,7 @@ def read_records(outdir: Path) -> list[dict[str, Any]]:
     entries = {str(e.get("id")): e for e in listed if isinstance(e, dict)} if isinstance(listed, list) else {}
     records: list[dict[str, Any]] = []
     seen: set[str] = set()
+    dropped: list[str] = []
     for batch_id, entry in entries.items():
         if entry.get("state") in _FINAL and isinstance(entry.get("metrics"), dict):
             records.append(_entry_record(entry))
@@ -79,13 +87,16 @@ def read_records(outdir: Path) -> list[dict[str, Any]]:
             for item in found:
                 if item.name in seen or not item.is_dir():
                     continue
+                if entries and item.name not in entries:
+                    dropped.append(item.name)
+                    continue
                 record = _load(os.path.join(item.path, RESULT_FILE))
                 if isinstance(record, dict):
                     record.setdefault("batchId", item.name)
                     records.append(record)
                     seen.add(str(record.get("batchId")))
     records.extend(_entry_record(e) for batch_id, e in entries.items() if batch_id not in seen)
-    return records
+    return records, sorted(dropped)
 
 
 def _entry_record(entry: dict[str, Any]) -> dict[str, Any]:
@@ -218,14 +229,16 @@ def load_results(outdir: Path, *, objective: dict[str, Any] | None = None, spec:
     :class:`~faice.red.metrics.MetricsSpec`) the metrics of batches whose record has none are
     read from their outputs and stdout now (runs made before metrics were recorded)."""
     outdir = Path(outdir)
-    records = read_records(outdir)
+    records, dropped = _scan(outdir)
     if spec is not None:
         for record in records:
             if not isinstance(record.get("metrics"), dict):
                 record["metrics"] = read_batch_metrics(outdir, record, spec)
     if objective is None and spec is not None:
         objective = spec.objective.as_dict()
-    return build_results(outdir, records, objective=objective)
+    results = build_results(outdir, records, objective=objective)
+    results.dropped = dropped
+    return results
 
 
 def read_batch_metrics(outdir: Path, record: dict[str, Any], spec: Any) -> dict[str, Any] | None:

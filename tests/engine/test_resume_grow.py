@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,7 @@ from engine_helpers import read, sh_red
 
 from faice.pipeline.options import RunOptions
 from faice.pipeline.records import prepare_outdir
+from faice.pipeline.results import load_results
 from faice.pipeline.run import HostRun
 from faice.red.prepare import load_experiment
 from faice.secrets import REDACTOR
@@ -59,6 +62,16 @@ def test_a_changed_input_makes_batches_new_with_the_reason(tmp_path, test_image)
     assert notes[0].startswith("resume: 0 reused, 2 new, 2 no longer in the RED file")
     assert sum("is new: its inputs or outputs changed" in line for line in notes) == 2
     assert len(ran) == 2 and summary.exit_code == 0
+    # The old batches' directories stay, but faice results ranks this run's batches only.
+    current = {e["id"] for e in summary.to_dict()["batches"]}
+    old = {p.name for p in (outdir / "batches").iterdir()} - current
+    assert len(old) == 2
+    results = load_results(outdir)
+    assert {row["batch"] for row in results.rows} == current and set(results.dropped) == old
+    shown = subprocess.run([sys.executable, "-m", "faice", "results", str(outdir), "--format", "csv"],
+                           capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0 and not any(batch in shown.stdout for batch in old)
+    assert "2 batch directories under batches/ are not part of this run" in shown.stderr
     # The tool itself changed: said so.
     data = json.loads(red.read_text())
     data["cli"]["doc"] = "a new version of the tool"

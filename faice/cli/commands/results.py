@@ -81,6 +81,11 @@ def run_results(args) -> int:
     results = load_results(Path(args.outdir), objective=objective, spec=spec)
     sys.stdout.write(render(results, args.format, top=args.top))
     sys.stdout.flush()
+    if results.dropped:
+        count = len(results.dropped)
+        print(f"faice: {count} batch director{'y' if count == 1 else 'ies'} under batches/ "
+              f"{'is' if count == 1 else 'are'} not part of this run (an earlier version of the sweep; "
+              f"--resume keeps them) and not ranked, e.g. {results.dropped[0]}", file=sys.stderr)
     if args.to_mlflow:
         from faice.pipeline.results import to_mlflow
 
