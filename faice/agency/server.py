@@ -79,6 +79,10 @@ def make_runner(args, workdir: Path):
         return default_runner(), parallel
     settings = SlurmServerSettings.from_args(args)
     check_cluster(settings, workdir)
+    if settings.packed:
+        from faice.agency.slurm_pack import PACKED_DEFAULT_PARALLEL, PackedSlurmRunner
+
+        return PackedSlurmRunner(settings, workdir), parallel or PACKED_DEFAULT_PARALLEL
     return SlurmRunner(settings, workdir), parallel or DEFAULT_PARALLEL
 
 

@@ -46,6 +46,11 @@ FLAGS = {  # server flag → key of the slurm engine's execution.settings
     "slurm_python": "python",
 }
 
+INT_FLAGS = {  # packing: an experiment's batches share K worker allocations
+    "slurm_workers": "workers",
+    "slurm_batches_per_worker": "batchesPerWorker",
+}
+
 
 @dataclass(frozen=True)
 class SlurmServerSettings:
@@ -63,6 +68,18 @@ class SlurmServerSettings:
             if not str(value).strip():
                 raise UsageError(f"--{attr.replace('_', '-')}: expected a non-empty value")
             settings[key] = str(value)
+        from faice.engines.slurm.settings import UPPER_BOUNDS
+
+        for attr, key in INT_FLAGS.items():
+            number = getattr(args, attr, None)
+            if number is None:
+                continue
+            flag = f"--{attr.replace('_', '-')}"
+            if not 1 <= number <= UPPER_BOUNDS[key]:
+                raise UsageError(f"{flag} {number}: expected an integer between 1 and {UPPER_BOUNDS[key]}")
+            settings[key] = number
+        if "batchesPerWorker" in settings and "workers" not in settings:
+            raise UsageError("--slurm-batches-per-worker: only with --slurm-workers (packing)")
         extra = list(getattr(args, "slurm_sbatch_arg", None) or [])
         if any(not a.strip() for a in extra):
             raise UsageError("--slurm-sbatch-arg: expected a non-empty sbatch option, e.g. --constraint=a100")
@@ -71,6 +88,10 @@ class SlurmServerSettings:
         result = cls(settings)
         result.engine_settings()  # the slurm engine's own checks, so flags and RED settings agree
         return result
+
+    @property
+    def packed(self) -> bool:
+        return "workers" in self.settings
 
     def engine_settings(self):
         """These settings as the slurm engine reads them from ``execution.settings``."""
@@ -82,7 +103,7 @@ class SlurmServerSettings:
 
 def slurm_options_given(args: Any) -> list[str]:
     """The ``--slurm-*`` flags on this command line (they need ``--engine slurm``)."""
-    given = [f"--{attr.replace('_', '-')}" for attr in FLAGS if getattr(args, attr, None) is not None]
+    given = [f"--{attr.replace('_', '-')}" for attr in [*FLAGS, *INT_FLAGS] if getattr(args, attr, None) is not None]
     if getattr(args, "slurm_sbatch_arg", None):
         given.append("--slurm-sbatch-arg")
     return given

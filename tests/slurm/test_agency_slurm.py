@@ -202,3 +202,53 @@ def test_start_fails_clearly_without_sbatch_or_with_options_slurm_refuses(slurm,
 
     result = faice(*common, "--slurm-partition", slurm.partition, timeout=60)
     assert result.returncode == 2 and "--slurm-partition: only with --engine slurm" in result.stderr
+
+    for packing, expected in ((["--slurm-workers", "0"], "--slurm-workers 0: expected an integer between 1 and 10000"),
+                              (["--slurm-batches-per-worker", "2"], "only with --slurm-workers")):
+        result = faice(*common, "--engine", "slurm", *packing, timeout=60)
+        assert result.returncode == 2 and expected in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.fixture(scope="module")
+def packed_agency(servers, slurm, test_image):
+    return servers(*slurm_args(slurm), "--slurm-workers", "2")
+
+
+def pack_line(server, batch_id: str) -> str:
+    return next(line for line in server.log.read_text().splitlines() if "(packed:" in line and batch_id in line)
+
+
+def test_packed_server_runs_an_experiment_s_batches_in_one_array_of_two_workers(packed_agency):
+    values = [f"word-{n}" for n in range(6)]
+    batch_ids = packed_agency.batch_ids(packed_agency.submit(reds.multi_batch(values, command="echo")))
+    batches = [packed_agency.wait_state(b, timeout=180) for b in batch_ids]
+    assert [b["state"] for b in batches] == ["succeeded"] * 6, [b["history"][-1] for b in batches]
+    # One sbatch for the six: the same Slurm job in every batch's log line, two workers.
+    lines = {pack_line(packed_agency, b) for b in batch_ids}
+    assert len(lines) == 1 and "(packed: 6 batches, 2 worker(s))" in lines.pop()
+    job_ids = set()
+    for batch_id, batch, word in zip(batch_ids, batches, values, strict=True):
+        assert packed_agency.get(f"/batches/{batch_id}/stdout").text == f"{word}\n"
+        engine = batch["history"][-1]["ccagent"]["engine"]
+        assert engine["name"] == "slurm" and engine["packed"] is not False
+        job_ids.add(engine["jobId"])
+        assert engine["worker"] in {f"{engine['jobId']}_0", f"{engine['jobId']}_1"}
+    assert len(job_ids) == 1
+    shown = scontrol_job(job_ids.pop())
+    assert "JobState=COMPLETED" in shown
+    wait_for(lambda: not list((packed_agency.dir / "work" / "slurm-packs").iterdir()), 20,
+             "the pack's directory was left behind")
+
+
+def test_packed_server_cancels_one_batch_where_its_worker_runs_it(packed_agency, docker_client):
+    red = reds.multi_batch(["sleep 120", "echo fast"], command=["sh", "-c"])
+    slow, fast = packed_agency.batch_ids(packed_agency.submit(red, disableRetry="1"))
+    wait_for(lambda: [c for c in containers(docker_client, slow) if c.status == "running"], 90,
+             "the slow batch's container did not start")
+    response = packed_agency.delete(f"/batches/{slow}")
+    assert response.status_code == 200 and response.json()["state"] == "cancelled"
+    wait_for(lambda: not containers(docker_client, slow), 30, "the cancelled batch's container was left behind")
+    assert packed_agency.wait_state(slow, timeout=60)["state"] == "cancelled"
+    assert packed_agency.wait_state(fast, timeout=120)["state"] == "succeeded"
+    assert packed_agency.get(f"/batches/{fast}/stdout").text == "fast\n"
+

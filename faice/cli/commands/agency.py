@@ -36,6 +36,8 @@ def add_parser(subparsers) -> None:
     slurm.add_argument("--slurm-qos", metavar="NAME", help="sbatch --qos")
     slurm.add_argument("--slurm-time", metavar="LIMIT", help='sbatch --time per batch, e.g. "02:00:00"')
     slurm.add_argument("--slurm-python", metavar="PATH", help="the Python with faice installed on the nodes (default: the server's)")
+    slurm.add_argument("--slurm-workers", metavar="K", type=int, help="pack each experiment's batches into one job array of at most K worker allocations that pull them from a queue (default: one Slurm job per batch)")
+    slurm.add_argument("--slurm-batches-per-worker", metavar="N", type=int, help="with --slurm-workers: batches one worker runs at once (its allocation is sized for N; default: 1)")
     slurm.add_argument("--slurm-sbatch-arg", metavar="ARG", action="append", default=[], help="another sbatch option as one word, e.g. --slurm-sbatch-arg=--constraint=a100; repeatable")
     serve.add_argument("--paused", action="store_true", help="accept and store experiments but start no batch")
     serve.add_argument("--policy", metavar="FILE", help="connector policy (YAML/JSON; see docs/agency.md); default: no file paths, no external connector programs, no s3 without auth")
