@@ -218,6 +218,12 @@ def pack_line(server, batch_id: str) -> str:
     return next(line for line in server.log.read_text().splitlines() if "(packed:" in line and batch_id in line)
 
 
+def pack_jobs(server, batch_id: str) -> list[str]:
+    """The Slurm job ids of the packs the batch was submitted in, from the server's log."""
+    return [line.split(": Slurm job ")[1].split()[0] for line in server.log.read_text().splitlines()
+            if "(packed:" in line and batch_id in line]
+
+
 def test_packed_server_runs_an_experiment_s_batches_in_one_array_of_two_workers(packed_agency):
     values = [f"word-{n}" for n in range(6)]
     batch_ids = packed_agency.batch_ids(packed_agency.submit(reds.multi_batch(values, command="echo")))
@@ -254,3 +260,22 @@ def test_packed_server_cancels_one_batch_where_its_worker_runs_it(packed_agency,
     assert packed_agency.wait_state(fast, timeout=120)["state"] == "succeeded"
     assert packed_agency.get(f"/batches/{fast}/stdout").text == "fast\n"
 
+
+
+def test_packed_restart_cancels_the_orphaned_pack_and_retries_the_batch(servers, slurm, docker_client):
+    server = servers(*slurm_args(slurm), "--slurm-workers", "1")
+    batch_id = server.batch_ids(server.submit(reds.sleeping(120)))[0]
+    wait_for(lambda: [c for c in containers(docker_client, batch_id) if c.status == "running"], 90,
+             "the batch's container did not start")
+    (first,) = pack_jobs(server, batch_id)
+
+    server.stop(signal.SIGKILL)  # the pack's worker keeps running without its server
+    assert slurm_cli.queued_tasks(first)
+    server.start()
+    wait_for(lambda: not slurm_cli.queued_tasks(first), 60, f"the orphaned pack {first} still runs")
+    batch = server.wait_state(batch_id, states=("processing",))
+    assert batch["attempts"] == 2 and "agency was restarted" in json.dumps(batch["history"])
+    second = wait_for(lambda: [j for j in pack_jobs(server, batch_id) if j != first], 30, "no second pack")
+    server.delete(f"/batches/{batch_id}")
+    wait_for(lambda: not slurm_cli.queued_tasks(second[0]), 60, "the retried pack's worker did not end")
+    wait_for(lambda: not containers(docker_client, batch_id), 30, "containers left behind")
