@@ -6,6 +6,8 @@ may vanish while being looked at (a batch finishing, faice cleaning up, a parall
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
 from typing import Any
 
 
@@ -27,3 +29,25 @@ def remove_labelled(client: Any, label: str) -> None:
         except docker.errors.APIError as exc:  # 409: its removal is already in progress
             if exc.status_code != 409:
                 raise
+
+
+HASH_LABEL = "org.faice.example.hash"
+
+
+def build_example_image(client: Any, context: Path, tag: str, content_hash: str, base: str) -> str:
+    """``tag`` built from ``context`` on ``base`` as the examples' READMEs build it, labelled
+    as a test image; rebuilt only when ``content_hash`` (of its sources) changed."""
+    import docker
+
+    try:
+        if client.images.get(tag).labels.get(HASH_LABEL) == content_hash:
+            return tag
+    except docker.errors.ImageNotFound:
+        pass
+    build = subprocess.run(
+        ["docker", "build", "--network", "host", "--build-arg", f"BASE={base}",
+         "--label", "org.faice.test=1", "--label", f"{HASH_LABEL}={content_hash}", "-t", tag, "."],
+        cwd=context, capture_output=True, text=True, timeout=600,
+    )
+    assert build.returncode == 0, f"docker build failed:\n{build.stdout[-3000:]}\n{build.stderr[-3000:]}"
+    return tag

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-import subprocess
 from pathlib import Path
 
 import pytest
+from docker_helpers import build_example_image
 from helpers_examples import EXAMPLES, run_in_image
 
 ML_GUIDE = EXAMPLES / "ml-guide"
 IMAGE = "faice-examples/ml-guide"
-HASH_LABEL = "org.faice.example.hash"
 
 
 def _context_hash() -> str:
@@ -24,21 +23,7 @@ def _context_hash() -> str:
 @pytest.fixture(scope="session")
 def ml_guide_image(docker_client, test_image) -> str:
     """The guide's image, built once (README step 2); rebuilt only when its sources change."""
-    import docker
-
-    wanted = _context_hash()
-    try:
-        if docker_client.images.get(IMAGE).labels.get(HASH_LABEL) == wanted:
-            return IMAGE
-    except docker.errors.ImageNotFound:
-        pass
-    build = subprocess.run(
-        ["docker", "build", "--network", "host", "--build-arg", f"BASE={test_image}",
-         "--label", "org.faice.test=1", "--label", f"{HASH_LABEL}={wanted}", "-t", IMAGE, "."],
-        cwd=ML_GUIDE, capture_output=True, text=True, timeout=600,
-    )
-    assert build.returncode == 0, f"docker build failed:\n{build.stdout[-3000:]}\n{build.stderr[-3000:]}"
-    return IMAGE
+    return build_example_image(docker_client, ML_GUIDE, IMAGE, _context_hash(), test_image)
 
 
 @pytest.fixture(scope="session")

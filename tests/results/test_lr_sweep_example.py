@@ -11,32 +11,19 @@ import time
 from pathlib import Path
 
 import pytest
+from docker_helpers import build_example_image
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "lr-sweep"
 IMAGE = "faice-examples/lr-sweep"
-HASH_LABEL = "org.faice.example.hash"
 
 
 @pytest.fixture(scope="session")
 def lr_sweep_image(docker_client, test_image) -> str:
     """The example's image as the README builds it; rebuilt only when its sources change."""
-    import docker
-
     wanted = hashlib.sha256(b"".join((EXAMPLE / n).read_bytes() for n in ("Dockerfile", "train.py"))).hexdigest()[:16]
-    try:
-        if docker_client.images.get(IMAGE).labels.get(HASH_LABEL) == wanted:
-            return IMAGE
-    except docker.errors.ImageNotFound:
-        pass
-    build = subprocess.run(
-        ["docker", "build", "--network", "host", "--build-arg", f"BASE={test_image}",
-         "--label", "org.faice.test=1", "--label", f"{HASH_LABEL}={wanted}", "-t", IMAGE, "."],
-        cwd=EXAMPLE, capture_output=True, text=True, timeout=600,
-    )
-    assert build.returncode == 0, f"docker build failed:\n{build.stdout[-3000:]}\n{build.stderr[-3000:]}"
-    return IMAGE
+    return build_example_image(docker_client, EXAMPLE, IMAGE, wanted, test_image)
 
 
 def faice(*args: str, cwd: Path) -> subprocess.CompletedProcess:

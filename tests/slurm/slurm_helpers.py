@@ -21,21 +21,23 @@ sweep:
     n: {values}
 inputs:
   script: {script}
-outputs: {{}}
+outputs: {outputs}
 container:
   engine: docker
   settings: {{image: {{url: "{image}"}}, ram: 256}}
 execution:
-  engine: slurm
+  engine: {engine}
   settings: {settings}
 """
 
 
-def write_sweep_red(tmp_path: Path, image: str, values: list, script: str, settings: dict) -> Path:
-    """A sweep over ``n`` whose batches run ``sh -c SCRIPT`` on the slurm engine."""
-    path = tmp_path / "sweep.red.yml"
+def write_sweep_red(tmp_path: Path, image: str, values: list, script: str, settings: dict, *,
+                    outputs: dict | None = None, engine: str = "slurm", name: str = "sweep.red.yml") -> Path:
+    """A sweep over ``n`` whose batches run ``sh -c SCRIPT`` (on the slurm engine unless
+    ``engine`` says otherwise), sending ``outputs`` (the RED's ``outputs`` section)."""
+    path = tmp_path / name
     path.write_text(SWEEP_RED.format(values=json.dumps(values), script=json.dumps(script), image=image,
-                                     settings=json.dumps(settings)))
+                                     settings=json.dumps(settings), outputs=json.dumps(outputs or {}), engine=engine))
     return path
 
 

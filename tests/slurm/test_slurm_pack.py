@@ -15,7 +15,7 @@ from pathlib import Path
 
 import docker_helpers
 import pytest
-from slurm_helpers import wait_for
+from slurm_helpers import wait_for, write_sweep_red
 
 from faice.runtime.containers import LABEL_OWNER as OWNER_LABEL
 
@@ -33,33 +33,6 @@ case "$1" in
 esac
 """
 
-RED = """\
-redVersion: "9"
-cli:
-  cwlVersion: v1.0
-  class: CommandLineTool
-  baseCommand: [sh, -c]
-  inputs:
-    script: {{type: string, inputBinding: {{position: 0}}}}
-  outputs:
-    result: {{type: File, outputBinding: {{glob: result.txt}}}}
-sweep:
-  grid:
-    n: {values}
-inputs:
-  script: {script}
-outputs:
-  result:
-    class: File
-    connector: {{command: faice-test-sidelog, access: {{log: "{log}"}}}}
-container:
-  engine: docker
-  settings: {{image: {{url: "{image}"}}, ram: 256}}
-execution:
-  engine: {engine}
-  settings: {settings}
-"""
-
 
 def setup(tmp_path: Path, image: str, count: int, script: str, settings: dict, engine: str = "slurm"):
     bin_dir = tmp_path / "bin"
@@ -68,9 +41,9 @@ def setup(tmp_path: Path, image: str, count: int, script: str, settings: dict, e
     connector.write_text(CONNECTOR)
     connector.chmod(0o755)
     log = tmp_path / f"side-{engine}.log"
-    red = tmp_path / f"{engine}.red.yml"
-    red.write_text(RED.format(values=json.dumps(list(range(count))), script=json.dumps(script), log=log,
-                              image=image, engine=engine, settings=json.dumps(settings)))
+    outputs = {"result": {"class": "File", "connector": {"command": "faice-test-sidelog", "access": {"log": str(log)}}}}
+    red = write_sweep_red(tmp_path, image, list(range(count)), script, settings, outputs=outputs, engine=engine,
+                          name=f"{engine}.red.yml")
     env = {**os.environ, "NO_COLOR": "1", "PATH": f"{bin_dir}:{os.environ['PATH']}"}
     return red, log, env
 
