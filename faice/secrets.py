@@ -120,15 +120,14 @@ class Redactor:
             return data
         return self.redact(data.decode("utf-8", "surrogateescape")).encode("utf-8", "surrogateescape")
 
-    def redact_data(self, data: Any, *, keys: bool = True) -> Any:
-        """A copy of a JSON-like structure with secrets masked in every string (and in the
-        mapping keys unless ``keys`` is false: a record's keys are faice's own names)."""
+    def redact_data(self, data: Any) -> Any:
+        """A copy of a JSON-like structure with secrets masked in every string."""
         if isinstance(data, str):
             return self.redact(data)
         if isinstance(data, dict):
-            return {(self.redact_data(k) if keys else k): self.redact_data(v, keys=keys) for k, v in data.items()}
+            return {self.redact_data(k): self.redact_data(v) for k, v in data.items()}
         if isinstance(data, (list, tuple)):
-            return [self.redact_data(v, keys=keys) for v in data]
+            return [self.redact_data(v) for v in data]
         return data
 
     def clear(self) -> None:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from faice.agency.runner import BatchJob, Outcome, read_record
-from faice.agency.slurm_runner import CANCEL_WAIT_S, SLURM_OUTAGE_S, SlurmRunner, SlurmServerSettings
+from faice.agency.slurm_runner import SlurmRunner, SlurmServerSettings
 from faice.errors import FaiceError
 from faice.pipeline.options import RunOptions
 from faice.pipeline.records import BatchState, batch_dir
@@ -61,6 +61,8 @@ class PackedSlurmRunner(SlurmRunner):
     """Runs an experiment's batches as one packed Slurm submission (see the module docstring)."""
 
     def __init__(self, settings: SlurmServerSettings, workdir: Path, *, poll_interval: float = 1.0):
+        """Cancels the packs a previous server process left (the inherited ``cleanup`` then
+        only removes a recovered batch's containers: a pack has no attempt directories)."""
         super().__init__(settings, workdir, poll_interval=poll_interval)
         self.packs_root = self.workdir / PACKS_DIR
         self._lock = threading.Lock()
@@ -76,7 +78,7 @@ class PackedSlurmRunner(SlurmRunner):
         if not self.packs_root.is_dir():
             return
         try:
-            for job_id in cancel_jobs_below(self.packs_root):
+            for job_id in cancel_jobs_below(self.packs_root, pattern="*"):
                 log.info("cancelled Slurm job %s of a pack left by the previous server", job_id)
         except FaiceError as exc:
             log.warning("cancelling the packs of the previous server failed: %s", exc)
@@ -100,7 +102,8 @@ class PackedSlurmRunner(SlurmRunner):
                 return Outcome("cancelled", "cancelled before it was submitted")
             if pack.error is not None:
                 return Outcome("failed", redactor.redact(pack.error))
-            cancelled = self._follow_in_pack(pack, job.batch_id, cancel)
+            cancelled = self._follow(job.batch_id, cancel, state=lambda: self._state(pack, job.batch_id),
+                                     stop=lambda: self._cancel_in_pack(pack, job.batch_id), job_id=pack.job.job_id)
             outcome = read_record(batch_dir(pack.outdir, job.batch_id), redactor=redactor, cancelled=cancelled)
             outcome.extra["slurmJobId"] = pack.job.job_id
             return outcome
@@ -148,39 +151,10 @@ class PackedSlurmRunner(SlurmRunner):
         batches = [Batch(index=j.index, id=j.batch_id, inputs=j.red["inputs"], outputs=j.red["outputs"]) for j in jobs]
         return Experiment(f"experiment {first.experiment_id}", data, batches)
 
-    def _follow_in_pack(self, pack: _Pack, batch_id: str, cancel: threading.Event) -> bool:
-        """Poll the pack (one queue scan per interval for all its batches) until this batch
-        is final; cancel it in the queue once ``cancel`` is set. True if cancelled."""
-        from faice.engines.slurm.job import FINAL
-
-        cancelled_at: float | None = None
-        failing_since: float | None = None
-        while True:
-            if cancel.is_set() and cancelled_at is None:
-                cancelled_at = time.monotonic()
-                try:
-                    with pack.lock:
-                        pack.job.cancel([batch_id])
-                except FaiceError as exc:
-                    log.warning("batch %s: cancel in Slurm job %s failed: %s", batch_id, pack.job.job_id, exc)
-            try:
-                state = self._state(pack, batch_id)
-                failing_since = None
-            except FaiceError as exc:
-                failing_since = failing_since or time.monotonic()
-                log.warning("batch %s: asking Slurm failed: %s", batch_id, exc)
-                if time.monotonic() - failing_since > SLURM_OUTAGE_S:
-                    return cancelled_at is not None
-                state = None
-            if state in FINAL:
-                return cancelled_at is not None
-            if cancelled_at is not None and time.monotonic() - cancelled_at > CANCEL_WAIT_S:
-                log.warning("batch %s: not stopped within %.0f s of its cancel", batch_id, CANCEL_WAIT_S)
-                return True
-            if cancelled_at is None:
-                cancel.wait(self.poll_interval)
-            else:
-                time.sleep(self.poll_interval)
+    def _cancel_in_pack(self, pack: _Pack, batch_id: str) -> None:
+        """Take a waiting batch out of the queue, or ask its worker to stop it."""
+        with pack.lock:
+            pack.job.cancel([batch_id])
 
     def _state(self, pack: _Pack, batch_id: str) -> BatchState | None:
         with pack.lock:
@@ -198,10 +172,3 @@ class PackedSlurmRunner(SlurmRunner):
             if pack.job is not None:
                 pack.job.remove_specs()
             shutil.rmtree(pack.outdir, ignore_errors=True)
-
-    def cleanup(self, batch_id: str) -> None:
-        """At server start: the previous server's packs are gone already (see
-        :meth:`_cancel_previous_server`); the batch's containers on this host are removed."""
-        from faice.runtime.docker import remove_batch_containers
-
-        remove_batch_containers(batch_id)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from typing import Any
 from faice.agency.runner import BatchJob, Outcome, read_record
 from faice.errors import FaiceError, UsageError
 from faice.pipeline.options import RunOptions
-from faice.pipeline.records import batch_dir
+from faice.pipeline.records import BatchState, batch_dir
 from faice.red.experiment import Batch, Experiment
 from faice.runtime.docker import remove_batch_containers
 from faice.secrets import batch_redactor
@@ -150,52 +151,55 @@ class SlurmRunner:
         except FaiceError as exc:
             return Outcome("failed", redactor.redact(str(exc)))
         log.info("batch %s: Slurm job %s (attempt %d)", job.batch_id, slurm_job.job_id, job.attempt)
-        cancelled = self._follow(slurm_job, job.batch_id, cancel)
+        try:
+            cancelled = self._follow(job.batch_id, cancel, state=lambda: slurm_job.poll().get(job.batch_id),
+                                     stop=slurm_job.cancel, job_id=slurm_job.job_id)
+        finally:
+            slurm_job.remove_specs()  # a task that never started still holds its secret-bearing spec
         outcome = read_record(batch_dir(outdir, job.batch_id), redactor=redactor, cancelled=cancelled)
         outcome.extra["slurmJobId"] = slurm_job.job_id
         return outcome
 
-    def _follow(self, slurm_job, batch_id: str, cancel: threading.Event) -> bool:
-        """Poll until the task is final; scancel it once ``cancel`` is set. True if cancelled."""
+    def _follow(self, batch_id: str, cancel: threading.Event, *, state: Callable[[], BatchState | None],
+                stop: Callable[[], None], job_id: str) -> bool:
+        """Ask ``state`` every poll interval until the batch is final; ``stop`` it once
+        ``cancel`` is set, or when Slurm could not be asked for ``SLURM_OUTAGE_S`` (never
+        left running unwatched). True if cancelled."""
         from faice.engines.slurm.job import FINAL
 
         cancelled_at: float | None = None
         failing_since: float | None = None
-        try:
-            while True:
-                if cancel.is_set() and cancelled_at is None:
-                    cancelled_at = time.monotonic()
-                    self._cancel_quietly(slurm_job, batch_id)
-                try:
-                    state = slurm_job.poll().get(batch_id)
-                    failing_since = None
-                except FaiceError as exc:
-                    failing_since = failing_since or time.monotonic()
-                    log.warning("batch %s: asking Slurm failed: %s", batch_id, exc)
-                    if time.monotonic() - failing_since > SLURM_OUTAGE_S:
-                        self._cancel_quietly(slurm_job, batch_id)  # do not leave it running unwatched
-                        return cancelled_at is not None
-                    state = None
-                if state in FINAL:
+        while True:
+            if cancel.is_set() and cancelled_at is None:
+                cancelled_at = time.monotonic()
+                self._stop_quietly(stop, batch_id, job_id)
+            try:
+                current = state()
+                failing_since = None
+            except FaiceError as exc:
+                failing_since = failing_since or time.monotonic()
+                log.warning("batch %s: asking Slurm failed: %s", batch_id, exc)
+                if time.monotonic() - failing_since > SLURM_OUTAGE_S:
+                    self._stop_quietly(stop, batch_id, job_id)
                     return cancelled_at is not None
-                if cancelled_at is not None and time.monotonic() - cancelled_at > CANCEL_WAIT_S:
-                    log.warning("batch %s: Slurm job %s did not end within %.0f s of scancel", batch_id, slurm_job.job_id, CANCEL_WAIT_S)
-                    return True
-                if cancelled_at is None:
-                    cancel.wait(self.poll_interval)  # wakes at once on cancel
-                else:
-                    time.sleep(self.poll_interval)
-        finally:
-            # A task that never started still holds its secret-bearing spec.
-            slurm_job.remove_specs()
+                current = None
+            if current in FINAL:
+                return cancelled_at is not None
+            if cancelled_at is not None and time.monotonic() - cancelled_at > CANCEL_WAIT_S:
+                log.warning("batch %s: Slurm job %s did not end within %.0f s of its cancel", batch_id, job_id, CANCEL_WAIT_S)
+                return True
+            if cancelled_at is None:
+                cancel.wait(self.poll_interval)  # wakes at once on cancel
+            else:
+                time.sleep(self.poll_interval)
 
     @staticmethod
-    def _cancel_quietly(slurm_job, batch_id: str) -> None:
-        """scancel; a failure is logged, not raised (the caller is already giving up on the job)."""
+    def _stop_quietly(stop: Callable[[], None], batch_id: str, job_id: str) -> None:
+        """Cancel; a failure is logged, not raised (the caller is already giving up on the job)."""
         try:
-            slurm_job.cancel()
+            stop()
         except FaiceError as exc:
-            log.warning("batch %s: scancel of Slurm job %s failed: %s", batch_id, slurm_job.job_id, exc)
+            log.warning("batch %s: cancelling it in Slurm job %s failed: %s", batch_id, job_id, exc)
 
     def cleanup(self, batch_id: str) -> None:
         """At server start, for a batch that was running when the server stopped: scancel its

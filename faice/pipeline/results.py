@@ -56,17 +56,12 @@ class Results:
 # ---------------------------------------------------------------- reading
 
 
-def read_records(outdir: Path) -> list[dict[str, Any]]:
+def read_records(outdir: Path) -> tuple[list[dict[str, Any]], list[str]]:
     """Every batch of a run directory as a record: run.json's entry when it is final and holds
     the metrics summary (one file for the whole run: fast), else ``batches/<id>/result.json``,
-    else run.json's entry (pending, or on a node that has not written yet).
-    FaiceError when ``outdir`` is no run directory."""
-    return _scan(outdir)[0]
-
-
-def _scan(outdir: Path) -> tuple[list[dict[str, Any]], list[str]]:
-    """:func:`read_records`, and the batch directories that run.json does not list: left by
-    an earlier version of the sweep (``--resume`` keeps them), not part of this run."""
+    else run.json's entry (pending, or on a node that has not written yet); and the batch
+    directories run.json does not list (an earlier version of the sweep that ``--resume``
+    kept: not part of this run). FaiceError when ``outdir`` is no run directory."""
     outdir = Path(outdir)
     run = _load(outdir / RUN_FILE)
     root = outdir / "batches"
@@ -229,7 +224,7 @@ def load_results(outdir: Path, *, objective: dict[str, Any] | None = None, spec:
     :class:`~faice.red.metrics.MetricsSpec`) the metrics of batches whose record has none are
     read from their outputs and stdout now (runs made before metrics were recorded)."""
     outdir = Path(outdir)
-    records, dropped = _scan(outdir)
+    records, dropped = read_records(outdir)
     if spec is not None:
         for record in records:
             if not isinstance(record.get("metrics"), dict):

@@ -273,6 +273,7 @@ def test_packed_restart_cancels_the_orphaned_pack_and_retries_the_batch(servers,
     assert slurm_cli.queued_tasks(first)
     server.start()
     wait_for(lambda: not slurm_cli.queued_tasks(first), 60, f"the orphaned pack {first} still runs")
+    assert "JobState=CANCELLED" in scontrol_job(first)  # scancelled, not ended on its own
     batch = server.wait_state(batch_id, states=("processing",))
     assert batch["attempts"] == 2 and "agency was restarted" in json.dumps(batch["history"])
     second = wait_for(lambda: [j for j in pack_jobs(server, batch_id) if j != first], 30, "no second pack")

@@ -53,6 +53,12 @@ def faice(env, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
                           timeout=timeout, stdin=subprocess.DEVNULL, env=env)
 
 
+def claimed_batches(worker_log: Path) -> list[str]:
+    """The batches a worker says it claimed, in order (its Slurm output file)."""
+    text = worker_log.read_text() if worker_log.exists() else ""
+    return [line.split("batch ")[1].split(" ")[0] for line in text.splitlines() if "(task " in line]
+
+
 def records(outdir: Path) -> dict[str, dict]:
     return {p.parent.name: json.loads(p.read_text()) for p in (outdir / "batches").glob("*/result.json")}
 
@@ -127,11 +133,7 @@ def test_a_cancelled_worker_gives_its_batches_to_the_other_and_none_runs_twice(s
     job_id = json.loads((outdir / "slurm" / "submissions.json").read_text())[0]["jobId"]
     worker_log = outdir / "slurm" / "logs" / f"slurm-{job_id}_0.out"
 
-    def claimed_by_worker_0() -> list[str]:
-        text = worker_log.read_text() if worker_log.exists() else ""
-        return [line.split("batch ")[1].split(" ")[0] for line in text.splitlines() if "(task " in line]
-
-    taken = wait_for(claimed_by_worker_0, timeout=120, what="worker 0 never claimed a batch")
+    taken = wait_for(lambda: claimed_batches(worker_log), timeout=120, what="worker 0 never claimed a batch")
     time.sleep(1)  # inside the batch's sleep
     subprocess.run(["scancel", f"{job_id}_0"], check=True, timeout=30)
     status = faice(env, "status", "--outdir", str(outdir), "--wait", "--json", timeout=300)
@@ -194,11 +196,7 @@ def test_a_killed_worker_s_claim_expires_and_is_run_once_by_the_other(slurm, tes
     job_id = json.loads((outdir / "slurm" / "submissions.json").read_text())[0]["jobId"]
     worker_log = outdir / "slurm" / "logs" / f"slurm-{job_id}_0.out"
 
-    def claimed_by_worker_0() -> list[str]:
-        text = worker_log.read_text() if worker_log.exists() else ""
-        return [line.split("batch ")[1].split(" ")[0] for line in text.splitlines() if "(task " in line]
-
-    taken = wait_for(claimed_by_worker_0, timeout=120, what="worker 0 never claimed a batch")
+    taken = wait_for(lambda: claimed_batches(worker_log), timeout=120, what="worker 0 never claimed a batch")
     run_id = json.loads((outdir / "run.json").read_text())["runId"]
     pid = worker_pid(job_id, 0)
 

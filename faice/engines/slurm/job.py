@@ -360,11 +360,11 @@ def write_run_summary(outdir: Path, *, states: dict[str, BatchState],
     return rebuild_run_record(outdir, live=live, header=header)
 
 
-def cancel_jobs_below(directory: Path) -> list[str]:
-    """Cancel every job array of the run directories ``directory/attempt-*`` (an agency batch
-    whose server stopped); returns their job ids."""
+def cancel_jobs_below(directory: Path, pattern: str = "attempt-*") -> list[str]:
+    """Cancel every job array of the run directories ``directory/<pattern>`` (an agency
+    batch's attempts, or the packs, whose server stopped); returns their job ids."""
     cancelled = []
-    for attempt in sorted(Path(directory).glob("attempt-*")):
+    for attempt in sorted(Path(directory).glob(pattern)):
         if rundir.is_slurm_run(attempt):
             for job in open_run(attempt):
                 job.cancel()
