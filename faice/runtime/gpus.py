@@ -10,7 +10,7 @@ points a batch at someone else's device.
 
 Placement: a batch gets whole devices of its own, unless it declares ``shared: true`` with
 the VRAM it needs: then batches that all allowed sharing are packed onto a device until its
-memory is reserved, never beyond. Before each placement the devices' running processes are
+memory is reserved (or used by other processes), never beyond. Before each placement the devices' running processes are
 read; a device with processes faice did not start (no faice batch holds it) is busy:
 ``skip`` (default) places elsewhere, ``wait`` waits for it, ``ignore`` does not look.
 """
@@ -94,7 +94,8 @@ class GpuProcess:
 
 
 def parse_id_list(text: str | None) -> list[str] | None:
-    """``"0, 2"`` → ``["0", "2"]``; None/empty → None (no restriction)."""
+    """``"0, 2"`` → ``["0", "2"]``; None/blank → None (a caller that tells unset from empty
+    decides what an empty value means)."""
     if text is None:
         return None
     ids = [part.strip() for part in str(text).split(",") if part.strip()]
@@ -259,7 +260,10 @@ def outer_allocation(environ: Mapping[str, str]) -> tuple[list[str] | None, str]
 
     ``CUDA_VISIBLE_DEVICES`` with UUIDs is exact. With indices it may be renumbered from 0
     (Slurm with cgroups), so Slurm's node-level ``SLURM_STEP_GPUS``/``SLURM_JOB_GPUS`` win."""
-    visible = parse_id_list(environ.get("CUDA_VISIBLE_DEVICES"))
+    raw = environ.get("CUDA_VISIBLE_DEVICES")
+    if raw is not None and not raw.strip():
+        return [], "CUDA_VISIBLE_DEVICES"  # set but empty: CUDA sees no device, and neither may faice
+    visible = parse_id_list(raw)
     if visible and all(v.upper().startswith(("GPU-", "MIG-")) for v in visible):
         return visible, "CUDA_VISIBLE_DEVICES"
     for name in ("SLURM_STEP_GPUS", "SLURM_JOB_GPUS"):
@@ -341,6 +345,7 @@ class GpuAllocator:
         self._held: dict[int, Placement] = {}
         self._cond = threading.Condition()
         self._foreign: set[str] = set()
+        self._used: dict[str, int] = {}  # uuid -> MiB all processes use there (latest probe)
         self._probed_at = -1e9
 
     # -------------------------------------------------------------- busy devices
@@ -353,6 +358,7 @@ class GpuAllocator:
             self._probed_at = time.monotonic()
             self._foreign = {u for u, procs in processes.items()
                              if procs and u in self._devices and self._devices[u].idle}
+            self._used = {u: sum(p.used for p in procs) for u, procs in processes.items()}
         return {u for u in self._foreign if self._devices[u].idle}
 
     def busy_devices(self) -> list[Gpu]:
@@ -399,12 +405,17 @@ class GpuAllocator:
     def _empty(self) -> dict[str, _Device]:
         return {g.uuid: _Device() for g in self.gpus}
 
-    def _place(self, request: GpuRequest, devices: dict[str, _Device], busy: set[str]) -> list[tuple[Gpu, int]] | None:
+    def _place(self, request: GpuRequest, devices: dict[str, _Device], busy: set[str],
+               used: Mapping[str, int] | None = None) -> list[tuple[Gpu, int]] | None:
         """Devices for ``request`` paired with the VRAM each is chosen for, or None.
 
         Largest demands first. A shared batch goes to the fullest sharing device it fits on
         (packing), else the smallest idle one; an exclusive one to the smallest idle device
-        that fits (best fit), so big devices stay available for big requests."""
+        that fits (best fit), so big devices stay available for big requests.
+
+        ``used``: the memory processes use on each device. faice's own batches are counted
+        at what they reserved; what the processes use beyond that is someone else's, so a
+        device's free VRAM is its size less the larger of the two."""
         taken: list[tuple[Gpu, int]] = []
         for need in sorted(request.vram_min, reverse=True):
             fits = []
@@ -412,8 +423,9 @@ class GpuAllocator:
                 d = devices[g.uuid]
                 if any(g is t for t, _ in taken) or g.uuid in busy or d.exclusive:
                     continue
-                if request.shared and g.vram - d.reserved >= need:
-                    fits.append((0 if d.sharers else 1, g.vram - d.reserved, position, g))
+                free = g.vram - max(d.reserved, (used or {}).get(g.uuid, 0))
+                if request.shared and free >= need:
+                    fits.append((0 if d.sharers else 1, free, position, g))
                 elif not request.shared and d.idle and g.vram >= need:
                     fits.append((0, g.vram, position, g))
             if not fits:
@@ -434,7 +446,7 @@ class GpuAllocator:
     # -------------------------------------------------------------- handing out
     def _grab(self, request: GpuRequest, fresh: bool) -> list[Gpu] | None:
         busy = self.foreign_busy(fresh=fresh) if self._probe is not None else set()
-        placed = self._place(request, self._devices, busy)
+        placed = self._place(request, self._devices, busy, self._used if self._probe is not None else None)
         if placed is None:
             return None
         self._take(self._devices, request, placed)

@@ -113,6 +113,21 @@ def test_shared_batches_pack_by_vram():
     assert allocator.reserved(placed[0]) == [8000]
 
 
+def test_packing_counts_memory_other_processes_use_on_a_shared_device():
+    # No GPU here: the devices' processes are injected. Batch A shares device 0; then another
+    # user's process takes 20,000 MiB there. Batch B must go to the idle device 1 instead of
+    # needing 8,000 + 20,000 + 8,000 MiB of device 0's 24,000.
+    processes: dict[str, list[GpuProcess]] = {}
+    allocator = GpuAllocator(TWO, probe=probe_of(processes))
+    request = GpuRequest((8000,), shared=True)
+    first = allocator.try_acquire(request)
+    assert [g.index for g in first] == ["0"]
+    processes["GPU-aaa"] = [GpuProcess(4242, 20000)]
+    assert [g.index for g in allocator.try_acquire(request)] == ["1"]
+    processes["GPU-bbb"] = [GpuProcess(4343, 17000)]  # device 1 gets its own guest: 8,000 reserved
+    assert allocator.try_acquire(request) is None  # 24,000 - 17,000 < 8,000 on 1; 4,000 free on 0
+
+
 def test_exclusive_and_shared_batches_never_meet():
     allocator = GpuAllocator(TWO)
     shared = allocator.try_acquire(GpuRequest((4000,), shared=True))
@@ -216,6 +231,19 @@ def test_outer_allocation_by_uuid_survives_renumbering():
 def test_slurm_node_ids_win_over_renumbered_cuda_visible_devices():
     kept = restrict(FOUR, environ={"CUDA_VISIBLE_DEVICES": "0", "SLURM_JOB_GPUS": "2"})
     assert [g.uuid for g in kept] == ["GPU-cccccccc"]  # not physical device 0
+
+
+def test_empty_cuda_visible_devices_means_no_gpu(monkeypatch):
+    # CUDA reads CUDA_VISIBLE_DEVICES="" as "no device"; unset means every device.
+    assert restrict(FOUR, environ={"CUDA_VISIBLE_DEVICES": ""}) == []
+    assert restrict(FOUR, environ={"CUDA_VISIBLE_DEVICES": " "}) == []
+    assert restrict(FOUR, environ={"CUDA_VISIBLE_DEVICES": "", "SLURM_JOB_GPUS": "2"}) == []
+    assert restrict(FOUR, environ={}) == FOUR
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    allocator = host_allocator(None, inventory=FOUR)
+    assert allocator.gpus == []
+    with pytest.raises(EngineError, match="cannot be satisfied"):
+        allocator.check(GpuRequest((0,)))
 
 
 def test_cgroup_confined_inventory_is_all_ours():
