@@ -7,6 +7,7 @@ must never see half a file, so every record is written to a temp file and rename
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -39,14 +40,38 @@ def atomic_write_text(
         raise
 
 
+# How a non-finite float is written: JSON (RFC 8259) has no NaN or infinity, and Python's
+# ``Infinity``/``NaN`` tokens are rejected by jq, browsers and most other readers.
+NON_FINITE = {math.inf: "Infinity", -math.inf: "-Infinity"}
+NAN_TEXT = "NaN"
+
+
+def standard_json(data: Any) -> Any:
+    """``data`` with every non-finite float replaced by the string ``"Infinity"``,
+    ``"-Infinity"`` or ``"NaN"`` (a sweep value ``.inf`` stays recognisable; metrics turn
+    theirs into ``null`` before)."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return NAN_TEXT if math.isnan(data) else NON_FINITE[data]
+    if isinstance(data, dict):
+        return {key: standard_json(value) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [standard_json(value) for value in data]
+    return data
+
+
+def dumps_json(data: Any, **options: Any) -> str:
+    """``json.dumps`` that always writes standard JSON (see :func:`standard_json`)."""
+    return json.dumps(standard_json(data), allow_nan=False, **options)
+
+
 def atomic_write_json(
     path: Path, data: Any, *, mode: int = 0o644, redact: Callable[[str], str] | None = None
 ) -> None:
-    """Write ``data`` as JSON; ``redact`` masks every string value (never a key, never the
-    JSON text: a masked key or a mask across JSON syntax would break the record's shape)."""
+    """Write ``data`` as standard JSON; ``redact`` masks every string value (never a key, never
+    the JSON text: a masked key or a mask across JSON syntax would break the record's shape)."""
     if redact is not None:
         data = _map_strings(data, redact)
-    atomic_write_text(path, json.dumps(data, indent=2) + "\n", mode=mode)
+    atomic_write_text(path, dumps_json(data, indent=2) + "\n", mode=mode)
 
 
 def _map_strings(data: Any, change: Callable[[str], str]) -> Any:

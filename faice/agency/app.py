@@ -36,6 +36,7 @@ from faice.agency.submit import (
 )
 from faice.agency.vault import Vault
 from faice.connectors.policy import Policy
+from faice.files import dumps_json
 
 log = logging.getLogger("faice.agency")
 CHALLENGE = 'Basic realm="Please fill in username and password"'
@@ -60,7 +61,7 @@ class Agency:
 
 
 def _json(data: Any, status: int = 200) -> Response:
-    return Response(json.dumps(data), status=status, mimetype="application/json")
+    return Response(dumps_json(data), status=status, mimetype="application/json")
 
 
 def _error(status: int, text: str) -> Response:

@@ -13,6 +13,7 @@ import threading
 import time
 from typing import Any, TextIO
 
+from faice.files import dumps_json
 from faice.pipeline.events import BatchEvent
 from faice.secrets import REDACTOR
 
@@ -242,11 +243,10 @@ def results_table(outdir: Any, stream: TextIO | None = None) -> None:
 
 def print_plan(plan: dict[str, Any], *, as_json: bool) -> None:
     """``--dry-run``: the batches, their commands, GPUs and mounts (JSON with ``--json``)."""
-    import json
     import shlex
 
     if as_json:
-        sys.stdout.write(REDACTOR.redact(json.dumps(plan, indent=2)) + "\n")
+        sys.stdout.write(REDACTOR.redact(dumps_json(plan, indent=2)) + "\n")
         return
     lines = [
         f"image: {plan['image']}" + (f"   ram: {plan['ram']} MB" if plan["ram"] else ""),

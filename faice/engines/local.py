@@ -7,12 +7,12 @@ turns its summary into the exit code (0, 1, 130 or 143).
 
 from __future__ import annotations
 
-import json
 import sys
 
 from faice.engines import ExecRequest
 from faice.engines.display import ProgressDisplay, print_plan, results_table, summary_table
 from faice.errors import FaiceError
+from faice.files import dumps_json
 from faice.pipeline.records import default_outdir, new_run_id, prepare_outdir
 from faice.pipeline.run import HostRun, interrupted_exit
 from faice.pipeline.signals import interrupts_to
@@ -42,7 +42,7 @@ def run(experiment: Experiment, request: ExecRequest) -> int:
         while (summary := host_run.wait(0.2)) is None:
             pass
     if request.json:
-        sys.stdout.write(REDACTOR.redact(json.dumps(summary.to_dict(), indent=2)) + "\n")
+        sys.stdout.write(REDACTOR.redact(dumps_json(summary.to_dict(), indent=2)) + "\n")
         sys.stdout.flush()
     summary_table(summary.to_dict())
     if not request.json and any(e.get("metrics") for e in summary.to_dict().get("batches") or []):

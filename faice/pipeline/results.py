@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from faice.errors import FaiceError
+from faice.files import dumps_json
 
 RUN_FILE = "run.json"
 RESULT_FILE = "result.json"
@@ -122,16 +123,21 @@ def _load(path: Path | str) -> Any:
 
 
 def build_results(outdir: Path, records: Iterable[dict[str, Any]], *, objective: dict[str, Any] | None = None) -> Results:
-    """Rows ranked by ``objective`` ({name, goal}; default: what the batches recorded).
+    """Rows ranked by ``objective`` ({name, goal}; default: what the batches recorded; without
+    a goal, the goal recorded for that metric, else max).
 
     Succeeded batches with a value come first, best first; then running ones with a value,
     then failed, cancelled or stopped ones with a value; batches without a value last (by index).
     """
     records = list(records)
+    objectives = [dict(r["metrics"]["objective"]) for r in records
+                  if isinstance(r.get("metrics"), dict) and isinstance(r["metrics"].get("objective"), dict)
+                  and r["metrics"]["objective"].get("name")]
     if objective is None:
-        objective = next((dict(r["metrics"]["objective"]) for r in records
-                          if isinstance(r.get("metrics"), dict) and isinstance(r["metrics"].get("objective"), dict)
-                          and r["metrics"]["objective"].get("name")), None)
+        objective = objectives[0] if objectives else None
+    elif not objective.get("goal"):  # a metric named without a goal: the recorded one's, else max
+        goal = next((o.get("goal") for o in objectives if o["name"] == objective["name"]), None)
+        objective = {**objective, "goal": goal if goal in ("min", "max") else "max"}
     parameters: dict[str, None] = {}
     metrics: dict[str, None] = {}
     if objective:
@@ -229,7 +235,8 @@ def load_results(outdir: Path, *, objective: dict[str, Any] | None = None, spec:
         for record in records:
             if not isinstance(record.get("metrics"), dict):
                 record["metrics"] = read_batch_metrics(outdir, record, spec)
-    if objective is None and spec is not None:
+    if spec is not None and (objective is None or (not objective.get("goal")
+                                                   and objective["name"] == spec.objective.name)):
         objective = spec.objective.as_dict()
     results = build_results(outdir, records, objective=objective)
     results.dropped = dropped
@@ -268,7 +275,7 @@ def render(results: Results, fmt: str = "table", *, top: int | None = None) -> s
     rows = results.rows[:top] if top else results.rows
     columns = results.columns()
     if fmt == "json":
-        return json.dumps(rows, indent=1, default=str, allow_nan=False) + "\n"
+        return dumps_json(rows, indent=1, default=str) + "\n"
     if fmt == "csv":
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")

@@ -46,9 +46,9 @@ RECORD_FIELDS = {"command": ["train"], "process": {"returnCode": 0, "executed": 
                  "debugInfo": None}
 
 
-def make_run(outdir: Path, *, record_metrics: bool = True) -> dict[str, dict]:
+def make_run(outdir: Path, *, record_metrics: bool = True, spec_data: dict = SPEC) -> dict[str, dict]:
     """A finished sweep: 8 trained batches, one failed without metrics, one still pending."""
-    spec = MetricsSpec.from_mapping(SPEC)
+    spec = MetricsSpec.from_mapping(spec_data)
     entries, expected = [], {}
     index = 0
     for lr in LEARNING_RATES:
@@ -136,6 +136,48 @@ def test_objective_from_the_command_line(tmp_path):
     done = faice("results", str(tmp_path), "--objective", "val_accuracy", "--goal", "min", "--format", "json")
     worst = min(expected, key=lambda i: expected[i]["value"])
     assert json.loads(done.stdout)[0]["batch"] == worst
+
+
+def test_objective_named_without_goal_keeps_the_recorded_goal(tmp_path):
+    """Re-ranking by the recorded objective's own name must not flip a ``min`` goal to max."""
+    expected = make_run(tmp_path, spec_data={**SPEC, "objective": {"name": "val_accuracy", "goal": "min"}})
+    worst = min(expected, key=lambda i: expected[i]["value"])
+    for args in ([], ["--objective", "val_accuracy"]):
+        done = faice("results", str(tmp_path), *args, "--format", "json")
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)[0]["batch"] == worst, args
+    # a metric with no recorded goal is still ranked highest first
+    data = json.loads(faice("results", str(tmp_path), "--objective", "accuracy", "--format", "json").stdout)
+    assert data[0]["batch"] == winner_id(expected)
+
+
+def _strict_json(text: str):
+    """Parse as RFC 8259 JSON: Python's Infinity/NaN tokens are not JSON (jq rejects them)."""
+    def refuse(token: str):
+        raise ValueError(f"not standard JSON: {token}")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_non_finite_parameters_are_standard_json_everywhere(tmp_path):
+    """``grid: {clip: [1.0, .inf, -.inf, .nan]}`` is valid RED: run.json, result.json and
+    ``faice results --format json`` stay standard JSON and keep the values recognisable."""
+    entries = []
+    for index, clip in enumerate([1.0, math.inf, -math.inf, math.nan]):
+        record = new_batch_record(f"b-clip{index:08x}", index, {"clip": clip}, run_id="r1", command=["train"],
+                                  state=BatchState.SUCCEEDED)
+        record.metrics = {"objective": {"name": "acc", "goal": "max", "value": 0.5 + index / 10},
+                          "final": {"acc": 0.5 + index / 10}}
+        write_batch_record(tmp_path, record)
+        entries.append(record.entry())
+    write_run_record(tmp_path, {"runId": "r1"}, entries)
+    run = _strict_json((tmp_path / "run.json").read_text())
+    assert [e["parameters"]["clip"] for e in run["batches"]] == [1.0, "Infinity", "-Infinity", "NaN"]
+    record = _strict_json((tmp_path / "batches" / "b-clip00000001" / "result.json").read_text())
+    assert record["parameters"] == {"clip": "Infinity"}
+    done = faice("results", str(tmp_path), "--format", "json")
+    assert done.returncode == 0, done.stderr
+    rows = _strict_json(done.stdout)
+    assert [r["param.clip"] for r in rows] == ["NaN", "-Infinity", "Infinity", 1.0]  # best (acc) first
 
 
 def test_metrics_read_from_the_outputs_when_records_have_none(tmp_path):

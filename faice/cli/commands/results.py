@@ -34,7 +34,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("outdir", metavar="OUTDIR", help="the run directory (faice exec --outdir)")
     parser.add_argument("--format", choices=FORMATS, default="table", help="output format (default: table)")
     parser.add_argument("--objective", metavar="METRIC", help="rank by this metric instead of the recorded objective")
-    parser.add_argument("--goal", choices=("min", "max"), help="with --objective: which way is better (default: max)")
+    parser.add_argument("--goal", choices=("min", "max"), help="with --objective: which way is better (default: the goal recorded for "
+                             "that metric, else max)")
     parser.add_argument("--red", metavar="REDFILE",
                         help="read the metrics of batches whose records have none from their outputs, "
                              "as this RED file's metrics section says")
@@ -68,7 +69,7 @@ def run_results(args) -> int:
         from faice.pipeline.results import require_mlflow
 
         require_mlflow()
-    objective = {"name": args.objective, "goal": args.goal or "max"} if args.objective else None
+    objective = {"name": args.objective, "goal": args.goal} if args.objective else None
     spec = None
     if args.red:
         from faice.red.load import load_mapping, to_plain

@@ -10,6 +10,7 @@ from typing import Any
 from faice.cli.options import add_debug, add_variables, variable_sources
 from faice.cli.parser import lazy, new_command
 from faice.errors import EngineError, UsageError
+from faice.files import dumps_json
 from faice.secrets import REDACTOR
 
 
@@ -110,7 +111,7 @@ def _status(client, args) -> int:
     if kind == "batch":
         batch = client.batch(args.id) if not args.wait else doc
         if args.json:
-            print(REDACTOR.redact(json.dumps(batch, indent=2)))
+            print(REDACTOR.redact(dumps_json(batch, indent=2)))
         else:
             print(f"batch {batch['_id']} of experiment {batch['experimentId']}: {batch['state']} (attempts {batch.get('attempts')})")
             reason = _last_reason(batch)
@@ -119,7 +120,7 @@ def _status(client, args) -> int:
         return 1 if args.wait and batch["state"] != "succeeded" else 0
     batches = client.experiment_batches(experiment_id)
     if args.json:
-        print(json.dumps({"experimentId": experiment_id, "batches": batches}, indent=2))
+        print(dumps_json({"experimentId": experiment_id, "batches": batches}, indent=2))
     else:
         print(f"experiment {experiment_id}")
         _print_batches(batches)
@@ -141,7 +142,7 @@ def _cancel(client, args) -> int:
     results = [client.cancel(b["_id"]) if b["state"] not in FINAL else b for b in targets]
     cancelled = [r for r in results if r["state"] == "cancelled"]
     if args.json:
-        print(json.dumps([{"batchId": r["_id"], "state": r["state"]} for r in results]))
+        print(dumps_json([{"batchId": r["_id"], "state": r["state"]} for r in results]))
     else:
         for result in results:
             print(f"{result['_id']}: {result['state']}")
@@ -159,7 +160,7 @@ def _show_experiments(client, limit: int, as_json: bool) -> int:
     experiments = client.experiments(limit=limit)
     rows = [{**e, "batches": client.experiment_batches(e["_id"])} for e in experiments]
     if as_json:
-        print(json.dumps(rows, indent=2))
+        print(dumps_json(rows, indent=2))
     else:
         _print_experiments(rows)
     return 0
@@ -215,11 +216,11 @@ def _run_directory(name: str, args) -> int:
         if not record.exists():
             raise UsageError(f"{record}: no such file (no batch {args.id} in {outdir})")
         data = json.loads(record.read_text())
-        print(json.dumps(data, indent=2) if args.json else f"batch {args.id}: {data.get('state')}")
+        print(dumps_json(data, indent=2) if args.json else f"batch {args.id}: {data.get('state')}")
         return 0
     failed = 1 if run.get("state") in ("failed", "cancelled", "incomplete", "interrupted") else 0
     if args.json:
-        print(json.dumps(run, indent=2))
+        print(dumps_json(run, indent=2))
         return failed
     from faice.engines.display import failure_report
 
@@ -250,7 +251,7 @@ def _list_local_runs(root: Path, as_json: bool) -> int:
                          "counts": record.get("counts") or {}, "source": record.get("source"),
                          "started": record.get("started")})
     if as_json:
-        print(json.dumps(runs, indent=2))
+        print(dumps_json(runs, indent=2))
         return 0
     if not runs:
         print(f"no runs under {root}/")

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Any
 
 from faice.cli.options import add_debug, add_policy, add_variables, apply_policy, variable_sources
 from faice.cli.parser import lazy, new_command
 from faice.errors import FaiceError, Problem, ValidationError, format_key_path
+from faice.files import dumps_json
 
 
 def add_parser(subparsers) -> None:
@@ -146,7 +146,7 @@ def _problem_json(problem: Problem) -> dict[str, Any]:
 def _print_json(data: dict[str, Any]) -> None:
     from faice.secrets import REDACTOR
 
-    sys.stdout.write(REDACTOR.redact(json.dumps(data, indent=4)) + "\n")
+    sys.stdout.write(REDACTOR.redact(dumps_json(data, indent=4)) + "\n")
 
 
 def _allowed_programs(args: Any) -> list[str] | None:

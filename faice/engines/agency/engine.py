@@ -8,12 +8,12 @@ printed a Python repr); progress goes to stderr.
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Any
 
 from faice.engines import ExecRequest
 from faice.errors import EngineError
+from faice.files import dumps_json
 from faice.red.experiment import Experiment
 from faice.secrets import REDACTOR
 
@@ -48,7 +48,7 @@ def run(experiment: Experiment, request: ExecRequest) -> int:
     red = red_to_send(experiment)
     if request.dry_run:
         plan = {"agency": url, "batches": len(red.get("batches") or [None]), "red": red}
-        print(REDACTOR.redact(json.dumps(REDACTOR.redact_data(plan), indent=2)))
+        print(REDACTOR.redact(dumps_json(REDACTOR.redact_data(plan), indent=2)))
         return 0
     client = AgencyClient(url, username, password)
     experiment_id = client.submit(
@@ -59,7 +59,7 @@ def run(experiment: Experiment, request: ExecRequest) -> int:
     result: dict[str, Any] = {"experimentId": experiment_id}
     if request.json:
         result["batchIds"] = [b["_id"] for b in client.experiment_batches(experiment_id)]
-    print(json.dumps(result), flush=True)
+    print(dumps_json(result), flush=True)
     if not request.wait:
         return 0
     from faice.engines.agency.follow import follow

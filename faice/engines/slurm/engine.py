@@ -7,7 +7,6 @@ behind the user's back) and exits 130 or 143 like a local run.
 
 from __future__ import annotations
 
-import json
 import shlex
 import signal
 import sys
@@ -33,6 +32,7 @@ from faice.engines.slurm.job import (
 )
 from faice.engines.slurm.packed import WORKER_MODULE, PackedJob
 from faice.engines.slurm.settings import SlurmSettings, sbatch_options
+from faice.files import dumps_json
 from faice.pipeline.records import default_outdir, new_run_id, prepare_outdir, read_batch_record
 from faice.pipeline.signals import EXIT_SIGNAL, interrupts_to
 from faice.red.experiment import Experiment
@@ -72,7 +72,7 @@ def run(experiment: Experiment, request: ExecRequest) -> int:
     _say(f"faice: submitted Slurm job array {job.job_id} ({workers}{len(job.batch_ids)} batches); run directory {outdir}")
     if not request.wait:
         if request.json:
-            print(json.dumps(rundir.read_json(outdir / "run.json"), indent=2))
+            print(dumps_json(rundir.read_json(outdir / "run.json"), indent=2))
         else:
             _say(f"faice: follow it with: faice status --outdir {shlex.quote(str(outdir))} --wait")
         return 0
@@ -101,7 +101,7 @@ def follow(job: Job, *, json_output: bool = False, live: bool | None = None) -> 
             time.sleep(POLL_INTERVAL_S)
     summary = write_run_summary(job.outdir, states=states)
     if json_output:
-        print(REDACTOR.redact(json.dumps(summary, indent=2)))
+        print(REDACTOR.redact(dumps_json(summary, indent=2)))
     follower.report(summary)
     if received:
         return EXIT_SIGNAL.get(received[0], EXIT_SIGNAL[signal.SIGINT])
@@ -133,13 +133,13 @@ def _dry_run(experiment: Experiment, settings: SlurmSettings, request: ExecReque
     if workers:
         plan["workers"] = workers
     if request.json:
-        print(REDACTOR.redact(json.dumps(plan, indent=2)))
+        print(REDACTOR.redact(dumps_json(plan, indent=2)))
     else:
         lines = ["Slurm plan (nothing submitted):", "  " + shlex.join(plan["sbatch"])]
         if workers:
             lines.append(f"  {workers} workers, each running up to {settings.batches_per_worker} batch(es) at once,"
                          " claim the batches below from the run directory")
-        lines += [f"  task {e['task']}: batch {e['id']} {json.dumps(e['parameters'])}" for e in plan["batches"]]
+        lines += [f"  task {e['task']}: batch {e['id']} {dumps_json(e['parameters'])}" for e in plan["batches"]]
         print(REDACTOR.redact("\n".join(lines)))
     return 0
 
