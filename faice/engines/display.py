@@ -16,6 +16,7 @@ from typing import Any, TextIO
 from faice.files import dumps_json
 from faice.pipeline.events import BatchEvent
 from faice.secrets import REDACTOR
+from faice.untrusted import for_terminal
 
 REFRESH_PER_SECOND = 4
 MAX_RUNNING_ROWS = 20  # a sweep of hundreds must not push the counts off the screen
@@ -121,10 +122,10 @@ class ProgressDisplay:
             text += f" [{event.failure_class}]"
         if event.message and event.state in ("failed", "cancelled"):
             text += f": {event.message.splitlines()[0]}"
-        return text
+        return for_terminal(REDACTOR.redact(text))
 
     def _print(self, text: str) -> None:
-        text = REDACTOR.redact(text)
+        text = for_terminal(REDACTOR.redact(text), lines=True)
         with self._draw:
             if self._live is not None:
                 self._live.console.print(text, markup=False, highlight=False)
@@ -164,7 +165,7 @@ class ProgressDisplay:
                 row += f"  {metric.get('name')}={_number(metric['value'])}{step}"
             if news is not None and news.log:
                 row += f"  | {news.log.strip()[-LOG_CHARS:]}"
-            table.add_row(REDACTOR.redact(row))
+            table.add_row(for_terminal(REDACTOR.redact(row)))
         if len(running) > MAX_RUNNING_ROWS:
             table.add_row(f"  … and {len(running) - MAX_RUNNING_ROWS} more running")
         return table
@@ -199,7 +200,7 @@ def summary_table(summary: dict[str, Any], stream: TextIO | None = None) -> None
     totals = ", ".join(f"{v} {k}" for k, v in counts.items())
     lines.extend(failure_report(summary))
     lines.append(f"faice: run {summary.get('runId')} {summary.get('state')}: {totals}; records in {summary.get('outdir')}")
-    stream.write(REDACTOR.redact("\n".join(lines)) + "\n")
+    stream.write(for_terminal(REDACTOR.redact("\n".join(lines)), lines=True) + "\n")
     stream.flush()
 
 
@@ -213,8 +214,8 @@ def failure_report(summary: dict[str, Any], outdir: Any = None, *, tail: int = 5
     for entry in failed[:most]:
         parameters = entry.get("parameters") or {}
         shown = " (" + ", ".join(f"{k}={_number(v)}" for k, v in parameters.items()) + ")" if parameters else ""
-        lines.append(f"failed: batch {entry.get('index')} {entry.get('id')}{shown} "
-                     f"[{entry.get('failureClass')}]: {entry.get('message') or ''}")
+        lines.append(for_terminal(f"failed: batch {entry.get('index')} {entry.get('id')}{shown} "
+                                  f"[{entry.get('failureClass')}]: {entry.get('message') or ''}", lines=True))
         stderr = root / "batches" / str(entry.get("id")) / "stderr.txt"
         try:
             with open(stderr, "rb") as handle:
@@ -226,7 +227,7 @@ def failure_report(summary: dict[str, Any], outdir: Any = None, *, tail: int = 5
             continue
         last = [line for line in text.splitlines() if line.strip()][-tail:]
         if last and last[0] != (entry.get("message") or ""):
-            lines.append("  stderr: " + "\n  stderr: ".join(last))
+            lines.append("  stderr: " + "\n  stderr: ".join(for_terminal(line) for line in last))
     if len(failed) > most:
         lines.append(f"failed: … and {len(failed) - most} more (faice status --outdir {root})")
     return lines
@@ -246,7 +247,7 @@ def print_plan(plan: dict[str, Any], *, as_json: bool) -> None:
     import shlex
 
     if as_json:
-        sys.stdout.write(REDACTOR.redact(dumps_json(plan, indent=2)) + "\n")
+        sys.stdout.write(REDACTOR.redact(dumps_json(plan, indent=2)) + "\n")  # JSON escapes controls
         return
     lines = [
         f"image: {plan['image']}" + (f"   ram: {plan['ram']} MB" if plan["ram"] else ""),
@@ -273,5 +274,5 @@ def print_plan(plan: dict[str, Any], *, as_json: bool) -> None:
             lines.append(f"  mount:      {mount['target']} ({mount['mode']}) <- {source}")
         for key, where in (batch.get("outputs") or {}).items():
             lines.append(f"  output:     {key} -> {where}")
-    sys.stdout.write(REDACTOR.redact("\n".join(lines)) + "\n")
+    sys.stdout.write(for_terminal(REDACTOR.redact("\n".join(lines)), lines=True) + "\n")
     sys.stdout.flush()

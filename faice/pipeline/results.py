@@ -14,13 +14,14 @@ import io
 import json
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from faice.errors import FaiceError
 from faice.files import dumps_json
+from faice.untrusted import csv_cell, for_terminal, markdown_cell, mlflow_name
 
 RUN_FILE = "run.json"
 RESULT_FILE = "result.json"
@@ -279,9 +280,9 @@ def render(results: Results, fmt: str = "table", *, top: int | None = None) -> s
     if fmt == "csv":
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(columns)
+        writer.writerow([csv_cell(c) for c in columns])
         for row in rows:
-            writer.writerow([_csv_cell(row.get(c)) for c in columns])
+            writer.writerow([_csv_value(row.get(c)) for c in columns])
         return out.getvalue()
     hidden = {"best", "message"}
     if results.objective and results.objective.get("scope", "final") == "final":
@@ -291,11 +292,14 @@ def render(results: Results, fmt: str = "table", *, top: int | None = None) -> s
     header = [_heading(c, results) for c in shown]
     body = [[_text(row.get(c), c) for c in shown] for row in rows]
     if fmt == "markdown":
-        lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
-        lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |" for cells in body]
-        return "\n".join(lines) + "\n\n" + winner_line(results) + "\n"
+        lines = ["| " + " | ".join(markdown_cell(h) for h in header) + " |",
+                 "|" + "|".join(" --- " for _ in header) + "|"]
+        lines += ["| " + " | ".join(markdown_cell(cell) for cell in cells) + " |" for cells in body]
+        return "\n".join(lines) + "\n\n" + markdown_cell(winner_line(results)) + "\n"
     if fmt != "table":
         raise FaiceError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    header = [for_terminal(h) for h in header]
+    body = [[for_terminal(cell) for cell in cells] for cells in body]
     widths = [max(len(h), *(len(cells[i]) for cells in body)) if body else len(h) for i, h in enumerate(header)]
     numeric = [c in ("rank", "index", "seconds", "objective") or c.startswith("metric.")
                or all(_finite(row.get(c)) or row.get(c) is None for row in rows) for c in shown]
@@ -305,7 +309,7 @@ def render(results: Results, fmt: str = "table", *, top: int | None = None) -> s
                                for c, w, n in zip(cells, widths, numeric, strict=True)).rstrip())
     if top and len(results.rows) > top:
         lines.append(f"… {len(results.rows) - top} more batches (without --top: all)")
-    return "\n".join(lines) + "\n\n" + winner_line(results) + "\n"
+    return "\n".join(lines) + "\n\n" + for_terminal(winner_line(results)) + "\n"
 
 
 def winner_line(results: Results) -> str:
@@ -344,12 +348,12 @@ def _text(value: Any, column: str) -> str:
     return str(value)
 
 
-def _csv_cell(value: Any) -> Any:
+def _csv_value(value: Any) -> Any:
     if value is None:
         return ""
     if isinstance(value, (dict, list)):
-        return json.dumps(value, separators=(",", ":"))
-    return value
+        return csv_cell(json.dumps(value, separators=(",", ":")))
+    return csv_cell(value)
 
 
 # ---------------------------------------------------------------- plots
@@ -439,17 +443,16 @@ def pyplot():
 # ---------------------------------------------------------------- MLflow export
 
 
-def to_mlflow(results: Results, uri: str = "./mlruns", *, experiment: str | None = None) -> dict[str, int]:
+def to_mlflow(results: Results, uri: str = "./mlruns", *, experiment: str | None = None,
+              warn: Callable[[str], None] | None = None) -> dict[str, int]:
     """One MLflow run per batch (parameters, final metrics, every step of the series, the
     record as an artifact, tags ``faice.*``) in the experiment ``experiment`` (default:
     ``faice <run directory name>``). Batches exported before (tag ``faice.batchId``) are
-    skipped, so exporting a growing run again adds only the new batches.
+    skipped, so exporting a growing run again adds only the new batches. A metric or parameter
+    name MLflow refuses is exported under a name it accepts, or skipped; ``warn`` is told which.
     Returns ``{"exported": n, "skipped": m}``; FaiceError with a hint without mlflow."""
     require_mlflow()
-    import time
-
-    from mlflow.entities import Metric, Param
-    from mlflow.tracking import MlflowClient
+    from mlflow.exceptions import MlflowException
 
     if "://" not in uri and not uri.startswith("file:"):
         # a local directory: MLflow 3 keeps its file store for this, behind an opt-in
@@ -457,10 +460,24 @@ def to_mlflow(results: Results, uri: str = "./mlruns", *, experiment: str | None
         uri = Path(uri).resolve().as_uri()
     elif uri.startswith("file:"):
         os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    try:
+        return _export(results, uri, experiment, warn)
+    except MlflowException as exc:  # a store that refuses a value: say so, no traceback
+        raise FaiceError(f"MLflow export to {uri} failed: {for_terminal(exc.message)[:500]}") from None
+
+
+def _export(results: Results, uri: str, experiment: str | None, warn: Callable[[str], None] | None) -> dict[str, int]:
+    import time
+
+    from mlflow.entities import Metric, Param
+    from mlflow.tracking import MlflowClient
+
     client = MlflowClient(tracking_uri=uri)
     name = experiment or f"faice {results.outdir.resolve().name}"
     found = client.get_experiment_by_name(name)
     experiment_id = found.experiment_id if found else client.create_experiment(name)
+    params_named = _mlflow_names("parameter", results.parameters, warn)
+    metrics_named = _mlflow_names("metric", results.metrics, warn)
     done = {run.data.tags.get("faice.batchId") for run in client.search_runs([experiment_id], max_results=50_000)}
     counts = {"exported": 0, "skipped": 0}
     now = int(time.time() * 1000)
@@ -473,19 +490,19 @@ def to_mlflow(results: Results, uri: str = "./mlruns", *, experiment: str | None
                 "faice.best": str(bool(row["best"])).lower(), "faice.outdir": str(results.outdir.resolve())}
         run = client.create_run(experiment_id, run_name=batch_id, tags=tags)
         run_id = run.info.run_id
-        params = [Param(p, _mlflow_text(row.get(f"param.{p}"))) for p in results.parameters
+        params = [Param(named, _mlflow_text(row.get(f"param.{p}"))) for p, named in params_named.items()
                   if row.get(f"param.{p}") is not None]
         metrics = []
         logged: set[str] = set()
-        for metric in results.metrics:
+        for metric, named in metrics_named.items():
             series = results.series.get(batch_id, {}).get(metric) or batch_series(results.outdir, batch_id, metric)
             for step, value in series:
                 if _finite(value) and _finite(step):
-                    metrics.append(Metric(metric, float(value), now, int(round(step))))
+                    metrics.append(Metric(named, float(value), now, int(round(step))))
                     logged.add(metric)
             final: Any = row.get(f"metric.{metric}")
             if metric not in logged and _finite(final):
-                metrics.append(Metric(metric, float(final), now, 0))
+                metrics.append(Metric(named, float(final), now, 0))
         if _finite(row.get("seconds")):
             metrics.append(Metric("faice.seconds", float(row["seconds"]), now, 0))
         for start in range(0, len(params), 100):  # MLflow's limits per call
@@ -511,6 +528,25 @@ def require_mlflow() -> None:
     except ImportError:
         raise FaiceError("--to-mlflow needs MLflow, which is not installed",
                          hint="pip install 'faice[mlflow]'  (or: pip install mlflow-skinny)") from None
+
+
+def _mlflow_names(kind: str, names: Iterable[str], warn: Callable[[str], None] | None) -> dict[str, str]:
+    """Each name → the name MLflow gets (renamed where MLflow refuses it); names with no
+    usable or a clashing form are left out, and ``warn`` says so."""
+    named: dict[str, str] = {}
+    taken: set[str] = {"faice.seconds"} if kind == "metric" else set()
+    for name in names:
+        mapped = mlflow_name(name)
+        if mapped is None or mapped in taken:
+            if warn:
+                why = "MLflow has no name for it" if mapped is None else f"its MLflow name {mapped!r} is taken"
+                warn(f"{kind} '{for_terminal(name)[:80]}' not exported to MLflow: {why}")
+            continue
+        if mapped != name and warn:
+            warn(f"{kind} '{for_terminal(name)[:80]}' exported to MLflow as {mapped!r} (a name MLflow accepts)")
+        named[name] = mapped
+        taken.add(mapped)
+    return named
 
 
 def _mlflow_text(value: Any) -> str:

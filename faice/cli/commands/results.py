@@ -56,6 +56,7 @@ def run_results(args) -> int:
 
     from faice.errors import UsageError
     from faice.pipeline.results import load_results, plot, pyplot, render
+    from faice.untrusted import for_terminal
 
     if args.goal and not args.objective:
         raise UsageError("--goal needs --objective (the recorded objective has its own goal)")
@@ -86,11 +87,12 @@ def run_results(args) -> int:
         count = len(results.dropped)
         print(f"faice: {count} batch director{'y' if count == 1 else 'ies'} under batches/ "
               f"{'is' if count == 1 else 'are'} not part of this run (an earlier version of the sweep; "
-              f"--resume keeps them) and not ranked, e.g. {results.dropped[0]}", file=sys.stderr)
+              f"--resume keeps them) and not ranked, e.g. {for_terminal(results.dropped[0])}", file=sys.stderr)
     if args.to_mlflow:
         from faice.pipeline.results import to_mlflow
 
-        counts = to_mlflow(results, args.to_mlflow, experiment=args.experiment)
+        counts = to_mlflow(results, args.to_mlflow, experiment=args.experiment,
+                           warn=lambda text: print(f"faice: warning: {text}", file=sys.stderr))
         print(f"MLflow ({args.to_mlflow}): {counts['exported']} batches exported, "
               f"{counts['skipped']} exported before", file=sys.stderr)
     if args.plot:
