@@ -35,6 +35,7 @@ from faice.agency.submit import (
     parse_red,
 )
 from faice.agency.vault import Vault
+from faice.agency.webui import AgencyUI
 from faice.connectors.policy import Policy
 from faice.files import dumps_json
 
@@ -96,10 +97,11 @@ class AgencyApp:
 
     def __init__(self, agency: Agency):
         self.agency = agency
+        self.ui = AgencyUI(agency.store, agency.auth, self.dispatch)  # the web pages under /ui/
 
     def __call__(self, environ, start_response):
         request = Request(environ)
-        response = self.dispatch(request)
+        response = self.ui(request) if AgencyUI.wants(request.path) else self.dispatch(request)
         log.info("%s %s %s", request.method, request.path, response.status_code)
         return response(environ, start_response)
 

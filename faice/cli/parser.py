@@ -13,6 +13,7 @@ COMMAND_MODULES = (
     "exec_",
     "status",
     "results",
+    "ui",
     "convert",
     "schema",
     "agency",

@@ -28,7 +28,8 @@ def add_parser(subparsers) -> None:
             "  faice results runs/lr-sweep --format csv > results.csv\n"
             "  faice results runs/lr-sweep --objective val_loss --goal min --top 5\n"
             "  faice results runs/lr-sweep --plot val_accuracy      # needs: pip install 'faice[plot]'\n"
-            "  faice results runs/lr-sweep --to-mlflow              # ./mlruns; then: mlflow ui"
+            "  faice results runs/lr-sweep --to-mlflow              # ./mlruns; then: mlflow ui\n"
+            "  faice results runs/lr-sweep --ro-crate lr-sweep-crate  # a Process Run RO-Crate"
         ),
     )
     parser.add_argument("outdir", metavar="OUTDIR", help="the run directory (faice exec --outdir)")
@@ -47,6 +48,10 @@ def add_parser(subparsers) -> None:
                              "(default ./mlruns; needs pip install 'faice[mlflow]')")
     parser.add_argument("--experiment", metavar="NAME",
                         help="with --to-mlflow: the MLflow experiment (default: 'faice <run directory name>')")
+    parser.add_argument("--ro-crate", metavar="DIR",
+                        help="also write the run as a Process Run RO-Crate into the new directory DIR: the RED "
+                             "file (secrets masked), the CWL tool, the image, each batch's parameters, metrics, "
+                             "timings, GPUs and outputs (with SHA-256)")
     add_debug(parser)
 
 
@@ -95,6 +100,10 @@ def run_results(args) -> int:
                            warn=lambda text: print(f"faice: warning: {text}", file=sys.stderr))
         print(f"MLflow ({args.to_mlflow}): {counts['exported']} batches exported, "
               f"{counts['skipped']} exported before", file=sys.stderr)
+    if args.ro_crate:
+        from faice.pipeline.rocrate import write_crate
+
+        print(f"wrote the RO-Crate {write_crate(Path(args.outdir), Path(args.ro_crate))}", file=sys.stderr)
     if args.plot:
         for path in plot(results, args.plot, Path(args.plot_dir) if args.plot_dir else Path(args.outdir) / "plots"):
             print(f"wrote {path}", file=sys.stderr)

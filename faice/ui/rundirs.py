@@ -1,0 +1,232 @@
+"""The runs of ``faice ui DIR…``: run directories of any engine, read through the records API.
+
+A run is read again only when its run record changed on disk (its size, time or inode), and
+then once for every page and tick that asks; a tick in between costs one ``stat``. Paths
+that come from a request (batch ids, output file names) are checked against the run's own
+batches and never leave the batch directory, whatever links its container left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from faice.pipeline import results as results_api
+from faice.pipeline.records import RUN_FILE, STREAM_FILES, batch_dir, read_batch_record, read_run_record
+from faice.ui.live import ChangeLog
+from faice.ui.source import (
+    LOG_TAIL_BYTES,
+    LogChunk,
+    NotFound,
+    OutputFile,
+    RunSummary,
+    RunView,
+    changed_view,
+    log_chunk,
+    log_window,
+    view_of,
+)
+
+MAX_OUTPUTS = 1000  # files listed per batch
+OUTPUTS = "outputs"
+
+
+@dataclass
+class _Loaded:
+    key: tuple | None
+    view: RunView
+
+
+def _stat_key(path: Path) -> tuple | None:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return (info.st_mtime_ns, info.st_size, info.st_ino)
+
+
+def _is_run_dir(path: Path) -> bool:
+    return os.path.isfile(path / RUN_FILE)
+
+
+def _safe_name(name: str) -> bool:
+    return bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name and "\0" not in name
+
+
+class DirSource:
+    """Run directories under ``roots`` (a run directory itself, or a directory of them, two
+    levels deep at most)."""
+
+    def __init__(self, roots: list[Path]):
+        self.roots = [Path(r) for r in roots]
+        self._lock = threading.Lock()
+        self._loaded: dict[Path, _Loaded] = {}
+        self._changes: dict[Path, ChangeLog] = {}
+
+    # ------------------------------------------------------------ finding runs
+    def _directories(self) -> dict[str, Path]:
+        found: list[Path] = []
+        for root in self.roots:
+            if _is_run_dir(root):
+                found.append(root)
+                continue
+            for child in _subdirs(root):
+                if _is_run_dir(child):
+                    found.append(child)
+                else:
+                    found.extend(grand for grand in _subdirs(child) if _is_run_dir(grand))
+        named: dict[str, Path] = {}
+        for path in found:
+            name = path.resolve().name or "run"
+            unique, n = name, 2
+            while unique in named and named[unique] != path:
+                unique, n = f"{name}~{n}", n + 1
+            named[unique] = path
+        return named
+
+    def _path(self, run_id: str) -> Path:
+        path = self._directories().get(run_id)
+        if path is None:
+            raise NotFound(f"no run {run_id!r}")
+        return path
+
+    # ------------------------------------------------------------ reading
+    def _view(self, run_id: str, path: Path) -> RunView:
+        key = _stat_key(path / RUN_FILE)
+        with self._lock:
+            loaded = self._loaded.get(path)
+            if loaded is not None and loaded.key == key:
+                return loaded.view
+        header = read_run_record(path) or {}
+        loaded_results = results_api.load_results(path)
+        with self._lock:
+            changes = self._changes.setdefault(path, ChangeLog())
+            view = view_of(run_id, path.resolve().name, header, loaded_results, changes)
+            self._loaded[path] = _Loaded(key, view)
+            return view
+
+    def runs(self, viewer: Any = None) -> list[RunSummary]:
+        summaries = []
+        for run_id, path in self._directories().items():
+            try:
+                summaries.append(self._view(run_id, path).summary)
+            except Exception as exc:  # one unreadable run must not hide the others
+                summaries.append(RunSummary(run_id, path.name, f"unreadable: {exc}", {}, None, None))
+        return sorted(summaries, key=lambda s: s.started or "", reverse=True)
+
+    def run(self, viewer: Any, run_id: str, *, since: int | None = None) -> RunView:
+        path = self._path(run_id)
+        view = self._view(run_id, path)
+        with self._lock:
+            return changed_view(view, self._changes[path], since)
+
+    def _batch_dir(self, run_id: str, batch_id: str) -> tuple[Path, Path]:
+        path = self._path(run_id)
+        view = self._view(run_id, path)
+        if not _safe_name(batch_id) or view.row(batch_id) is None:
+            raise NotFound(f"no batch {batch_id!r} in run {run_id!r}")
+        return path, batch_dir(path, batch_id)
+
+    def batch(self, viewer: Any, run_id: str, batch_id: str) -> dict[str, Any]:
+        path, _ = self._batch_dir(run_id, batch_id)
+        record = read_batch_record(path, batch_id)
+        if record is not None:
+            return record.to_dict()
+        row = self._view(run_id, path).row(batch_id) or {}
+        return {"batchId": batch_id, "batchIndex": row.get("index"), "state": row.get("state"),
+                "message": row.get("message")}
+
+    def series(self, viewer: Any, run_id: str, batch_id: str) -> dict[str, list[list[Any]]]:
+        path, _ = self._batch_dir(run_id, batch_id)
+        view = self._view(run_id, path)
+        found = {}
+        for metric in view.results.metrics:
+            points = view.results.series.get(batch_id, {}).get(metric) or results_api.batch_series(path, batch_id, metric)
+            if points:
+                found[metric] = [list(p) for p in points]
+        return found
+
+    def curves(self, viewer: Any, run_id: str, batch_ids: list[str], metric: str) -> dict[str, list[list[Any]]]:
+        """The step series of ``metric`` of the given batches (for the run's chart)."""
+        path = self._path(run_id)
+        view = self._view(run_id, path)
+        found = {}
+        for batch_id in batch_ids:
+            if _safe_name(batch_id):
+                points = view.results.series.get(batch_id, {}).get(metric) or results_api.batch_series(path, batch_id, metric)
+                if points:
+                    found[batch_id] = [list(p) for p in points]
+        return found
+
+    def log(self, viewer: Any, run_id: str, batch_id: str, stream: str, offset: int | None) -> LogChunk:
+        if stream not in STREAM_FILES:
+            raise NotFound(f"no stream {stream!r}")
+        _, directory = self._batch_dir(run_id, batch_id)
+        return read_log(directory / STREAM_FILES[stream], offset)
+
+    def outputs(self, viewer: Any, run_id: str, batch_id: str) -> list[OutputFile] | None:
+        _, directory = self._batch_dir(run_id, batch_id)
+        root = directory / OUTPUTS
+        if not root.is_dir() or root.is_symlink():
+            return None
+        listed: list[OutputFile] = []
+        for top, dirs, files in os.walk(root, followlinks=False):
+            dirs.sort()
+            for name in sorted(files):
+                full = os.path.join(top, name)
+                info = os.lstat(full)
+                if stat.S_ISREG(info.st_mode):
+                    listed.append(OutputFile(os.path.relpath(full, root).replace(os.sep, "/"), info.st_size))
+                if len(listed) >= MAX_OUTPUTS:
+                    return listed
+        return listed
+
+    def output_path(self, viewer: Any, run_id: str, batch_id: str, path: str) -> Path:
+        """A regular file under the batch's outputs, reached without following any link."""
+        _, directory = self._batch_dir(run_id, batch_id)
+        parts = path.split("/")
+        if not path or not all(_safe_name(p) for p in parts):
+            raise NotFound("no such output")
+        current = directory / OUTPUTS
+        for part in ["", *parts]:
+            current = current / part if part else current
+            try:
+                info = os.lstat(current)
+            except OSError:
+                raise NotFound("no such output") from None
+            if stat.S_ISLNK(info.st_mode):
+                raise NotFound("no such output")
+        if not stat.S_ISREG(os.lstat(current).st_mode):
+            raise NotFound("no such output")
+        return current
+
+    def crate(self, viewer: Any, run_id: str, target: Path) -> None:
+        from faice.pipeline.rocrate import write_crate
+
+        write_crate(self._path(run_id), target)
+
+
+def _subdirs(path: Path) -> list[Path]:
+    try:
+        with os.scandir(path) as found:
+            return sorted(Path(e.path) for e in found if e.is_dir(follow_symlinks=False))
+    except OSError:
+        return []
+
+
+def read_log(path: Path, offset: int | None) -> LogChunk:
+    """At most :data:`LOG_TAIL_BYTES` of ``path`` from ``offset`` (None: its tail)."""
+    try:
+        handle = open(path, "rb")  # noqa: SIM115
+    except OSError:
+        return LogChunk("", offset or 0)
+    with handle:
+        size = os.fstat(handle.fileno()).st_size
+        start, skipped = log_window(size, offset)
+        handle.seek(start)
+        data = handle.read(min(size - start, LOG_TAIL_BYTES))
+    return log_chunk(data, start, skipped)
