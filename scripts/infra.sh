@@ -103,7 +103,7 @@ apt_packages() { # apt_packages [PACKAGE...]: the given ones, or everything the 
   local pkgs=("$@") missing=() installed p
   if ((${#pkgs[@]} == 0)); then
     pkgs=(docker.io debootstrap openssh-server openssh-client sshfs fuse3 nginx-light
-      openssl curl gnome-keyring dbus-daemon postgresql)
+      openssl curl gnome-keyring dbus-daemon postgresql chromium chromium-driver)
     [[ $WANT_SLURM == 0 ]] || pkgs+=(slurmctld slurmd slurm-client munge)
   fi
   installed=" $(dpkg-query -W -f='${Package}|${db:Status-Abbrev}\n' "${pkgs[@]}" 2>/dev/null |

@@ -26,7 +26,9 @@ from faice.pipeline.results import load_results
 from faice.secrets import REDACTOR, batch_redactor
 
 METADATA = "ro-crate-metadata.json"
-CONTEXT = ["https://w3id.org/ro/crate/1.1/context", "https://w3id.org/ro/terms/workflow-run/context"]
+# resourceUsage (timings, GPUs) is a Workflow Run Crate term newer than its 0.5 context
+CONTEXT = ["https://w3id.org/ro/crate/1.1/context", "https://w3id.org/ro/terms/workflow-run/context",
+           {"resourceUsage": "https://w3id.org/ro/terms/workflow-run#resourceUsage"}]
 PROFILE = "https://w3id.org/ro/wfrun/process/0.5"
 CWL = "https://w3id.org/workflowhub/workflow-ro-crate#cwl"
 DOCKER_IMAGE = "https://w3id.org/ro/terms/workflow-run#DockerImage"

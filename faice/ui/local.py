@@ -36,7 +36,8 @@ class LocalUI:
     """WSGI app: host check, token check, then the pages."""
 
     def __init__(self, roots: list[Path], *, host: str, port: int, token: str | None = None):
-        self.ui = UI(DirSource(roots))
+        self.source = DirSource(roots, watch=True)
+        self.ui = UI(self.source)
         self.token = token
         self.hosts: set[str] | None = None
         if token is None:
@@ -81,6 +82,9 @@ def serve(roots: list[Path], *, host: str, port: int, announce: Any = print) -> 
         app.hosts = None if app.hosts is None else {h.rsplit(":", 1)[0] + f":{bound}" for h in app.hosts}
     shown = f"[{host}]" if ":" in host else host
     announce(f"faice ui: http://{shown}:{bound}/" + (f"?token={token}" if token else ""))
+    import threading
+
+    threading.Thread(target=app.source.warm, name="faice-ui-warm", daemon=True).start()
     try:
         server.run()
     except KeyboardInterrupt:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import stat
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,8 @@ from faice.ui.source import (
 
 MAX_OUTPUTS = 1000  # files listed per batch
 OUTPUTS = "outputs"
+WATCH_SECONDS = 0.5  # how often the watcher looks at the run records of the runs being viewed
+WATCH_FOR = 600.0  # a run nobody asked about for this long is no longer looked at
 
 
 @dataclass
@@ -59,13 +62,22 @@ def _safe_name(name: str) -> bool:
 
 class DirSource:
     """Run directories under ``roots`` (a run directory itself, or a directory of them, two
-    levels deep at most)."""
+    levels deep at most).
 
-    def __init__(self, roots: list[Path]):
+    With ``watch``, a thread looks at the run record of each run asked about recently (one
+    ``stat`` per run every :data:`WATCH_SECONDS`) and reads a changed run again in the
+    background, so a page or a tick never waits for a 10,000-batch run to be read again; it
+    gets the view of at most a moment ago. Without it, a changed run is read on request."""
+
+    def __init__(self, roots: list[Path], *, watch: bool = False):
         self.roots = [Path(r) for r in roots]
         self._lock = threading.Lock()
+        self._loading: dict[Path, threading.Lock] = {}
         self._loaded: dict[Path, _Loaded] = {}
         self._changes: dict[Path, ChangeLog] = {}
+        self._asked: dict[Path, tuple[str, float]] = {}
+        self._watch = watch
+        self._watcher: threading.Thread | None = None
 
     # ------------------------------------------------------------ finding runs
     def _directories(self) -> dict[str, Path]:
@@ -96,18 +108,56 @@ class DirSource:
 
     # ------------------------------------------------------------ reading
     def _view(self, run_id: str, path: Path) -> RunView:
-        key = _stat_key(path / RUN_FILE)
         with self._lock:
             loaded = self._loaded.get(path)
-            if loaded is not None and loaded.key == key:
-                return loaded.view
-        header = read_run_record(path) or {}
-        loaded_results = results_api.load_results(path)
+            self._asked[path] = (run_id, time.monotonic())
+            if loaded is not None and self._watch:
+                self._start_watcher()
+                return loaded.view  # the watcher keeps it current
+        if loaded is not None and loaded.key == _stat_key(path / RUN_FILE):
+            return loaded.view
+        return self._load(run_id, path)
+
+    def _load(self, run_id: str, path: Path) -> RunView:
+        """Read the run again (one reader per run at a time; the others get its view)."""
         with self._lock:
-            changes = self._changes.setdefault(path, ChangeLog())
-            view = view_of(run_id, path.resolve().name, header, loaded_results, changes)
-            self._loaded[path] = _Loaded(key, view)
-            return view
+            gate = self._loading.setdefault(path, threading.Lock())
+        with gate:
+            key = _stat_key(path / RUN_FILE)
+            with self._lock:
+                loaded = self._loaded.get(path)
+                if loaded is not None and loaded.key == key:
+                    return loaded.view
+            header = read_run_record(path) or {}
+            loaded_results = results_api.load_results(path)
+            with self._lock:
+                changes = self._changes.setdefault(path, ChangeLog())
+                view = view_of(run_id, path.resolve().name, header, loaded_results, changes)
+                self._loaded[path] = _Loaded(key, view)
+                return view
+
+    def _start_watcher(self) -> None:
+        if self._watcher is None:
+            self._watcher = threading.Thread(target=self._watch_loop, name="faice-ui-watch", daemon=True)
+            self._watcher.start()
+
+    def _watch_loop(self) -> None:
+        while True:
+            time.sleep(WATCH_SECONDS)
+            now = time.monotonic()
+            with self._lock:
+                asked = {p: r for p, (r, t) in self._asked.items() if now - t < WATCH_FOR}
+                current = {p: self._loaded[p].key for p in asked if p in self._loaded}
+            for path, run_id in asked.items():
+                if current.get(path) != _stat_key(path / RUN_FILE):
+                    try:
+                        self._load(run_id, path)
+                    except Exception:  # an unreadable moment; the next look tries again
+                        continue
+
+    def warm(self) -> None:
+        """Read every run once (at start, so the first page of a large run is ready)."""
+        self.runs()
 
     def runs(self, viewer: Any = None) -> list[RunSummary]:
         summaries = []

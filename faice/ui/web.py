@@ -150,6 +150,13 @@ class UI:
             header=view.header, **context)
 
     def _charts(self, viewer: Any, rid: str, view: RunView) -> dict[str, Any]:
+        """The run's charts, made once per change of the run (kept with its view)."""
+        cached = view.__dict__.get("_charts")
+        if cached is None:
+            cached = view.__dict__["_charts"] = self._make_charts(viewer, rid, view)
+        return cached
+
+    def _make_charts(self, viewer: Any, rid: str, view: RunView) -> dict[str, Any]:
         results = view.results
         objective = results.objective
         if not objective:
