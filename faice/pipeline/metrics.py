@@ -24,7 +24,7 @@ import math
 import os
 import re
 import stat
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,7 +45,6 @@ __all__ = [
     "MetricsSpec",
     "Objective",
     "ResolvedSource",
-    "median_stopping",
     "resolve_sources",
     "summary",
 ]
@@ -208,19 +207,24 @@ class _Parser:
         if not numbers:
             return
         step_key = self.source.step or next((k for k in STEP_KEYS if k in numbers), None)
-        step: float | None = numbers.pop(step_key, None) if step_key else None
-        if step is None:
-            step = self.records
-        if step == int(step):
-            step = int(step)
+        explicit: float | None = numbers.pop(step_key, None) if step_key else None
+        if explicit is not None and explicit == int(explicit):
+            explicit = int(explicit)
         self.records += 1
+        objective_step: float | None = explicit
         for name, value in numbers.items():
             series = self.series.get(name)
             if series is None:
                 series = self.series[name] = _Series(self.reader.max_points)
+            # Without a step column a metric's step is how many values of it came before: a
+            # program that prints loss per mini-batch and val_accuracy per epoch numbers
+            # val_accuracy by epoch whatever its batch size (not by the line's position).
+            step = explicit if explicit is not None else series.count
             series.add(step, value)
             self.final[name] = value
-        self.reader.observe(step, numbers)
+            if name == self.reader.spec.objective.name:
+                objective_step = step
+        self.reader.observe(objective_step if objective_step is not None else self.records - 1, numbers)
 
     # -- formats
 
@@ -554,63 +558,3 @@ class MetricsReader:
 def summary(result: Mapping[str, Any]) -> dict[str, Any]:
     """``result`` without the series, for result.json (the series go to ``metrics.json``)."""
     return {key: value for key, value in result.items() if key != "series"}
-
-
-# ---------------------------------------------------------------- early stopping
-
-
-def median_stopping(
-    objective: Objective | Mapping[str, Any],
-    this_batch_series: Sequence[Sequence[Any]],
-    other_batches_series: Iterable[Sequence[Sequence[Any]]],
-    step: float,
-    grace_steps: int,
-    *,
-    min_batches: int = 3,
-) -> bool:
-    """The median stopping rule: stop a batch whose best objective up to ``step`` is worse than
-    the median of the other batches' best values up to ``step``.
-
-    Only other batches that reached ``step`` count, and at least ``min_batches`` of them must
-    have; nothing is stopped before ``grace_steps``. A batch whose values so far are all
-    non-finite (diverged) counts as worse than any finite median.
-    """
-    goal = objective.goal if isinstance(objective, Objective) else str(objective.get("goal", "max"))
-    if step < grace_steps:
-        return False
-    own = _best_until(this_batch_series, step, goal)
-    if own is _NOTHING:
-        return False
-    others = []
-    for series in other_batches_series:
-        if not series or series[-1][0] < step:
-            continue
-        value = _best_until(series, step, goal)
-        if isinstance(value, float):
-            others.append(value)
-    if len(others) < max(1, min_batches):
-        return False
-    others.sort()
-    middle = len(others) // 2
-    median = others[middle] if len(others) % 2 else (others[middle - 1] + others[middle]) / 2
-    if own is None:
-        return True
-    return own < median if goal == "max" else own > median
-
-
-_NOTHING = object()
-
-
-def _best_until(series: Sequence[Sequence[Any]], step: float, goal: str) -> Any:
-    """Best finite value at steps <= ``step``; None when only non-finite; _NOTHING when none."""
-    best: float | None = None
-    seen = False
-    for point_step, value in series:
-        if point_step > step:
-            break
-        seen = True
-        if isinstance(value, (int, float)) and math.isfinite(value):
-            value = float(value)
-            if best is None or (value > best if goal == "max" else value < best):
-                best = value
-    return best if seen else _NOTHING

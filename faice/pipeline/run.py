@@ -39,6 +39,7 @@ from faice.pipeline.records import (
 )
 from faice.pipeline.resume import RED_FILE, ResumePlan, save_red_file
 from faice.pipeline.signals import EXIT_SIGNAL
+from faice.pipeline.stopping import Stopper
 from faice.red.experiment import Experiment
 from faice.runtime.docker import owner_token
 from faice.runtime.gpus import Gpu, GpuAllocator, GpuRequest, host_allocator
@@ -111,7 +112,7 @@ class HostRun:
         self._error: BaseException | None = None
         self._failures = 0
         self._running: set[str] = set()
-        self._series: dict[str, list] = {}  # batch id -> objective series, for early stopping
+        self._stopper: Stopper | None = None  # the early-stopping rule over every batch of the run
         self._lock = threading.Lock()
         self._summary_due = threading.Event()  # run.json is behind: written by _run_all's thread
         self.started = now_iso()
@@ -268,42 +269,14 @@ class HostRun:
             on_event=self.on_event,
             environment={k: os.environ[k] for k in self.options.preserve_environment if k in os.environ},
             pull_seconds=self.pull_seconds,
-            stop_rule=self._stop_rule() if plan.metrics is not None and plan.metrics.early_stopping else None,
+            stop_rule=self._stopper.check if self._stopper is not None else None,
         )
 
     # ------------------------------------------------------------------ early stopping
 
-    def _stop_rule(self):
-        """The median stopping rule over every batch of this run (running and finished)."""
-        from faice.pipeline.metrics import median_stopping
-
-        spec = self.plans[0].metrics
-        assert spec is not None and spec.early_stopping is not None
-        early = spec.early_stopping
-        objective = spec.objective
-
-        def rule(batch_id: str, series: list) -> str | None:
-            with self._lock:
-                self._series[batch_id] = series
-                others = [s for other, s in self._series.items() if other != batch_id]
-            reached = sorted((s[-1][0] for s in others if s), reverse=True)
-            if not series or len(reached) < max(1, early.min_batches):
-                return None
-            # Compare at the latest step that enough others have reached: batches polled a
-            # moment apart are rarely at the same step.
-            step = min(series[-1][0], reached[max(1, early.min_batches) - 1])
-            if not median_stopping(objective, series, others, step, early.grace_steps, min_batches=early.min_batches):
-                return None
-            counted = sum(1 for s in others if s and s[-1][0] >= step)
-            value = next((v for st, v in reversed(series) if st <= step), None)
-            return (f"stopped early by the median rule at step {step}: {objective.name} = {value} is worse "
-                    f"({objective.goal}) than the median of {counted} other batches at that step")
-
-        return rule
-
     def _remember_series(self, plan: BatchPlan) -> None:
         """A finished batch's whole series (it may have ended between two polls)."""
-        if plan.metrics is None or plan.metrics.early_stopping is None:
+        if plan.metrics is None or self._stopper is None:
             return
         from faice.files import read_json
         from faice.pipeline.metrics import METRICS_FILE
@@ -312,8 +285,7 @@ class HostRun:
         data = read_json(batch_dir(self.outdir, plan.id) / METRICS_FILE)
         series = ((data or {}).get("series") or {}).get(plan.metrics.objective.name) if isinstance(data, dict) else None
         if isinstance(series, list):
-            with self._lock:
-                self._series[plan.id] = series
+            self._stopper.finished(plan.id, series)
 
     def _emit(self, event: BatchEvent) -> None:
         try:
@@ -322,6 +294,7 @@ class HostRun:
             pass
 
     def _run_all(self) -> RunSummary:
+        self._stopper = Stopper.for_spec(self.plans[0].metrics if self.plans else None)
         pending: queue.Queue[BatchPlan] = queue.Queue()
         resume = ResumePlan.of(self.outdir, self.experiment.data) if self.options.resume else None
         for plan in self.plans:

@@ -30,7 +30,15 @@ DEFAULT_PATTERN = (
 )
 REFERENCE = re.compile(r"\$\((sweep|inputs)\.([^)]*)\)")
 METRIC_NAME = re.compile(r"^[A-Za-z_][\w.\-/]*$")
-EARLY_RULES = ("median",)
+EARLY_RULES = ("median", "percentile", "threshold", "asha", "hyperband")
+# The keys each rule takes besides ``rule`` (anything else is a mistake worth naming).
+EARLY_KEYS = {
+    "median": ("graceSteps", "minBatches"),
+    "percentile": ("percentile", "graceSteps", "minBatches"),
+    "threshold": ("lower", "upper", "graceSteps"),
+    "asha": ("reductionFactor", "graceSteps", "maxSteps"),
+    "hyperband": ("reductionFactor", "graceSteps", "maxSteps"),
+}
 SOURCE_KEYS = ("file", "stdout", "format", "pattern", "in", "step", "separator")
 TOP_KEYS = ("objective", "sources", "step", "earlyStopping")
 
@@ -75,11 +83,36 @@ class Source:
 
 @dataclass(frozen=True)
 class EarlyStopping:
-    """The median stopping rule's settings (the scheduler lives in the batch pipeline)."""
+    """The settings of one early-stopping rule (the rules live in :mod:`faice.pipeline.stopping`).
+
+    ``median``/``percentile``: a batch worse than the others' median (``percentile``: outside the
+    best ``percentile`` %) at the same step; ``threshold``: a value outside ``lower``/``upper``;
+    ``asha``: successive halving at the rungs ``graceSteps × reductionFactor^k`` below ``maxSteps``;
+    ``hyperband``: batches spread over brackets of ASHA with growing first rungs."""
 
     rule: str = "median"
     grace_steps: int = 1
     min_batches: int = 3
+    percentile: float = 50.0
+    lower: float | None = None
+    upper: float | None = None
+    reduction_factor: int = 3
+    max_steps: int | None = None
+
+    @classmethod
+    def from_mapping(cls, early: dict) -> EarlyStopping:
+        """The settings of a (valid) ``earlyStopping`` mapping."""
+        rule = early.get("rule", "median")
+        return cls(
+            rule=rule,
+            grace_steps=int(early.get("graceSteps", 1)),
+            min_batches=int(early.get("minBatches", 3)),
+            percentile=float(early.get("percentile", 50.0)),
+            lower=float(early["lower"]) if "lower" in early else None,
+            upper=float(early["upper"]) if "upper" in early else None,
+            reduction_factor=int(early.get("reductionFactor", 3)),
+            max_steps=int(early["maxSteps"]) if "maxSteps" in early else None,
+        )
 
 
 @dataclass(frozen=True)
@@ -108,13 +141,7 @@ class MetricsSpec:
         step = metrics.get("step")
         sources = tuple(_source(item, step) for item in metrics["sources"])
         early = metrics.get("earlyStopping")
-        early_stopping = None
-        if isinstance(early, dict):
-            early_stopping = EarlyStopping(
-                rule=early.get("rule", "median"),
-                grace_steps=int(early.get("graceSteps", 1)),
-                min_batches=int(early.get("minBatches", 3)),
-            )
+        early_stopping = EarlyStopping.from_mapping(early) if isinstance(early, dict) else None
         return cls(
             objective=Objective(objective["name"], objective.get("goal", "max"), objective.get("scope", "final")),
             sources=sources,
@@ -312,17 +339,56 @@ def _check_early_stopping(metrics: dict, found: list) -> None:
     path: KeyPath = ("metrics", "earlyStopping")
     early = metrics["earlyStopping"]
     if not isinstance(early, dict):
-        found.append((path, f"expected a mapping {{rule: median, graceSteps, minBatches}}, got {_kind(early)}"))
+        found.append((path, f"expected a mapping such as {{rule: asha, graceSteps: 1, reductionFactor: 3}} "
+                            f"(rules: {', '.join(EARLY_RULES)}), got {_kind(early)}"))
         return
+    rule = early.get("rule", "median")
+    if rule not in EARLY_RULES:
+        found.append(((*path, "rule"), f"expected one of {', '.join(EARLY_RULES)}, got {rule!r}"))
+        return
+    allowed = EARLY_KEYS[rule]
     for key in early:
-        if key not in ("rule", "graceSteps", "minBatches"):
-            found.append(((*path, key), "unknown key; expected rule, graceSteps or minBatches"))
-    if early.get("rule", "median") not in EARLY_RULES:
-        found.append(((*path, "rule"), f"expected {' or '.join(EARLY_RULES)}, got {early.get('rule')!r}"))
-    for key, low in (("graceSteps", 0), ("minBatches", 1)):
-        value = early.get(key, low)
-        if not isinstance(value, int) or isinstance(value, bool) or value < low:
-            found.append(((*path, key), f"expected an integer >= {low}, got {value!r}"))
+        if key == "rule" or key in allowed:
+            continue
+        takes = [name for name, keys in EARLY_KEYS.items() if key in keys]
+        if takes:
+            found.append(((*path, key), f"{key} applies to the rule{'s' if len(takes) > 1 else ''} "
+                                        f"{', '.join(takes)}; rule {rule} takes {', '.join(allowed)}"))
+        else:
+            found.append(((*path, key), f"unknown key; rule {rule} takes {', '.join(allowed)}"))
+    low_grace = 1 if rule in ("asha", "hyperband") else 0
+    for key, low in (("graceSteps", low_grace), ("minBatches", 1), ("reductionFactor", 2), ("maxSteps", 1)):
+        if key in allowed and key in early and not (_is_int(early[key]) and early[key] >= low):
+            found.append(((*path, key), f"expected an integer >= {low}, got {early[key]!r}"))
+    if rule == "percentile":
+        value = early.get("percentile")
+        if value is None:
+            found.append(((*path, "percentile"), "missing: the share of batches to keep at each step, "
+                                                 "a number between 0 and 100 (50 is the median rule)"))
+        elif not (_is_number(value) and 0 < value < 100):
+            found.append(((*path, "percentile"), f"expected a number between 0 and 100 (exclusive), got {value!r}"))
+    if rule == "threshold":
+        for key in ("lower", "upper"):
+            if key in early and not _is_number(early[key]):
+                found.append(((*path, key), f"expected a finite number, got {early[key]!r}"))
+        if "lower" not in early and "upper" not in early:
+            found.append((path, "rule threshold needs lower (stop below it), upper (stop above it) or both"))
+        elif _is_number(early.get("lower")) and _is_number(early.get("upper")) and early["lower"] >= early["upper"]:
+            found.append(((*path, "upper"), f"expected upper > lower, got lower {early['lower']!r}, upper {early['upper']!r}"))
+    if rule == "hyperband" and "maxSteps" not in early:
+        found.append(((*path, "maxSteps"), "missing: hyperband sizes its brackets from the last step a batch reaches "
+                                           "(e.g. the number of epochs)"))
+    grace, most = early.get("graceSteps", low_grace), early.get("maxSteps")
+    if _is_int(grace) and _is_int(most) and most <= grace:
+        found.append(((*path, "maxSteps"), f"expected maxSteps > graceSteps ({grace}), got {most!r}"))
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value and abs(value) != float("inf")
 
 
 def relative_path_problem(path: str) -> str | None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from faice.pipeline.metrics import MetricsReader, MetricsSpec, median_stopping, summary
+from faice.pipeline.metrics import MetricsReader, MetricsSpec, summary
 
 # What Keras' CSVLogger writes (separator ',', CRLF line ends, epochs from 0).
 KERAS_HEADER = "epoch,accuracy,loss,val_accuracy,val_loss\r\n"
@@ -178,23 +178,6 @@ def test_summary_drops_the_series(tmp_path):
     (tmp_path / "training.csv").write_text(KERAS_HEADER + "".join(KERAS_ROWS))
     result = reader(tmp_path, {"file": "training.csv"}).finish()
     assert set(summary(result)) == {"final", "best", "objective", "problems"}
-
-
-def test_median_stopping_rule():
-    objective = {"name": "val_accuracy", "goal": "max"}
-    good = [[s, 0.5 + s * 0.1] for s in range(5)]
-    others = [good, [[s, 0.45 + s * 0.1] for s in range(5)], [[s, 0.55 + s * 0.1] for s in range(5)]]
-    bad = [[s, 0.3] for s in range(3)]
-    assert median_stopping(objective, bad, others, 2, grace_steps=1)
-    assert not median_stopping(objective, bad, others, 0, grace_steps=1), "inside the grace period"
-    assert not median_stopping(objective, good, others, 2, grace_steps=1), "as good as the median"
-    assert not median_stopping(objective, bad, others[:2], 2, grace_steps=1), "too few other batches"
-    assert not median_stopping(objective, bad, [[[0, 0.9]]] * 3, 2, grace_steps=1), "others have not reached step 2"
-    diverged = [[0, None], [1, None], [2, None]]
-    assert median_stopping(objective, diverged, others, 2, grace_steps=1)
-    low = {"name": "loss", "goal": "min"}
-    assert median_stopping(low, [[s, 0.9] for s in range(3)], others, 2, grace_steps=0)
-    assert not median_stopping(low, [[s, 0.1] for s in range(3)], others, 2, grace_steps=0)
 
 
 # ---------------------------------------------------------------- a writable SSHFS mount
