@@ -4,7 +4,9 @@ The batch states come from the claim queue on the shared file system (three dire
 listings); Slurm is asked only whether workers are still alive: one ``squeue`` call for the
 whole run, at most once every ``pollInterval`` seconds. A batch that is still waiting or
 claimed once no worker is left gets a failure record (or a cancelled one after ``faice
-cancel``), after taking the batch out of the queue so that no worker can publish it later.
+cancel``), after taking the batch out of the queue so that no worker can publish it later;
+so does a committed batch whose record never appeared. While a worker lives, a committed
+batch is only waiting for its worker to publish the record.
 """
 
 from __future__ import annotations
@@ -81,11 +83,13 @@ class PackedJob(rundir.Submission):
                 if record is not None and record.is_final:
                     states[batch_id] = record.state
                     continue
-            elif kind in (READY, CLAIMED):
+            if kind in (READY, CLAIMED, DONE):
+                # DONE without a record: committed, its worker still publishes it (a slow
+                # shared file system, a suspended job); lost only once no worker is left.
                 if alive is None:
                     alive = self.workers_alive()
                 if alive:
-                    states[batch_id] = BatchState.RUNNING if kind == CLAIMED else BatchState.PENDING
+                    states[batch_id] = BatchState.PENDING if kind == READY else BatchState.RUNNING
                     self._gone_since.pop(batch_id, None)
                     continue
             first = self._gone_since.setdefault(batch_id, time.monotonic())
