@@ -288,6 +288,8 @@ def prepare_outdir(outdir: Path, *, resume: bool) -> dict[str, Any] | None:
             raise UsageError(f"--outdir {outdir}: --resume needs a faice run directory (no {RUN_FILE})")
         outdir.mkdir(parents=True, exist_ok=True)
         previous = read_json(outdir / RUN_FILE)
+        if isinstance(previous, dict):
+            refuse_live_run(outdir, previous)
         return previous if isinstance(previous, dict) else None
     if outdir.exists() and any(outdir.iterdir()):
         raise UsageError(
@@ -296,6 +298,24 @@ def prepare_outdir(outdir: Path, *, resume: bool) -> dict[str, Any] | None:
         )
     outdir.mkdir(parents=True, exist_ok=True)
     return None
+
+
+def refuse_live_run(outdir: Path, run: dict[str, Any]) -> None:
+    """``--resume`` of a run whose faice process still runs it would run its running batches
+    a second time, into the same directories (deleting their live ``outputs/``): refuse.
+    A process on another host counts as alive; a resume there tells a dead one apart."""
+    from faice.runtime.docker import owner_alive
+
+    owner = run.get("owner")
+    if run.get("state") != RunState.RUNNING.value or not isinstance(owner, str) or not owner_alive(owner):
+        return
+    host, _, rest = owner.partition(":")
+    raise UsageError(
+        f"--outdir {outdir}: run {run.get('runId')} is still going (faice process {rest.partition(':')[0]} "
+        f"on {host}); --resume continues a run only after it ended",
+        hint="wait until it ends, or stop it (Ctrl-C or SIGTERM to that process); a run whose host lost "
+             "its process is resumed on that host first",
+    )
 
 
 # ----------------------------------------------------------------------------- run record

@@ -76,6 +76,34 @@ def test_failing_batch_is_reported_failed_with_its_stderr_and_resume_resubmits_o
     assert json.loads((outdir / "run.json").read_text())["counts"] == {"succeeded": 1, "failed": 1}
 
 
+def test_resume_leaves_batches_an_earlier_array_still_runs_to_it(slurm, test_image, tmp_path):
+    """--resume while the first array still runs a batch: only the failed batch is submitted
+    again; the running one keeps its task, its directory and its record."""
+    script = "if [ $(sweep.n) -eq 1 ]; then sleep 15; echo one > result.txt; else exit 3; fi"
+    red = write_sweep_red(tmp_path, test_image, [1, 2], script, {"partition": slurm.partition})
+    outdir = tmp_path / "run"
+    assert faice("exec", str(red), "--outdir", str(outdir)).returncode == 0  # submitted, not followed
+    first = json.loads((outdir / "slurm" / "submissions.json").read_text())[0]
+    ids = {parameters["n"]: batch for batch, parameters in first["batchParameters"].items()}
+    deadline = time.monotonic() + 90
+    while True:
+        states = {n: (records(outdir).get(i) or {}).get("state") for n, i in ids.items()}
+        running = (outdir / "batches" / ids[1] / "stdout.txt").exists()
+        if states[2] == "failed" and states[1] is None and running:
+            break
+        assert time.monotonic() < deadline, f"batch 2 never failed while batch 1 ran: {states}"
+        time.sleep(0.5)
+    resumed = faice("exec", str(red), "--outdir", str(outdir), "--resume", "--wait", "--no-progress")
+    assert "1 still queued or running in an earlier array, re-submitting 1" in resumed.stderr, resumed.stderr
+    submissions = json.loads((outdir / "slurm" / "submissions.json").read_text())
+    assert [s["batchIds"] for s in submissions] == [[ids[1], ids[2]], [ids[2]]]
+    status = faice("status", "--outdir", str(outdir), "--wait", "--json", timeout=180)
+    run = json.loads(status.stdout)
+    assert run["counts"] == {"succeeded": 1, "failed": 1}
+    assert (outdir / "batches" / ids[1] / "outputs" / "result.txt").read_text() == "one\n"
+    assert records(outdir)[ids[1]]["engine"]["jobId"] == submissions[0]["jobId"]  # ran once, by the first array
+
+
 def labelled_containers(docker_client, run_id: str) -> list:
     return docker_helpers.labelled_containers(docker_client, f"org.faice.run={run_id}")
 

@@ -24,6 +24,7 @@ from faice.engines.slurm.job import (
     TASK_MODULE,
     Job,
     cancel_run,
+    current_states,
     open_run,
     refresh_run,
     submit_batches,
@@ -62,11 +63,19 @@ def run(experiment: Experiment, request: ExecRequest) -> int:
     batches = experiment.batches
     if options.resume:
         done = [b for b in batches if (r := read_batch_record(outdir, b.id)) is not None and r.state == SUCCEEDED]
-        batches = [b for b in batches if b not in done]
+        # Batches an earlier array still queues or runs are left to it (a second task would
+        # run them again into the same directory).
+        states = current_states(open_run(outdir)) if rundir.is_slurm_run(outdir) else {}
+        live = [b for b in batches if b not in done and b.id in states and states[b.id] not in FINAL]
+        batches = [b for b in batches if b not in done and b not in live]
+        still = f", {len(live)} still queued or running in an earlier array" if live else ""
         if not batches:
-            _say(f"faice: all {len(experiment.batches)} batches already succeeded in {outdir}")
+            _say(f"faice: nothing to submit: {len(done)} of {len(experiment.batches)} batches already "
+                 f"succeeded in {outdir}{still}")
+            if live and request.wait:
+                return 0 if refresh_status(outdir, wait=True).get("state") == SUCCEEDED else 1
             return 0
-        _say(f"faice: resuming: {len(done)} batches succeeded before, re-submitting {len(batches)}")
+        _say(f"faice: resuming: {len(done)} batches succeeded before{still}, re-submitting {len(batches)}")
     job = submit_batches(experiment, options, outdir, batches, run_id=run_id, max_running=options.parallel)
     workers = f"{job.workers} workers for " if isinstance(job, PackedJob) else ""
     _say(f"faice: submitted Slurm job array {job.job_id} ({workers}{len(job.batch_ids)} batches); run directory {outdir}")
