@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from faice.cli.options import add_debug, add_variables, variable_sources
 from faice.cli.parser import lazy, new_command
@@ -277,31 +279,95 @@ def _follow(path: Path, outdir: Path, batch_id: str) -> int:
     if isinstance(listed, list) and listed and batch_id not in {str(e.get("id")) for e in listed if isinstance(e, dict)}:
         raise UsageError(f"no batch {batch_id} in the run in {outdir} (faice status --outdir {outdir} lists them)")
     deadline_missing = time.monotonic() + 60
-    offset, carry = 0, b""
-    while True:
-        record = read_batch_record(outdir, batch_id)
-        final = record is not None and record.is_final
-        try:
-            with open(path, "rb") as handle:
-                handle.seek(offset)
-                data = handle.read()
-        except FileNotFoundError:
-            data = b""
-            if final or time.monotonic() > deadline_missing:
+    log = _GrowingFile(path)
+    carry = b""
+
+    def show(data: bytes, *, whole: bool = False) -> None:
+        """Print the complete lines of ``carry + data`` (all of it with ``whole``)."""
+        nonlocal carry
+        data = carry + data
+        cut = len(data) if whole else data.rfind(b"\n") + 1
+        carry = data[cut:]
+        if cut:
+            sys.stdout.write(REDACTOR.redact(data[:cut].decode("utf-8", "replace")))
+            sys.stdout.flush()
+
+    try:
+        while True:
+            record = read_batch_record(outdir, batch_id)
+            final = record is not None and record.is_final
+            rest, fresh = log.read()
+            show(rest)
+            if fresh is not None:  # a new attempt's file: the old one's unfinished line ends here
+                if carry:
+                    show(b"\n")
+                show(fresh)
+            if not rest and fresh is None:
                 if final:
+                    show(b"", whole=True)
                     return 0
-                raise UsageError(f"{path}: no such file (is {batch_id} a batch id of the run in {outdir}?)") from None
-        if data:
-            offset += len(data)
-            data = carry + data
-            cut = data.rfind(b"\n") + 1
-            carry = data[cut:]
-            if cut:
-                sys.stdout.write(REDACTOR.redact(data[:cut].decode("utf-8", "replace")))
-                sys.stdout.flush()
-        elif final:
-            if carry:
-                sys.stdout.write(REDACTOR.redact(carry.decode("utf-8", "replace")))
-                sys.stdout.flush()
-            return 0
-        time.sleep(FOLLOW_POLL_S)
+                if not log.exists and time.monotonic() > deadline_missing:
+                    raise UsageError(f"{path}: no such file (is {batch_id} a batch id of the run in {outdir}?)")
+            time.sleep(FOLLOW_POLL_S)
+    finally:
+        log.close()
+
+
+class _GrowingFile:
+    """A log file read as it grows, also across a new attempt: a retry or ``--resume``
+    recreates it (a new file; the one held open cannot be reused meanwhile, so its identity
+    tells) or truncates it in place, and the new file is read from its first byte. A new
+    file that starts with exactly what was read (the whole log fetched again after a broken
+    stream) continues where the old one ended."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._handle: BinaryIO | None = None
+        self._seen = hashlib.sha256()  # of every byte read from the current file
+        self._size = 0
+        self.exists = False
+        self.opened = False  # a file was read before: another one may be a new attempt
+
+    def _take(self, data: bytes, *, new: bool = False) -> bytes:
+        if new:
+            self._seen, self._size = hashlib.sha256(), 0
+        self._seen.update(data)
+        self._size += len(data)
+        return data
+
+    def read(self) -> tuple[bytes, bytes | None]:
+        """(new bytes of the file read so far, the bytes of a new attempt's file or None)."""
+        try:
+            current: os.stat_result | None = os.stat(self.path)
+        except FileNotFoundError:
+            current = None
+        rest, fresh = b"", None
+        if self._handle is not None:
+            rest = self._take(self._handle.read())  # the rest of the file held open, replaced or not
+            held = os.fstat(self._handle.fileno())
+            if current is None or (current.st_ino, current.st_dev) != (held.st_ino, held.st_dev):
+                self.close()  # replaced or removed
+            elif current.st_size < self._handle.tell():  # truncated in place: a new attempt
+                self._handle.seek(0)
+                fresh = self._take(self._handle.read(), new=True)
+        if self._handle is None and current is not None:
+            try:
+                self._handle = open(self.path, "rb")  # noqa: SIM115 - closed by close()
+            except FileNotFoundError:
+                pass
+            else:
+                data = self._handle.read()
+                if self.opened and hashlib.sha256(data[:self._size]).digest() == self._seen.digest():
+                    rest += self._take(data[self._size:])  # the same log, longer
+                elif self.opened:
+                    fresh = self._take(data, new=True)
+                else:
+                    rest += self._take(data)
+                self.opened = True
+        self.exists = self._handle is not None
+        return rest, fresh
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
