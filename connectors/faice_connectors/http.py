@@ -4,7 +4,9 @@ Access keys follow the upstream red-connector-http schemas: ``url``, ``method``,
 {``username``, ``password``, ``method`` basic|digest}, ``disableSSLVerification`` and, for
 archives, ``archiveFormat``. Downloads stream in large chunks (4 KiB chunks halve Python's
 throughput); a directory is received from a listing (``url/relative/path``) or unpacked
-from an archive. Uploads stream the file as the request body (PUT/POST).
+from an archive. Uploads stream the file as the request body (PUT/POST). Only ``auth``
+identifies a request: never ``~/.netrc``, proxies from the environment, nor the access's
+credentials after a redirect to another host.
 """
 
 from __future__ import annotations
@@ -62,9 +64,7 @@ class HttpConnector(Connector):
     def _session(self):
         session = getattr(self._local, "session", None)
         if session is None:
-            import requests
-
-            session = requests.Session()
+            session = _own_credentials_session()
             self._local.session = session
             sessions = self.__dict__.setdefault("_sessions", [])
             sessions.append(session)
@@ -94,8 +94,10 @@ class HttpConnector(Connector):
         import requests
 
         kwargs["auth"] = self._auth(access)
-        verify = not access.get("disableSSLVerification", False)
-        if not verify:
+        verify: bool | str = not access.get("disableSSLVerification", False)
+        if verify:  # the host's CA bundle is trust, not identity: kept without trust_env
+            verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+        else:
             import urllib3
 
             urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
@@ -230,6 +232,27 @@ class HttpConnector(Connector):
     def close(self) -> None:
         for session in self.__dict__.get("_sessions", []):
             session.close()
+
+
+def _own_credentials_session():
+    """A requests session that sends only the credentials of the RED file's ``auth``.
+
+    ``trust_env`` off: no ``~/.netrc`` logins or proxies of the account running faice (on an
+    agency, the server's); a CA bundle named by ``REQUESTS_CA_BUNDLE`` is still trusted. On a redirect to another host (or port) the access's
+    credentials stay behind: requests drops the Authorization header, and here also the Digest
+    handler that would answer the new host's challenge with them.
+    """
+    import requests
+
+    class OwnCredentialsSession(requests.Session):
+        def rebuild_auth(self, prepared_request, response) -> None:
+            if self.should_strip_auth(response.request.url, prepared_request.url):
+                prepared_request.headers.pop("Authorization", None)
+                prepared_request.hooks = {"response": []}  # a copy shares the original's dict
+
+    session = OwnCredentialsSession()
+    session.trust_env = False
+    return session
 
 
 class _ProgressReader:

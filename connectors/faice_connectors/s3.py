@@ -2,8 +2,10 @@
 
 Access: ``url`` (``s3://bucket/key`` for a file, ``s3://bucket/prefix/`` for a directory),
 ``endpointUrl`` (then path-style addressing, as self-hosted stores need), ``region``, and
-``auth`` {``accessKeyId``, ``secretAccessKey``, ``sessionToken``}; without ``auth`` boto3's
-standard credential chain applies. Transfers use boto3's managed transfer (multipart, several
+``auth`` {``accessKeyId``, ``secretAccessKey``, ``sessionToken``}, none of them empty. With
+``auth`` the client signs with exactly those credentials, never boto3's credential chain;
+without ``auth`` the chain (environment, ``~/.aws``, instance role) applies on a local run,
+and on an agency (:attr:`HostIdentity.account_credentials` false) requests go unsigned. Transfers use boto3's managed transfer (multipart, several
 threads) so large files run near the store's speed.
 """
 
@@ -37,7 +39,7 @@ class S3Connector(Connector):
             "url": {"type": "string", "pattern": "^s3://[^/]{3,}(/.*)?$"},
             "endpointUrl": {"type": "string", "pattern": "^https?://"},
             "region": {"type": "string"},
-            "auth": strings_block(["accessKeyId", "secretAccessKey"], ["sessionToken"]),
+            "auth": strings_block(["accessKeyId", "secretAccessKey"], ["sessionToken"], non_empty=True),
             "disableSSLVerification": {"type": "boolean"},
         },
         "required": ["url"],
@@ -54,12 +56,17 @@ class S3Connector(Connector):
     def _client(self, access):
         """One client per endpoint/region/credentials (boto3 clients are thread-safe)."""
         auth = access.get("auth") or {}
+        if auth and not (auth.get("accessKeyId") and auth.get("secretAccessKey")):
+            # boto3 reads empty strings as "not given" and would sign with the host's identity
+            raise ConnectorFailure("auth.accessKeyId and auth.secretAccessKey must not be empty")
+        unsigned = not auth and not self.identity.account_credentials
         key = (access.get("endpointUrl"), access.get("region"), auth.get("accessKeyId"),
-               auth.get("secretAccessKey"), auth.get("sessionToken"), access.get("disableSSLVerification"))
+               auth.get("secretAccessKey"), auth.get("sessionToken"), access.get("disableSSLVerification"), unsigned)
         with self._lock:
             client = self._clients.get(key)
             if client is None:
                 import boto3
+                from botocore import UNSIGNED
                 from botocore.config import Config
 
                 config = Config(
@@ -68,16 +75,15 @@ class S3Connector(Connector):
                     read_timeout=self.timeout or 120,
                     retries={"total_max_attempts": 2, "mode": "standard"},
                     max_pool_connections=16,
+                    signature_version=UNSIGNED if unsigned else None,
                 )
-                session = boto3.session.Session(
-                    aws_access_key_id=auth.get("accessKeyId"),
-                    aws_secret_access_key=auth.get("secretAccessKey"),
-                    aws_session_token=auth.get("sessionToken"),
-                    region_name=access.get("region"),
-                )
+                session = boto3.session.Session(region_name=access.get("region"))
                 client = session.client(
                     "s3", endpoint_url=access.get("endpointUrl"), config=config,
                     verify=not access.get("disableSSLVerification", False),
+                    # given explicitly, so that boto3 never falls back to its credential chain
+                    aws_access_key_id=auth.get("accessKeyId"), aws_secret_access_key=auth.get("secretAccessKey"),
+                    aws_session_token=auth.get("sessionToken") or None,
                 )
                 self._clients[key] = client
             return client

@@ -3,9 +3,10 @@
 Access keys follow upstream red-connector-ssh (``host``, ``port``, ``auth`` {``username``,
 ``password`` | ``privateKey``, ``passphrase``}, ``filePath``/``dirPath``, ``writable``,
 timeouts) plus host key checking that upstream lacked: ``hostKeyPolicy`` ``accept-new``
-(default, like OpenSSH: an unknown key is recorded in ``knownHostsFile``, default
-``~/.ssh/known_hosts``; a changed key is refused), ``strict`` (the key must be known) or
-``ignore``. Private keys may be ed25519, ECDSA or RSA, optionally with a passphrase.
+(default, like OpenSSH: an unknown key is recorded in ``knownHostsFile``, default faice's
+own file, :attr:`HostIdentity.known_hosts` — never the account's ``~/.ssh/known_hosts``, so
+on an agency no user decides a host's key for another through the server's account; a
+changed key is refused), ``strict`` (the key must be known) or ``ignore``. Private keys may be ed25519, ECDSA or RSA, optionally with a passphrase.
 Secrets stay in memory (transfers) or, for sshfs, in 0600 files in an owned scratch dir
 removed right after the mount (or at the next start after a SIGKILL); never in argv.
 """
@@ -38,8 +39,6 @@ from faice.connectors import (
 from faice.connectors.scratch import private_dir, remove_dead_scratch
 from faice.connectors.trees import output_tree
 from faice_connectors._shared import strings_block
-
-DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
 
 # What a value may contain where it reaches ssh, sshfs or an ssh config file: no option
 # separators (comma, backslash), quotes, control characters or ssh config expansions.
@@ -119,6 +118,13 @@ class SshConnector(Connector):
         remove_dead_scratch()  # secrets a SIGKILLed run left for sshfs
 
     # ---------------------------------------------------------------- connections
+
+    def _with_known_hosts(self, access):
+        """``access`` with its host-key file: its own ``knownHostsFile``, else the host's
+        (:attr:`HostIdentity.known_hosts`)."""
+        if access.get("knownHostsFile"):
+            return access
+        return {**access, "knownHostsFile": str(self.identity.known_hosts_file())}
 
     def _client(self, access):
         """A logged-in paramiko client, shared by every transfer to the same account."""
@@ -212,6 +218,7 @@ class SshConnector(Connector):
     # ---------------------------------------------------------------- validation
 
     def validate(self, access, operation, listing=None):
+        access = self._with_known_hosts(access)
         if operation == "mount-dir":
             _require_programs()
         sftp = self._sftp(access)
@@ -231,12 +238,14 @@ class SshConnector(Connector):
     # ---------------------------------------------------------------- primitives
 
     def receive_file(self, access, dest: Path, progress: Progress) -> None:
+        access = self._with_known_hosts(access)
         remote = remote_path(access["filePath"])
         with _transfer(self, access) as sftp, Sftp(self._sftp_pool, access) as files:
             progress.expect(_expect_kind(sftp, remote, "file").st_size or 0)
             _get(files, remote, dest, progress)
 
     def receive_dir(self, access, dest: Path, listing: Listing | None, progress: Progress) -> None:
+        access = self._with_known_hosts(access)
         root = remote_path(access["dirPath"])
         with _transfer(self, access) as sftp, Sftp(self._sftp_pool, access) as files:
             _expect_kind(sftp, root, "directory")
@@ -253,6 +262,7 @@ class SshConnector(Connector):
                 _get(files, posixpath.join(root, rel), target, progress)
 
     def send_file(self, access, src: Path, progress: Progress) -> None:
+        access = self._with_known_hosts(access)
         remote = remote_path(access["filePath"])
         _refuse_escaping_link(src, Path(src).parent)
         with _transfer(self, access) as sftp, Sftp(self._sftp_pool, access) as files:
@@ -260,6 +270,7 @@ class SshConnector(Connector):
             _put(sftp, files, src, remote, progress)
 
     def send_dir(self, access, src: Path, listing: Listing | None, progress: Progress) -> None:
+        access = self._with_known_hosts(access)
         root = remote_path(access["dirPath"])
         tree = output_tree(src, listing)  # links out of the output are refused, links inside copied
         with _transfer(self, access) as sftp, Sftp(self._sftp_pool, access) as files:
@@ -270,6 +281,7 @@ class SshConnector(Connector):
                 _put(sftp, files, item.path, posixpath.join(root, item.rel), progress)
 
     def mount_dir(self, access, mountpoint: Path, writable: bool) -> None:
+        access = self._with_known_hosts(access)
         _require_programs()
         writable = bool(writable or access.get("writable", False))
         remote = remote_path(access["dirPath"])
@@ -315,7 +327,8 @@ def _policy(access) -> str:
 
 
 def _known_hosts(access) -> Path:
-    return Path(os.path.expanduser(str(access.get("knownHostsFile", DEFAULT_KNOWN_HOSTS))))
+    """The access's host-key file (the connector's entry points fill in the host's default)."""
+    return Path(os.path.expanduser(str(access["knownHostsFile"])))
 
 
 def _host_entry(hostname: str) -> str:

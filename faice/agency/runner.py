@@ -57,6 +57,18 @@ def default_runner() -> Runner:
     return PipelineRunner()
 
 
+KNOWN_HOSTS = "known_hosts"
+
+
+def agency_options(job: BatchJob) -> RunOptions:
+    """How every runner of the agency runs a batch: one at a time, lending nothing of the
+    server account's own identity (no stored registry logins, no AWS credential chain), with
+    one ssh known_hosts per server in its work dir (batches live in ``<workdir>/batches/<id>``),
+    never the account's ``~/.ssh/known_hosts``."""
+    return RunOptions(parallel=1, disable_connector_validation=job.disable_connector_validation,
+                      account_credentials=False, known_hosts=str(job.workdir.parents[1] / KNOWN_HOSTS))
+
+
 class PipelineRunner:
     """Runs each batch with :func:`faice.pipeline.batch.run_batch` on this host.
 
@@ -89,7 +101,7 @@ class PipelineRunner:
         )
         redactor = batch_redactor(red)
         outdir = job.workdir / f"attempt-{job.attempt}"
-        options = RunOptions(parallel=1, disable_connector_validation=job.disable_connector_validation)
+        options = agency_options(job)
         try:
             (plan,) = plan_batches(experiment)
         except FaiceError as exc:

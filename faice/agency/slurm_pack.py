@@ -22,10 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from faice.agency.runner import BatchJob, Outcome, read_record
+from faice.agency.runner import BatchJob, Outcome, agency_options, read_record
 from faice.agency.slurm_runner import SlurmRunner, SlurmServerSettings
 from faice.errors import FaiceError
-from faice.pipeline.options import RunOptions
 from faice.pipeline.records import BatchState, batch_dir
 from faice.red.experiment import Batch, Experiment
 from faice.secrets import batch_redactor
@@ -130,7 +129,7 @@ class PackedSlurmRunner(SlurmRunner):
                 first = jobs[0]
                 experiment = self._pack_experiment(first, jobs)
                 protected = sorted({v for j in jobs for v in batch_redactor(j.red).values()})
-                options = RunOptions(parallel=1, disable_connector_validation=first.disable_connector_validation)
+                options = agency_options(first)
                 pack.outdir.mkdir(parents=True, exist_ok=True)
                 pack.job = submit_batches(experiment, options, pack.outdir, run_id=first.experiment_id, protected=protected)
                 log.info("batches %s: Slurm job %s (packed: %d batches, %d worker(s))",

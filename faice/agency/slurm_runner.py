@@ -18,9 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from faice.agency.runner import BatchJob, Outcome, read_record
+from faice.agency.runner import BatchJob, Outcome, agency_options, read_record
 from faice.errors import FaiceError, UsageError
-from faice.pipeline.options import RunOptions
 from faice.pipeline.records import BatchState, batch_dir
 from faice.red.experiment import Batch, Experiment
 from faice.runtime.docker import remove_batch_containers
@@ -144,7 +143,7 @@ class SlurmRunner:
             return Outcome("cancelled", "cancelled before it was submitted")
         outdir = job.workdir / f"attempt-{job.attempt}"
         outdir.mkdir(parents=True, exist_ok=True)
-        options = RunOptions(parallel=1, disable_connector_validation=job.disable_connector_validation)
+        options = agency_options(job)
         redactor = batch_redactor(job.red)
         try:
             slurm_job = submit_batches(self._experiment(job), options, outdir, protected=redactor.values())

@@ -18,7 +18,9 @@ faice's own member rules).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from threading import Event
 from typing import Any, ClassVar
@@ -97,6 +99,37 @@ class Progress:
             self._callback(self.done, self.total)
 
 
+@dataclass(frozen=True)
+class HostIdentity:
+    """What the host lends a transfer beyond its RED file's ``access``; the framework sets
+    it on each connector (:attr:`Connector.identity`) before calling anything.
+
+    A connector never uses the account's own credentials files (``~/.netrc``, proxies from the
+    environment, ``~/.ssh/known_hosts``) on its own; what it may use is said here:
+
+    * ``known_hosts`` — the ssh host-key file for an access without ``knownHostsFile``
+      (None: :func:`default_known_hosts`, faice's own file; an agency keeps one per server).
+    * ``account_credentials`` — whether a request that brings no ``auth`` may be signed with
+      the account's own identity (s3: the AWS credential chain). True for a local run (the
+      user's own identity); False on an agency, whose account is not the user's: such a
+      request goes unsigned.
+    """
+
+    known_hosts: Path | None = None
+    account_credentials: bool = True
+
+    def known_hosts_file(self) -> Path:
+        return self.known_hosts if self.known_hosts is not None else default_known_hosts()
+
+
+def default_known_hosts() -> Path:
+    """faice's own host-key file, ``$XDG_CONFIG_HOME/faice/known_hosts`` (default
+    ``~/.config/faice/known_hosts``): faice records host keys there, never in the account's
+    ``~/.ssh/known_hosts``."""
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config")
+    return Path(base) / "faice" / "known_hosts"
+
+
 class Connector:
     """Base class of every connector plugin.
 
@@ -119,11 +152,14 @@ class Connector:
 
     One instance serves a whole staging session and may be called from several threads;
     keep per-transfer state in local variables. ``timeout`` is the session's timeout in
-    seconds (None = the connector's default) for connecting and for stalls.
+    seconds (None = the connector's default) for connecting and for stalls. ``identity``
+    (:class:`HostIdentity`) is what the host lends beyond ``access``; the framework sets it
+    right after construction.
     """
 
     names: ClassVar[tuple[str, ...]] = ()
     access_schema: ClassVar[Mapping[str, Any]] = {"type": "object"}
+    identity: HostIdentity = HostIdentity()
 
     def __init__(self, *, timeout: float | None = None) -> None:
         self.timeout = timeout

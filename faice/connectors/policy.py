@@ -12,7 +12,8 @@ Policy file (YAML or JSON, every key optional)::
     connectors: [file, http, s3, ssh]   # plugin commands allowed (default: every installed plugin)
     externalPrograms: []                # other commands (programs on PATH) allowed
     fileRoots: []                       # host directories file paths may lie under
-    s3WithoutAuth: false                # s3 without auth would use the host's AWS credentials
+    s3WithoutAuth: false                # s3 without auth: the host's AWS credentials on a local
+                                        # run; unsigned (public buckets only) on an agency
     protectedPaths: []                  # host paths never reachable, even under a root
 """
 
@@ -172,10 +173,17 @@ def check(
             _check_host_path(policy, (*path, "access", "path"), access["path"], refuse)
         if "ssh" in names and "knownHostsFile" in access:
             _check_host_path(policy, (*path, "access", "knownHostsFile"), access["knownHostsFile"], refuse)
-        if "s3" in names and not access.get("auth") and not policy.s3_without_auth:
-            refuse((*path, "access"), "s3 without auth is not allowed on this host: it would use the "
-                   "host's own AWS credentials; give auth.accessKeyId and auth.secretAccessKey")
+        if "s3" in names and not policy.s3_without_auth and not _s3_credentials(access.get("auth")):
+            refuse((*path, "access"), "s3 without auth (or with an empty key) is not allowed on this host: "
+                   "on a local run it would use the host's own AWS credentials; give auth.accessKeyId and "
+                   "auth.secretAccessKey")
     return problems
+
+
+def _s3_credentials(auth: Any) -> bool:
+    """Both s3 keys given and non-empty (boto3 reads an empty key as "not given")."""
+    return isinstance(auth, dict) and all(isinstance(auth.get(k), str) and auth.get(k)
+                                          for k in ("accessKeyId", "secretAccessKey"))
 
 
 def _check_host_path(policy: Policy, path: KeyPath, value: Any, refuse: Callable[[KeyPath, str], None]) -> None:

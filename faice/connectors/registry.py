@@ -15,7 +15,7 @@ import threading
 from collections.abc import Collection
 from importlib import metadata
 
-from faice.connectors.api import Connector
+from faice.connectors.api import Connector, HostIdentity
 from faice.errors import ConnectorError
 
 GROUP = "faice.connectors.v1"
@@ -92,12 +92,15 @@ def plugin_names() -> list[str]:
 
 
 def resolve(command: str, *, timeout: float | None = None,
-            allowed_paths: Collection[str] | None = None) -> Connector:
+            allowed_paths: Collection[str] | None = None, identity: HostIdentity | None = None) -> Connector:
     """A connector instance for ``command``: a plugin, or an external program on PATH
-    (checked by :func:`check_command_name` first)."""
+    (checked by :func:`check_command_name` first); ``identity``: what the host lends it."""
     cls = plugin_class(command)
     if cls is not None:
-        return cls(timeout=timeout)
+        connector = cls(timeout=timeout)
+        if identity is not None:
+            connector.identity = identity
+        return connector
     problem = check_command_name(command, allowed_paths) if command else None
     if problem:
         raise ConnectorError(problem)

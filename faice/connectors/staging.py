@@ -28,6 +28,7 @@ from faice.connectors.api import (
     OPERATIONS,
     Connector,
     ConnectorFailure,
+    HostIdentity,
     Progress,
     TransferCancelled,
     TransientFailure,
@@ -78,8 +79,12 @@ class StagingSession:
         redactor: Redactor | None = None,
         cancel: threading.Event | None = None,
         allowed_programs: Collection[str] | None = None,
+        identity: HostIdentity | None = None,
     ) -> None:
         self.workdir = Path(workdir)
+        # What the host lends its connectors beyond each access (an agency lends nothing of
+        # its account: no AWS chain, its own per-server known_hosts).
+        self.identity = identity
         # Set by the run on Ctrl-C/SIGTERM: every transfer stops at its next chunk, no retry.
         self.cancel = cancel
         # A policy's externalPrograms: program paths a RED ``command`` may name (None: any).
@@ -240,7 +245,8 @@ class StagingSession:
             self._check_open()
             connector = self._connectors.get(command)
         if connector is None:
-            connector = resolve(command, timeout=self.timeout, allowed_paths=self.allowed_programs)
+            connector = resolve(command, timeout=self.timeout, allowed_paths=self.allowed_programs,
+                                identity=self.identity)
             with self._lock:
                 connector = self._connectors.setdefault(command, connector)
         return connector

@@ -85,12 +85,13 @@ class Host:
         try:
             runtime = self.runtime
             started = time.monotonic()
-            image, pulled = runtime.ensure_image(plan.image_ref, auth=plan.image_auth,
-                                                 pull=options.pull)
+            image, pulled = runtime.ensure_image(plan.image_ref, auth=plan.image_auth, pull=options.pull,
+                                                 account_logins=options.account_credentials)
             pull_seconds = round(time.monotonic() - started, 3) if pulled else 0.0
             scratch = create_run_tempdir(run_id)
             with StagingSession(scratch / "staging", redactor=redactor, cancel=cancel,
-                                allowed_programs=options.allowed_programs) as staging:
+                                allowed_programs=options.allowed_programs,
+                                identity=options.host_identity()) as staging:
                 context = BatchContext(
                     run_id=run_id, outdir=outdir, scratch=scratch, runtime=runtime, image=image, gpus=gpus or self.gpus,
                     staging=staging, redactor=redactor, options=options, cancel=cancel, on_event=on_event,

@@ -11,6 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from faice.connectors.api import HostIdentity
 from faice.errors import UsageError
 
 # When the image is pulled: only when it is not present (default), before every run (a moved
@@ -35,6 +36,11 @@ class RunOptions:
     resume: bool = False
     stop_grace: float = 2.0
     allowed_programs: list[str] | None = None  # --policy's externalPrograms (None: no policy)
+    # Whether the account's own identity serves a batch that brings none: docker's stored
+    # registry logins and the AWS credential chain. True for a local run (the user's own);
+    # False on an agency, whose account is not the user's.
+    account_credentials: bool = True
+    known_hosts: str | None = None  # ssh host keys without knownHostsFile (None: faice's own file)
 
     def __post_init__(self) -> None:
         if self.disable_pull:
@@ -51,6 +57,12 @@ class RunOptions:
             raise UsageError("--max-failures: expected a number ≥ 1")
         if self.gpu_busy not in ("skip", "wait", "ignore"):
             raise UsageError(f"--gpu-busy: expected skip, wait or ignore, got {self.gpu_busy!r}")
+
+    def host_identity(self) -> HostIdentity:
+        """What connectors may use beyond each access (see :class:`HostIdentity`)."""
+        from pathlib import Path
+
+        return HostIdentity(Path(self.known_hosts) if self.known_hosts else None, self.account_credentials)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

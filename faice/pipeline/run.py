@@ -211,7 +211,8 @@ class HostRun:
             self.pull_seconds = round(time.monotonic() - pull_started, 3) if pulled else 0.0
         self.tempdir = create_run_tempdir(self.run_id, outdir=self.outdir)
         self.staging = StagingSession(self.tempdir / "staging", redactor=self.redactor, cancel=self.stop,
-                                      allowed_programs=self.options.allowed_programs)
+                                      allowed_programs=self.options.allowed_programs,
+                                      identity=self.options.host_identity())
         try:
             if not self.options.disable_connector_validation:
                 preflight_access(self.plans, self.staging)

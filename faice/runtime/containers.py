@@ -100,11 +100,12 @@ class ImageInfo:
 
 class ContainerRuntime(Protocol):
     def ensure_image(
-        self, ref: str, *, auth: dict | None = None, pull: str = "missing",
+        self, ref: str, *, auth: dict | None = None, pull: str = "missing", account_logins: bool = True,
         on_progress: Callable[[str], None] | None = None,
         on_note: Callable[[str], None] | None = None,
     ) -> tuple[ImageInfo, bool]:
-        """The image by the pull policy (missing/always/never); ``on_note`` hears of a moved tag."""
+        """The image by the pull policy (missing/always/never); ``on_note`` hears of a moved tag.
+        ``account_logins=False``: only ``auth`` identifies to a registry (an agency)."""
 
     def create(self, spec: ContainerSpec) -> ContainerHandle: ...
 

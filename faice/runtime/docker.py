@@ -118,11 +118,18 @@ def ensure_image(
     *,
     auth: dict[str, Any] | None = None,
     pull: str = "missing",
+    account_logins: bool = True,
     on_progress: Callable[[str], None] | None = None,
     on_note: Callable[[str], None] | None = None,
 ) -> tuple[ImageInfo, bool]:
     """The image by the pull policy: ``missing`` pulls only an absent image, ``always`` pulls
     every time (and notes a tag that moved), ``never`` requires it to be present.
+
+    ``account_logins=False`` (an agency, which runs other people's batches): docker's stored
+    logins of this account (``~/.docker/config.json``, credential helpers) are never sent — a
+    pull carries the batch's own credentials or none — and an image already here that came
+    from a registry runs only once that registry accepts the batch's credentials for it, so
+    an image pulled for one user is never lent to a user the registry would refuse.
 
     Returns (info, pulled); info holds the id and digest of the image that will run."""
     import docker
@@ -130,6 +137,9 @@ def ensure_image(
     bad_ref = check_image_ref(ref)
     if bad_ref:
         raise EngineError(f"container.settings.image.url: {bad_ref}")
+    credentials = _registry_credentials(auth)
+    if credentials is None and not account_logins:
+        credentials = {}  # anonymous: docker-py would otherwise read the account's logins
     before = None
     try:
         before = client.images.get(ref)
@@ -145,8 +155,10 @@ def ensure_image(
     image = before
     pulled = False
     if before is None or pull == "always":
-        image = _pull(client, ref, auth, on_progress)
+        image = _pull(client, ref, credentials, on_progress)
         pulled = True
+    elif not account_logins:
+        _check_registry_access(client, ref, before.attrs.get("RepoDigests") or [], credentials)
     assert image is not None
     moved_from = None
     if pulled and before is not None and image.id != before.id:
@@ -156,6 +168,33 @@ def ensure_image(
     user = ((image.attrs.get("Config") or {}).get("User")) or ""
     digest = repo_digest(ref, image.attrs.get("RepoDigests") or [])
     return ImageInfo(ref, image.id, digest, user, moved_from), pulled
+
+
+def _registry_credentials(auth: dict[str, Any] | None) -> dict[str, Any] | None:
+    """docker's ``auth_config`` for a RED file's ``image.auth`` (None: it gives none)."""
+    if not auth:
+        return None
+    return {"username": auth.get("username", auth.get("_username")),
+            "password": auth.get("password", auth.get("_password"))}
+
+
+def _check_registry_access(client, ref: str, repo_digests: list[str], credentials: dict[str, Any] | None) -> None:
+    """Ask the registry an image present here came from whether ``credentials`` may read it
+    (a manifest request, nothing is downloaded). An image built or loaded on this host has no
+    registry digest: no registry decides who may use it, and it is used as it is."""
+    import docker
+
+    if not repo_digests:
+        return
+    source = repo_digest(ref, repo_digests) or repo_digests[0]
+    secret = (credentials or {}).get("password")
+    try:
+        client.api.inspect_distribution(source, auth_config=credentials)
+    except docker.errors.APIError as exc:
+        raise EngineError(_masked(
+            secret, f"container.settings.image.url: image {ref!r} came from a registry that does not let this "
+            f"batch's credentials (container.settings.image.auth) read it: {exc.explanation}",
+        ), hint="give container.settings.image.auth with credentials the registry accepts for this image") from None
 
 
 def repo_digest(ref: str, digests: list[str]) -> str | None:
@@ -177,20 +216,14 @@ def _masked(secret: Any, text: str) -> str:
     return REDACTOR.redact(text)
 
 
-def _pull(client, ref: str, auth: dict[str, Any] | None, on_progress: Callable[[str], None] | None):
+def _pull(client, ref: str, credentials: dict[str, Any] | None, on_progress: Callable[[str], None] | None):
+    """``credentials`` None: docker-py's choice (the account's stored logins); a mapping
+    (``{}`` = anonymous) is sent as it is. The password is masked here rather than registered
+    with the process's redactor (on an agency, that must never hold a user's password)."""
     import docker
 
     repository, tag = _split_ref(ref)
-    credentials = None
-    secret = None
-    if auth:
-        # Not registered with the process's redactor here: the batch's own masks its messages
-        # (on an agency, the process's redactor must never hold a user's password).
-        secret = auth.get("password", auth.get("_password"))
-        credentials = {
-            "username": auth.get("username", auth.get("_username")),
-            "password": auth.get("password", auth.get("_password")),
-        }
+    secret = (credentials or {}).get("password")
     try:
         last = ""
         for event in client.api.pull(repository, tag=tag, stream=True, decode=True, auth_config=credentials):
@@ -310,10 +343,11 @@ class DockerRuntime:
     def connect(cls) -> DockerRuntime:
         return cls(connect())
 
-    def ensure_image(self, ref: str, *, auth: dict | None = None, pull: str = "missing",
+    def ensure_image(self, ref: str, *, auth: dict | None = None, pull: str = "missing", account_logins: bool = True,
                      on_progress: Callable[[str], None] | None = None,
                      on_note: Callable[[str], None] | None = None) -> tuple[ImageInfo, bool]:
-        return ensure_image(self.client, ref, auth=auth, pull=pull, on_progress=on_progress, on_note=on_note)
+        return ensure_image(self.client, ref, auth=auth, pull=pull, account_logins=account_logins,
+                            on_progress=on_progress, on_note=on_note)
 
     def remove_leftovers(self) -> list[str]:
         return remove_leftovers(self.client)

@@ -38,6 +38,7 @@ class AgencyServer:
     port: int = field(default_factory=free_port)
     users: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen | None = None
+    env: dict[str, str] | None = None  # the server's environment (None: the test's own)
 
     @property
     def url(self) -> str:
@@ -82,7 +83,7 @@ class AgencyServer:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "faice", "agency", "serve", "--db", self.db_url, "--host", "127.0.0.1",
                  "--port", str(self.port), *self.extra],
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=self.env,
             )
         deadline = time.time() + 30
         while time.time() < deadline:
@@ -175,10 +176,10 @@ def _all_batch_ids(server: AgencyServer) -> list[str]:
 def _factory(base: Path):
     servers: list[AgencyServer] = []
 
-    def make(*extra: str, db_url: str | None = None, start: bool = True) -> AgencyServer:
+    def make(*extra: str, db_url: str | None = None, start: bool = True, env: dict[str, str] | None = None) -> AgencyServer:
         directory = base / f"agency{len(servers)}"
         directory.mkdir()
-        server = AgencyServer(directory, db_url or f"sqlite:///{directory / 'agency.db'}", list(extra))
+        server = AgencyServer(directory, db_url or f"sqlite:///{directory / 'agency.db'}", list(extra), env=env)
         if not db_url or db_url.startswith("sqlite"):
             server.extra += ["--workdir", str(directory / "work")]
         if "--secret-key-file" not in extra:
@@ -202,7 +203,7 @@ def _stop_all(servers: list[AgencyServer]) -> None:
 
 @pytest.fixture
 def make_agency(tmp_path):
-    """Factory: ``make_agency(*extra_args, db_url=None)`` → a started server of its own with
+    """Factory: ``make_agency(*extra_args, db_url=None, env=None)`` → a started server of its own with
     users alice and bob (plain) and root (admin); stopped after the test."""
     make, servers = _factory(tmp_path)
     yield make
