@@ -58,15 +58,19 @@ def default_runner() -> Runner:
 
 
 KNOWN_HOSTS = "known_hosts"
+PRIVATE_IMAGES = "private-images.json"
 
 
 def agency_options(job: BatchJob) -> RunOptions:
     """How every runner of the agency runs a batch: one at a time, lending nothing of the
     server account's own identity (no stored registry logins, no AWS credential chain), with
     one ssh known_hosts per server in its work dir (batches live in ``<workdir>/batches/<id>``),
-    never the account's ``~/.ssh/known_hosts``."""
+    never the account's ``~/.ssh/known_hosts``, and a record of the images pulled with a
+    user's registry credentials, which other users get only when the registry accepts theirs."""
+    server_dir = job.workdir.parents[1]
     return RunOptions(parallel=1, disable_connector_validation=job.disable_connector_validation,
-                      account_credentials=False, known_hosts=str(job.workdir.parents[1] / KNOWN_HOSTS))
+                      account_credentials=False, known_hosts=str(server_dir / KNOWN_HOSTS),
+                      private_images=str(server_dir / PRIVATE_IMAGES))
 
 
 class PipelineRunner:

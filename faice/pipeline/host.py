@@ -86,7 +86,8 @@ class Host:
             runtime = self.runtime
             started = time.monotonic()
             image, pulled = runtime.ensure_image(plan.image_ref, auth=plan.image_auth, pull=options.pull,
-                                                 account_logins=options.account_credentials)
+                                                 account_logins=options.account_credentials,
+                                                 private_images=options.image_record())
             pull_seconds = round(time.monotonic() - started, 3) if pulled else 0.0
             scratch = create_run_tempdir(run_id)
             with StagingSession(scratch / "staging", redactor=redactor, cancel=cancel,

@@ -13,6 +13,7 @@ from typing import Any
 
 from faice.connectors.api import HostIdentity
 from faice.errors import UsageError
+from faice.runtime.private_images import PrivateImages
 
 # When the image is pulled: only when it is not present (default), before every run (a moved
 # tag such as ``:latest`` is noticed), or never (upstream's ``--disable-pull``).
@@ -41,6 +42,9 @@ class RunOptions:
     # False on an agency, whose account is not the user's.
     account_credentials: bool = True
     known_hosts: str | None = None  # ssh host keys without knownHostsFile (None: faice's own file)
+    # The record of images pulled with a batch's registry credentials (an agency's; None: none
+    # kept): such an image is lent to another batch only if its registry accepts that batch.
+    private_images: str | None = None
 
     def __post_init__(self) -> None:
         if self.disable_pull:
@@ -63,6 +67,11 @@ class RunOptions:
         from pathlib import Path
 
         return HostIdentity(Path(self.known_hosts) if self.known_hosts else None, self.account_credentials)
+
+    def image_record(self) -> PrivateImages | None:
+        from pathlib import Path
+
+        return PrivateImages(Path(self.private_images)) if self.private_images else None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Protocol
 
 from faice.errors import EngineError
+from faice.runtime.private_images import PrivateImages
 
 LABEL_RUN = "org.faice.run"
 LABEL_BATCH = "org.faice.batch"
@@ -101,11 +102,14 @@ class ImageInfo:
 class ContainerRuntime(Protocol):
     def ensure_image(
         self, ref: str, *, auth: dict | None = None, pull: str = "missing", account_logins: bool = True,
+        private_images: PrivateImages | None = None,
         on_progress: Callable[[str], None] | None = None,
         on_note: Callable[[str], None] | None = None,
     ) -> tuple[ImageInfo, bool]:
         """The image by the pull policy (missing/always/never); ``on_note`` hears of a moved tag.
-        ``account_logins=False``: only ``auth`` identifies to a registry (an agency)."""
+        An agency passes ``account_logins=False`` (only ``auth`` identifies to a registry) and
+        its ``private_images`` (an image pulled with credentials is lent only to batches its
+        registry accepts)."""
 
     def create(self, spec: ContainerSpec) -> ContainerHandle: ...
 

@@ -32,6 +32,7 @@ from faice.runtime.containers import (
     ImageInfo,
     check_image_ref,
 )
+from faice.runtime.private_images import PrivateImages
 from faice.secrets import MASK, REDACTOR
 
 __all__ = ["LABEL_BATCH", "LABEL_RUN", "DockerRuntime", "import_docker", "owner_alive", "owner_token"]
@@ -119,17 +120,18 @@ def ensure_image(
     auth: dict[str, Any] | None = None,
     pull: str = "missing",
     account_logins: bool = True,
+    private_images: PrivateImages | None = None,
     on_progress: Callable[[str], None] | None = None,
     on_note: Callable[[str], None] | None = None,
 ) -> tuple[ImageInfo, bool]:
     """The image by the pull policy: ``missing`` pulls only an absent image, ``always`` pulls
     every time (and notes a tag that moved), ``never`` requires it to be present.
 
-    ``account_logins=False`` (an agency, which runs other people's batches): docker's stored
-    logins of this account (``~/.docker/config.json``, credential helpers) are never sent — a
-    pull carries the batch's own credentials or none — and an image already here that came
-    from a registry runs only once that registry accepts the batch's credentials for it, so
-    an image pulled for one user is never lent to a user the registry would refuse.
+    On a host that runs other people's batches (an agency): ``account_logins=False`` never
+    sends docker's stored logins of this account (``~/.docker/config.json``, credential
+    helpers) — a pull carries the batch's own credentials or none; ``private_images`` records
+    the images pulled with a batch's credentials, and such an image runs for a later batch
+    only once its registry accepts that batch's own credentials for it.
 
     Returns (info, pulled); info holds the id and digest of the image that will run."""
     import docker
@@ -139,26 +141,29 @@ def ensure_image(
         raise EngineError(f"container.settings.image.url: {bad_ref}")
     credentials = _registry_credentials(auth)
     if credentials is None and not account_logins:
-        credentials = {}  # anonymous: docker-py would otherwise read the account's logins
-    before = None
-    try:
-        before = client.images.get(ref)
-    except docker.errors.ImageNotFound:
-        if pull == "never":
-            raise EngineError(
-                f"container.settings.image.url: image {ref!r} is not present and pulling is off "
-                "(--pull never / --disable-pull)",
-                hint=f"pull or build it first (docker pull {ref}), or run with --pull missing",
-            ) from None
-    except docker.errors.APIError as exc:
-        raise EngineError(f"container.settings.image.url: cannot inspect image {ref!r}: {exc.explanation}") from None
-    image = before
-    pulled = False
-    if before is None or pull == "always":
-        image = _pull(client, ref, credentials, on_progress)
-        pulled = True
-    elif not account_logins:
-        _check_registry_access(client, ref, before.attrs.get("RepoDigests") or [], credentials)
+        credentials = {}  # anonymous: docker-py would otherwise send the account's logins
+    with private_images.locked() if private_images is not None else contextlib.nullcontext():
+        before = None
+        try:
+            before = client.images.get(ref)
+        except docker.errors.ImageNotFound:
+            if pull == "never":
+                raise EngineError(
+                    f"container.settings.image.url: image {ref!r} is not present and pulling is off "
+                    "(--pull never / --disable-pull)",
+                    hint=f"pull or build it first (docker pull {ref}), or run with --pull missing",
+                ) from None
+        except docker.errors.APIError as exc:
+            raise EngineError(f"container.settings.image.url: cannot inspect image {ref!r}: {exc.explanation}") from None
+        image = before
+        pulled = False
+        if before is None or pull == "always":
+            image = _pull(client, ref, credentials, on_progress)
+            pulled = True
+            if private_images is not None and credentials:
+                private_images.add(image.id)
+        elif private_images is not None and private_images.holds(before.id):
+            _check_registry_access(client, ref, before.attrs.get("RepoDigests") or [], credentials)
     assert image is not None
     moved_from = None
     if pulled and before is not None and image.id != before.id:
@@ -179,14 +184,14 @@ def _registry_credentials(auth: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def _check_registry_access(client, ref: str, repo_digests: list[str], credentials: dict[str, Any] | None) -> None:
-    """Ask the registry an image present here came from whether ``credentials`` may read it
-    (a manifest request, nothing is downloaded). An image built or loaded on this host has no
-    registry digest: no registry decides who may use it, and it is used as it is."""
+    """Ask the registry a privately pulled image came from whether ``credentials`` may read
+    it (a manifest request, nothing is downloaded)."""
     import docker
 
-    if not repo_digests:
-        return
-    source = repo_digest(ref, repo_digests) or repo_digests[0]
+    source = repo_digest(ref, repo_digests)
+    if source is None:  # a pulled image always has a registry digest: refuse rather than lend
+        raise EngineError(f"container.settings.image.url: image {ref!r} was pulled with another batch's "
+                          "credentials and its registry is unknown; it is not lent")
     secret = (credentials or {}).get("password")
     try:
         client.api.inspect_distribution(source, auth_config=credentials)
@@ -344,10 +349,11 @@ class DockerRuntime:
         return cls(connect())
 
     def ensure_image(self, ref: str, *, auth: dict | None = None, pull: str = "missing", account_logins: bool = True,
+                     private_images: PrivateImages | None = None,
                      on_progress: Callable[[str], None] | None = None,
                      on_note: Callable[[str], None] | None = None) -> tuple[ImageInfo, bool]:
         return ensure_image(self.client, ref, auth=auth, pull=pull, account_logins=account_logins,
-                            on_progress=on_progress, on_note=on_note)
+                            private_images=private_images, on_progress=on_progress, on_note=on_note)
 
     def remove_leftovers(self) -> list[str]:
         return remove_leftovers(self.client)
