@@ -3,8 +3,10 @@
 ``PROGRAM cli-version`` must print ``1`` (or ``0.1``); then ``PROGRAM <op>-validate
 ACCESS_JSON [--listing=LISTING_JSON]`` and ``PROGRAM <op> ACCESS_JSON PATH
 [--listing=LISTING_JSON]``, ``PROGRAM umount-dir PATH``. ACCESS_JSON and LISTING_JSON are
-0600 temp files removed right after the call, so secrets never appear in argv or the
-environment; the program's stderr becomes the error message (redacted by the framework).
+``/dev/fd/N``: anonymous memory files the program inherits, never on disk and gone with the
+processes (also after a SIGKILL), so secrets never appear in argv, the environment or
+files left behind (without memfd: 0600 files in a private owned temp dir that the next
+start removes if faice was killed); the program's stderr becomes the error message (redacted by the framework).
 Each call runs in its own process group with a time limit ($FAICE_CONNECTOR_TIMEOUT,
 default 6 h); on timeout or cancellation the whole group is ended.
 """
@@ -16,9 +18,10 @@ import os
 import shutil
 import signal
 import subprocess
-import tempfile
 import threading
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from faice.connectors.api import Connector, ConnectorFailure, Listing, Progress
@@ -62,7 +65,7 @@ class ExternalConnector(Connector):
                 )
             self._version_checked = True
 
-    def _run(self, args: list[str]) -> subprocess.CompletedProcess:
+    def _run(self, args: list[str], pass_fds: tuple[int, ...] = ()) -> subprocess.CompletedProcess:
         """One call in its own process group: on timeout, Ctrl-C or any error the whole group
         (the program and whatever it started) is ended, never left running; and the kernel
         kills the program when faice itself dies (SIGKILL included), through util-linux's
@@ -71,7 +74,7 @@ class ExternalConnector(Connector):
         try:
             process = subprocess.Popen(
                 [*_die_with_faice(), self.program, *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE, text=True, errors="replace", start_new_session=True,
+                stderr=subprocess.PIPE, text=True, errors="replace", start_new_session=True, pass_fds=pass_fds,
             )
         except OSError as exc:
             raise ConnectorFailure(f"cannot run {self.program}: {exc.strerror or exc}") from None
@@ -94,13 +97,16 @@ class ExternalConnector(Connector):
     def _call(self, operation: str, access, path: Path | None, listing: Listing | None) -> None:
         self._check_version()
         with ExitStack() as stack:
-            args = [operation, stack.enter_context(_json_file(dict(access)))]
+            access_file = stack.enter_context(_json_file(dict(access)))
+            args = [operation, access_file.path]
+            files = [access_file]
             if path is not None:
                 args.append(str(path))
             base = operation.removesuffix("-validate")
             if listing is not None and base in _DIR_OPERATIONS:
-                args.append(f"--listing={stack.enter_context(_json_file(listing))}")
-            self._run(args)
+                files.append(stack.enter_context(_json_file(listing)))
+                args.append(f"--listing={files[-1].path}")
+            self._run(args, pass_fds=tuple(f.fd for f in files if f.fd is not None))
 
     # ---------------------------------------------------------------- the connector API
 
@@ -176,19 +182,43 @@ def _group_gone(pgid: int) -> bool:
     return False
 
 
+@dataclass(frozen=True)
+class _HandedFile:
+    """Where the program reads a JSON document: ``path``, and the descriptor it inherits."""
+
+    path: str
+    fd: int | None
+
+
 @contextmanager
-def _json_file(data):
-    """A 0600 temp file holding ``data`` as JSON, removed afterwards whatever happens."""
-    fd, name = tempfile.mkstemp(prefix="faice-connector-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle)
-        yield name
-    finally:
+def _json_file(data) -> Iterator[_HandedFile]:
+    """``data`` as JSON for one program call, gone afterwards whatever happens.
+
+    An anonymous memory file (``memfd``) that the program inherits and opens as
+    ``/dev/fd/N``: never on disk, freed when faice and the program are gone, even after a
+    SIGKILL. Without memfd: a 0600 file in a private temp dir owned by this process, which
+    the next start removes when faice was killed."""
+    text = json.dumps(data).encode("utf-8")
+    if hasattr(os, "memfd_create") and os.path.isdir("/dev/fd"):
+        fd = os.memfd_create("faice-connector", os.MFD_CLOEXEC)
         try:
-            os.unlink(name)
-        except FileNotFoundError:
-            pass
+            os.fchmod(fd, 0o600)
+            os.write(fd, text)
+            yield _HandedFile(f"/dev/fd/{fd}", fd)
+        finally:
+            os.close(fd)
+        return
+    from faice.runtime.tempdirs import owned_tempdir, remove_run_tempdir
+
+    directory = owned_tempdir("faice-connector-")
+    try:
+        path = directory / "data.json"
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(text)
+        yield _HandedFile(str(path), None)
+    finally:
+        remove_run_tempdir(directory)
 
 
 def _failure_text(command: str, subcommand: str, result: subprocess.CompletedProcess) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import shutil
 import stat
@@ -35,6 +34,7 @@ from faice.connectors.api import (
     listed_files,
 )
 from faice.connectors.trees import output_file, output_tree
+from faice.descriptors import remove_tree
 from faice.errors import ConnectorError, FaiceError
 from faice.secrets import REDACTOR, Redactor, normalise_protected_keys, protected_values
 
@@ -530,74 +530,6 @@ def make_read_only(path: Path) -> None:
         path.chmod(0o555)
     elif path.exists():
         path.chmod(stat.S_IMODE(path.stat().st_mode) & 0o555 | 0o444)
-
-
-def remove_tree(path: Path) -> list[Path]:
-    """Remove a file or directory, also one made read-only by :func:`make_read_only`.
-
-    Never crosses into another file system: a mount point below ``path`` (a still-mounted
-    sshfs directory, a bind mount) and anything on a different device is left alone, so a
-    failed unmount can never turn into deleting remote data. Returns what was left, and
-    says so on stderr's logger.
-    """
-    path = Path(path)
-    if path.is_symlink() or path.is_file():
-        path.unlink(missing_ok=True)
-        return []
-    try:
-        device = path.lstat().st_dev
-    except OSError:
-        return []
-    kept: list[Path] = []
-    _remove_below(path, device, kept)
-    if kept:
-        logging.getLogger("faice").warning(
-            "not removed (another file system is mounted there, unmount it first): %s",
-            ", ".join(str(p) for p in kept))
-    return kept
-
-
-def _remove_below(directory: Path, device: int, kept: list[Path]) -> bool:
-    """Empty and remove ``directory`` (on ``device``); False when something had to stay."""
-    if os.path.ismount(directory) or _device(directory) != device:
-        kept.append(directory)
-        return False
-    try:
-        os.chmod(directory, 0o700)
-        entries = list(os.scandir(directory))
-    except OSError:
-        entries = []
-    complete = True
-    for entry in entries:
-        child = Path(entry.path)
-        try:
-            is_dir = entry.is_dir(follow_symlinks=False)
-        except OSError:
-            is_dir = False
-        if is_dir:
-            complete = _remove_below(child, device, kept) and complete
-            continue
-        try:
-            os.unlink(child)
-        except FileNotFoundError:
-            pass
-        except OSError:
-            complete = False
-    if complete:
-        try:
-            os.rmdir(directory)
-        except FileNotFoundError:
-            pass
-        except OSError:
-            return False
-    return complete
-
-
-def _device(path: Path) -> int | None:
-    try:
-        return os.lstat(path).st_dev
-    except OSError:
-        return None
 
 
 def _lazy_unmount(mountpoint: Path) -> None:

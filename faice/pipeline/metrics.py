@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from faice.descriptors import OutsideError, open_beneath
 from faice.red.metrics import (
     REFERENCE,
     STEP_KEYS,
@@ -53,6 +54,8 @@ MAX_POINTS = 10_000
 MAX_LINE = 64 * 1024  # bytes; longer lines are skipped
 MAX_READ_PER_POLL = 8 * 1024 * 1024  # bytes per source and poll; the rest waits for the next poll
 MAX_JSON_BYTES = 16 * 1024 * 1024
+MAX_SOURCE_BYTES = 1024**3  # of one line-format source; beyond, faice stops reading it
+CHECKED_BYTES = 4096  # first and last bytes read, compared to notice a rewrite in place
 MAX_PROBLEMS = 100
 METRICS_FILE = "metrics.json"  # suggested name of the full result next to result.json
 
@@ -315,15 +318,20 @@ def _flatten(data: dict, prefix: str = "") -> dict[str, Any]:
 
 
 class _Tail:
-    """Reads the complete new lines of a file that is being written; notices truncation and
-    replacement (a new inode, or a size below what was read) and then starts over."""
+    """Reads the complete new lines of a file that is being written; notices truncation,
+    replacement (a new inode, or a size below what was read) and a rewrite in place (a
+    program that rewrites its status file each epoch: the bytes already read changed) and
+    then starts over."""
 
     def __init__(self, resolved: ResolvedSource, parser: _Parser) -> None:
-        self.path = resolved.path
         self.base = resolved.base
+        self.relative = os.path.relpath(resolved.path, resolved.base) if resolved.path and resolved.base else None
         self.parser = parser
         self.offset = 0
         self.identity: tuple[int, int] | None = None
+        self.changed: tuple[int, int, int] | None = None  # (mtime, ctime, size) when last read
+        self.head = b""  # the first and the last bytes read: a rewrite in place changes them
+        self.tail = b""
         self.error: str | None = None  # why the file could not be opened at the last poll
         self.pending = b""
         self.skipping = False  # inside an over-long line
@@ -331,20 +339,18 @@ class _Tail:
         self.json_seen: tuple[int, int] | None = None
 
     def open(self) -> int | None:
-        """A read-only descriptor of the regular file, None when it is absent or not allowed."""
-        if self.path is None or self.base is None:
+        """A read-only descriptor of the regular file, None when it is absent or not allowed.
+
+        Opened beneath its base directory one component at a time, never following a link
+        out of it: the container writes there while faice reads, so a path checked first and
+        opened by name after could lead to a host file by then."""
+        if self.relative is None or self.base is None:
             return None
         try:
-            base = os.path.realpath(self.base)
-            real = os.path.realpath(self.path)
-        except OSError:
-            return None
-        if os.path.commonpath([base, real]) != base:
+            fd = open_beneath(self.base, self.relative, os.O_RDONLY | os.O_NONBLOCK)
+        except OutsideError:
             self.parser.reader.problem_once(self.parser.label, "resolves outside its directory (a symbolic link?); not read")
             return None
-        flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
-        try:
-            fd = os.open(real, flags)
         except OSError as exc:
             self.error = exc.strerror or str(exc)
             return None
@@ -367,27 +373,48 @@ class _Tail:
                 self.read_json(fd, info, final)
                 return
             identity = (info.st_dev, info.st_ino)
-            if self.identity is not None and (identity != self.identity or info.st_size < self.offset):
+            if self.identity is not None and (identity != self.identity or info.st_size < self.offset
+                                              or self.rewritten(fd, info)):
                 self.restart()
             self.identity = identity
-            budget = info.st_size - self.offset
+            size = min(info.st_size, MAX_SOURCE_BYTES)
+            if info.st_size > MAX_SOURCE_BYTES:
+                self.parser.reader.problem_once(self.parser.label, f"larger than {MAX_SOURCE_BYTES} bytes; "
+                                                                   "the rest is not read")
+            budget = size - self.offset
             if not final:
                 budget = min(budget, MAX_READ_PER_POLL)  # the rest waits for the next poll
             while budget > 0:
                 chunk = os.pread(fd, min(budget, 1024 * 1024), self.offset)
                 if not chunk:
                     break
+                if len(self.head) < CHECKED_BYTES:
+                    self.head += chunk[:CHECKED_BYTES - len(self.head)]
+                self.tail = (self.tail + chunk)[-CHECKED_BYTES:]
                 self.offset += len(chunk)
                 budget -= len(chunk)
                 self.feed(chunk)
+            self.changed = (info.st_mtime_ns, info.st_ctime_ns, info.st_size)
             if final and self.pending and not self.skipping:
                 self.line(self.pending)
                 self.pending = b""
         finally:
             os.close(fd)
 
+    def rewritten(self, fd: int, info: os.stat_result) -> bool:
+        """Were the bytes already read changed (the same file written again from its start)?
+        Checked only when the file changed since the last read: its first and last bytes."""
+        if not self.offset or self.changed == (info.st_mtime_ns, info.st_ctime_ns, info.st_size):
+            return False
+        if os.pread(fd, len(self.head), 0) != self.head:
+            return True
+        return os.pread(fd, len(self.tail), self.offset - len(self.tail)) != self.tail
+
     def restart(self) -> None:
+        if self.parser.reader.spec.objective.name in self.parser.series:
+            self.parser.reader.forget_best()  # `scope: best` must not report a value no longer there
         self.offset = 0
+        self.head = self.tail = b""
         self.pending = b""
         self.skipping = False
         self.line_number = 0
@@ -538,6 +565,10 @@ class MetricsReader:
             return
         if self._best is None or objective.better(value, self._best[objective.name]):
             self._best = {"step": step, **numbers}
+
+    def forget_best(self) -> None:
+        """A source is read again from its start: its earlier values no longer count."""
+        self._best = None
 
     def problem(self, source: str | None, line: int | None, reason: str) -> None:
         self._problem_count += 1

@@ -25,7 +25,7 @@ SCRIPT = textwrap.dedent('''\
     log = os.environ["FAKE_CONNECTOR_LOG"]
     with open(log, "a") as handle:
         record = {{"argv": sys.argv[1:]}}
-        if len(sys.argv) > 2 and sys.argv[2].endswith(".json"):
+        if len(sys.argv) > 2 and sys.argv[2].startswith(("/dev/fd/", "/")) and sys.argv[1] != "umount-dir":
             record["mode"] = oct(stat.S_IMODE(os.stat(sys.argv[2]).st_mode))
             record["access"] = json.load(open(sys.argv[2]))
         handle.write(json.dumps(record) + "\\n")
@@ -87,7 +87,7 @@ def test_protocol_calls_and_temp_files(fake_connector, tmp_path):
     assert seen[1]["access"] == {"path": str(src), "password": "ext-secret-123"}, "_key normalised"
     assert seen[3]["argv"][-1].startswith("--listing=")
     for call in seen[1:]:
-        assert not os.path.exists(call["argv"][1]), "access JSON removed after the call"
+        assert call["argv"][1].startswith("/dev/fd/"), "access JSON in memory, never on disk"
         assert "ext-secret-123" not in " ".join(call["argv"])
 
 
