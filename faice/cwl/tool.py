@@ -39,7 +39,11 @@ def cwl_document(cli: dict[str, Any], source: str | None = None) -> dict[str, An
 
 
 def _quiet_cwltool() -> None:
-    for name in ("cwltool", "salad", "schema_salad", "rdflib"):
+    """cwltool's and cwl_utils' loggers print tracebacks of expression errors faice reports
+    itself; cwl_utils sets its level when first imported, so import it before."""
+    import cwl_utils.loghandler  # noqa: F401
+
+    for name in ("cwltool", "cwl_utils", "salad", "schema_salad", "rdflib"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
 
 

@@ -23,6 +23,9 @@ BASE_TYPES = ("File", "Directory", "string", "int", "long", "float", "double", "
 RED_VERSIONS = ("8", "9")
 SECRET_PARENTS = frozenset({"access", "auth"})
 VARIABLE = re.compile(r"\{\{[^{}]+\}\}")
+# A CWL parameter reference to an input: $(inputs.NAME…), $(inputs['NAME']…), $(inputs["NAME"]…)
+INPUT_REFERENCE = re.compile(r"(?<!\\)\$\(\s*inputs(?:\.([A-Za-z_][A-Za-z0-9_]*)|\[\s*(['\"])(.*?)\2\s*\])")
+PROSE_KEYS = frozenset({"doc", "label"})  # text for people: CWL never evaluates it
 
 
 @dataclass(frozen=True)
@@ -172,7 +175,8 @@ def non_string_key_message(key: Any) -> str:
 
 
 def cli_problems(data: dict) -> list[Found]:
-    """cli identifiers (upstream accepted any key silently) and relative globs."""
+    """cli identifiers (upstream accepted any key silently), relative globs and parameter
+    references to declared inputs."""
     found: list[Found] = []
     cli = _mapping(data.get("cli"))
     for section in ("inputs", "outputs"):
@@ -197,7 +201,29 @@ def cli_problems(data: dict) -> list[Found]:
                     f"expected a glob inside the output directory, got {glob!r} (uses ..)",
                 )
             )
+    declared = {name for name in _mapping(cli.get("inputs")) if isinstance(name, str)}
+    found += _reference_problems(cli, ("cli",), declared)
     return found
+
+
+def _reference_problems(value: Any, path: KeyPath, declared: set[str]) -> list[Found]:
+    """Parameter references (globs, valueFrom, arguments, stdout …) to inputs the cli does
+    not declare: cwltool would fail on them only when the command is built."""
+    if isinstance(value, str):
+        found: list[Found] = []
+        for match in INPUT_REFERENCE.finditer(value):
+            name = match.group(1) or match.group(3)
+            if name not in declared:
+                found.append((path, f"the parameter reference to inputs.{name} names no input of the cli "
+                                    f"(declared: {', '.join(sorted(declared)) or 'none'})"))
+        return found
+    if isinstance(value, dict):
+        return [problem for key, item in value.items() if key not in PROSE_KEYS
+                for problem in _reference_problems(item, (*path, key), declared)]
+    if isinstance(value, list):
+        return [problem for index, item in enumerate(value)
+                for problem in _reference_problems(item, (*path, index), declared)]
+    return []
 
 
 def batch_problems(data: dict) -> list[Found]:

@@ -58,7 +58,8 @@ def test_invalid_file_reports_key_path_line_and_expectation(path, capsys):
         assert reported(captured.err, path, key_path, fragment, line), captured.err
 
 
-@pytest.mark.parametrize("name", ["float-as-string", "batches-missing-input", "nvidia-docker"])
+@pytest.mark.parametrize("name", ["float-as-string", "batches-missing-input", "nvidia-docker",
+                                  "undeclared-input-reference"])
 def test_invalid_file_through_real_cli(name):
     path = DATA / "invalid" / f"{name}.yml"
     expects, line = expectations(path)
@@ -300,6 +301,24 @@ def test_cwltool_checks_the_embedded_tool():
     [(path, message)] = cli_problems(broken, "experiment.red.json")
     assert path == ("cli", "inputs", "script")
     assert message.startswith("cwltool: ") and "Fil" in message
+
+
+def test_parameter_references_fail_validate_not_the_dry_run(tmp_path):
+    """A glob naming an undeclared input is a validation problem (file, line, key path), and
+    an expression only cwltool can evaluate fails ``exec --dry-run`` without a traceback."""
+    path = DATA / "invalid" / "undeclared-input-reference.yml"
+    dry = subprocess.run([sys.executable, "-m", "faice", "exec", str(path), "--dry-run"], capture_output=True,
+                         text=True, cwd=tmp_path, timeout=120)
+    assert dry.returncode == 1 and "Traceback" not in dry.stderr, dry.stderr
+    assert f"{path}:13:" in dry.stderr and "cli.outputs.log.outputBinding.glob" in dry.stderr
+    broken = tmp_path / "evaluated.red.yml"  # validate cannot know that an int has no field
+    broken.write_text(path.read_text().replace("$(inputs['run_name'])", "$(inputs.epochs.nope)"))
+    assert subprocess.run([sys.executable, "-m", "faice", "validate", str(broken)], capture_output=True,
+                          cwd=tmp_path, timeout=120).returncode == 0
+    dry = subprocess.run([sys.executable, "-m", "faice", "exec", str(broken), "--dry-run"], capture_output=True,
+                         text=True, cwd=tmp_path, timeout=120)
+    assert dry.returncode == 1 and dry.stderr.startswith("faice: error: "), dry.stderr
+    assert "Traceback" not in dry.stderr and "inputs.epochs.nope" in dry.stderr
 
 
 def test_unknown_red_version_is_not_checked_further():
