@@ -240,7 +240,7 @@ class AgencyUI:
         except AuthError:
             user = None
         if user is None:
-            return self._redirect(f"{PREFIX}/login?next={quote(request.full_path, safe='')}")
+            return self._redirect(f"{PREFIX}/login?next={quote(request.full_path.rstrip('?'), safe='')}")
         csrf = _csrf(token)
         context: dict[str, Any] = {"user": user, "csrf": csrf, "can_cancel": True}
         if request.method == "POST":
