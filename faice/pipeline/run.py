@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from faice.errors import EngineError
 from faice.pipeline.batch import BatchContext, not_started, run_batch
@@ -40,6 +40,9 @@ from faice.pipeline.records import (
 from faice.pipeline.resume import RED_FILE, ResumePlan, save_red_file
 from faice.pipeline.signals import EXIT_SIGNAL
 from faice.pipeline.stopping import Stopper
+
+if TYPE_CHECKING:
+    from faice.pipeline.search import Search
 from faice.red.experiment import Experiment
 from faice.runtime.docker import owner_token
 from faice.runtime.gpus import Gpu, GpuAllocator, GpuRequest, host_allocator
@@ -98,6 +101,7 @@ class HostRun:
         self.signals: list[int] = []  # appended by on_signal, acted on by wait()
         self._handled_signals = 0
         self.plans: list[BatchPlan] = []
+        self.search: Search | None = None  # sweep.search: batches proposed while the run goes
         self.runtime: Any = None
         self.image: Any = None
         self.gpus: GpuAllocator | None = None
@@ -193,7 +197,8 @@ class HostRun:
 
         started = time.monotonic()
         self.plans = plan_batches(self.experiment)
-        first = self.plans[0] if self.plans else None
+        probes = self.plans or self._search_probe()
+        first = probes[0] if probes else None
         if first is not None:
             self.allocator().check(first.gpu_request)
         if self.host is None:
@@ -215,12 +220,29 @@ class HostRun:
                                       identity=self.options.host_identity())
         try:
             if not self.options.disable_connector_validation:
-                preflight_access(self.plans, self.staging)
+                preflight_access(probes, self.staging)
         except BaseException:
             self._close()
             raise
         self._cancel = {p.id: threading.Event() for p in self.plans}
         self.preflight_seconds = round(time.monotonic() - started, 3)
+
+    def _search_probe(self) -> list[BatchPlan]:
+        """A search has no batches up front: its sampler (ready before anything runs, so a missing
+        Optuna is said at once) and one point of its space stand in for them in the preflight."""
+        from faice.red.search import SearchSpec, is_search
+        from faice.red.sweep import search_batch
+
+        if not is_search(self.experiment.data):
+            return []
+        from faice.pipeline.plan import metrics_spec
+        from faice.pipeline.search import Search
+
+        metrics = metrics_spec(self.experiment)
+        assert metrics is not None  # checked by the RED validation
+        self.search = Search(self.experiment, metrics, self.outdir, resume=self.options.resume)
+        example = SearchSpec.from_sweep(self.experiment.data["sweep"]).example()
+        return plan_batches(self.experiment, [search_batch(self.experiment.data, 0, example)])
 
     def _pull_progress(self, text: str) -> None:
         if self.stop.is_set() or self.signals:
@@ -275,18 +297,22 @@ class HostRun:
 
     # ------------------------------------------------------------------ early stopping
 
-    def _remember_series(self, plan: BatchPlan) -> None:
-        """A finished batch's whole series (it may have ended between two polls)."""
-        if plan.metrics is None or self._stopper is None:
-            return
+    def _remember_series(self, batch_id: str, metrics: Any) -> list | None:
+        """A finished batch's whole objective series (it may have ended between two polls),
+        for the stopping rule; returned for the search's sampler."""
+        if metrics is None or (self._stopper is None and self.search is None):
+            return None
         from faice.files import read_json
         from faice.pipeline.metrics import METRICS_FILE
         from faice.pipeline.records import batch_dir
 
-        data = read_json(batch_dir(self.outdir, plan.id) / METRICS_FILE)
-        series = ((data or {}).get("series") or {}).get(plan.metrics.objective.name) if isinstance(data, dict) else None
-        if isinstance(series, list):
-            self._stopper.finished(plan.id, series)
+        data = read_json(batch_dir(self.outdir, batch_id) / METRICS_FILE)
+        series = ((data or {}).get("series") or {}).get(metrics.objective.name) if isinstance(data, dict) else None
+        if not isinstance(series, list):
+            return None
+        if self._stopper is not None:
+            self._stopper.finished(batch_id, series)
+        return series
 
     def _emit(self, event: BatchEvent) -> None:
         try:
@@ -295,8 +321,12 @@ class HostRun:
             pass
 
     def _run_all(self) -> RunSummary:
-        self._stopper = Stopper.for_spec(self.plans[0].metrics if self.plans else None)
+        from faice.pipeline.plan import metrics_spec
+
+        self._stopper = Stopper.for_spec(metrics_spec(self.experiment) if self.plans or self.search else None)
         pending: queue.Queue[BatchPlan] = queue.Queue()
+        if self.search is not None:
+            self._keep_trials(self.search)
         resume = ResumePlan.of(self.outdir, self.experiment.data) if self.options.resume else None
         for plan in self.plans:
             previous = read_batch_record(self.outdir, plan.id) if resume is not None else None
@@ -304,7 +334,7 @@ class HostRun:
                 resume.add(plan.id, plan.batch.parameters, previous)
             if previous is not None and previous.state in KEPT_ON_RESUME:
                 self._records[plan.id] = previous
-                self._remember_series(plan)
+                self._remember_series(plan.id, plan.metrics)
                 self._emit(BatchEvent(plan.id, plan.index, "skipped", message=f"{previous.state} before",
                                       parameters=plan.batch.parameters))
             else:
@@ -315,8 +345,9 @@ class HostRun:
                 self.note(line)
         save_red_file(self.outdir, self.experiment.data, self.redactor)
         self._write_summary(RunState.RUNNING)
+        count = self.search.remaining if self.search is not None else pending.qsize()
         parallel = self.options.parallel or default_parallel(
-            max(1, pending.qsize()), self.plans[0].ram_mb if self.plans else None, self.gpus,
+            max(1, count), self.plans[0].ram_mb if self.plans else None, self.gpus,
             self.plans[0].gpu_request if self.plans else GpuRequest())
         budget = (self.experiment.data.get("sweep") or {}).get("maxConcurrent")
         if isinstance(budget, int) and budget > 0:
@@ -324,9 +355,8 @@ class HostRun:
 
         def worker() -> None:
             while True:
-                try:
-                    plan = pending.get_nowait()
-                except queue.Empty:
+                plan = self._next_plan(pending)
+                if plan is None:
                     return
                 if self.stop.is_set() or self._stop_starting():
                     reason = "the run was cancelled" if self.stop.is_set() else "not started: too many batches failed"
@@ -338,7 +368,12 @@ class HostRun:
                         self._running.add(plan.id)
                     self._summary_due.set()
                     record = run_batch(plan, self._context(plan))
-                    self._remember_series(plan)
+                    series = self._remember_series(plan.id, plan.metrics)
+                    if self.search is not None:
+                        objective = (record.metrics or {}).get("objective") or {}
+                        value = objective.get("value") if isinstance(objective, dict) else None
+                        self.search.tell(plan.id, record.state.value, value if isinstance(value, (int, float)) else None,
+                                         series, record.message)
                 with self._lock:
                     self._records[plan.id] = record
                     self._running.discard(plan.id)
@@ -347,7 +382,7 @@ class HostRun:
                 self._summary_due.set()
 
         workers = [threading.Thread(target=worker, name=f"faice-batch-{i}", daemon=True)
-                   for i in range(min(parallel, max(1, pending.qsize())))]
+                   for i in range(min(parallel, max(1, count)))]
         for thread in workers:
             thread.start()
         for thread in workers:
@@ -357,6 +392,41 @@ class HostRun:
                     self._summary_due.clear()
                     self._write_summary(RunState.RUNNING)
         return self._write_summary(RunState.CANCELLED if self.stop.is_set() else None)
+
+    # ------------------------------------------------------------------ search
+
+    def _next_plan(self, pending: queue.Queue[BatchPlan]) -> BatchPlan | None:
+        """The next batch: from the expanded list, or a search's next proposal."""
+        if self.search is None:
+            try:
+                return pending.get_nowait()
+            except queue.Empty:
+                return None
+        if self.stop.is_set() or self._stop_starting():
+            return None
+        batch = self.search.propose()
+        if batch is None:
+            return None
+        plan = plan_batches(self.experiment, [batch])[0]
+        with self._lock:
+            self.plans.append(plan)
+            self._cancel[plan.id] = threading.Event()
+        self._emit(BatchEvent(plan.id, plan.index, "pending", parameters=plan.batch.parameters))
+        return plan
+
+    def _keep_trials(self, search: Search) -> None:
+        """--resume of a search: the finished trials' records stay (and teach the stopping rule)."""
+        from faice.pipeline.plan import metrics_spec
+
+        metrics = metrics_spec(self.experiment)
+        for batch_id in search.finished_batches():
+            previous = read_batch_record(self.outdir, batch_id)
+            if previous is not None:
+                self._records[batch_id] = previous
+                self._remember_series(batch_id, metrics)
+        if self.options.resume:
+            self.note(f"search: {search.reused} trials reused, {search.remaining} new "
+                      f"(trials: {search.spec.trials})")
 
     def _stop_starting(self) -> bool:
         with self._lock:

@@ -127,10 +127,11 @@ def job_parts(data: dict) -> Iterator[tuple[KeyPath, dict]]:
 
 
 def sweep_parameter_names(data: dict) -> set[str]:
-    """Names set by the top-level sweep (grid, zip and random parameters)."""
+    """Names set by the top-level sweep (grid, zip, random and search parameters)."""
     sweep = _mapping(data.get("sweep"))
     names = set(_mapping(sweep.get("grid"))) | set(_mapping(sweep.get("zip")))
     names |= set(_mapping(_mapping(sweep.get("random")).get("parameters")))
+    names |= set(_mapping(_mapping(sweep.get("search")).get("parameters")))
     return {n for n in names if isinstance(n, str)}
 
 

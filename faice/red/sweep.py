@@ -74,6 +74,9 @@ def sweep_size(sweep: Any) -> int:
     expanding anything (a malformed part counts as one value: its problem is reported apart)."""
     if not isinstance(sweep, dict):
         return 1
+    if isinstance(sweep.get("search"), dict):
+        trials = sweep["search"].get("trials")
+        return trials if _is_int(trials) and trials > 0 else 1
     count = 1
     grid = sweep.get("grid")
     if isinstance(grid, dict):
@@ -105,6 +108,8 @@ def expand_batches(data: dict, source: str, *, limit: int | None = None) -> list
         problems = sweep_problems(data, source, limit=limit)
         if problems:
             raise ValidationError(problems)
+        if "search" in data["sweep"]:
+            return []  # a search's batches are proposed while it runs (faice.pipeline.search)
         batches = [
             _batch(data, index, inputs, outputs, parameters, data)
             for index, (inputs, outputs, parameters) in enumerate(_sweep_batches(data))
@@ -155,17 +160,26 @@ def _make_ids_unique(batches: list[Batch]) -> None:
 
 
 def _sweep_batches(data: dict) -> Iterator[tuple[dict, dict, dict]]:
-    sweep = data["sweep"]
-    cli_inputs = _cli_inputs(data)
+    for index, parameters in enumerate(combinations(data["sweep"])):
+        yield _filled(data, index, parameters)
+
+
+def _filled(data: dict, index: int, parameters: dict[str, Any]) -> tuple[dict, dict, dict]:
+    """(inputs, outputs, parameters) of the template filled with one combination."""
     template = {"inputs": data.get("inputs") or {}, "outputs": data.get("outputs") or {}}
-    for index, parameters in enumerate(combinations(sweep)):
-        values = {**parameters, INDEX: index}
-        filled = substitute(template, values)
-        inputs = filled["inputs"]
-        for name, value in parameters.items():
-            if name in cli_inputs:
-                inputs[name] = copy.deepcopy(value)
-        yield inputs, filled["outputs"], parameters
+    filled = substitute(template, {**parameters, INDEX: index})
+    inputs = filled["inputs"]
+    for name, value in parameters.items():
+        if name in _cli_inputs(data):
+            inputs[name] = copy.deepcopy(value)
+    return inputs, filled["outputs"], parameters
+
+
+def search_batch(data: dict, index: int, parameters: dict[str, Any]) -> Batch:
+    """The batch of one proposed search trial (``index``: the trial's number), with the id
+    its content gives it, as a sweep's batch of the same values would have."""
+    inputs, outputs, parameters = _filled(data, index, parameters)
+    return _batch(data, index, inputs, outputs, parameters, data)
 
 
 def combinations(sweep: dict) -> list[dict[str, Any]]:
@@ -287,11 +301,18 @@ def sweep_problems(data: dict, source: str, *, limit: int | None = None) -> list
         if key in BUDGET_KEYS:
             if not _is_int(sweep[key]) or sweep[key] < 1:
                 found.append((("sweep", key), f"expected a positive integer, got {sweep[key]!r}"))
-        elif key not in SECTIONS:
-            found.append((("sweep", key), f"unknown key; expected one of {', '.join(SECTIONS + BUDGET_KEYS)}"))
-    if not any(sweep.get(section) for section in SECTIONS):
-        found.append((("sweep",), "empty sweep: give at least one of grid, zip or random"))
+        elif key not in (*SECTIONS, "search"):
+            found.append((("sweep", key), f"unknown key; expected one of {', '.join((*SECTIONS, 'search', *BUDGET_KEYS))}"))
     names: dict[str, KeyPath] = {}
+    if "search" in sweep:
+        from faice.red.search import search_problems
+
+        found += search_problems(data, names, _check_name, _distribution_problem)
+        _check_types(data, sweep, names, found)
+        _check_references(data, names, found)
+        return _problems(data, source, found)
+    if not any(sweep.get(section) for section in SECTIONS):
+        found.append((("sweep",), "empty sweep: give at least one of grid, zip, random or search"))
     _check_lists(sweep, "grid", names, found)
     _check_lists(sweep, "zip", names, found)
     _check_zip_lengths(sweep, found)
@@ -435,7 +456,7 @@ def _example_values(sweep: dict, path: KeyPath) -> Iterator[tuple[KeyPath, Any]]
             for i, value in enumerate(values):
                 yield (*path, i), value
         return
-    distribution = sweep["random"]["parameters"][path[-1]]
+    distribution = sweep[section]["parameters"][path[-1]]
     if _distribution_problem(distribution):
         return
     (kind, arguments), = distribution.items()

@@ -74,6 +74,7 @@ def run(args: Any) -> int:
     from faice.engines import ENGINE_ONLY_FLAGS, ENGINES, ExecRequest
     from faice.pipeline.options import RunOptions
     from faice.red.prepare import load_experiment
+    from faice.red.search import is_search
 
     options = RunOptions(
         parallel=args.parallel,
@@ -101,6 +102,9 @@ def run(args: Any) -> int:
             f"{experiment.source}: execution.engine: unknown engine {engine!r}; "
             f"expected one of {', '.join(sorted(ENGINES))} (or local)"
         )
+    if engine != "ccfaice" and is_search(experiment.data):
+        raise UsageError(f"{experiment.source}: sweep.search runs on the local engine (execution.engine: ccfaice) "
+                         f"for now, not on {engine}; a grid or random sweep runs everywhere")
     for flag, engines in ENGINE_ONLY_FLAGS.items():
         if getattr(args, flag, None) and engine not in engines:
             option = "--" + flag.replace("_", "-")

@@ -1,0 +1,114 @@
+"""sweep.search on the local engine with the real Docker engine and Optuna: trials proposed while
+the run goes, learned from metrics the program prints (nothing of faice or Optuna in the image)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.docker
+
+# The objective, unknown to faice: best at lr = 0.03 and batch size 64; three steps a trial.
+TRAIN = ("import sys, math, time\n"
+         "lr, bs = float(sys.argv[1]), int(sys.argv[2])\n"
+         "score = 1 - (math.log10(lr) - math.log10(0.03)) ** 2 / 4 - abs(math.log2(bs / 64)) / 8\n"
+         "for step in range(3):\n"
+         "    print('step=%d acc=%.6f' % (step, score * (step + 1) / 3), flush=True)\n"
+         "    time.sleep(0.05)\n")
+
+
+def search_red(path: Path, image: str, trials: int, **search) -> Path:
+    red = {
+        "redVersion": "9",
+        "cli": {"cwlVersion": "v1.0", "class": "CommandLineTool", "baseCommand": ["python3", "-c", TRAIN],
+                "inputs": {"lr": {"type": "float", "inputBinding": {"position": 1}},
+                           "bs": {"type": "int", "inputBinding": {"position": 2}}},
+                "outputs": {}},
+        "inputs": {"lr": 0.1, "bs": 32},
+        "sweep": {"search": {"algorithm": "tpe", "trials": trials, "seed": 7,
+                             "parameters": {"lr": {"loguniform": [1e-5, 10.0]},
+                                            "bs": {"choice": [8, 16, 32, 64, 128, 256, 512]}}, **search},
+                  "maxConcurrent": 4},
+        "metrics": {"objective": {"name": "acc", "goal": "max"}, "step": "step", "sources": [{"stdout": True}]},
+        "container": {"engine": "docker", "settings": {"image": {"url": image}}},
+        "execution": {"engine": "ccfaice", "settings": {}},
+    }
+    path.write_text(json.dumps(red))
+    return path
+
+
+def faice(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "faice", *args], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "NO_COLOR": "1"})
+
+
+def trials(outdir: Path) -> list[dict]:
+    return json.loads((outdir / "search" / "trials.json").read_text())["trials"]
+
+
+def test_tpe_search_learns_and_resume_grows_it(tmp_path, test_image):
+    red = search_red(tmp_path / "search.json", test_image, 32)
+    outdir = tmp_path / "run"
+    done = faice("exec", str(red), "--outdir", str(outdir), "--parallel", "8")
+    assert done.returncode == 0, done.stderr
+    run = json.loads((outdir / "run.json").read_text())
+    assert len(run["batches"]) == 32 and {b["state"] for b in run["batches"]} == {"succeeded"}
+    rows = trials(outdir)
+    assert [r["trial"] for r in rows] == list(range(32))
+    # Random startup proposals until 10 trials are told (with 4 in flight, up to 13 are asked by then).
+    origins = [r["origin"] for r in rows]
+    assert origins[:10] == ["startup"] * 10 and origins.count("startup") <= 13 and set(origins[-10:]) == {"sampler"}
+    # Each trial is a batch like any other: a content-derived id, a record, metrics.
+    for row in rows:
+        record = json.loads((outdir / "batches" / row["batch"] / "result.json").read_text())
+        assert record["parameters"] == row["parameters"] and record["metrics"]["objective"]["value"] == row["value"]
+    values = [r["value"] for r in rows]
+    first, last = sum(values[:10]) / 10, sum(values[-10:]) / 10
+    print(f"TPE: first 10 mean {first:.3f}, last 10 mean {last:.3f}, best {max(values):.3f}")
+    assert last > first + 0.2, (first, last)
+    assert max(values) > 0.9
+    # 4 at a time (maxConcurrent, though --parallel allows 8): the proposals in flight differ.
+    assert len({json.dumps(r["parameters"], sort_keys=True) for r in rows}) >= 30
+
+    grown = search_red(tmp_path / "search.json", test_image, 40)
+    again = faice("exec", str(grown), "--outdir", str(outdir), "--resume")
+    assert again.returncode == 0, again.stderr
+    assert "32 trials reused, 8 new" in again.stderr
+    rows = trials(outdir)
+    assert [r["trial"] for r in rows] == list(range(40))
+    run = json.loads((outdir / "run.json").read_text())
+    assert len(run["batches"]) == 40
+    assert len(list((outdir / "batches").iterdir())) == 40
+    assert all(math.isfinite(r["value"]) for r in rows)
+
+
+def test_trials_stopped_by_asha_teach_the_sampler(tmp_path, test_image):
+    red = json.loads(search_red(tmp_path / "asha.json", test_image, 12, startupTrials=4).read_text())
+    red["cli"]["baseCommand"][2] = TRAIN.replace("range(3)", "range(8)").replace("/ 3", "/ 8").replace("0.05", "0.3")
+    red["metrics"]["earlyStopping"] = {"rule": "asha", "graceSteps": 1, "reductionFactor": 2, "maxSteps": 8}
+    (tmp_path / "asha.json").write_text(json.dumps(red))
+    done = faice("exec", str(tmp_path / "asha.json"), "--outdir", str(tmp_path / "run"))
+    assert done.returncode == 0, done.stderr
+    rows = trials(tmp_path / "run")
+    stopped = [r for r in rows if r["state"] == "stopped"]
+    assert len(rows) == 12 and stopped, rows
+    assert all(r["sampler"] == "pruned" and "asha rule" in r["message"] for r in stopped)
+    # The sampler's own record (Optuna's journal in the run directory) holds the stopped trials
+    # with their intermediate values, which TPE ranks them by.
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    storage = JournalStorage(JournalFileBackend(str(tmp_path / "run" / "search" / "journal.log")))
+    study = optuna.load_study(study_name="faice", storage=storage)
+    pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
+    assert {t.user_attrs["batch"] for t in pruned} == {r["batch"] for r in stopped}
+    assert all(t.intermediate_values for t in pruned)
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert all(len(t.intermediate_values) == 8 for t in complete)
