@@ -12,7 +12,8 @@ from collections.abc import Iterable
 from typing import Any
 
 HISTORY = 256  # versions remembered; a page further behind reloads
-_WATCHED = ("state", "objective", "seconds", "failure", "message", "rank")
+# A batch's own fields: a new best moves the rank of every batch below it, which a reload shows
+_WATCHED = ("state", "objective", "seconds", "failure", "message")
 
 
 class ChangeLog:

@@ -97,6 +97,7 @@ def synthetic_run(outdir: Path, count: int, *, running: int = 0, records: int = 
             record = new_batch_record(batch_id, index, entry["parameters"], run_id="synthetic", command=["train"],
                                       state=state)
             record.metrics = entry.get("metrics")
+            record.timings = {"total": entry["seconds"]}
             write_batch_record(outdir, record)
     write_run_record(outdir, {"runId": "synthetic", "started": "2026-12-06T10:00:00Z"}, entries,
                      phase=RunState.RUNNING if running else None)
