@@ -19,7 +19,7 @@ import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import quote, urlsplit
 
 from werkzeug.wrappers import Request, Response
@@ -138,7 +138,7 @@ class AgencySource:
         self._batch(viewer, run_id, batch_id)
         return None  # an agency sends outputs where the RED file's connectors say
 
-    def output_path(self, viewer: User, run_id: str, batch_id: str, path: str) -> Any:
+    def open_output(self, viewer: User, run_id: str, batch_id: str, path: str) -> BinaryIO:
         raise NotFound("no such output")
 
     def crate(self, viewer: User, run_id: str, target: Path) -> None:

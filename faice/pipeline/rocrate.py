@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from faice import __version__
+from faice.descriptors import open_beneath
 from faice.errors import UsageError
 from faice.files import atomic_write_json, read_json
 from faice.pipeline.records import batch_dir, read_batch_record, read_run_record
@@ -212,7 +213,8 @@ def _outputs(source: Path, inside: Path, work: Path) -> list[tuple[str, int, str
             destination = work / relative
             destination.parent.mkdir(parents=True, exist_ok=True)
             digest = hashlib.sha256()
-            with os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb") as reader, open(destination, "wb") as writer:
+            with os.fdopen(open_beneath(source, str(path.relative_to(source))), "rb") as reader, \
+                    open(destination, "wb") as writer:
                 for chunk in iter(lambda: reader.read(1 << 20), b""):
                     digest.update(chunk)
                     writer.write(chunk)

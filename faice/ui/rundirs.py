@@ -14,8 +14,9 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
+from faice.descriptors import open_beneath
 from faice.pipeline import results as results_api
 from faice.pipeline.records import RUN_FILE, STREAM_FILES, batch_dir, read_batch_record, read_run_record
 from faice.ui.live import ChangeLog
@@ -235,24 +236,20 @@ class DirSource:
                     return listed
         return listed
 
-    def output_path(self, viewer: Any, run_id: str, batch_id: str, path: str) -> Path:
-        """A regular file under the batch's outputs, reached without following any link."""
+    def open_output(self, viewer: Any, run_id: str, batch_id: str, path: str) -> BinaryIO:
+        """A regular file under the batch's outputs, opened beneath that directory (a link
+        that leads out of it, or a name swapped for one meanwhile, is not followed)."""
         _, directory = self._batch_dir(run_id, batch_id)
-        parts = path.split("/")
-        if not path or not all(_safe_name(p) for p in parts):
+        if not path or not all(_safe_name(p) for p in path.split("/")):
             raise NotFound("no such output")
-        current = directory / OUTPUTS
-        for part in ["", *parts]:
-            current = current / part if part else current
-            try:
-                info = os.lstat(current)
-            except OSError:
-                raise NotFound("no such output") from None
-            if stat.S_ISLNK(info.st_mode):
-                raise NotFound("no such output")
-        if not stat.S_ISREG(os.lstat(current).st_mode):
+        try:
+            fd = open_beneath(directory / OUTPUTS, path)
+        except OSError:
+            raise NotFound("no such output") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
             raise NotFound("no such output")
-        return current
+        return os.fdopen(fd, "rb")
 
     def crate(self, viewer: Any, run_id: str, target: Path) -> None:
         from faice.pipeline.rocrate import write_crate

@@ -8,7 +8,7 @@ so one set of pages serves both. A source never returns another user's run: it r
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from faice.pipeline.results import Results
 from faice.ui.live import ChangeLog
@@ -141,6 +141,6 @@ class Source(Protocol):
 
     def outputs(self, viewer: Any, run_id: str, batch_id: str) -> list[OutputFile] | None: ...
 
-    def output_path(self, viewer: Any, run_id: str, batch_id: str, path: str) -> Any: ...
+    def open_output(self, viewer: Any, run_id: str, batch_id: str, path: str) -> BinaryIO: ...
 
     def crate(self, viewer: Any, run_id: str, target: Any) -> None: ...

@@ -192,8 +192,8 @@ class UI:
             metrics=[(m, row.get(f"metric.{m}")) for m in view.results.metrics], **context)
 
     def on_output(self, request, viewer, context, rid: str, bid: str, path: str) -> Response:
-        file = self.source.output_path(viewer, rid, bid, path)
-        response = send_file(open(file, "rb"), request.environ, mimetype="application/octet-stream",  # noqa: SIM115
+        file = self.source.open_output(viewer, rid, bid, path)
+        response = send_file(file, request.environ, mimetype="application/octet-stream",
                              as_attachment=True, download_name=Path(path).name)
         return secure(response)
 
