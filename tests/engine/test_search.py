@@ -86,6 +86,17 @@ def test_tpe_search_learns_and_resume_grows_it(tmp_path, test_image):
     assert len(run["batches"]) == 40
     assert len(list((outdir / "batches").iterdir())) == 40
     assert all(math.isfinite(r["value"]) for r in rows)
+    # faice results: the ranked batches, then the trials in the order they were proposed.
+    shown = faice("results", str(outdir))
+    assert shown.returncode == 0, shown.stderr
+    ranked, _, listed = shown.stdout.partition("search (tpe): 40 of 40 trials, in the order they were proposed\n")
+    assert "best: b-" in ranked
+    header, *lines = listed.strip().splitlines()
+    assert header.split()[:5] == ["trial", "origin", "state", "value", "best"]
+    assert [int(line.split()[0]) for line in lines] == list(range(40))
+    assert [line.split()[1] for line in lines[:10]] == ["startup"] * 10 and lines[-1].split()[1] == "sampler"
+    best_so_far = [float(line.split()[4]) for line in lines]
+    assert best_so_far == sorted(best_so_far) and best_so_far[-1] == max(r["value"] for r in rows)
 
 
 def test_trials_stopped_by_asha_teach_the_sampler(tmp_path, test_image):
@@ -112,3 +123,11 @@ def test_trials_stopped_by_asha_teach_the_sampler(tmp_path, test_image):
     assert all(t.intermediate_values for t in pruned)
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert all(len(t.intermediate_values) == 8 for t in complete)
+    shown = faice("results", str(tmp_path / "run"))
+    listed = shown.stdout.partition("in the order they were proposed\n")[2]
+    assert sum(1 for line in listed.splitlines() if "asha at step" in line) == len(stopped)
+    pytest.importorskip("matplotlib", reason="the plots need the optional extra faice[plot]")
+    plotted = faice("results", str(tmp_path / "run"), "--plot", "acc")
+    assert plotted.returncode == 0, plotted.stderr
+    assert (tmp_path / "run" / "plots" / "search-history.png").stat().st_size > 1000
+    assert (tmp_path / "run" / "plots" / "search-importance.png").stat().st_size > 1000

@@ -21,7 +21,9 @@ def add_parser(subparsers) -> None:
             "and print one row per batch with its sweep parameters, state, duration and final\n"
             "metrics, sorted by the objective of the RED file's metrics section (best first;\n"
             "batches without a value last) and the best batch marked with *. CSV and JSON have\n"
-            "flat columns (param.NAME, metric.NAME) that load straight into pandas."
+            "flat columns (param.NAME, metric.NAME) that load straight into pandas. A search\n"
+            "(sweep.search) also lists its trials in the order they were proposed: where each came\n"
+            "from (startup or sampler), its value, the best so far and what stopped it."
         ),
         examples=(
             "  faice results runs/lr-sweep\n"
@@ -41,7 +43,8 @@ def add_parser(subparsers) -> None:
                         help="read the metrics of batches whose records have none from their outputs, "
                              "as this RED file's metrics section says")
     parser.add_argument("--top", type=int, metavar="N", help="only the N best batches")
-    parser.add_argument("--plot", metavar="METRIC", help="also write PNGs of METRIC over steps and against each parameter")
+    parser.add_argument("--plot", metavar="METRIC", help="also write PNGs of METRIC over steps and against each parameter "
+                             "(a search: its optimisation history and parameter importance too)")
     parser.add_argument("--plot-dir", metavar="DIR", help="where the PNGs go (default: OUTDIR/plots)")
     parser.add_argument("--to-mlflow", metavar="URI", nargs="?", const="./mlruns",
                         help="also export one MLflow run per batch to this tracking URI or directory "
@@ -87,6 +90,11 @@ def run_results(args) -> int:
             raise UsageError(f"--red {args.red}: the RED file has no metrics section")
     results = load_results(Path(args.outdir), objective=objective, spec=spec)
     sys.stdout.write(render(results, args.format, top=args.top))
+    from faice.pipeline.trials import plot_search, read_search, render_trials
+
+    search = read_search(Path(args.outdir))
+    if search is not None and args.format in ("table", "markdown"):
+        sys.stdout.write(render_trials(search, args.format))
     sys.stdout.flush()
     if results.dropped:
         count = len(results.dropped)
@@ -105,6 +113,10 @@ def run_results(args) -> int:
 
         print(f"wrote the RO-Crate {write_crate(Path(args.outdir), Path(args.ro_crate))}", file=sys.stderr)
     if args.plot:
-        for path in plot(results, args.plot, Path(args.plot_dir) if args.plot_dir else Path(args.outdir) / "plots"):
+        directory = Path(args.plot_dir) if args.plot_dir else Path(args.outdir) / "plots"
+        written = plot(results, args.plot, directory)
+        if search is not None:
+            written += plot_search(Path(args.outdir), search, directory, pyplot())
+        for path in written:
             print(f"wrote {path}", file=sys.stderr)
     return 0
