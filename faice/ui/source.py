@@ -45,6 +45,7 @@ class RunView:
     version: int
     header: dict[str, Any] = field(default_factory=dict)
     changed: frozenset[str] | None = None  # with :meth:`Source.changes`: the batches changed since
+    trials: list[dict[str, Any]] | None = None  # a search's proposals, in order (sweep.search)
 
     @property
     def live(self) -> bool:
@@ -84,7 +85,8 @@ def changed_view(view: RunView, changes: ChangeLog, since: int | None) -> RunVie
     """``view`` with the batches changed after ``since`` (None: as is)."""
     if since is None:
         return view
-    return RunView(view.summary, view.results, view.version, view.header, changed=changes.since(since))
+    return RunView(view.summary, view.results, view.version, view.header, changed=changes.since(since),
+                   trials=view.trials)
 
 
 def log_window(size: int, offset: int | None) -> tuple[int, int]:

@@ -48,6 +48,7 @@ MAX_PAGE_SIZE = 1000
 CURVES = 20  # batches on the learning-curve chart (the best ranked, the best marked)
 SCATTERS = 8  # parameters plotted against the objective
 FAILURES = 200  # failed or stopped batches listed
+TRIALS = 200  # a search's latest proposals listed
 STATIC = {"ui.js": "text/javascript", "ui.css": "text/css", "favicon.svg": "image/svg+xml"}
 FAILED_STATES = ("failed", "cancelled", "stopped")
 
@@ -144,8 +145,10 @@ class UI:
         table = _Table(results, request.args)
         charts = self._charts(viewer, rid, view)
         failures = [r for r in results.rows if r["state"] in FAILED_STATES]
+        trials = list(reversed(view.trials or []))[:TRIALS]
         return page(
             "run.html", base=self.base, run=view.summary, view=view, table=table, charts=charts,
+            trials=trials, trial_count=len(view.trials or []),
             winner=winner_line(results), failures=failures[:FAILURES], failure_count=len(failures),
             header=view.header, **context)
 

@@ -150,3 +150,29 @@ def test_ui_refuses_what_is_not_a_directory(tmp_path):
     result = subprocess.run([sys.executable, "-m", "faice", "ui", str(tmp_path / "missing")],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "not a directory" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_search_shows_its_proposals(tmp_path):
+    """sweep.search writes its trials as they are proposed (faice.pipeline.search); the run
+    page lists them, newest first, and picks up a new proposal while the run goes."""
+    from faice.files import atomic_write_json
+    from faice.pipeline.search import TRIALS_FILE, search_dir
+
+    outdir = tmp_path / "runs" / "search"
+    synthetic_run(outdir, 3, running=1)
+    trials = [{"trial": n, "batch": f"s-{n:08d}", "origin": "tpe" if n else "random (startup)",
+               "parameters": {"learning_rate": 0.01 * (n + 1)}, "state": "running" if n == 2 else "succeeded",
+               "value": None if n == 2 else 0.5 + n / 10, "message": None} for n in range(3)]
+    search_dir(outdir).mkdir()
+    atomic_write_json(search_dir(outdir) / TRIALS_FILE, {"algorithm": "tpe", "trials": trials[:2], "budget": 8})
+    server = start_ui(tmp_path / "ui.log", str(tmp_path / "runs"))
+    try:
+        html = server.get("/runs/search/").text
+        assert "Search proposals" in html and "2 trials proposed so far" in html and "random (startup)" in html
+        atomic_write_json(search_dir(outdir) / TRIALS_FILE, {"algorithm": "tpe", "trials": trials, "budget": 8})
+        rebuild_run_record(outdir)  # the run record changes with each proposal
+        html = eventually(lambda: (text := server.get("/runs/search/").text) and "3 trials proposed" in text and text)
+        section = html[html.index("Search proposals"):]
+        assert section.index("s-00000002</a>") < section.index("s-00000001</a>")  # newest first
+    finally:
+        server.stop()
