@@ -9,6 +9,7 @@ gone are removed. Images are pulled once per run, by the run's pull policy.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import socket
 import threading
@@ -329,6 +330,31 @@ def docker_errors() -> Iterator[None]:
         raise ContainerError(REDACTOR.redact(f"Docker: {exc}"), transient=True) from None
 
 
+ARCHIVE_CHUNK = 1 << 20
+
+
+class _ChunkReader(io.RawIOBase):
+    """Docker's archive chunks as a readable stream (``tarfile`` reads it in ``r|`` mode)."""
+
+    def __init__(self, chunks: Iterator[bytes]):
+        self._chunks = iter(chunks)
+        self._left = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._left:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return 0
+            self._left = memoryview(chunk)
+        count = min(len(buffer), len(self._left))
+        buffer[:count] = self._left[:count]
+        self._left = self._left[count:]
+        return count
+
+
 class DockerRuntime:
     """The containers of this process on one Docker engine; every exit path can remove them.
 
@@ -486,31 +512,57 @@ class DockerRuntime:
             os.chmod(path, 0o755)
 
     def _reclaim_through_archive(self, path: Path, image: str, run_id: str, uid: int, gid: int) -> None:
+        """Stream the foreign files out of one never-started container and back in through a
+        second one, rewritten with ``uid``/``gid``: one pass, no copy on disk, memory bounded by
+        a pipe (Docker holds a container's lock while an archive of it is read, so the second
+        container is what lets the two transfers run at once)."""
         import tarfile
-        import tempfile
 
         spec = ContainerSpec(image=image, command=["/faice-never-started"], run_id=run_id, batch_id="reclaim",
                              binds=[(str(path.resolve()), "/cc/reclaim", "rw")], workdir="/")
-        handle = self.create(spec)
+        handles = [self.create(spec)]
+        read_fd, write_fd = os.pipe()
+        pipe = os.fdopen(read_fd, "rb")
+        failed: list[BaseException] = []
+
+        def rewrite() -> None:
+            try:
+                with os.fdopen(write_fd, "wb") as sink, docker_errors():
+                    stream, _stat = self.api.get_archive(handles[0].id, "/cc/reclaim")
+                    with tarfile.open(fileobj=io.BufferedReader(_ChunkReader(stream), ARCHIVE_CHUNK), mode="r|") as source, \
+                            tarfile.open(fileobj=sink, mode="w|") as out:
+                        for member in source:
+                            if member.uid == uid and member.gid == gid:
+                                continue
+                            member.uid, member.gid, member.uname, member.gname = uid, gid, "", ""
+                            out.addfile(member, source.extractfile(member) if member.isfile() else None)
+            except BaseException as exc:  # raised in the caller's thread, after the upload
+                failed.append(exc)
+
+        def body() -> Iterator[bytes]:
+            while chunk := pipe.read(ARCHIVE_CHUNK):
+                yield chunk
+            worker.join()
+            if failed:
+                raise failed[0]
+
+        worker = threading.Thread(target=rewrite, name=f"faice-reclaim-{run_id}", daemon=True)
         try:
-            with tempfile.TemporaryFile() as tree, tempfile.TemporaryFile() as owned:
-                with docker_errors():
-                    stream, _stat = self.api.get_archive(handle.id, "/cc/reclaim")
-                    for chunk in stream:
-                        tree.write(chunk)
-                tree.seek(0)
-                with tarfile.open(fileobj=tree, mode="r|") as source, tarfile.open(fileobj=owned, mode="w|") as out:
-                    for member in source:
-                        if member.uid == uid and member.gid == gid:
-                            continue
-                        member.uid, member.gid, member.uname, member.gname = uid, gid, "", ""
-                        out.addfile(member, source.extractfile(member) if member.isfile() else None)
-                owned.seek(0)
-                with docker_errors():
-                    if not self.api.put_archive(handle.id, "/cc", owned):
-                        raise ContainerError(f"Docker refused to write {path} back with uid {uid}")
+            handles.append(self.create(spec))
+            worker.start()
+            with docker_errors():
+                written = self.api.put_archive(handles[1].id, "/cc", body())
+            if failed:
+                raise failed[0]
+            if not written:
+                raise ContainerError(f"Docker refused to write {path} back with uid {uid}")
         finally:
-            self.remove(handle)
+            pipe.close()  # a writer still going gets EPIPE and ends
+            if worker.ident is None:
+                os.close(write_fd)
+            worker.join()
+            for handle in handles:
+                self.remove(handle)
 
     def close(self) -> None:
         if not self.has_live():

@@ -10,10 +10,13 @@ tool of the image cannot have done the work.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
 import tarfile
+import tempfile
+import tracemalloc
 import uuid
 
 import pytest
@@ -69,6 +72,30 @@ def test_non_root_caller_gets_files_back_without_running_the_image(tmp_path, doc
     assert os.readlink(outputs / "link") == "top.txt"
     mine = docker_client.containers.list(all=True, filters={"label": f"org.faice.run={run_id}"}, ignore_removed=True)
     assert mine == []  # its helper container is gone
+
+
+def test_large_outputs_are_reclaimed_in_one_stream_without_temp_files(tmp_path, docker_client, empty_image,
+                                                                      monkeypatch):
+    """A 64 MiB output goes back through Docker once: nothing is written to $TMPDIR (it does
+    not even exist here) and faice's memory stays far below the file's size."""
+    outputs = tmp_path / "outputs"
+    _foreign_tree(outputs)
+    block = os.urandom(1 << 20)
+    with open(outputs / "model.bin", "wb") as handle:
+        for _ in range(64):
+            handle.write(block)
+    os.chown(outputs / "model.bin", 1234, 1234)
+    digest = hashlib.sha256((outputs / "model.bin").read_bytes()).hexdigest()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-tmpdir"))  # every temp file would fail
+    tracemalloc.start()
+    try:
+        DockerRuntime(docker_client, owner=(4321, 4321)).reclaim(outputs, empty_image, f"reclaim-{uuid.uuid4().hex[:8]}")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert set(_owners(outputs).values()) == {(4321, 4321)}
+    assert hashlib.sha256((outputs / "model.bin").read_bytes()).hexdigest() == digest
+    assert peak < 16 * 2**20, f"{peak / 2**20:.1f} MiB held for a 64 MiB file"
 
 
 def test_root_caller_chowns_on_the_host(tmp_path, docker_client, empty_image):
