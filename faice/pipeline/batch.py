@@ -306,6 +306,10 @@ class _BatchRun:
             environment["NVIDIA_VISIBLE_DEVICES"] = ",".join(g.uuid or g.index for g in self.gpus)
             # Inside the container the devices are renumbered from 0.
             environment["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in range(len(self.gpus)))
+        else:
+            # Where nvidia is Docker's default runtime, an image's NVIDIA_VISIBLE_DEVICES=all
+            # (every nvidia/cuda image) would hand this batch every GPU, outside the allocator.
+            environment["NVIDIA_VISIBLE_DEVICES"] = "void"
         keep = context.options.leave_container
         spec = ContainerSpec(
             image=context.image.id or plan.image_ref,
