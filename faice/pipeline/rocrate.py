@@ -17,6 +17,7 @@ import shutil
 import stat
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from faice import __version__
 from faice.descriptors import open_beneath
@@ -110,7 +111,7 @@ def _build(outdir: Path, header: dict[str, Any], work: Path) -> None:
         "hasPart": parts, "mentions": actions,
     }
     if results.best is not None:
-        root["about"] = {"@id": f"#batch-{results.best['batch']}"}
+        root["about"] = {"@id": f"#batch-{quote(str(results.best['batch']), safe='')}"}
     graph.append({"@id": "https://spdx.org/licenses/CC-BY-4.0", "@type": "CreativeWork", "name": "CC BY 4.0"})
     graph.append({"@id": PROFILE, "@type": "CreativeWork", "name": "Process Run Crate", "version": "0.5"})
     metadata = {"@id": METADATA, "@type": "CreativeWork", "conformsTo": {"@id": "https://w3id.org/ro/crate/1.1"},
@@ -148,13 +149,13 @@ def _image(header: dict[str, Any], red: dict[str, Any] | None) -> dict[str, Any]
 def _batch(outdir: Path, batch_id: str, row: dict[str, Any], parameters: list[str], tool: str,
            image: dict[str, Any] | None, work: Path) -> tuple[dict[str, Any], list[dict[str, Any]], list[str]]:
     """One batch's CreateAction, its PropertyValues and the crate paths of its output files."""
-    base = f"#batch-{batch_id}"
+    base = f"#batch-{quote(batch_id, safe='')}"
     record = read_batch_record(outdir, batch_id) if _plain_name(batch_id) else None
     entities: list[dict[str, Any]] = []
     inputs, outputs, usage = [], [], []
 
     def value(kind: str, name: str, data: Any, **extra: Any) -> dict[str, str]:
-        entity = {"@id": f"{base}-{kind}-{name}", "@type": "PropertyValue", "name": name,
+        entity = {"@id": f"{base}-{kind}-{quote(name, safe='')}", "@type": "PropertyValue", "name": name,
                   "value": data if isinstance(data, (int, float, str, bool)) else json.dumps(data), **extra}
         entities.append(entity)
         return {"@id": entity["@id"]}
@@ -171,13 +172,14 @@ def _batch(outdir: Path, batch_id: str, row: dict[str, Any], parameters: list[st
             if isinstance(seconds, (int, float)):
                 usage.append(value("seconds", str(name), seconds, unitCode="https://qudt.org/vocab/unit/SEC"))
         for gpu in record.gpus:
-            usage.append(value("gpu", str(gpu.get("index")), gpu.get("uuid"),
+            usage.append(value("gpu", f"GPU {gpu.get('index')}", gpu.get("uuid"),
                                description=str(gpu.get("name") or "GPU")))
     files = _outputs(batch_dir(outdir, batch_id) / "outputs", Path("batches") / batch_id / "outputs", work) \
         if _plain_name(batch_id) else []
     for path, size, digest in files:
-        entities.append({"@id": path, "@type": "File", "name": Path(path).name, "contentSize": str(size), "sha256": digest})
-        outputs.append({"@id": path})
+        entities.append({"@id": quote(path), "@type": "File", "name": Path(path).name, "contentSize": str(size),
+                         "sha256": digest})
+        outputs.append({"@id": quote(path)})
     action: dict[str, Any] = {
         "@id": base, "@type": "CreateAction", "name": f"batch {batch_id}", "instrument": {"@id": tool},
         "agent": {"@id": "#faice"}, "actionStatus": {"@id": STATUS.get(str(row["state"]), STATUS["pending"])},
@@ -195,7 +197,7 @@ def _batch(outdir: Path, batch_id: str, row: dict[str, Any], parameters: list[st
         action["error"] = f"{row.get('failure') or row['state']}: {row['message']}"
     if row.get("best"):
         action["description"] = "the best batch of the run"
-    return action, entities, [p for p, _, _ in files]
+    return action, entities, [quote(p) for p, _, _ in files]
 
 
 def _outputs(source: Path, inside: Path, work: Path) -> list[tuple[str, int, str]]:

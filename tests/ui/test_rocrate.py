@@ -10,6 +10,7 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
+from urllib.parse import unquote
 
 import pytest
 from crate_validation import validate
@@ -93,7 +94,7 @@ def test_the_crate_passes_the_process_run_crate_profile(finished_run, tmp_path, 
         (score,) = [r for r in results if r["@type"] == "PropertyValue" and r["name"] == "score"]
         assert score["value"] == parameters["n"] / 10
         (output,) = [r for r in results if r["@type"] == "File"]
-        data = (tmp_path / "crate" / output["@id"]).read_bytes()
+        data = (tmp_path / "crate" / unquote(output["@id"])).read_bytes()
         assert data == f"batch {parameters['n']}\n".encode()
         assert output["sha256"] == hashlib.sha256(data).hexdigest() and output["contentSize"] == str(len(data))
         assert any(graph[u["@id"]]["name"] == "total" for u in action["resourceUsage"])
@@ -142,3 +143,29 @@ def test_a_crate_never_lands_in_a_directory_that_holds_something(finished_run, t
     assert result.returncode == 2 and "not an empty directory" in result.stderr and "Traceback" not in result.stderr
     assert sorted(p.name for p in (tmp_path / "full").iterdir()) == ["keep.txt"]
     assert not list(tmp_path.glob(".full.partial-*"))
+
+
+def test_gpus_and_timings_are_the_actions_resource_usage(tmp_path):
+    """A batch record that names its GPUs (written here: no GPU on the test machine; the
+    records are the ones a GPU batch leaves) gives them to its action's resourceUsage."""
+    from faice.pipeline.records import BatchState, new_batch_record, write_batch_record, write_run_record
+
+    outdir = tmp_path / "gpu-run"
+    record = new_batch_record("b-gpu", 0, {"lr": 0.1}, run_id="g", command=["train"], state=BatchState.SUCCEEDED)
+    record.gpus = [{"index": "0", "uuid": "GPU-4f1c2b9e-0000-1111-2222-333344445555", "name": "NVIDIA H100 80GB HBM3"}]
+    record.timings = {"total": 12.5, "run": 11.0}
+    record.finished = record.started
+    write_batch_record(outdir, record)
+    write_run_record(outdir, {"runId": "g", "image": {"ref": "example.org/lab/train:1.0@sha256:" + "ab" * 32}},
+                     [record.entry()])
+    assert write_crate(outdir, tmp_path / "crate").returncode == 0
+    report = validate(tmp_path / "crate", tmp_path / "validator-cache")
+    assert report["passed"] is True, json.dumps(report.get("issues"), indent=1)[:3000]
+    graph = {e["@id"]: e for e in json.loads((tmp_path / "crate" / "ro-crate-metadata.json").read_text())["@graph"]}
+    usage = [graph[u["@id"]] for u in graph["#batch-b-gpu"]["resourceUsage"]]
+    assert {(u["name"], u["value"]) for u in usage} >= {("total", 12.5), ("run", 11.0),
+                                                        ("GPU 0", "GPU-4f1c2b9e-0000-1111-2222-333344445555")}
+    assert any(u.get("description") == "NVIDIA H100 80GB HBM3" for u in usage)
+    image = graph["#image"]
+    assert image["sha256"] == "ab" * 32 and image["registry"] == "example.org" and image["tag"] == "1.0"
+    assert image["name"] == "example.org/lab/train"
