@@ -67,6 +67,30 @@ def _records_match_the_schema(request: pytest.FixtureRequest):
     assert not problems, "records that do not match schemas/faice-records.json:\n" + "\n".join(problems[:10])
 
 
+@pytest.fixture(autouse=True)
+def _in_an_empty_working_directory(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
+    """Every test, and every faice it starts, runs in a fresh empty directory: no test may
+    depend on what the checkout holds (the README's demo leaves ./faice-runs there, which
+    `faice status` and `faice list` read). Paths to repository files must be absolute."""
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
+
+
+@pytest.fixture
+def optional_extra():
+    """``optional_extra("matplotlib", "plot")``: the module of an optional extra. Without it
+    the test is skipped, or fails when the test infrastructure is required: scripts/test.sh
+    and CI install every extra (the ``test`` extra lists them), so none is skipped there."""
+    import importlib
+
+    def load(module: str, extra: str):
+        try:
+            return importlib.import_module(module)
+        except ImportError as exc:
+            unavailable(f"the optional extra faice[{extra}] is not installed (pip install 'faice[{extra}]'): {exc}")
+
+    return load
+
+
 def unavailable(what: str) -> None:
     """Skip the test, or fail it when the infrastructure is required."""
     message = f"test infrastructure unavailable: {what} (start it with scripts/infra.sh up, or run scripts/test.sh)"

@@ -24,7 +24,10 @@ import shutil
 import stat
 import subprocess
 import threading
+import warnings
 from pathlib import Path
+
+from cryptography.utils import CryptographyDeprecationWarning
 
 from faice.connectors import (
     Connector,
@@ -39,6 +42,11 @@ from faice.connectors import (
 from faice.connectors.scratch import private_dir, remove_dead_scratch
 from faice.connectors.trees import output_tree
 from faice_connectors._shared import strings_block
+
+# asyncssh and paramiko still name DSA (and old ciphers) in type hints and tables, which the
+# cryptography they run with deprecates: five warnings at import that no user can act on.
+# Ignored for those two libraries only; faice's own use of cryptography still warns.
+warnings.filterwarnings("ignore", category=CryptographyDeprecationWarning, module=r"(asyncssh|paramiko)(\.|$)")
 
 # What a value may contain where it reaches ssh, sshfs or an ssh config file: no option
 # separators (comma, backslash), quotes, control characters or ssh config expansions.

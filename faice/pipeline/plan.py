@@ -228,9 +228,9 @@ def default_parallel(count: int, ram_mb: int | None, gpus: GpuAllocator | None, 
 
 
 def describe(plans: list[BatchPlan], *, run_id: str, outdir: Path, parallel: int | None,
-             gpus: GpuAllocator) -> dict[str, Any]:
+             gpus: GpuAllocator, budget: int | None = None) -> dict[str, Any]:
     """What ``--dry-run`` shows: batches, parameters, commands, image, GPU placement, mounts
-    and where each output goes.
+    and where each output goes; ``budget`` is the sweep's ``maxConcurrent``.
 
     The GPU plan is shown even where the request cannot be placed (no GPU here, all busy):
     then with a note saying why, not refused: the plan is often read on a laptop before
@@ -244,6 +244,8 @@ def describe(plans: list[BatchPlan], *, run_id: str, outdir: Path, parallel: int
     except EngineError as exc:
         note = f"not placeable here: {exc.message}"
     parallel = parallel or default_parallel(len(plans), ram_mb, None if note else gpus, request)
+    if budget is not None:
+        parallel = min(parallel, budget)  # the sweep's maxConcurrent, as the run applies it
     busy = {g.uuid for g in gpus.busy_devices()} if request.count else set()
     slots: list[list[Gpu]] = []
     if request.count and not note:

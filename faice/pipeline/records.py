@@ -394,9 +394,12 @@ def batch_records(outdir: Path) -> dict[str, BatchRecord]:
 
 
 def rebuild_run_record(outdir: Path, live: dict[str, BatchState] | None = None,
-                       header: dict[str, Any] | None = None) -> dict[str, Any]:
+                       header: dict[str, Any] | None = None,
+                       described: dict[str, tuple[int | None, dict[str, Any] | None]] | None = None
+                       ) -> dict[str, Any]:
     """Rewrite ``run.json`` from every batch record; ``live`` gives the state of batches
-    whose record is not final yet (a scheduler's view), ``header`` fields to set."""
+    whose record is not final yet (a scheduler's view), ``header`` fields to set and
+    ``described`` the (index, parameters) of batches that have no record yet."""
     outdir = Path(outdir)
     old = read_run_record(outdir) or {}
     known: dict[str, dict[str, Any]] = {
@@ -415,7 +418,8 @@ def rebuild_run_record(outdir: Path, live: dict[str, BatchState] | None = None,
         current = state or _enum(BatchState, entry.get("state"), BatchState.PENDING)
         if current.is_final and record is None:
             current = BatchState.PENDING  # no record yet: not final as far as anyone can tell
-        entries.append(pending_entry(batch_id, entry.get("index"), entry.get("parameters"), current))
+        index, parameters = (described or {}).get(batch_id, (entry.get("index"), entry.get("parameters")))
+        entries.append(pending_entry(batch_id, index, parameters, current))
     merged = {**old, **(header or {})}
     live_run = any(e["state"] not in {s.value for s in FINAL_STATES} for e in entries)
     phase = RunState.RUNNING if live_run and live else None

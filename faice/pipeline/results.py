@@ -321,8 +321,10 @@ def winner_line(results: Results) -> str:
     if best is None:
         return f"no batch has a value of {name} yet"
     parameters = ", ".join(f"{p}={_text(best.get(f'param.{p}'), 'param')}" for p in results.parameters)
+    ties = sum(1 for row in results.rows if row is not best and row.get("objective") == best["objective"])
+    tied = f"; tied with {ties} other batch{'es' if ties != 1 else ''}" if ties else ""
     return (f"best: {best['batch']}" + (f" ({parameters})" if parameters else "")
-            + f" with {name} = {_text(best['objective'], 'objective')} ({goal})")
+            + f" with {name} = {_text(best['objective'], 'objective')} ({goal}){tied}")
 
 
 def _heading(column: str, results: Results) -> str:

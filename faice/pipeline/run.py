@@ -136,7 +136,12 @@ class HostRun:
     def plan(self) -> dict[str, Any]:
         """What ``--dry-run`` shows (nothing runs, Docker is not asked)."""
         return describe(plan_batches(self.experiment), run_id=self.run_id, outdir=self.outdir,
-                        parallel=self.options.parallel, gpus=self.allocator())
+                        parallel=self.options.parallel, gpus=self.allocator(), budget=self._sweep_budget())
+
+    def _sweep_budget(self) -> int | None:
+        """The sweep's ``maxConcurrent``: at most that many batches at a time."""
+        budget = (self.experiment.data.get("sweep") or {}).get("maxConcurrent")
+        return budget if isinstance(budget, int) and budget > 0 else None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -349,8 +354,8 @@ class HostRun:
         parallel = self.options.parallel or default_parallel(
             max(1, count), self.plans[0].ram_mb if self.plans else None, self.gpus,
             self.plans[0].gpu_request if self.plans else GpuRequest())
-        budget = (self.experiment.data.get("sweep") or {}).get("maxConcurrent")
-        if isinstance(budget, int) and budget > 0:
+        budget = self._sweep_budget()
+        if budget is not None:
             parallel = min(parallel, budget)
 
         def worker() -> None:

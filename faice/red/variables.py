@@ -2,8 +2,11 @@
 
 Values come, in this order, from ``--variables`` files (later files win), the keyring
 (service ``--keyring-service``, username = variable name) and finally a prompt on the
-terminal (``getpass`` for protected names). Every filled value is a secret: it is registered
-with :data:`faice.secrets.REDACTOR` before anything can print it.
+terminal (``getpass`` for protected names). Every filled value is a secret, registered with
+:data:`faice.secrets.REDACTOR` before anything can print it, except one used only as a
+``host``, ``port`` or ``username``: an address is not a secret, and masking it made every
+connection error unreadable (``login refused for ********@********:********``). Written
+under a ``_`` key (``_host``) it is protected again.
 
 Unlike upstream, a field that is exactly ``{{name}}`` can receive a number or boolean: a
 variables-file value keeps its YAML type, and text for integer/boolean fields such as
@@ -23,6 +26,8 @@ from faice.errors import KeyPath, Problem, VariableError, format_key_path
 from faice.secrets import REDACTOR, is_protected_key, normalise_protected_keys, protected_values
 
 ALLOWED_PARENTS = frozenset({"access", "auth"})
+# Where a variable's value says where to connect, not how to get in: not a secret.
+ADDRESS_KEYS = frozenset({"host", "port", "username"})
 INTEGER_KEYS = frozenset({"port"})
 BOOLEAN_KEYS = frozenset({"writable", "disableSSLVerification"})
 TRUE_TEXTS, FALSE_TEXTS = frozenset({"true", "yes"}), frozenset({"false", "no"})
@@ -108,8 +113,9 @@ class VariableSources:
     keyring_service: str = "red"
     non_interactive: bool = False
 
-    def file_values(self) -> dict[str, Any]:
-        """The merged mapping of every variables file; later files win."""
+    def file_values(self, addresses: frozenset[str] = frozenset()) -> dict[str, Any]:
+        """The merged mapping of every variables file; later files win. Every value is
+        registered as a secret except those of the names in ``addresses``."""
         from faice.red.load import load_mapping, to_plain
 
         values: dict[str, Any] = {}
@@ -124,8 +130,10 @@ class VariableSources:
                         f"{document.name}: {name}: expected a string, number or boolean value, "
                         f"got {'nothing' if value is None else type(value).__name__}"
                     )
-                REDACTOR.add_variable(value)
                 values[name] = value
+        for name, value in values.items():
+            if name not in addresses:
+                REDACTOR.add_variable(value)
         return values
 
 
@@ -225,7 +233,8 @@ def fill_experiment(experiment: Any, sources: VariableSources | None) -> None:
 
 
 def _variable_places(data: dict, batches: list) -> dict[str, dict[str, Any]]:
-    """name → {"path": first key path, "protected": any occurrence under a protected key}."""
+    """name → {"path": first key path, "protected": any occurrence under a protected key,
+    "address": every occurrence is (part of) a ``host``, ``port`` or ``username``}."""
     places: dict[str, dict[str, Any]] = {}
 
     def visit(root: Any, prefix: KeyPath) -> None:
@@ -236,9 +245,11 @@ def _variable_places(data: dict, batches: list) -> dict[str, dict[str, Any]]:
                 names = find_variables(text)
             except ValueError as exc:
                 raise VariableError(f"{format_key_path(path)}: invalid variable: {exc}") from None
+            address = not protected and bool(path) and path[-1] in ADDRESS_KEYS
             for name in names:
-                place = places.setdefault(name, {"path": path, "protected": False})
+                place = places.setdefault(name, {"path": path, "protected": False, "address": True})
                 place["protected"] = place["protected"] or protected
+                place["address"] = place["address"] and address
 
     visit(data, ())
     for batch in batches:
@@ -249,14 +260,16 @@ def _variable_places(data: dict, batches: list) -> dict[str, dict[str, Any]]:
 
 def resolve(places: dict[str, dict[str, Any]], sources: VariableSources, source: str) -> dict[str, Any]:
     """A value for every variable name, or one VariableError listing all that are missing."""
-    file_values = sources.file_values()
+    addresses = frozenset(name for name, place in places.items() if place["address"])
+    file_values = sources.file_values(addresses)
     values = {name: file_values[name] for name in places if name in file_values}
     missing = [name for name in places if name not in values]
     keyring = _Keyring(sources.keyring_service)
     for name in missing:
         found = keyring.get(name)
         if found is not None:
-            REDACTOR.add_variable(found)
+            if name not in addresses:
+                REDACTOR.add_variable(found)
             values[name] = found
     missing = [name for name in places if name not in values]
     if not missing:
@@ -297,7 +310,8 @@ def _prompt(names: list[str], places: dict[str, dict[str, Any]]) -> dict[str, st
             value = getpass.getpass(f"{name} (protected): ", stream=sys.stderr)
         else:
             value = _read_line(f"{name}: ")
-        REDACTOR.add_variable(value)
+        if not places[name]["address"]:
+            REDACTOR.add_variable(value)
         answers[name] = value
     return answers
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -490,3 +491,69 @@ def test_cancelled_download_leaves_no_partial_file(place, ssh_server, ssh_prefix
     with StagingSession(work, progress=interrupt) as session, pytest.raises(KeyboardInterrupt):
         session.stage_in(ConnectorRequest("i", "ssh", place.file("big.bin")), "File")
     assert [p for p in work.rglob("*") if p.is_file()] == []
+
+
+# ------------------------------------------------------------------ through the CLI, as the examples use it
+
+SSH_CLI_RED = """\
+redVersion: "9"
+cli:
+  cwlVersion: v1.0
+  class: CommandLineTool
+  baseCommand: cat
+  inputs:
+    data: {{type: File, inputBinding: {{position: 0}}}}
+  outputs: {{}}
+inputs:
+  data:
+    class: File
+    connector:
+      command: ssh
+      access:
+        host: "{{{{ssh_host}}}}"
+        port: "{{{{ssh_port}}}}"
+        auth: {{username: "{{{{ssh_user}}}}", password: "{{{{ssh_password}}}}"}}
+        hostKeyPolicy: strict
+        knownHostsFile: {known_hosts}
+        filePath: {file_path}
+outputs: {{}}
+container:
+  engine: docker
+  settings: {{image: {{url: "{image}"}}, ram: 256}}
+execution: {{engine: ccfaice, settings: {{}}}}
+"""
+
+
+def ssh_cli_run(tmp_path: Path, place: SshPlace, image: str, password: str, file_path: str):
+    red = tmp_path / "ssh.red.yml"
+    red.write_text(SSH_CLI_RED.format(known_hosts=place.known_hosts, file_path=file_path, image=image))
+    variables = tmp_path / "vars.yml"
+    server = place.server
+    variables.write_text(f"ssh_host: {server.host}\nssh_port: {server.port}\nssh_user: {server.user}\n"
+                         f"ssh_password: {password}\n")
+    outdir = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-m", "faice", "exec", str(red), "--variables", str(variables),
+                           "--outdir", str(outdir), "--no-progress"],
+                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    return done, outdir
+
+
+@pytest.mark.docker
+def test_an_ssh_run_prints_no_library_warnings(place, ssh_server, ssh_prefix, test_image, tmp_path):
+    """asyncssh with a newer cryptography warned five times (ten lines) on every ssh run."""
+    put_remote(ssh_server, ssh_prefix, "hello.txt", b"hello over sftp\n")
+    done, outdir = ssh_cli_run(tmp_path, place, test_image, ssh_server.password, f"data/{ssh_prefix}/hello.txt")
+    assert done.returncode == 0, done.stderr
+    assert [p.read_text() for p in (outdir / "batches").glob("*/stdout.txt")] == ["hello over sftp\n"]
+    assert "Warning" not in done.stderr, done.stderr
+
+
+@pytest.mark.docker
+def test_a_refused_login_names_user_host_and_port_given_as_variables(place, ssh_server, test_image, tmp_path):
+    """Host, port and user are addresses, not secrets: the error says where faice tried to log
+    in. The password (also a variable) stays masked."""
+    wrong = "wrong-secret-value"
+    done, _ = ssh_cli_run(tmp_path, place, test_image, wrong, "data/x.bin")
+    assert done.returncode == 1, done.stderr
+    assert f"ssh: login refused for {ssh_server.user}@{ssh_server.host}:{ssh_server.port}" in done.stderr
+    assert wrong not in done.stderr and "Traceback" not in done.stderr

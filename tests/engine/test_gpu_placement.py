@@ -293,8 +293,8 @@ def test_dry_run_without_gpus_still_shows_the_plan(tmp_path):
     assert "GPUs: not placeable here" in text
 
 
-def test_nvml_api_faice_calls_exists_and_no_driver_means_no_gpus(monkeypatch):
-    pynvml = pytest.importorskip("pynvml", reason="the faice[gpu] extra (nvidia-ml-py) is not installed")
+def test_nvml_api_faice_calls_exists_and_no_driver_means_no_gpus(monkeypatch, optional_extra):
+    pynvml = optional_extra("pynvml", "gpu")
     for name in ("nvmlInit", "nvmlShutdown", "nvmlSystemGetDriverVersion", "nvmlDeviceGetCount",
                  "nvmlDeviceGetHandleByIndex", "nvmlDeviceGetUUID", "nvmlDeviceGetName",
                  "nvmlDeviceGetMemoryInfo", "nvmlDeviceGetComputeRunningProcesses"):

@@ -202,3 +202,13 @@ def test_max_concurrent_caps_the_batches_running_at_a_time(tmp_path, test_image)
         spans.append(tuple(datetime.fromisoformat(record[k].replace("Z", "+00:00")) for k in ("started", "finished")))
     most = max(sum(1 for s, f in spans if s <= start < f) for start, _ in spans)
     assert most == 2
+
+
+def test_the_dry_run_shows_the_parallelism_max_concurrent_allows(tmp_path, test_image, capsys):
+    from faice.cli import main
+
+    red = sh_red(tmp_path / "r.json", "true", test_image, sweep={"grid": {"n": [1, 2, 3, 4]}, "maxConcurrent": 1})
+    assert main(["exec", str(red), "--dry-run", "--parallel", "4", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["parallel"] == 1
+    assert main(["exec", str(red), "--dry-run"]) == 0
+    assert "parallel: 1 " in capsys.readouterr().out

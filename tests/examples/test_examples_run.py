@@ -1,9 +1,9 @@
 """The HTTP, S3, stdout/stderr and random-search examples, run with ``faice exec``.
 
 Each example is copied to a temporary directory with two changes that keep test runs
-apart and offline: its image ``debian:bookworm-slim`` becomes the locally built test image
-(no registry here), and the server-side location (``faice-examples``) becomes a unique
-one. Everything else — tool, connectors, variables — is the file users run.
+apart: its image becomes the test image (the same ``faice-test/base:bookworm`` unless
+``FAICE_TEST_IMAGE`` names another), and the server-side location (``faice-examples``)
+becomes a unique one. Everything else — tool, connectors, variables — is the file users run.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def test_http_example_downloads_sorts_and_uploads_with_basic_auth(tmp_path, http
         (served / "words.txt").write_text("pear\napple\nfig\napple\n")
         shutil.chown(served, "www-data", "www-data")
         red = _copy_example(tmp_path, "http/sort-words.red.yml", {
-            "debian:bookworm-slim": test_image,
+            "faice-test/base:bookworm": test_image,
             "http://127.0.0.1:8088/faice-examples/": f"{http_server.url}/{folder}/",
         })
         variables = _vars(tmp_path, {"http_username": http_server.user, "http_password": http_server.password})
@@ -86,7 +86,7 @@ def test_s3_example_counts_words_of_a_prefix_and_writes_a_directory_back(tmp_pat
     client.put_object(Bucket=s3_bucket, Key="texts/one.txt", Body=b"one two three\n")
     client.put_object(Bucket=s3_bucket, Key="texts/two.txt", Body=b"a b\nc d e\n")
     red = _copy_example(tmp_path, "s3/word-counts.red.yml", {
-        "debian:bookworm-slim": test_image,
+        "faice-test/base:bookworm": test_image,
         "s3://faice-examples/": f"s3://{s3_bucket}/",
         "http://127.0.0.1:5055": s3_server.url,
     })
@@ -103,7 +103,7 @@ def test_s3_example_counts_words_of_a_prefix_and_writes_a_directory_back(tmp_pat
 
 
 def test_stdout_and_stderr_outputs_reach_the_connector_and_the_run_directory(tmp_path, test_image):
-    red = _copy_example(tmp_path, "stdout-stderr/greet.red.yml", {"debian:bookworm-slim": test_image})
+    red = _copy_example(tmp_path, "stdout-stderr/greet.red.yml", {"faice-test/base:bookworm": test_image})
     result, outdir = _run(tmp_path, red)
     assert result.returncode == 0, explain(result)
     # stdout output: sent by the file connector, relative to where faice ran.

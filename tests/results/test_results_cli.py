@@ -16,8 +16,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from faice.cli import main
 from faice.pipeline.metrics import MetricsReader, MetricsSpec, summary
 from faice.pipeline.records import (
@@ -211,8 +209,8 @@ def _png_size(path: Path) -> tuple[int, int]:
     return struct.unpack(">II", data[16:24])
 
 
-def test_plot_writes_pngs(tmp_path):
-    pytest.importorskip("matplotlib", reason="matplotlib is the optional extra faice[plot]; pip install matplotlib")
+def test_plot_writes_pngs(tmp_path, optional_extra):
+    optional_extra("matplotlib", "plot")
     make_run(tmp_path)
     done = faice("results", str(tmp_path), "--plot", "val_accuracy", "--plot-dir", str(tmp_path / "png"))
     assert done.returncode == 0, done.stderr
@@ -242,3 +240,22 @@ def test_run_json_entries_with_metrics_are_enough(tmp_path):
     data = json.loads(faice("results", str(tmp_path), "--format", "json").stdout)
     assert len(data) == 10 and data[0]["batch"] == winner_id(expected)
     assert [r["objective"] for r in data[:8]] == sorted((e["value"] for e in expected.values()), reverse=True)
+
+
+def test_a_tie_for_the_best_value_is_said(tmp_path, capsys):
+    """Synthetic data often ties (random-search: every draw at 0.9219): the winner line says so."""
+    expected = make_run(tmp_path)
+    best = winner_id(expected)
+    assert main(["results", str(tmp_path)]) == 0
+    assert "tied" not in capsys.readouterr().out
+    other = next(b for b in expected if b != best)
+    for name in ("result.json", "metrics.json", "outputs/training.csv"):
+        source, target = tmp_path / "batches" / best / name, tmp_path / "batches" / other / name
+        if name == "result.json":
+            record = json.loads(target.read_text())
+            record["metrics"] = json.loads(source.read_text())["metrics"]
+            target.write_text(json.dumps(record))
+        else:
+            target.write_text(source.read_text())
+    assert main(["results", str(tmp_path)]) == 0
+    assert "; tied with 1 other batch\n" in capsys.readouterr().out

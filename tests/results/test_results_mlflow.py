@@ -6,14 +6,13 @@ import json
 import subprocess
 import sys
 
-import pytest
 from test_results_cli import make_run, winner_id
 
 from faice.cli import main
 
 
-def test_export_to_a_local_store(tmp_path, monkeypatch):
-    pytest.importorskip("mlflow", reason="MLflow is the optional extra faice[mlflow]; pip install mlflow-skinny")
+def test_export_to_a_local_store(tmp_path, monkeypatch, optional_extra):
+    optional_extra("mlflow", "mlflow")
     from mlflow.tracking import MlflowClient
 
     run = tmp_path / "run"

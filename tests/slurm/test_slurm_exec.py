@@ -126,6 +126,13 @@ def test_cancel_removes_the_jobs_and_their_containers(slurm, test_image, docker_
     assert status.returncode == 0, status.stderr
     live = json.loads(status.stdout)
     assert live["state"] == "running" and live["counts"] == {"running": 2, "pending": 1}
+    # docs/slurm.md's own follow-up command, as text, while two batches run and one waits
+    shown = faice("status", "--outdir", str(outdir))
+    assert shown.returncode == 0, shown.stderr
+    lines = {line.split()[1]: line.split() for line in shown.stdout.splitlines()[1:] if " b-" in line}
+    assert sorted(lines[e["id"]][2] for e in live["batches"]) == ["pending", "running", "running"]
+    assert sorted((lines[e["id"]][0], lines[e["id"]][3]) for e in live["batches"]) == [
+        ("0", "n=1"), ("1", "n=2"), ("2", "n=3")]
 
     cancel = faice("cancel", "--outdir", str(outdir), run["runId"])
     assert cancel.returncode == 0, cancel.stderr

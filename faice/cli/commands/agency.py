@@ -56,7 +56,7 @@ def add_parser(subparsers) -> None:
         examples="  echo \"$PW\" | faice agency user add alice --db sqlite:///agency.db --password-stdin",
     )
     add.add_argument("name", metavar="NAME")
-    add.add_argument("--db", default=DEFAULT_DB)
+    add.add_argument("--db", default=DEFAULT_DB, help=f"database URL, as for serve (default: {DEFAULT_DB})")
     add.add_argument("--password-stdin", action="store_true", help="read the password from stdin (else prompt)")
     add.add_argument("--admin", action="store_true", help="the user sees and cancels everyone's work")
     add_debug(add)

@@ -34,7 +34,7 @@ def add_parser(subparsers) -> None:
     fmt.add_argument("file", metavar="FILE", help="JSON or YAML file: path, - or http(s) URL")
     conversion("cwl", "print the embedded CWL CommandLineTool (cli section) of a RED file",
                "faice convert cwl experiment.red.yml > tool.cwl")
-    batches = conversion("batches", "write one RED file per batch (faice_batch_<i>.<ext>) into the current directory",
+    batches = conversion("batches", "write one RED file per batch (faice_batch_<i>.<ext>) into --outdir (default: .)",
                          "faice convert batches sweep.red.yml --format json --prefix lr_")
     batches.add_argument("--prefix", default="faice_", help="file name prefix (default: faice_)")
     batches.add_argument("--outdir", metavar="DIR", default=".", help="directory to write to (default: .)")

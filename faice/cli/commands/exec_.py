@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ def add_parser(subparsers) -> None:
 
     local = parser.add_argument_group("local engine (ccfaice)")
     local.add_argument("--outdir", metavar="DIR", help="run directory (default: ./faice-runs/<time>-<run id>)")
-    local.add_argument("--parallel", metavar="N", type=int, help="batches at a time (default: from free GPUs, RAM and CPUs)")
+    local.add_argument("--parallel", metavar="N", type=int, help="batches at a time (default: the CPU count but at least 4, bounded by total RAM / ram, free GPUs and maxConcurrent)")
     local.add_argument("--dry-run", action="store_true", help="print the plan (batches, commands, image, GPUs, mounts) and run nothing")
     local.add_argument("--resume", action="store_true", help="skip batches that already succeeded in --outdir with the same batch id")
     failing = local.add_mutually_exclusive_group()
@@ -109,6 +110,7 @@ def run(args: Any) -> int:
         if getattr(args, flag, None) and engine not in engines:
             option = "--" + flag.replace("_", "-")
             raise UsageError(f"{option} does not apply to the {engine} engine of {experiment.source}")
+    _check_resume(args)
     request = ExecRequest(
         options=options,
         outdir=Path(args.outdir) if args.outdir else None,
@@ -119,3 +121,14 @@ def run(args: Any) -> int:
         disable_retry=args.disable_retry,
     )
     return ENGINES[engine](experiment, request)
+
+
+def _check_resume(args: Any) -> None:
+    """``--resume`` continues the run in ``--outdir``: without one there is nothing to
+    continue; a directory with no run yet starts one, and says so."""
+    if not args.resume or args.dry_run:
+        return
+    if not args.outdir:
+        raise UsageError("--resume continues the run in --outdir DIR: give the run directory")
+    if not (Path(args.outdir) / "run.json").is_file():
+        print(f"faice: --resume: no run in {args.outdir} yet: starting a new one", file=sys.stderr)

@@ -21,7 +21,7 @@ def _add_agency_options(parser) -> None:
     group.add_argument("--agency", metavar="URL", help="agency URL (default: from --red-file, then the config file)")
     group.add_argument("--red-file", metavar="REDFILE", help="take the agency URL and credentials from this RED file's execution section")
     group.add_argument("--outdir", metavar="DIR", help="a local or Slurm run directory instead of an agency")
-    group.add_argument("--json", action="store_true", help="print JSON")
+    group.add_argument("--json", action="store_true", help="print JSON (docs/cli.md shows each command's)")
     add_variables(parser)
     add_debug(parser)
 
@@ -47,16 +47,20 @@ def add_parser(subparsers) -> None:
                       help="keep printing new lines until the batch ends (a local run directory, --outdir)")
     _add_agency_options(logs)
 
-    cancel = command("cancel", "cancel a batch or every batch of an experiment", "  faice cancel 65f0c1...")
-    cancel.add_argument("id", metavar="ID", help="experiment or batch id")
+    cancel = command("cancel", "cancel a batch or every batch of an experiment or run",
+                     "  faice cancel 65f0c1...\n  faice cancel 3a70810eb467 --outdir runs/lr   # a local run, as a whole")
+    cancel.add_argument("id", metavar="ID", help="experiment or batch id; with --outdir the run id (Slurm: also a batch id)")
     _add_agency_options(cancel)
 
-    listing = command("list", "list experiments on an agency", "  faice list --agency http://127.0.0.1:8080 --limit 5")
+    listing = command("list", "list experiments on an agency, the batches of a run directory, or the runs under ./faice-runs",
+                      "  faice list --agency http://127.0.0.1:8080 --limit 5\n  faice list --outdir runs/lr")
     listing.add_argument("--limit", type=int, default=20, help="at most this many (default: 20)")
     _add_agency_options(listing)
 
 
 def run(name: str, args: Any) -> int:
+    if getattr(args, "follow", False) and args.json:
+        raise UsageError("faice logs -f prints lines as they come: leave out --json")
     if args.outdir:
         return _run_directory(name, args)
     if getattr(args, "follow", False):
@@ -130,10 +134,16 @@ def _status(client, args) -> int:
 
 
 def _logs(client, args) -> int:
-    text = client.log(args.id, "stderr" if args.stderr else "stdout")
-    sys.stdout.write(REDACTOR.redact(text))
-    sys.stdout.flush()
+    stream = "stderr" if args.stderr else "stdout"
+    _print_log(args.id, stream, client.log(args.id, stream), args.json)
     return 0
+
+
+def _print_log(batch_id: str, stream: str, text: str, as_json: bool) -> None:
+    """A batch's stdout or stderr, masked; with --json as {"batchId", "stream", "text"}."""
+    text = REDACTOR.redact(text)
+    sys.stdout.write(json.dumps({"batchId": batch_id, "stream": stream, "text": text}) + "\n" if as_json else text)
+    sys.stdout.flush()
 
 
 def _cancel(client, args) -> int:
@@ -184,21 +194,22 @@ def _print_experiments(rows: list[dict[str, Any]]) -> None:
 def _run_directory(name: str, args) -> int:
     """status/logs of a local or Slurm run: read run.json and batches/<id>/."""
     outdir = Path(args.outdir)
-    if name in ("status", "cancel") and (outdir / "slurm" / "submissions.json").is_file():
+    slurm_run = (outdir / "slurm" / "submissions.json").is_file()
+    if slurm_run and name in ("status", "cancel", "list"):
         from faice.engines.slurm import engine as slurm
 
         if name == "cancel":
             return slurm.cancel(outdir, args.id)
-        slurm.refresh_status(outdir, wait=args.wait)  # run.json refreshed from Slurm, printed below
-    if name in ("cancel", "list"):
-        raise UsageError(f"faice {name} works with an agency; a local or Slurm run directory has nothing to {name}")
+        slurm.refresh_status(outdir, wait=getattr(args, "wait", False))  # run.json refreshed, printed below
+    elif name == "cancel":
+        return _cancel_local(outdir, args.id)
     if name == "logs":
         path = outdir / "batches" / args.id / ("stderr.txt" if args.stderr else "stdout.txt")
         if args.follow:
             return _follow(path, outdir, args.id)
         if not path.exists():
             raise UsageError(f"{path}: no such file (is {args.id} a batch id of the run in {outdir}?)")
-        sys.stdout.write(REDACTOR.redact(path.read_text(errors="replace")))
+        _print_log(args.id, "stderr" if args.stderr else "stdout", path.read_text(errors="replace"), args.json)
         return 0
     run_file = outdir / "run.json"
     try:
@@ -213,13 +224,19 @@ def _run_directory(name: str, args) -> int:
         run = rebuild_run_record(outdir)
     except ValueError as exc:
         raise UsageError(f"{run_file}: not valid JSON: {exc}") from None
+    if getattr(args, "wait", False) and not slurm_run:
+        from faice.engines.local_control import wait_run
+
+        run = wait_run(outdir)
+    if name == "list":
+        return _list_batches(run, args.json)
     if args.id:
         record = outdir / "batches" / args.id / "result.json"
         if not record.exists():
             raise UsageError(f"{record}: no such file (no batch {args.id} in {outdir})")
         data = json.loads(record.read_text())
         print(dumps_json(data, indent=2) if args.json else f"batch {args.id}: {data.get('state')}")
-        return 0
+        return 1 if data.get("state") in ("failed", "cancelled") else 0
     failed = 1 if run.get("state") in ("failed", "cancelled", "incomplete", "interrupted") else 0
     if args.json:
         print(dumps_json(run, indent=2))
@@ -227,14 +244,42 @@ def _run_directory(name: str, args) -> int:
     from faice.engines.display import failure_report
 
     print(f"run {run.get('runId', run.get('id', '?'))}: {run.get('state', '?')}")
+    _print_run_batches(run)
+    for line in failure_report(run, outdir):
+        print(REDACTOR.redact(line))
+    return failed
+
+
+def _print_run_batches(run: dict[str, Any]) -> None:
     for entry in run.get("batches", []):
         bid = entry.get("batchId", entry.get("id"))
         parameters = entry.get("parameters") or {}
         shown = "  " + ", ".join(f"{k}={v}" for k, v in parameters.items()) if parameters else ""
-        print(f"{entry.get('index', ''):>4}  {bid}  {entry.get('state'):<10}{shown}")
-    for line in failure_report(run, outdir):
-        print(REDACTOR.redact(line))
-    return failed
+        index = entry.get("index")
+        print(REDACTOR.redact(f"{'' if index is None else index:>4}  {bid}  {entry.get('state') or '?':<10}{shown}"))
+
+
+def _list_batches(run: dict[str, Any], as_json: bool) -> int:
+    """``faice list --outdir``: the batches of a run directory, one line each."""
+    if as_json:
+        print(dumps_json(run.get("batches", []), indent=2))
+    else:
+        _print_run_batches(run)
+    return 0
+
+
+def _cancel_local(outdir: Path, target: str | None) -> int:
+    """``faice cancel RUN_ID --outdir``: stop a local run from another terminal."""
+    from faice.engines.local_control import cancel_run
+
+    final = cancel_run(outdir, target)
+    if final is None:
+        print("faice: nothing to cancel: the run is not running", file=sys.stderr)
+        return 0
+    cancelled = [e.get("id") for e in final.get("batches", []) if e.get("state") == "cancelled"]
+    print(f"faice: cancelled the run in {outdir} ({final.get('state')}): "
+          f"{len(cancelled)} batch{'es' if len(cancelled) != 1 else ''} cancelled", file=sys.stderr)
+    return 0
 
 
 LOCAL_ROOT = Path("faice-runs")  # where faice exec puts runs without --outdir

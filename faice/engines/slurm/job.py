@@ -357,7 +357,9 @@ def write_run_summary(outdir: Path, *, states: dict[str, BatchState],
         header["source"] = experiment.source
         for batch in experiment.batches:
             live.setdefault(batch.id, SCHEDULED)
-    return rebuild_run_record(outdir, live=live, header=header)
+    described = {b: (s.get("batchIndex", {}).get(b), s.get("batchParameters", {}).get(b))
+                 for s in submissions for b in s.get("batchIds", [])}
+    return rebuild_run_record(outdir, live=live, header=header, described=described)
 
 
 def cancel_jobs_below(directory: Path, pattern: str = "attempt-*") -> list[str]:
