@@ -143,8 +143,8 @@ def test_json_keeps_the_names_exactly_and_escaped(hostile_run):
     assert next(r for r in rows if r["state"] == "failed")["message"] == MESSAGE
 
 
-def test_mlflow_export_maps_names_it_refuses(hostile_run, tmp_path, monkeypatch):
-    pytest.importorskip("mlflow", reason="MLflow is the optional extra faice[mlflow]; pip install mlflow-skinny")
+def test_mlflow_export_maps_names_it_refuses(hostile_run, tmp_path, monkeypatch, optional_extra):
+    optional_extra("mlflow", "mlflow")
     from mlflow.tracking import MlflowClient
 
     done = faice("results", str(hostile_run), "--to-mlflow", str(tmp_path / "mlruns"), cwd=tmp_path)
@@ -215,9 +215,9 @@ def test_live_display_on_a_terminal(tmp_path):
     assert "\x1b]0;" not in text and "\x07" not in text and "\x1b[2J" not in text
 
 
-def test_every_mapped_name_is_one_mlflow_accepts():
+def test_every_mapped_name_is_one_mlflow_accepts(optional_extra):
     """Checked with MLflow's own validation, over names made of the characters that matter."""
-    pytest.importorskip("mlflow", reason="MLflow is the optional extra faice[mlflow]; pip install mlflow-skinny")
+    optional_extra("mlflow", "mlflow")
     from hypothesis import given, settings
     from hypothesis import strategies as st
     from mlflow.utils.validation import _validate_metric_name, _validate_param_name
