@@ -4,8 +4,11 @@ registered), real HTTP; the last test drives it from headless Chromium."""
 
 from __future__ import annotations
 
+import io
+import json
 import re
 import sys
+import zipfile
 from pathlib import Path
 
 import agency_reds as reds
@@ -15,6 +18,7 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ui"))
 from ui_helpers import chromium_available, new_browser
 
+RED_SECRET = "alice-red-secret-5c1e"  # the RED's execution access password
 CSRF = re.compile(r'name="csrf" value="([0-9a-f]+)"')
 
 
@@ -34,7 +38,7 @@ def login(agency, user: str) -> requests.Session:
 
 @pytest.fixture
 def two_users(paused_agency):
-    alice = paused_agency.submit(reds.multi_batch(["a1", "a2"]), "alice")
+    alice = paused_agency.submit(reds.multi_batch(["a1", "a2"], password=RED_SECRET), "alice")
     bob = paused_agency.submit(reds.multi_batch(["bobs-own-value"]), "bob")
     return paused_agency, alice, bob
 
@@ -65,6 +69,14 @@ def test_each_user_sees_only_their_experiments_admins_all(two_users):
         answer = as_alice.get(agency.url + path, timeout=30)
         assert answer.status_code == 404, path
         assert "bobs-own-value" not in answer.text
+    crate = as_alice.get(agency.url + f"/ui/runs/{alice}/ro-crate.zip", timeout=60)
+    assert crate.status_code == 200 and crate.headers["Content-Type"] == "application/zip"
+    with zipfile.ZipFile(io.BytesIO(crate.content)) as archive:
+        files = {name: archive.read(name) for name in archive.namelist()}
+    actions = [e for e in json.loads(files["ro-crate-metadata.json"])["@graph"] if e["@type"] == "CreateAction"]
+    assert len(actions) == 2 and "red.json" in files and "tool.cwl" in files
+    for name, data in files.items():
+        assert b"bobs-own-value" not in data and RED_SECRET.encode() not in data, name
     as_root = login(agency, "root")
     everything = as_root.get(agency.url + "/ui/", timeout=30).text
     assert f"/ui/runs/{alice}/" in everything and f"/ui/runs/{bob}/" in everything
