@@ -87,15 +87,28 @@ def test_wait_on_a_run_whose_faice_died_reports_it_interrupted(tmp_path, docker_
             docker_client.api.remove_container(container["Id"], force=True)
 
 
-def test_a_finished_run_has_nothing_to_cancel_and_lists_its_batches(tmp_path, test_image):
-    red = sh_red(tmp_path / "r.json", "echo $0", test_image, sweep={"grid": {"n": [1, 2]}})
+def test_a_finished_run_its_batches_logs_and_resume(tmp_path, test_image):
+    red = sh_red(tmp_path / "r.json", "echo $0; test $0 -ne 2", test_image, sweep={"grid": {"n": [1, 2]}})
     outdir = tmp_path / "run"
-    assert cli("exec", str(red), "--outdir", str(outdir), "--no-progress").returncode == 0
-    run_id = json.loads((outdir / "run.json").read_text())["runId"]
+    assert cli("exec", str(red), "--outdir", str(outdir), "--no-progress").returncode == 1
+    run = json.loads((outdir / "run.json").read_text())
+    ids = {e["parameters"]["n"]: e["id"] for e in run["batches"]}
     done = cli("status", "--outdir", str(outdir), "--wait")
-    assert done.returncode == 0 and done.stdout.startswith(f"run {run_id}: succeeded")
+    assert done.returncode == 1 and done.stdout.startswith(f"run {run['runId']}: failed")
     listed = cli("list", "--outdir", str(outdir))
-    assert listed.returncode == 0 and listed.stdout.count("succeeded") == 2
-    cancel = cli("cancel", run_id, "--outdir", str(outdir))
+    assert listed.returncode == 0 and listed.stdout.count("succeeded") == 1 and listed.stdout.count("failed") == 1
+    cancel = cli("cancel", run["runId"], "--outdir", str(outdir))
     assert cancel.returncode == 0 and "nothing to cancel" in cancel.stderr
-    assert Path(outdir / "run.json").is_file()
+
+    failed, ok = cli("status", ids[2], "--outdir", str(outdir)), cli("status", ids[1], "--outdir", str(outdir))
+    assert (failed.returncode, failed.stdout) == (1, f"batch {ids[2]}: failed\n")
+    assert (ok.returncode, ok.stdout) == (0, f"batch {ids[1]}: succeeded\n")
+    logs = cli("logs", ids[1], "--outdir", str(outdir), "--json")
+    assert logs.returncode == 0 and json.loads(logs.stdout) == {"batchId": ids[1], "stream": "stdout", "text": "1\n"}
+    assert cli("logs", ids[1], "--outdir", str(outdir), "-f", "--json").returncode == 2
+
+    nowhere = cli("exec", str(red), "--resume", "--no-progress")
+    assert nowhere.returncode == 2 and "--resume continues the run in --outdir" in nowhere.stderr
+    fresh = cli("exec", str(red), "--resume", "--outdir", str(tmp_path / "fresh"), "--no-progress")
+    assert fresh.returncode == 1 and f"no run in {tmp_path / 'fresh'} yet: starting a new one" in fresh.stderr
+    assert Path(tmp_path / "fresh" / "run.json").is_file()
