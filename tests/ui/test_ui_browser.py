@@ -99,3 +99,19 @@ def test_a_running_run_updates_without_a_reload(browser, served):
     assert browser.find_element(By.CSS_SELECTOR, "[data-run-state]").text == "succeeded"
     assert not browser.execute_script("return window.faiceNotReloaded === true;")
     assert severe_console_messages(browser) == []
+
+
+def test_a_new_best_batch_is_announced(browser, served):
+    server, root, _ = served
+    browser.get(server.origin + "/runs/live/")
+    assert not browser.find_element(By.ID, "stale").is_displayed()
+    record = root / "live" / "batches" / "s-00000010" / "result.json"
+    data = json.loads(record.read_text())
+    data.update(state="succeeded", metrics={"objective": {"name": "val_accuracy", "goal": "max", "value": 5.0},
+                                            "final": {"val_accuracy": 5.0}})
+    record.write_text(json.dumps(data))
+    rebuild_run_record(root / "live")
+    WebDriverWait(browser, 20).until(lambda b: b.find_element(By.ID, "stale").is_displayed())
+    browser.find_element(By.CSS_SELECTOR, "#stale a").click()
+    WebDriverWait(browser, 10).until(
+        lambda b: b.find_element(By.CSS_SELECTOR, "tr.best").get_attribute("data-batch") == "s-00000010")

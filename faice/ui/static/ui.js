@@ -43,6 +43,10 @@
       }
       data.rows.forEach(function (row) {
         const tr = rows.get(row.batch);
+        if (row.best && !(tr && tr.classList.contains("best"))) {
+          const stale = document.getElementById("stale");
+          if (stale && stale.hidden) { stale.hidden = false; announce("a new best batch"); }
+        }
         if (!tr) return;
         const cell = tr.querySelector("td[data-col=state] .state");
         if (cell) setState(cell, row.state);
