@@ -265,6 +265,9 @@ class HostRun:
     def _close(self) -> None:
         from faice.runtime.tempdirs import remove_run_tempdir
 
+        if self.search is not None:
+            self.search.close()
+
         if self.runtime is not None and not self.options.leave_container:
             self.runtime.kill_all()
         if self.staging is not None:

@@ -8,14 +8,17 @@ series as intermediate values and its end: ``complete`` with the objective, ``pr
 an early-stopping rule stopped it (TPE still learns from a stopped trial's last value),
 ``fail`` otherwise. Nothing of this runs in the image: the values come from the metrics files.
 
-The study lives in the run directory (``search/journal.log``, Optuna's journal storage), so
-``--resume`` replays the finished trials into the sampler and continues; a trial that was in
-flight when the run was interrupted is proposed again first (the same parameters, so the same
-batch id). ``search/trials.json`` lists the trials in order for ``faice results``.
+The search is kept in the run directory as an append-only log, ``search/trials.jsonl`` (one
+line when a trial is proposed, one when it is told, with its intermediate values). The study
+itself lives in memory (Optuna's journal storage fsyncs every operation, about ten a trial:
+too slow for thousands of trials); ``--resume`` replays the told trials into a new study
+(``add_trial``) and continues; a trial that was proposed but never told (the run was
+interrupted) is proposed again first, with the same parameters, so the same batch id.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 import warnings
@@ -24,21 +27,20 @@ from pathlib import Path
 from typing import Any
 
 from faice.errors import EngineError, UsageError
-from faice.files import atomic_write_json, read_json
 from faice.red.experiment import Batch, Experiment
 from faice.red.metrics import MetricsSpec
 from faice.red.search import SearchSpec
 from faice.red.sweep import search_batch
 
 SEARCH_DIR = "search"
-JOURNAL_FILE = "journal.log"
-TRIALS_FILE = "trials.json"
-STUDY_NAME = "faice"
+LOG_FILE = "trials.jsonl"
 MAX_REPORTED_POINTS = 200  # intermediate values per trial (evenly thinned; the last one kept)
+MAX_LOG_BYTES = 256 * 1024 * 1024  # a log larger than this is not a search faice wrote
 INSTALL_HINT = "pip install 'faice[search]'"
 # Extra packages some algorithms need, beyond Optuna itself.
 NEEDS = {"cmaes": ("cmaes", "faice[search]"), "qmc": ("scipy", "faice[search]"),
          "gp": ("torch", "PyTorch (pip install torch)")}
+TOLD = {"complete", "pruned", "fail"}
 
 
 def require_optuna(algorithm: str = "tpe") -> Any:
@@ -62,11 +64,51 @@ def search_dir(outdir: Path) -> Path:
     return Path(outdir) / SEARCH_DIR
 
 
-def read_trials(outdir: Path) -> list[dict[str, Any]]:
-    """The trials of a search run in order (``[]`` when the run is no search)."""
-    data = read_json(search_dir(outdir) / TRIALS_FILE)
-    trials = data.get("trials") if isinstance(data, dict) else None
-    return [t for t in trials if isinstance(t, dict)] if isinstance(trials, list) else []
+def read_log(outdir: Path) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """(the newest ``search`` header, the trials in order) of a run's search log; (None, [])
+    when the run is no search. Each trial: trial, batch, origin, parameters, state, value,
+    sampler (complete/pruned/fail; None while untold), message, intermediate."""
+    path = search_dir(outdir) / LOG_FILE
+    try:
+        if path.stat().st_size > MAX_LOG_BYTES:
+            return None, []
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None, []
+    header: dict[str, Any] | None = None
+    trials: dict[int, dict[str, Any]] = {}
+    for line in text.splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue  # a line cut short by a crash
+        if not isinstance(event, dict):
+            continue
+        kind, number = event.get("event"), event.get("trial")
+        if kind == "search":
+            header = event
+        elif kind == "asked" and isinstance(number, int):
+            trials[number] = {"trial": number, "batch": event.get("batch"), "origin": event.get("origin"),
+                              "parameters": event.get("parameters") or {}, "state": "running", "value": None,
+                              "sampler": None, "message": None, "intermediate": []}
+        elif kind == "told" and number in trials:
+            trials[number].update({key: event.get(key) for key in ("state", "value", "sampler", "message")})
+            trials[number]["intermediate"] = event.get("intermediate") or []
+    return header, [trials[n] for n in sorted(trials)]
+
+
+def distributions(optuna: Any, parameters: dict[str, tuple[str, list[Any]]]) -> dict[str, Any]:
+    """Optuna's distributions of the search space (sweep.random's kinds)."""
+    made = {}
+    for name, (kind, arguments) in parameters.items():
+        if kind in ("uniform", "loguniform"):
+            made[name] = optuna.distributions.FloatDistribution(float(arguments[0]), float(arguments[1]),
+                                                                log=kind == "loguniform")
+        elif kind == "randint":
+            made[name] = optuna.distributions.IntDistribution(int(arguments[0]), int(arguments[1]))
+        else:
+            made[name] = optuna.distributions.CategoricalDistribution(list(arguments))
+    return made
 
 
 class Search:
@@ -79,29 +121,29 @@ class Search:
         self.metrics = metrics
         self.dir = search_dir(outdir)
         self.dir.mkdir(parents=True, exist_ok=True)
-        journal = self.dir / JOURNAL_FILE
-        if not resume and journal.exists():
-            journal.unlink()
-        from optuna.storages import JournalStorage
-        from optuna.storages.journal import JournalFileBackend
-
-        self.storage = JournalStorage(JournalFileBackend(str(journal)))
-        direction = "maximize" if metrics.objective.goal == "max" else "minimize"
-        self.study = optuna.create_study(study_name=STUDY_NAME, storage=self.storage, direction=direction,
-                                         load_if_exists=True, sampler=optuna.samplers.RandomSampler(seed=0))
-        if self.study.direction.name.lower() != direction:
-            raise EngineError(f"{self.dir}: the search recorded there {self.study.direction.name.lower()}s; "
-                              f"the RED file's objective asks to {direction}")
+        header, previous = read_log(outdir) if resume else (None, [])
+        goal = metrics.objective.goal
+        if header is not None and (header.get("objective") or {}).get("goal") not in (None, goal):
+            raise EngineError(f"{self.dir}: the search recorded there has the goal {header['objective']['goal']}; "
+                              f"the RED file's objective has {goal}")
+        self.distributions = distributions(self.optuna, self.spec.parameters)
         self._lock = threading.Lock()
-        self._in_flight: dict[str, Any] = {}  # batch id → optuna Trial
+        self._in_flight: dict[str, Any] = {}  # batch id → (optuna Trial, our trial number)
         self._ids: set[str] = set()
-        self._rows: list[dict[str, Any]] = read_trials(outdir) if resume else []
-        self.reused = self._replay()
+        self._log = open(self.dir / LOG_FILE, "a" if resume else "w", encoding="utf-8")  # noqa: SIM115
+        self.study = optuna.create_study(direction="maximize" if goal == "max" else "minimize",
+                                         sampler=optuna.samplers.RandomSampler(seed=0))
+        self.reused = self._replay(previous)
+        self._next = max((t["trial"] for t in previous), default=-1) + 1
         # A resumed search goes on with fresh random numbers (the same seed would repeat its start).
-        self.study.sampler = self._sampler(self.spec.seed + len(self.study.trials))
-        self.distributions = {name: self._distribution(kind, arguments)
-                              for name, (kind, arguments) in self.spec.parameters.items()}
+        self.study.sampler = self._sampler(self.spec.seed + self._next)
         self._asked = self.reused
+        self._write({"event": "search", "algorithm": self.spec.algorithm, "budget": self.spec.trials,
+                     "seed": self.spec.seed, "objective": metrics.objective.as_dict(),
+                     "parameters": {name: {kind: arguments} for name, (kind, arguments) in self.spec.parameters.items()}})
+
+    def close(self) -> None:
+        self._log.close()
 
     # -- set-up
 
@@ -119,36 +161,35 @@ class Search:
             return samplers.QMCSampler(seed=seed, scramble=True, warn_independent_sampling=False)
         return samplers.RandomSampler(seed=seed)
 
-    def _distribution(self, kind: str, arguments: list[Any]) -> Any:
-        distributions = self.optuna.distributions
-        if kind == "uniform":
-            return distributions.FloatDistribution(float(arguments[0]), float(arguments[1]))
-        if kind == "loguniform":
-            return distributions.FloatDistribution(float(arguments[0]), float(arguments[1]), log=True)
-        if kind == "randint":
-            return distributions.IntDistribution(int(arguments[0]), int(arguments[1]))
-        return distributions.CategoricalDistribution(list(arguments))
-
-    def _replay(self) -> int:
-        """Finished trials count towards the budget; one interrupted in flight is proposed again."""
-        state = self.optuna.trial.TrialState
+    def _replay(self, previous: list[dict[str, Any]]) -> int:
+        """Told trials go into the new study and count towards the budget; one proposed but
+        never told is proposed again (the same parameters, so the same batch)."""
+        optuna = self.optuna
+        states = {"complete": optuna.trial.TrialState.COMPLETE, "pruned": optuna.trial.TrialState.PRUNED,
+                  "fail": optuna.trial.TrialState.FAIL}
         finished = 0
-        for trial in self.study.get_trials(deepcopy=False):
-            if trial.state in (state.RUNNING, state.WAITING):
-                self.storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
-                self.study.tell(trial.number, state=state.FAIL)
-                if trial.params:
-                    self.study.enqueue_trial(trial.params, user_attrs={"origin": "again"})
-            elif trial.state.is_finished() and not trial.user_attrs.get("interrupted"):
-                finished += 1
-                if trial.user_attrs.get("batch"):
-                    self._ids.add(str(trial.user_attrs["batch"]))
-        self._rows = [row for row in self._rows if row.get("batch") in self._ids]
+        for row in previous:
+            params = {k: v for k, v in (row.get("parameters") or {}).items() if k in self.distributions}
+            if row.get("sampler") not in TOLD or row.get("state") in ("cancelled", "interrupted"):
+                if len(params) == len(self.distributions):
+                    self.study.enqueue_trial(params, user_attrs={"origin": "again"})
+                continue
+            finished += 1
+            self._ids.add(str(row.get("batch")))
+            distributions = {k: self.distributions[k] for k in params}
+            if any(not distributions[k]._contains(distributions[k].to_internal_repr(v)) for k, v in params.items()):
+                continue  # the space changed since: the trial counts, but cannot teach the sampler
+            value = row.get("value") if row.get("sampler") == "complete" else None
+            self.study.add_trial(optuna.trial.create_trial(
+                params=params, distributions=distributions, value=value, state=states[str(row["sampler"])],
+                intermediate_values={int(s): float(v) for s, v in row.get("intermediate") or []},
+                user_attrs={"batch": row.get("batch"), "origin": row.get("origin")}))
+        self._rows_before = [row for row in previous if str(row.get("batch")) in self._ids]
         return finished
 
     def finished_batches(self) -> list[str]:
         """The batch ids of the trials a resumed search keeps."""
-        return sorted(self._ids)
+        return [str(row["batch"]) for row in self._rows_before]
 
     # -- ask and tell
 
@@ -165,19 +206,18 @@ class Search:
             told = len(self.study.get_trials(deepcopy=False, states=(state.COMPLETE, state.PRUNED)))
             trial = self.study.ask(self.distributions)
             origin = trial.user_attrs.get("origin") or self._origin(told)
-            batch = search_batch(self.data, trial.number, dict(trial.params))
+            number = self._next
+            self._next += 1
+            batch = search_batch(self.data, number, dict(trial.params))
             base, count = batch.id, 0
             while batch.id in self._ids:  # the same parameters proposed twice (choices only)
                 count += 1
                 batch.id = f"{base}-{count}"
             self._ids.add(batch.id)
-            trial.set_user_attr("batch", batch.id)
-            trial.set_user_attr("origin", origin)
-            self._in_flight[batch.id] = trial
+            self._in_flight[batch.id] = (trial, number)
             self._asked += 1
-            self._rows.append({"trial": trial.number, "batch": batch.id, "origin": origin,
-                               "parameters": batch.parameters, "state": "running", "value": None, "message": None})
-            self._write_rows()
+            self._write({"event": "asked", "trial": number, "batch": batch.id, "origin": origin,
+                         "parameters": batch.parameters})
             return batch
 
     def _origin(self, told: int) -> str:
@@ -191,10 +231,12 @@ class Search:
         """A trial's batch ended (``state`` as in its record): the sampler learns from it."""
         states = self.optuna.trial.TrialState
         with self._lock:
-            trial = self._in_flight.pop(batch_id, None)
-            if trial is None:
+            found = self._in_flight.pop(batch_id, None)
+            if found is None:
                 return
-            for step, point in _thinned(series or []):
+            trial, number = found
+            points = _thinned(series or [])
+            for step, point in points:
                 trial.report(point, step)
             finite = value is not None and math.isfinite(value)
             if state == "succeeded" and finite:
@@ -205,24 +247,17 @@ class Search:
                 told = "pruned"
             else:
                 if state in ("cancelled", "interrupted"):
-                    trial.set_user_attr("interrupted", True)  # proposed again on --resume
-                    self._asked -= 1
+                    self._asked -= 1  # not counted: proposed again on --resume
                 self.study.tell(trial, state=states.FAIL)
                 told = "fail"
-            for row in self._rows:
-                if row["batch"] == batch_id:
-                    row.update(state=state, value=value if finite else None, sampler=told, message=message)
-            self._write_rows()
+            self._write({"event": "told", "trial": number, "batch": batch_id, "state": state,
+                         "value": value if finite else None, "sampler": told, "message": message,
+                         "intermediate": [list(p) for p in points]})
 
-    def cancel_all(self) -> None:
-        """The run stopped: trials still in flight are failed (and proposed again on --resume)."""
-        for batch_id in list(self._in_flight):
-            self.tell(batch_id, "cancelled", None, None)
-
-    def _write_rows(self) -> None:
-        rows = sorted(self._rows, key=lambda row: row["trial"])
-        atomic_write_json(self.dir / TRIALS_FILE, {"algorithm": self.spec.algorithm, "trials": rows,
-                                                  "budget": self.spec.trials, "objective": self.metrics.objective.as_dict()})
+    def _write(self, event: dict[str, Any]) -> None:
+        """One line of the log, flushed (not fsynced: a line lost in a crash only re-runs a trial)."""
+        self._log.write(json.dumps(event, sort_keys=True, allow_nan=False, default=str) + "\n")
+        self._log.flush()
 
 
 def _thinned(series: Sequence[Sequence[Any]]) -> list[tuple[int, float]]:

@@ -3,8 +3,8 @@ from (the sampler's random ``startup`` or the ``sampler`` itself, ``again`` for 
 after an interruption), its value, the best so far, and what stopped it; ``--plot`` adds the
 optimisation history and, when Optuna is installed, the parameters' importance.
 
-Everything is read from ``search/trials.json`` (written by :mod:`faice.pipeline.search`); only
-the importance plot loads Optuna's journal.
+Everything is read from the search's log ``search/trials.jsonl`` (written by
+:mod:`faice.pipeline.search`); only the importance plot needs Optuna.
 """
 
 from __future__ import annotations
@@ -14,21 +14,18 @@ import re
 from pathlib import Path
 from typing import Any
 
-from faice.files import read_json
+from faice.pipeline.search import read_log
 from faice.untrusted import for_terminal, markdown_cell
 
-TRIALS_PATH = ("search", "trials.json")
-JOURNAL_PATH = ("search", "journal.log")
 STOP_REASON = re.compile(r"stopped early by the (\w+) rule at step (\S+?)[ :]")
 
 
 def read_search(outdir: Path) -> dict[str, Any] | None:
     """The search record of a run directory, None when the run was no search."""
-    data = read_json(Path(outdir).joinpath(*TRIALS_PATH))
-    if not isinstance(data, dict) or not isinstance(data.get("trials"), list):
+    header, trials = read_log(Path(outdir))
+    if header is None:
         return None
-    data["trials"] = [t for t in data["trials"] if isinstance(t, dict)]
-    return data
+    return {**header, "trials": trials}
 
 
 def trial_rows(search: dict[str, Any]) -> list[dict[str, Any]]:
@@ -88,8 +85,8 @@ def _text(value: Any) -> str:
 
 
 def plot_search(outdir: Path, search: dict[str, Any], directory: Path, pyplot: Any) -> list[Path]:
-    """``history.png`` (each trial's value and the best so far, in trial order; stopped trials
-    marked) and, when Optuna is installed, ``importance.png`` (fANOVA on the journal)."""
+    """``search-history.png`` (each trial's value and the best so far, in trial order; stopped trials
+    marked) and, when Optuna is installed, ``search-importance.png`` (fANOVA)."""
     rows = trial_rows(search)
     directory.mkdir(parents=True, exist_ok=True)
     written = []
@@ -127,20 +124,24 @@ def plot_search(outdir: Path, search: dict[str, Any], directory: Path, pyplot: A
 
 
 def parameter_importance(outdir: Path) -> dict[str, float]:
-    """Each parameter's share of the objective's variance over the finished trials (Optuna's
-    fANOVA on the journal); empty without Optuna or with fewer than two finished trials."""
-    journal = Path(outdir).joinpath(*JOURNAL_PATH)
-    if not journal.is_file():
+    """Each parameter's share of the objective's variance over the complete trials (Optuna's
+    fANOVA); empty without Optuna or with fewer than two complete trials."""
+    search = read_search(outdir)
+    if search is None:
         return {}
     try:
-        from faice.pipeline.search import STUDY_NAME, require_optuna
+        from faice.pipeline.search import distributions, require_optuna
 
         optuna = require_optuna()
-        from optuna.storages import JournalStorage
-        from optuna.storages.journal import JournalFileBackend
-
-        study = optuna.load_study(study_name=STUDY_NAME, storage=JournalStorage(JournalFileBackend(str(journal))))
-        if len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) < 2:
+        goal = (search.get("objective") or {}).get("goal", "max")
+        space = distributions(optuna, {name: next(iter(d.items())) for name, d in search["parameters"].items()})
+        study = optuna.create_study(direction="maximize" if goal == "max" else "minimize")
+        for row in search["trials"]:
+            parameters = row.get("parameters") or {}
+            if row.get("sampler") != "complete" or set(parameters) != set(space):
+                continue
+            study.add_trial(optuna.trial.create_trial(params=parameters, distributions=space, value=float(row["value"])))
+        if len(study.trials) < 2:
             return {}
         return {str(k): float(v) for k, v in optuna.importance.get_param_importances(study).items()}
     except Exception:
