@@ -116,3 +116,13 @@ def test_bash_completion_completes_commands_and_flags(tmp_path):
     )
     lines = subprocess.run(["bash", "-c", probe], capture_output=True, text=True).stdout.splitlines()
     assert lines == ["format", "--dry-run"]
+
+
+def test_tests_run_in_an_empty_directory_outside_the_checkout():
+    """conftest gives every test a fresh working directory: what a checkout holds (the demo's
+    ./faice-runs, which `faice status` and `faice list` read) cannot change a test's outcome."""
+    from pathlib import Path
+
+    checkout = Path(__file__).resolve().parents[2]
+    assert checkout not in [Path.cwd(), *Path.cwd().parents]
+    assert not Path("faice-runs").exists()
