@@ -256,6 +256,13 @@ def test_unused_parameter_and_reserved_name_are_errors():
     assert "reserved" in by_path["sweep.grid.index"]
 
 
+def test_the_unused_parameter_rule_is_documented_with_the_message_faice_gives():
+    data = red(sweep={"grid": {"seed": [1, 2]}})
+    by_path = {format_key_path(p.path): p.message for p in sweep_problems(data, "f")}
+    documented = (DATA.parents[2] / "docs" / "red-reference.md").read_text()
+    assert f"`sweep.grid.seed: {by_path['sweep.grid.seed']}`" in " ".join(documented.split())
+
+
 def test_sweep_with_batches_form_and_empty_sweep_are_errors():
     data = red(sweep={}, batches=[])
     messages = [p.message for p in sweep_problems(data, "f")]
