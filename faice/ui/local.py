@@ -17,6 +17,7 @@ from typing import Any
 
 from werkzeug.wrappers import Request, Response
 
+from faice.errors import UsageError
 from faice.ui.rundirs import DirSource
 from faice.ui.web import UI, secure
 
@@ -76,7 +77,11 @@ def serve(roots: list[Path], *, host: str, port: int, announce: Any = print) -> 
 
     token = None if is_loopback(host) else new_token()
     app = LocalUI(roots, host=host, port=port, token=token)
-    server = create_server(app, host=host, port=port, threads=8, ident="faice-ui")
+    try:
+        server = create_server(app, host=host, port=port, threads=8, ident="faice-ui")
+    except OSError as exc:
+        raise UsageError(f"--host {host} --port {port}: cannot listen there ({exc.strerror or exc})",
+                         hint="choose another --port (--port 0: any free one)") from None
     bound = server.effective_port  # type: ignore[union-attr]
     if bound != port:  # --port 0: the port the system chose
         app.hosts = None if app.hosts is None else {h.rsplit(":", 1)[0] + f":{bound}" for h in app.hosts}

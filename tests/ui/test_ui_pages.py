@@ -176,3 +176,11 @@ def test_a_search_shows_its_proposals(tmp_path):
         assert section.index("s-00000002</a>") < section.index("s-00000001</a>")  # newest first
     finally:
         server.stop()
+
+
+def test_a_port_in_use_is_a_clear_error(ui, tmp_path):
+    port = ui.origin.rsplit(":", 1)[1]
+    result = subprocess.run([sys.executable, "-m", "faice", "ui", str(tmp_path), "--port", port],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "cannot listen there" in result.stderr and "--port 0" in result.stderr
+    assert "internal error" not in result.stderr
