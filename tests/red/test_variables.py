@@ -140,6 +140,26 @@ def test_a_bad_variables_file_names_the_file_and_key(tmp_path, no_keyring_env):
         fill_experiment(experiment(), VariableSources([str(bad)], non_interactive=True))
 
 
+def test_addresses_are_not_secrets_unless_declared(tmp_path, no_keyring_env):
+    """A variable used only as host, port or username is an address: errors name it. Under a
+    `_` key, or used anywhere else as well, it stays protected."""
+    data = red()
+    access = data["inputs"]["data"]["connector"]["access"]
+    access["auth"]["username"] = access["auth"].pop("_username")  # as the examples write it
+    access["host"] = "{{ssh_host}}.example.org"
+    exp = experiment(data)
+    values = {**ALL, "ssh_host": "datahost", "ssh_port": 2222, "ssh_user": "alice-user", "unused": "unused-value"}
+    fill_experiment(exp, sources(tmp_path, values))
+    assert REDACTOR.redact("login refused for alice-user@datahost.example.org:2222") == \
+        "login refused for alice-user@datahost.example.org:2222"
+    assert REDACTOR.redact(f"{SECRET} mnist unused-value") == "******** ******** ********"
+    REDACTOR.clear()
+    data["inputs"]["data"]["connector"]["access"]["auth"]["_username"] = data["inputs"]["data"]["connector"][
+        "access"]["auth"].pop("username")  # declared protected
+    fill_experiment(experiment(data), sources(tmp_path, values))
+    assert REDACTOR.redact("user alice-user") == "user ********"
+
+
 def test_every_filled_value_is_redacted_including_escaped_forms(tmp_path, no_keyring_env):
     exp = experiment()
     fill_experiment(exp, sources(tmp_path, ALL))
