@@ -18,8 +18,8 @@ from typing import Any, BinaryIO
 
 from faice.descriptors import open_beneath
 from faice.pipeline import results as results_api
+from faice.pipeline import search as search_api
 from faice.pipeline.records import RUN_FILE, STREAM_FILES, batch_dir, read_batch_record, read_run_record
-from faice.pipeline.search import read_trials
 from faice.ui.live import ChangeLog
 from faice.ui.source import (
     LOG_TAIL_BYTES,
@@ -135,7 +135,7 @@ class DirSource:
             with self._lock:
                 changes = self._changes.setdefault(path, ChangeLog())
                 view = view_of(run_id, path.resolve().name, header, loaded_results, changes)
-                view.trials = read_trials(path) or None
+                view.trials = search_api.read_log(path)[1] or None
                 self._loaded[path] = _Loaded(key, view)
                 return view
 

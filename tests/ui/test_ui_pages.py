@@ -153,23 +153,28 @@ def test_ui_refuses_what_is_not_a_directory(tmp_path):
 
 
 def test_a_search_shows_its_proposals(tmp_path):
-    """sweep.search writes its trials as they are proposed (faice.pipeline.search); the run
-    page lists them, newest first, and picks up a new proposal while the run goes."""
-    from faice.files import atomic_write_json
-    from faice.pipeline.search import TRIALS_FILE, search_dir
+    """sweep.search logs its trials as they are proposed and told (faice.pipeline.search); the
+    run page lists them, newest first, and picks up a new proposal while the run goes."""
+    from faice.pipeline.search import LOG_FILE, search_dir
 
     outdir = tmp_path / "runs" / "search"
     synthetic_run(outdir, 3, running=1)
-    trials = [{"trial": n, "batch": f"s-{n:08d}", "origin": "tpe" if n else "random (startup)",
-               "parameters": {"learning_rate": 0.01 * (n + 1)}, "state": "running" if n == 2 else "succeeded",
-               "value": None if n == 2 else 0.5 + n / 10, "message": None} for n in range(3)]
+    events = [{"event": "search", "algorithm": "tpe", "budget": 8}]
+    for n in range(3):
+        events.append({"event": "asked", "trial": n, "batch": f"s-{n:08d}", "origin": "sampler" if n else "startup",
+                       "parameters": {"learning_rate": 0.01 * (n + 1)}})
+        if n < 2:
+            events.append({"event": "told", "trial": n, "state": "succeeded", "value": 0.5 + n / 10,
+                           "sampler": "complete", "message": None})
     search_dir(outdir).mkdir()
-    atomic_write_json(search_dir(outdir) / TRIALS_FILE, {"algorithm": "tpe", "trials": trials[:2], "budget": 8})
+    log = search_dir(outdir) / LOG_FILE
+    log.write_text("".join(json.dumps(e) + "\n" for e in events[:5]))
     server = start_ui(tmp_path / "ui.log", str(tmp_path / "runs"))
     try:
         html = server.get("/runs/search/").text
-        assert "Search proposals" in html and "2 trials proposed so far" in html and "random (startup)" in html
-        atomic_write_json(search_dir(outdir) / TRIALS_FILE, {"algorithm": "tpe", "trials": trials, "budget": 8})
+        assert "Search proposals" in html and "2 trials proposed so far" in html and ">startup<" in html
+        with open(log, "a") as handle:
+            handle.write(json.dumps(events[5]) + "\n")
         rebuild_run_record(outdir)  # the run record changes with each proposal
         html = eventually(lambda: (text := server.get("/runs/search/").text) and "3 trials proposed" in text and text)
         section = html[html.index("Search proposals"):]
