@@ -30,6 +30,14 @@ def save_red_file(outdir: Path, data: dict[str, Any], redactor: Redactor) -> Non
     atomic_write_json(Path(outdir) / RED_FILE, masking.redact_data(data), redact=masking.redact)
 
 
+def recorded_indexes(outdir: Path) -> dict[str, int]:
+    """The sweep index ``run.json`` records for each batch of a run being resumed: the batches
+    keep them, so ``$(sweep.index)`` of a batch never moves while its sweep grows."""
+    run = read_run_record(outdir) or {}
+    return {str(e["id"]): e["index"] for e in run.get("batches") or []
+            if isinstance(e, dict) and e.get("id") and isinstance(e.get("index"), int)}
+
+
 def _image(data: dict[str, Any]) -> Any:
     settings = (data.get("container") or {}).get("settings") or {}
     return (settings.get("image") or {}).get("url") if isinstance(settings, dict) else None

@@ -22,8 +22,10 @@ a time (``--parallel`` and the free GPUs/RAM still apply).
 template; a string that is exactly one reference becomes the typed value. A parameter named
 like a ``cli`` input sets that input.
 
-Batch ids hash the *unfilled* document (``{{variables}}`` still in place), so secrets never
-influence them and the same file always yields the same ids; see :func:`batch_id`.
+Batch ids hash the *unfilled* document (``{{variables}}`` and ``$(sweep.index)`` still in
+place), so secrets never influence them, the same file always yields the same ids and a
+growing sweep never changes them; see :func:`batch_id`. A resumed run keeps the indexes it
+recorded and numbers new batches after them (:func:`number_batches`).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ import math
 import os
 import random
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from faice.errors import KeyPath, Problem, ValidationError
@@ -95,10 +97,13 @@ def sweep_size(sweep: Any) -> int:
     return min(count, budget) if budget else count
 
 
-def expand_batches(data: dict, source: str, *, limit: int | None = None) -> list[Batch]:
+def expand_batches(data: dict, source: str, *, limit: int | None = None,
+                   indexes: Mapping[str, int] | None = None) -> list[Batch]:
     """All batches of a (validated, unfilled) RED document, in execution order.
 
-    ``limit`` lowers the most batches a sweep may produce (see :func:`max_batches`)."""
+    ``limit`` lowers the most batches a sweep may produce (see :func:`max_batches`);
+    ``indexes`` are the sweep indexes a run directory recorded (batch id -> index): those
+    batches keep theirs, new ones are numbered after them (see :func:`number_batches`)."""
     if "batches" in data and isinstance(data["batches"], list):
         batches = [
             _batch(data, index, item.get("inputs") or {}, item.get("outputs") or {}, {}, item)
@@ -110,10 +115,7 @@ def expand_batches(data: dict, source: str, *, limit: int | None = None) -> list
             raise ValidationError(problems)
         if "search" in data["sweep"]:
             return []  # a search's batches are proposed while it runs (faice.pipeline.search)
-        batches = [
-            _batch(data, index, inputs, outputs, parameters, data)
-            for index, (inputs, outputs, parameters) in enumerate(_sweep_batches(data))
-        ]
+        return _sweep_batches(data, indexes)
     else:
         batches = [_batch(data, 0, data.get("inputs") or {}, data.get("outputs") or {}, {}, data)]
     _make_ids_unique(batches)
@@ -159,15 +161,56 @@ def _make_ids_unique(batches: list[Batch]) -> None:
             batch.id = f"{batch.id}-{count}"
 
 
-def _sweep_batches(data: dict) -> Iterator[tuple[dict, dict, dict]]:
-    for index, parameters in enumerate(combinations(data["sweep"])):
-        yield _filled(data, index, parameters)
+def _sweep_batches(data: dict, indexes: Mapping[str, int] | None) -> list[Batch]:
+    """The batches of a grid/zip/random sweep, numbered (``$(sweep.index)``) and in index order."""
+    batches = [_unindexed_batch(data, position, parameters)
+               for position, parameters in enumerate(combinations(data["sweep"]))]
+    _make_ids_unique(batches)
+    if indexes:
+        number_batches(batches, indexes)
+        batches.sort(key=lambda batch: batch.index)
+    if _mentions_index(data):
+        for batch in batches:
+            batch.inputs, batch.outputs, _ = _filled(data, batch.index, batch.parameters)
+    return batches
 
 
-def _filled(data: dict, index: int, parameters: dict[str, Any]) -> tuple[dict, dict, dict]:
-    """(inputs, outputs, parameters) of the template filled with one combination."""
+def number_batches(batches: list[Batch], indexes: Mapping[str, int]) -> None:
+    """Keep the index a run directory recorded for each of its batches and number the new
+    ones after the largest recorded index, in sweep order: ``$(sweep.index)`` of a batch
+    never moves while a resumed sweep grows (any axis), so index-named results stay its own."""
+    taken: set[int] = set()
+    for batch in batches:
+        index = indexes.get(batch.id)
+        if isinstance(index, int) and not isinstance(index, bool) and index >= 0 and index not in taken:
+            batch.index = index
+            taken.add(index)
+        else:
+            batch.index = -1
+    free = max(taken, default=-1) + 1
+    for batch in batches:
+        if batch.index < 0:
+            batch.index, free = free, free + 1
+
+
+def _mentions_index(data: dict) -> bool:
     template = {"inputs": data.get("inputs") or {}, "outputs": data.get("outputs") or {}}
-    filled = substitute(template, {**parameters, INDEX: index})
+    return f"$(sweep.{INDEX})" in json.dumps(template, default=str)
+
+
+def _unindexed_batch(data: dict, index: int, parameters: dict[str, Any]) -> Batch:
+    """A batch whose id hashes the template filled with its parameters but with
+    ``$(sweep.index)`` left in place: the parameters identify a combination, its index
+    moves when a sweep grows, and an id that moved with it would run the batch again."""
+    inputs, outputs, parameters = _filled(data, None, parameters)
+    return _batch(data, index, inputs, outputs, parameters, data)
+
+
+def _filled(data: dict, index: int | None, parameters: dict[str, Any]) -> tuple[dict, dict, dict]:
+    """(inputs, outputs, parameters) of the template filled with one combination (and with
+    its index, unless None)."""
+    template = {"inputs": data.get("inputs") or {}, "outputs": data.get("outputs") or {}}
+    filled = substitute(template, dict(parameters) if index is None else {**parameters, INDEX: index})
     inputs = filled["inputs"]
     for name, value in parameters.items():
         if name in _cli_inputs(data):
@@ -178,8 +221,9 @@ def _filled(data: dict, index: int, parameters: dict[str, Any]) -> tuple[dict, d
 def search_batch(data: dict, index: int, parameters: dict[str, Any]) -> Batch:
     """The batch of one proposed search trial (``index``: the trial's number), with the id
     its content gives it, as a sweep's batch of the same values would have."""
-    inputs, outputs, parameters = _filled(data, index, parameters)
-    return _batch(data, index, inputs, outputs, parameters, data)
+    batch = _unindexed_batch(data, index, parameters)
+    batch.inputs, batch.outputs, _ = _filled(data, index, parameters)
+    return batch
 
 
 def combinations(sweep: dict) -> list[dict[str, Any]]:

@@ -98,3 +98,38 @@ def test_the_run_directory_keeps_the_red_file_without_secrets_and_the_version(tm
     assert json.loads(kept)["container"]["settings"]["image"]["auth"]["username"] == "me"
     assert read(outdir / "run.json")["faiceVersion"] == faice.__version__
     REDACTOR.clear()
+
+
+def test_a_sweep_grown_on_an_inner_axis_keeps_indexes_through_the_cli(tmp_path, test_image):
+    """$(sweep.index) in the template and an inner axis grown: ``faice exec --resume`` reuses
+    every batch that succeeded, each keeps its index (and index-named values), and the new
+    batches are numbered after them (issue 20, review 1.6)."""
+    def write(ms: list[int]) -> Path:
+        red = sh_red(tmp_path / "r.json", 'echo "n=$0 m=$2 tag=$1"', test_image,
+                     sweep={"grid": {"n": [1, 2], "m": ms}},
+                     extra_inputs={"tag": {"type": "string", "inputBinding": {"position": 2}},
+                                   "m": {"type": "int", "inputBinding": {"position": 3}}})
+        data = json.loads(red.read_text())
+        data["inputs"].update(tag="i$(sweep.index)", m=0)
+        red.write_text(json.dumps(data))
+        return red
+
+    def faice(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "faice", "exec", *args, "--no-progress"],
+                              capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+
+    outdir = tmp_path / "run"
+    first = faice(str(write([1, 2])), "--outdir", str(outdir))
+    assert first.returncode == 0, first.stderr
+    before = {e["id"]: (e["index"], (outdir / "batches" / e["id"] / "stdout.txt").read_text())
+              for e in read(outdir / "run.json")["batches"]}
+    assert sorted(text for _, text in before.values()) == [
+        "n=1 m=1 tag=i0\n", "n=1 m=2 tag=i1\n", "n=2 m=1 tag=i2\n", "n=2 m=2 tag=i3\n"]
+    grown = faice(str(write([1, 2, 3])), "--outdir", str(outdir), "--resume")
+    assert grown.returncode == 0, grown.stderr
+    assert "resume: 4 reused, 2 new" in grown.stderr and "re-run" not in grown.stderr
+    after = {e["id"]: (e["index"], (outdir / "batches" / e["id"] / "stdout.txt").read_text())
+             for e in read(outdir / "run.json")["batches"]}
+    assert {i: after[i] for i in before} == before  # same index, untouched output
+    new = sorted(after[i] for i in after.keys() - before.keys())
+    assert new == [(4, "n=1 m=3 tag=i4\n"), (5, "n=2 m=3 tag=i5\n")]

@@ -192,6 +192,56 @@ def test_ids_are_computed_on_unfilled_variables_so_secrets_never_influence_them(
     assert batch_id(filled_a, filled_a["inputs"], filled_a["outputs"], {}) != ids[0]
 
 
+def _docs_example(**changes) -> dict:
+    """The sweep example of docs/red-reference.md (index-named log file), with changes."""
+    sweep = {
+        "grid": {"learning_rate": [0.0001, 0.001], "batch_size": [32, 64]},
+        "zip": {"seed": [1, 2], "run_name": ["a", "b"]},
+        "random": {"samples": 4, "seed": 42, "parameters": {
+            "dropout": {"uniform": [0.1, 0.5]}, "weight_decay": {"loguniform": [1.0e-6, 1.0e-3]},
+            "layers": {"randint": [2, 6]}, "optimizer": {"choice": ["adam", "sgd"]}}},
+    }
+    for key, value in changes.items():
+        section, _, name = key.partition("__")
+        sweep[section][name] = value
+    data = red(sweep=sweep, inputs={"learning_rate": 0.001, "batch_size": 8, "log": "train_$(sweep.index).log"})
+    for name in ("seed", "run_name", "dropout", "weight_decay", "layers"):
+        data["cli"]["inputs"][name] = {"type": "string?" if name == "run_name" else "float?",
+                                       "inputBinding": {"prefix": f"--{name}"}}
+    data["cli"]["inputs"]["seed"]["type"] = data["cli"]["inputs"]["layers"]["type"] = "int?"
+    return data
+
+
+@pytest.mark.parametrize("growth", [{"random__samples": 8}, {"grid__batch_size": [32, 64, 128]},
+                                    {"grid__learning_rate": [0.0001, 0.001, 0.01]}])
+def test_a_grown_sweep_keeps_every_batch_its_id_and_index(growth):
+    """Growing any axis of the docs' example (with $(sweep.index) in the template) keeps each
+    old batch's id, so --resume reuses it; with the indexes its run recorded, each keeps its
+    index and index-named file too, and the new batches are numbered after them."""
+    first = expand_batches(_docs_example(), "x")
+    assert len(first) == 32 and len({b.inputs["log"] for b in first}) == 32
+    recorded = {b.id: b.index for b in first}
+    grown_fresh = expand_batches(_docs_example(**growth), "x")
+    assert recorded.keys() <= {b.id for b in grown_fresh}, "no old batch runs again"
+    grown = expand_batches(_docs_example(**growth), "x", indexes=recorded)
+    by_id = {b.id: b for b in grown}
+    assert {b.id: by_id[b.id].index for b in first} == recorded
+    assert {b.id: by_id[b.id].inputs["log"] for b in first} == {b.id: b.inputs["log"] for b in first}
+    assert [b.index for b in grown] == list(range(len(grown)))  # new ones right after, in order
+    assert len({b.inputs["log"] for b in grown}) == len(grown), "no new batch takes an old one's file"
+    new = [b for b in grown if b.id not in recorded]
+    assert new and all(b.inputs["log"] == f"train_{b.index}.log" and b.index >= 32 for b in new)
+
+
+def test_recorded_indexes_that_collide_or_are_not_numbers_are_renumbered():
+    first = expand_batches(_docs_example(), "x")
+    bad = {first[0].id: 5, first[1].id: 5, first[2].id: "7", first[3].id: -1}
+    batches = {b.id: b for b in expand_batches(_docs_example(), "x", indexes=bad)}
+    assert len({b.index for b in batches.values()}) == 32, "every batch its own index"
+    assert batches[first[0].id].index == 5 and batches[first[1].id].index > 5
+    assert all(b.inputs["log"] == f"train_{b.index}.log" for b in batches.values())
+
+
 def test_identical_batches_get_distinct_ids_by_occurrence():
     item = {"inputs": {"learning_rate": 1.0, "batch_size": 1, "log": "l"}, "outputs": {}}
     data = red(batches=[item, item, item])

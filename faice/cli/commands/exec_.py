@@ -92,8 +92,14 @@ def run(args: Any) -> int:
         disable_connector_validation=args.disable_connector_validation,
         resume=args.resume,
     )
+    indexes = None
+    if args.resume and args.outdir:  # resumed batches keep their $(sweep.index)
+        from faice.pipeline.resume import recorded_indexes
+
+        indexes = recorded_indexes(Path(args.outdir))
     # A dry run never needs secret values.
-    experiment = load_experiment(args.red_file, variables=variable_sources(args), fill=not args.dry_run)
+    experiment = load_experiment(args.red_file, variables=variable_sources(args), fill=not args.dry_run,
+                                 indexes=indexes)
     allowed_programs = apply_policy(args.policy, experiment)
     if allowed_programs is not None:
         options = options.replace(allowed_programs=allowed_programs)
