@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from faice.files import atomic_write_json, read_json
+from faice.files import atomic_write_json, read_json, standard_json
 from faice.pipeline.records import KEPT_ON_RESUME, BatchRecord, read_run_record
 from faice.secrets import Redactor, batch_redactor
 
@@ -76,7 +76,8 @@ class ResumePlan:
 
     def why_new(self, parameters: dict[str, Any]) -> str:
         """Why a batch has no record: new sweep values, or a changed tool, image or input."""
-        same = [e for e in self.recorded.values() if (e.get("parameters") or {}) == parameters]
+        wanted = standard_json(parameters)  # as run.json holds them (.inf is "Infinity" there)
+        same = [e for e in self.recorded.values() if (e.get("parameters") or {}) == wanted]
         if not same:
             return "new parameter values" if parameters else "not run before"
         previous = self.previous_red or {}

@@ -178,6 +178,19 @@ def test_non_finite_parameters_are_standard_json_everywhere(tmp_path):
     assert [r["param.clip"] for r in rows] == ["NaN", "-Infinity", "Infinity", 1.0]  # best (acc) first
 
 
+def test_resume_recognises_recorded_non_finite_parameters(tmp_path):
+    """run.json holds .inf as "Infinity": a batch with the same values whose input changed is
+    named as such, not as new parameter values."""
+    from faice.pipeline.resume import ResumePlan
+
+    record = new_batch_record("b-clip00000000", 0, {"clip": math.inf}, run_id="r1", command=["train"],
+                              state=BatchState.SUCCEEDED)
+    write_run_record(tmp_path, {"runId": "r1"}, [record.entry()])
+    plan = ResumePlan.of(tmp_path, {})
+    assert plan.why_new({"clip": math.inf}) == "its inputs or outputs changed"
+    assert plan.why_new({"clip": 1.0}) == "new parameter values"
+
+
 def test_metrics_read_from_the_outputs_when_records_have_none(tmp_path):
     """Runs recorded before metrics were read: --red reads them from the outputs now."""
     expected = make_run(tmp_path, record_metrics=False)
