@@ -50,24 +50,23 @@ def _write(path: Path, text: str) -> None:
         handle.flush()
 
 
-def test_follow_prints_a_retried_attempt_from_its_first_line(tmp_path):
+def _running_batch(tmp_path: Path, first: str) -> tuple[Path, Path]:
+    """A run directory whose one batch runs and has printed ``first``: (outdir, stdout.txt)."""
     outdir = tmp_path / "run"
-    directory = batch_dir(outdir, BATCH)
-    directory.mkdir(parents=True)
+    batch_dir(outdir, BATCH).mkdir(parents=True)
     write_run_record(outdir, {"runId": "r1"}, [pending_entry(BATCH, 0, {}, BatchState.RUNNING)], phase=RunState.RUNNING)
-    log = directory / "stdout.txt"
-    _write(log, "attempt 1: loading data\nattempt 1: epoch 1\nattempt 1: half a li")
+    log = batch_dir(outdir, BATCH) / "stdout.txt"
+    _write(log, first)
+    return outdir, log
+
+
+def _follow_while(outdir: Path, first_line: str, change) -> str:
+    """Everything ``faice logs -f`` prints while ``change()`` runs, after it showed
+    ``first_line``, until the batch's record is final."""
     follower = _follower(outdir)
     try:
-        shown = _wait_for_line(follower, "attempt 1: epoch 1")
-        # the attempt fails; the retry removes the batch directory and starts over, and
-        # prints more than the follower had read before it looks again
-        shutil.rmtree(directory)
-        directory.mkdir(parents=True)
-        second = "".join(f"attempt 2: line {i}\n" for i in range(1, 41))
-        _write(log, second)
-        time.sleep(1.0)
-        _write(log, "attempt 2: done\n")
+        shown = _wait_for_line(follower, first_line)
+        change()
         time.sleep(0.5)
         write_batch_record(outdir, new_batch_record(BATCH, 0, {}, run_id="r1", command=["train"],
                                                     state=BatchState.SUCCEEDED))
@@ -76,32 +75,34 @@ def test_follow_prints_a_retried_attempt_from_its_first_line(tmp_path):
         if follower.poll() is None:
             follower.kill()
     assert follower.returncode == 0, err
-    text = "".join(shown) + out
-    assert text == ("attempt 1: loading data\nattempt 1: epoch 1\nattempt 1: half a li\n"
-                    + second + "attempt 2: done\n")
+    return "".join(shown) + out
+
+
+def test_follow_prints_a_retried_attempt_from_its_first_line(tmp_path):
+    outdir, log = _running_batch(tmp_path, "attempt 1: loading data\nattempt 1: epoch 1\nattempt 1: half a li")
+    second = "".join(f"attempt 2: line {i}\n" for i in range(1, 41))
+
+    def retry() -> None:
+        # the attempt fails; the retry removes the batch directory and starts over, and
+        # prints more than the follower had read before it looks again
+        shutil.rmtree(log.parent)
+        log.parent.mkdir(parents=True)
+        _write(log, second)
+        time.sleep(1.0)
+        _write(log, "attempt 2: done\n")
+
+    assert _follow_while(outdir, "attempt 1: epoch 1", retry) == (
+        "attempt 1: loading data\nattempt 1: epoch 1\nattempt 1: half a li\n" + second + "attempt 2: done\n")
 
 
 def test_follow_continues_a_log_fetched_again_whole_without_repeating_it(tmp_path):
     """After a broken stream the whole log is fetched again and replaces the file: the same
     bytes, more of them; nothing is printed twice."""
-    outdir = tmp_path / "run"
-    directory = batch_dir(outdir, BATCH)
-    directory.mkdir(parents=True)
-    write_run_record(outdir, {"runId": "r1"}, [pending_entry(BATCH, 0, {}, BatchState.RUNNING)], phase=RunState.RUNNING)
-    log = directory / "stdout.txt"
-    _write(log, "line 1\nline 2\n")
-    follower = _follower(outdir)
-    try:
-        shown = _wait_for_line(follower, "line 2")
+    outdir, log = _running_batch(tmp_path, "line 1\nline 2\n")
+
+    def fetched_again() -> None:
         part = log.with_name("stdout.txt.part")
         part.write_text("line 1\nline 2\nline 3\nline 4\n")
         os.replace(part, log)
-        time.sleep(0.5)
-        write_batch_record(outdir, new_batch_record(BATCH, 0, {}, run_id="r1", command=["train"],
-                                                    state=BatchState.SUCCEEDED))
-        out, err = follower.communicate(timeout=30)
-    finally:
-        if follower.poll() is None:
-            follower.kill()
-    assert follower.returncode == 0, err
-    assert "".join(shown) + out == "line 1\nline 2\nline 3\nline 4\n"
+
+    assert _follow_while(outdir, "line 2", fetched_again) == "line 1\nline 2\nline 3\nline 4\n"
