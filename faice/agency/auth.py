@@ -4,8 +4,10 @@ Passwords are hashed with scrypt and a per-user salt and compared in constant ti
 successful Basic login is remembered for a minute (keyed by an HMAC of the password with a
 per-process key), so that clients polling with Basic auth do not pay a scrypt per request.
 
-Lockout counts attempts per user *and client address*: an attacker can block a name only
-from their own address, never the real user elsewhere. Each attempt is reserved by one atomic
+Lockout counts attempts per user name *and client address*: an attacker can block a name
+only from their own address, never the real user elsewhere. Names that do not exist are
+counted alike, and every failed login gets one answer after one scrypt, so neither the
+answer nor its timing tells which names exist. Each attempt is reserved by one atomic
 ``INSERT … ON CONFLICT DO UPDATE … RETURNING`` before the password is checked, so parallel
 guesses can never get more than ``max_failures`` checks per window. Tokens are itsdangerous
 signatures carrying a stamp of the user's password hash: a new password revokes them all.
@@ -19,6 +21,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass
+from typing import NoReturn
 
 from faice.agency.db import Database
 from faice.errors import FaiceError
@@ -34,6 +37,11 @@ _FAILURES_TABLE = """CREATE TABLE IF NOT EXISTS login_failures (
     window_start DOUBLE PRECISION NOT NULL,
     blocked_until DOUBLE PRECISION,
     PRIMARY KEY (username, client))"""
+
+
+# The one answer to every failed Basic login (unknown name, wrong password, blocked).
+LOGIN_FAILED = ("Invalid username or password, or too many failed logins from this address "
+                "(then wait a while before trying again).")
 
 
 class AuthError(FaiceError):
@@ -97,33 +105,40 @@ class Authenticator:
 
     # ------------------------------------------------------------ basic
     def basic(self, name: str, password: str, client: str = "") -> User:
+        """The user of a right name and password. Every failed login — an unknown name, a
+        wrong password, a name blocked at this address — gets the same answer after the same
+        work (one scrypt), so answers never tell which names exist."""
         now = time.time()
         row = self.db.query_one("SELECT password_hash, salt, is_admin FROM users WHERE username = ?", (name,))
-        if row is None:
-            check_password(password, *self._dummy)  # same time as a real check
-            raise AuthError("Invalid username or password.")
         blocked = self.db.query_one(
             "SELECT blocked_until FROM login_failures WHERE username = ? AND client = ?", (name, client)
         )
         if blocked is not None and blocked[0] is not None and blocked[0] > now:
-            raise AuthError(f"User {name} is currently blocked due to invalid login attempts.")
+            self._refuse(password)
         cache_key = hmac.new(self._cache_key, f"{name}\0{password}".encode(), "sha256").hexdigest()
         with self._lock:
             cached = self._cache.get(cache_key)
-        if cached and cached[0] > now and cached[2] == row[0]:  # same password hash: not changed since
+        if row is not None and cached and cached[0] > now and cached[2] == row[0]:  # password not changed since
             return cached[1]
-        self._reserve_attempt(name, client, now)
+        if not self._reserve_attempt(name, client, now):
+            self._refuse(password)
+        if row is None:
+            self._refuse(password)  # the reserved attempt stays counted, as for a known name
         if not check_password(password, row[0], row[1]):
-            raise AuthError("Invalid username or password.")  # the reserved attempt stays counted
+            raise AuthError(LOGIN_FAILED)  # the reserved attempt stays counted
         self.db.execute("DELETE FROM login_failures WHERE username = ? AND client = ?", (name, client))
         user = User(name, bool(row[2]))
         with self._lock:
             self._cache[cache_key] = (now + CACHE_SECONDS, user, row[0])
         return user
 
-    def _reserve_attempt(self, name: str, client: str, now: float) -> None:
-        """Count one attempt atomically (one statement on SQLite and PostgreSQL alike) and
-        refuse it, without checking the password, when it is over the limit."""
+    def _refuse(self, password: str) -> NoReturn:
+        check_password(password, *self._dummy)  # the time a real check takes
+        raise AuthError(LOGIN_FAILED)
+
+    def _reserve_attempt(self, name: str, client: str, now: float) -> bool:
+        """Count one attempt atomically (one statement on SQLite and PostgreSQL alike); False
+        when it is over the limit: then the password must not be checked."""
         cut = now - self.policy.window
         rows = self.db.query(
             "INSERT INTO login_failures (username, client, failures, window_start, blocked_until) "
@@ -135,7 +150,7 @@ class Authenticator:
         )
         failures, blocked_until = rows[0]
         if blocked_until is not None and blocked_until > now:
-            raise AuthError(f"User {name} is currently blocked due to invalid login attempts.")
+            return False
         if failures > self.policy.max_failures:
             self.db.execute(
                 "UPDATE login_failures SET blocked_until = ? WHERE username = ? AND client = ?",
@@ -143,13 +158,14 @@ class Authenticator:
             )
             with self._lock:
                 self._cache = {k: v for k, v in self._cache.items() if v[1].name != name}
-            raise AuthError(f"User {name} is currently blocked due to invalid login attempts.")
+            return False
         if now - self._pruned > self.policy.window:  # forget old failures now and then
             self._pruned = now
             self.db.execute(
                 "DELETE FROM login_failures WHERE window_start < ? AND (blocked_until IS NULL OR blocked_until < ?)",
                 (cut, now),
             )
+        return True
 
     # ------------------------------------------------------------ tokens
     def _serializer(self, kind: str):

@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import base64
 import http.client
+import statistics
 import threading
+import time
 
 import agency_reds as reds
 import pytest
 import requests
 from werkzeug.routing import Map
 
-from faice.agency.app import AgencyApp
-from faice.agency.auth import add_user
+from faice.agency.app import CHALLENGE, AgencyApp
+from faice.agency.auth import LOGIN_FAILED, add_user
 from faice.agency.db import Database
 
 GUESSES = 40
@@ -59,16 +61,37 @@ def test_parallel_wrong_passwords_get_at_most_the_allowed_checks(locking_agency)
         thread.start()
     for thread in threads:
         thread.join()
-    assert [status for status, _ in answers] == [401] * GUESSES
-    checked = [text for _, text in answers if "Invalid username or password" in text]
-    assert len(checked) <= ATTEMPTS, answers  # no more guesses than allowed were even checked
-    assert sum("blocked" in text for _, text in answers) >= GUESSES - ATTEMPTS
+    assert set(answers) == {(401, LOGIN_FAILED)}  # one answer, checked or blocked
     # the right password no longer helps from the attacker's address …
-    status, text = _get_from(server, "127.0.0.1", alice, server.users["alice"])
-    assert status == 401 and "blocked" in text
+    assert _get_from(server, "127.0.0.1", alice, server.users["alice"]) == (401, LOGIN_FAILED)
     # … but the attacker cannot lock alice out elsewhere, nor anyone else
     assert _get_from(server, "127.0.0.2", alice, server.users["alice"])[0] == 200
     assert _get_from(server, "127.0.0.1", server.name("bob"), server.users["bob"])[0] == 200
+
+
+def _timed_answer(server, user: str, password: str) -> tuple[tuple[int, str, str | None], float]:
+    started = time.perf_counter()
+    response = requests.get(server.url + "/version", auth=(user, password), timeout=60)
+    return (response.status_code, response.text, response.headers.get("WWW-Authenticate")), time.perf_counter() - started
+
+
+def test_after_the_lockout_a_real_name_answers_like_an_unknown_one(locking_agency):
+    """User enumeration: a blocked real name answered "User … is currently blocked" at once,
+    an unknown one "Invalid username or password" after a scrypt."""
+    server = locking_agency
+    unknown = f"nobody-{server.name('alice')}"
+    answers: dict[str, list] = {server.name("alice"): [], unknown: []}
+    for name, seen in answers.items():
+        for i in range(ATTEMPTS + 6):
+            seen.append(_timed_answer(server, name, f"wrong-{i}"))
+    real, fake = (answers[n] for n in (server.name("alice"), unknown))
+    assert [a for a, _ in real] == [a for a, _ in fake]  # status, body and challenge, blocked or not
+    assert {a for a, _ in real} == {(401, LOGIN_FAILED, CHALLENGE)}
+    blocked_real = statistics.median(t for _, t in real[ATTEMPTS + 1:])
+    blocked_fake = statistics.median(t for _, t in fake[ATTEMPTS + 1:])
+    assert max(blocked_real, blocked_fake) < 3 * min(blocked_real, blocked_fake), (blocked_real, blocked_fake)
+    assert server.get("/version", "alice").status_code == 401  # alice is blocked here …
+    assert server.get("/version", "bob").status_code == 200  # … nobody else
 
 
 def test_tokens_and_cached_logins_die_with_a_password_change(paused_agency):
