@@ -46,6 +46,9 @@ _PUBLIC = {"hello", "schema_red", "schema_container"}
 MAX_BODY_BYTES = 64 * 2**20  # a RED with many thousands of batches still fits
 DEFAULT_PAGE_SIZE = 1000  # listings without ?limit= (upstream had none: unbounded answers)
 MAX_PAGE_SIZE = 10_000  # a larger ?limit= is cut to this
+MAX_SQL_INTEGER = 2**63 - 1  # SQLite's and PostgreSQL's BIGINT: a larger ?skip= is a 400, not a 500
+MAX_QUERY_TEXT = 1000  # characters of a text query value (user, node, state, experiment id)
+_INTEGER = re.compile(r"[+-]?[0-9]{1,30}")  # ASCII digits only (int() takes '1_0' and other scripts)
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
 
@@ -155,33 +158,34 @@ class AgencyApp:
 
     @staticmethod
     def _int(request: Request, name: str, minimum: int) -> int | None:
-        text = request.args.get(name)
+        """A query integer within SQL's 64-bit range (beyond it SQLite and PostgreSQL fail)."""
+        text = _text(request, name)
         if text is None:
             return None
-        try:
-            value = int(text)
-        except ValueError:
-            raise BadRequest(f"Query parameter {name} must be an integer, got {text!r}.") from None
-        if value < minimum:
-            raise BadRequest(f"Query parameter {name} must be at least {minimum}, got {value}.")
+        if not _INTEGER.fullmatch(text):
+            raise BadRequest(f"Query parameter {name} must be an integer, got {text[:40]!r}.")
+        value = int(text)
+        if not minimum <= value <= MAX_SQL_INTEGER:
+            raise BadRequest(f"Query parameter {name} must be between {minimum} and {MAX_SQL_INTEGER}, "
+                             f"got {text[:40]}{'…' if len(text) > 40 else ''}.")
         return value
 
-    def _filters(self, request: Request, user: User, *, batches: bool, validate: bool) -> dict[str, Any]:
-        username = request.args.get("username")
-        if not user.is_admin:
-            if username not in (None, user.name):
-                username = "\0nobody"  # another user's work is invisible, not an error
-            else:
-                username = user.name
+    def _filters(self, request: Request, user: User, *, batches: bool, validate: bool) -> dict[str, Any] | None:
+        """The listing's filters; None when the user may see nothing of what was asked for."""
+        username = _text(request, "username")
         filters: dict[str, Any] = {"username": username}
         if batches:
-            filters["node"] = request.args.get("node")
-            filters["state"] = request.args.get("state")
-            filters["experimentId"] = request.args.get("experimentId")
+            filters["node"] = _text(request, "node")
+            filters["state"] = _text(request, "state")
+            filters["experimentId"] = _text(request, "experimentId")
             if validate and filters["state"] is not None and filters["state"] not in STATES:
                 raise BadRequest(f"Query parameter state must be one of {', '.join(STATES)}.")
             if validate and filters["experimentId"] is not None and not is_valid_id(filters["experimentId"]):
                 raise BadRequest("Query parameter experimentId is not a valid BSON ObjectId.")
+        if not user.is_admin:
+            if username not in (None, user.name):
+                return None  # another user's work is invisible, not an error
+            filters["username"] = user.name
         return filters
 
     def _visible(self, doc: dict[str, Any] | None, user: User, what: str) -> dict[str, Any]:
@@ -253,13 +257,12 @@ class AgencyApp:
         return _json({"experimentId": experiment_id})
 
     def _list(self, request, user, table: str):
-        docs = self.agency.store.list(
-            table,
-            self._filters(request, user, batches=table == "batches", validate=True),
-            skip=self._int(request, "skip", 0) or 0,
-            limit=min(self._int(request, "limit", 1) or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE),
-            ascending=parse_flag(request.args.get("ascending")),
-        )
+        filters = self._filters(request, user, batches=table == "batches", validate=True)
+        skip = self._int(request, "skip", 0) or 0
+        limit = min(self._int(request, "limit", 1) or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        ascending = parse_flag(request.args.get("ascending"))
+        docs = [] if filters is None else self.agency.store.list(table, filters, skip=skip, limit=limit,
+                                                                 ascending=ascending)
         if table == "experiments":
             return _json([_experiment_summary(d) for d in docs])
         return _json([_batch_summary(d) for d in docs])
@@ -271,10 +274,14 @@ class AgencyApp:
         return self._list(request, user, "batches")
 
     def on_experiments_count(self, request, user):
-        return _json({"count": self.agency.store.count("experiments", self._filters(request, user, batches=False, validate=False))})
+        return self._count(request, user, "experiments")
 
     def on_batches_count(self, request, user):
-        return _json({"count": self.agency.store.count("batches", self._filters(request, user, batches=True, validate=False))})
+        return self._count(request, user, "batches")
+
+    def _count(self, request, user, table: str):
+        filters = self._filters(request, user, batches=table == "batches", validate=False)
+        return _json({"count": 0 if filters is None else self.agency.store.count(table, filters)})
 
     def on_experiment(self, request, user, eid: str):
         _check_id(eid)
@@ -338,6 +345,14 @@ class AgencyApp:
 
 class _NotFound(Exception):
     pass
+
+
+def _text(request: Request, name: str) -> str | None:
+    """A query value as SQL may take it: no NUL (PostgreSQL refuses it in text), bounded."""
+    value = request.args.get(name)
+    if value is not None and ("\0" in value or len(value) > MAX_QUERY_TEXT):
+        raise BadRequest(f"Query parameter {name} must be at most {MAX_QUERY_TEXT} characters, without NUL.")
+    return value
 
 
 def _check_id(value: str) -> None:

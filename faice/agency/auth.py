@@ -30,6 +30,7 @@ SCRYPT = {"n": 2**14, "r": 8, "p": 1}
 CACHE_SECONDS = 60.0
 ACCESS_TOKEN_SECONDS = 900
 REFRESH_TOKEN_SECONDS = 43200
+MAX_NAME = 1000  # characters of a login name that may reach SQL
 _FAILURES_TABLE = """CREATE TABLE IF NOT EXISTS login_failures (
     username TEXT NOT NULL,
     client TEXT NOT NULL,
@@ -109,6 +110,8 @@ class Authenticator:
         wrong password, a name blocked at this address — gets the same answer after the same
         work (one scrypt), so answers never tell which names exist."""
         now = time.time()
+        if "\0" in name or len(name) > MAX_NAME:  # no such user; PostgreSQL refuses NUL in text
+            self._refuse(password)
         row = self.db.query_one("SELECT password_hash, salt, is_admin FROM users WHERE username = ?", (name,))
         blocked = self.db.query_one(
             "SELECT blocked_until FROM login_failures WHERE username = ? AND client = ?", (name, client)
