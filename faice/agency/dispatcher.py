@@ -1,9 +1,10 @@
 """Runs registered batches on this host, with attempts, cancellation, restart recovery,
 secret voiding and notifications.
 
-A single scheduling thread claims ``registered`` batches FIFO (by registration time) when
+A single scheduling thread claims ``registered`` batches when
 :class:`faice.agency.placement.Admission` admits them (server cap, ``batchConcurrencyLimit``,
-RAM, GPUs; a batch that must wait does not hold up later ones that fit) and hands each to a
+RAM, GPUs) — users in turn, each user's experiments oldest first, one experiment at a time,
+so an experiment that must wait never holds up another's batches — and hands each to a
 worker thread running the :class:`Runner`. Every
 state change is an optimistic transition in the store, so a cancel that races with a
 finishing batch is decided by the database, not by timing.
@@ -27,8 +28,8 @@ from faice.agency.vault import Vault, unseal
 
 log = logging.getLogger("faice.agency")
 ACTIVE = frozenset({"scheduled", "processing"})
-# Registered batches looked at per scheduling round (FIFO; those that must wait are skipped).
-SCAN_LIMIT = 1000
+# Registered batches of one experiment read at a time (all ask for the same resources).
+SCAN_BATCHES = 16
 
 
 class Dispatcher:
@@ -114,36 +115,51 @@ class Dispatcher:
             self._wake.clear()
 
     def _schedule(self) -> None:
+        """Start what may start now, fairly: users take turns (whoever holds fewest running
+        batches first), each user's experiments oldest first. Every batch of an experiment asks
+        for the same (RAM, GPUs, its ``batchConcurrencyLimit``), so one that must wait makes
+        only its own experiment wait this round — never another's, however many batches wait."""
         if self.admission.full:
             return
+        queues: dict[str, list[str]] = {}
+        for experiment_id, username in self.store.waiting_experiments():
+            queues.setdefault(username, []).append(experiment_id)
         demands: dict[str, tuple[Any, Any]] = {}
-        for batch in self.store.batches_in({"registered"}, limit=SCAN_LIMIT):
-            if self.admission.full:
-                return
-            experiment_id = batch["experimentId"]
-            if experiment_id not in demands:
-                # ram and gpus are never secret: read without unsealing anything
-                experiment = self.store.experiment(experiment_id) or {}
-                demands[experiment_id] = (experiment.get("execution"),
-                                          (experiment.get("container") or {}).get("settings"))
+        while queues and not self.admission.full:
+            username = min(queues, key=self.admission.running_of)  # ties: the longest waiting
+            experiments = queues[username]
+            if not self._start_next(experiments[0], username, demands):
+                experiments.pop(0)  # nothing more of it may start this round
+                if not experiments:
+                    del queues[username]
+
+    def _start_next(self, experiment_id: str, username: str, demands: dict[str, tuple[Any, Any]]) -> bool:
+        """Start the experiment's next registered batch; False when none may start now."""
+        if experiment_id not in demands:
+            # ram and gpus are never secret: read without unsealing anything
+            experiment = self.store.experiment(experiment_id) or {}
+            demands[experiment_id] = (experiment.get("execution"), (experiment.get("container") or {}).get("settings"))
+        for batch in self.store.registered_batches(experiment_id, limit=SCAN_BATCHES):
             try:
-                claim = self.admission.admit(experiment_id, *demands[experiment_id])
+                claim = self.admission.admit(experiment_id, *demands[experiment_id], owner=username)
             except Impossible as exc:
                 self.store.transition(batch["_id"], "failed", expect={"registered"}, node=self.node, debug_info=str(exc))
                 self._void(self.store.batch(batch["_id"]))
                 continue
             if claim is None:
-                continue
+                return False
             claimed = self.store.transition(
                 batch["_id"], "scheduled", expect={"registered"}, node=self.node, count_attempt=True
             )
-            if claimed is None:
+            if claimed is None:  # cancelled meanwhile
                 self.admission.release(claim)
                 continue
             event = threading.Event()
             with self._lock:
                 self._running[claimed["_id"]] = event
             self._pool.submit(self._run_batch, claimed, event, claim)
+            return True
+        return False
 
     def _run_batch(self, batch: dict[str, Any], cancel: threading.Event, claim: Claim | None = None) -> None:
         batch_id = batch["_id"]

@@ -31,6 +31,7 @@ class Claim:
     experiment_id: str
     ram: int = 0
     gpus: list[Gpu] = field(default_factory=list)
+    owner: str = ""  # the user whose batch it is (fair turns between users)
 
 
 def host_ram_mb() -> int | None:
@@ -62,6 +63,7 @@ class Admission:
         self.ram_mb = ram_mb
         self._lock = threading.Lock()
         self._running: Counter[str] = Counter()
+        self._owners: Counter[str] = Counter()
         self._ram = 0
         self._count = 0
 
@@ -69,8 +71,13 @@ class Admission:
     def full(self) -> bool:
         return self._count >= self.cap
 
+    def running_of(self, owner: str) -> int:
+        """How many admitted batches ``owner`` holds now."""
+        with self._lock:
+            return self._owners[owner]
+
     def admit(self, experiment_id: str, execution: dict[str, Any] | None,
-              container_settings: dict[str, Any] | None) -> Claim | None:
+              container_settings: dict[str, Any] | None, owner: str = "") -> Claim | None:
         """Reserve what the batch needs, or None when it must wait (the reason it waits is
         only ever temporary). Raises :class:`Impossible` for a request no placement on this
         host could ever satisfy."""
@@ -98,15 +105,19 @@ class Admission:
                     return None
                 gpus = placed
             self._running[experiment_id] += 1
+            self._owners[owner] += 1
             self._ram += ram
             self._count += 1
-            return Claim(experiment_id, ram, gpus)
+            return Claim(experiment_id, ram, gpus, owner)
 
     def release(self, claim: Claim) -> None:
         with self._lock:
             self._running[claim.experiment_id] -= 1
             if self._running[claim.experiment_id] <= 0:
                 del self._running[claim.experiment_id]
+            self._owners[claim.owner] -= 1
+            if self._owners[claim.owner] <= 0:
+                del self._owners[claim.owner]
             self._ram -= claim.ram
             self._count -= 1
         if claim.gpus and self.gpus is not None:

@@ -211,6 +211,21 @@ class Store:
             sql += f" LIMIT {int(limit)}"
         return [_batch(r) for r in self.db.query(sql, tuple(sorted(states)))]
 
+    def waiting_experiments(self) -> list[tuple[str, str]]:
+        """(experiment id, user) of every experiment with registered batches, the one waiting
+        longest first: one row per experiment, however many batches wait."""
+        rows = self.db.query(
+            "SELECT experiment_id, username, MIN(registration_time) AS since FROM batches WHERE state = ? "
+            "GROUP BY experiment_id, username ORDER BY since, experiment_id", ("registered",))
+        return [(r[0], r[1]) for r in rows]
+
+    def registered_batches(self, experiment_id: str, *, limit: int) -> list[dict[str, Any]]:
+        """The first ``limit`` registered batches of one experiment, in batch order."""
+        rows = self.db.query(
+            f"SELECT {_BATCH_COLUMNS} FROM batches WHERE experiment_id = ? AND state = ? "
+            f"ORDER BY registration_time, list_index LIMIT {int(limit)}", (experiment_id, "registered"))
+        return [_batch(r) for r in rows]
+
     def unnotified_final(self) -> list[dict[str, Any]]:
         marks = ", ".join("?" for _ in FINAL_STATES)
         rows = self.db.query(
