@@ -189,3 +189,59 @@ def test_a_port_in_use_is_a_clear_error(ui, tmp_path):
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "cannot listen there" in result.stderr and "--port 0" in result.stderr
     assert "internal error" not in result.stderr
+
+
+def test_tables_and_forms_are_described_for_screen_readers(ui, runs):
+    """Each table has a caption, column headings with scope=col (the sortable ones aria-sort),
+    each row a heading naming its batch; each form control a label; live regions for news."""
+    from html.parser import HTMLParser
+
+    class Structure(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.stack: list[str] = []
+            self.tables: list[dict] = []
+            self.labels: set[str] = set()
+            self.controls: list[dict] = []
+            self.live = False
+
+        def handle_starttag(self, tag, attrs):
+            attrs = dict(attrs)
+            if tag == "table":
+                self.tables.append({"caption": False, "col": [], "rows": 0, "row_headers": 0})
+            elif tag == "caption" and self.tables:
+                self.tables[-1]["caption"] = True
+            elif tag == "th" and self.tables:
+                if "thead" in self.stack:
+                    self.tables[-1]["col"].append(attrs)
+                elif attrs.get("scope") == "row":
+                    self.tables[-1]["row_headers"] += 1
+            elif tag == "tr" and "tbody" in self.stack:
+                self.tables[-1]["rows"] += 1
+            elif tag == "label":
+                self.labels.add(attrs.get("for"))
+            elif tag in ("input", "select") and attrs.get("type") != "hidden":
+                self.controls.append(attrs)
+            if attrs.get("aria-live"):
+                self.live = True
+            if tag not in ("input", "meta", "link", "br"):
+                self.stack.append(tag)
+
+        def handle_endtag(self, tag):
+            if tag in self.stack:
+                while self.stack.pop() != tag:
+                    pass
+
+    for path in ("/", "/runs/lr-sweep/", f"/runs/lr-sweep/batches/{winner_id(runs[1])}/"):
+        page = Structure()
+        page.feed(ui.get(path).text)
+        assert page.tables and page.live, path
+        for table in page.tables:
+            assert table["caption"], path
+            assert table["col"] and all(th.get("scope") == "col" for th in table["col"]), path
+            assert table["row_headers"] == table["rows"], path  # every row names its batch (or run, or file)
+        assert all(c.get("id") in page.labels for c in page.controls), path
+    results = Structure()
+    results.feed(ui.get("/runs/lr-sweep/").text)
+    sortable = results.tables[0]["col"]
+    assert all("aria-sort" in th for th in sortable) and sum(th["aria-sort"] != "none" for th in sortable) == 1
