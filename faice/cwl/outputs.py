@@ -9,6 +9,7 @@ because silently picking one would record the wrong file.
 
 from __future__ import annotations
 
+import fnmatch
 import glob
 import hashlib
 import os
@@ -93,7 +94,10 @@ def collect(
         matches, escaping = _matches(workdir, pattern, kind)
         problem = None
         path = None
-        if escaping:
+        if pattern.startswith("/") or ".." in pattern.split("/"):
+            problem = (f"output {key}: glob {pattern!r} leaves /cc/outputs (an absolute path or '..'); "
+                       "outputs are only collected inside it")
+        elif escaping:
             names = ", ".join(escaping[:5])
             problem = (f"output {key}: glob {pattern!r} matched {names}, outside /cc/outputs (a symbolic link "
                        f"or '..'); refusing to collect it: outputs never include host files")
@@ -109,19 +113,52 @@ def collect(
 
 
 def _matches(workdir: Path, pattern: str, kind: str) -> tuple[list[Path], list[str]]:
-    """The glob's hits of the wanted kind, and those that are links out of ``workdir``."""
+    """The glob's hits of the wanted kind, and those that are links out of ``workdir``
+    (named by their place in ``workdir`` and the link's own text, both the batch's)."""
     if not pattern:
         return [], []
     root = os.path.realpath(workdir)
     hits, escaping = [], []
-    for hit in glob.glob(os.path.join(glob.escape(str(workdir)), pattern)):
+    for hit in _confined_glob(str(workdir), root, pattern):
         wanted = (kind == "File" and os.path.isfile(hit)) or (kind == "Directory" and os.path.isdir(hit))
         real = os.path.realpath(hit)
-        if wanted and not (real == root or real.startswith(root + os.sep)):
+        if wanted and not _inside(real, root):
             # a symbolic link out of the working directory is never an output: reading it
             # would copy a host file (its digest, its upload) into the batch's results
-            escaping.append(f"{os.path.relpath(hit, workdir)} -> {os.readlink(hit) if os.path.islink(hit) else real}")
+            escaping.append(f"{os.path.relpath(hit, workdir)} -> {os.readlink(hit) if os.path.islink(hit) else '?'}")
             continue
         if wanted:
             hits.append(Path(hit))
     return hits, escaping
+
+
+def _confined_glob(workdir: str, root: str, pattern: str) -> list[str]:
+    """``glob.glob(workdir/pattern)`` that never looks outside ``workdir``: an absolute
+    pattern or a ``..`` matches nothing, and no directory is listed whose real path leaves it
+    (a link the batch made to a host directory, a ``$(inputs.x)`` naming one), so neither a
+    message nor the time taken tells anything of the host's file names."""
+    parts = [part for part in pattern.split("/") if part not in ("", ".")]
+    if pattern.startswith("/") or ".." in parts or not parts:
+        return []
+    current = [workdir]
+    for depth, part in enumerate(parts):
+        found = []
+        for base in current:
+            if depth and not (os.path.isdir(base) and _inside(os.path.realpath(base), root)):
+                continue  # never list (or look into) a directory outside the working directory
+            if not glob.has_magic(part):
+                if os.path.lexists(os.path.join(base, part)):
+                    found.append(os.path.join(base, part))
+                continue
+            try:
+                names = os.listdir(base)
+            except OSError:
+                continue
+            hidden = part.startswith(".")  # as glob: '*' does not match dot files
+            found += [os.path.join(base, n) for n in sorted(fnmatch.filter(names, part)) if hidden or not n.startswith(".")]
+        current = found
+    return current
+
+
+def _inside(real: str, root: str) -> bool:
+    return real == root or real.startswith(root + os.sep)
