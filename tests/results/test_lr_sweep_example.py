@@ -55,3 +55,17 @@ def test_the_sweep_trains_and_results_name_the_winner(lr_sweep_image, tmp_path):
     table = faice("results", str(outdir), cwd=EXAMPLE).stdout
     assert f"best: {best['batch']} (learning_rate=1, batch_size=16) with val_accuracy = " in table
     assert f"best: {best['batch']} (learning_rate=1, batch_size=16)" in run.stdout  # exec ends with the table
+
+
+def test_the_search_example_learns_on_the_same_image(lr_sweep_image, tmp_path):
+    """lr-search.red.yml: TPE + ASHA over the same train.py, 12 trials, 2 at a time."""
+    pytest.importorskip("optuna", reason="sweep.search needs the optional extra faice[search]")
+    outdir = tmp_path / "search"
+    run = faice("exec", "lr-search.red.yml", "--disable-pull", "--outdir", str(outdir), cwd=EXAMPLE)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    batches = json.loads((outdir / "run.json").read_text())["batches"]
+    assert len(batches) == 12 and {b["state"] for b in batches} <= {"succeeded", "stopped"}
+    best = max((b["metrics"]["objective"]["value"] or 0.0) for b in batches)
+    assert best >= 0.95, "TPE finds the region of the grid's winner (0.968)"
+    table = faice("results", str(outdir), cwd=EXAMPLE).stdout
+    assert "search (tpe): 12 of 12 trials, in the order they were proposed" in table

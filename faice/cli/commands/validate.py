@@ -85,10 +85,11 @@ def run(args: Any) -> int:
     if as_json:
         _print_json({"valid": True, "redVersion": version, "batches": count, "problems": []})
     else:
-        sys.stdout.write(
-            REDACTOR.redact(f"{document.name} is valid (RED {version}, {count} batch{'es' if count != 1 else ''})")
-            + "\n"
-        )
+        from faice.red.search import is_search
+
+        size = (f"a search of {data['sweep']['search']['trials']} trials" if is_search(data)
+                else f"{count} batch{'es' if count != 1 else ''}")
+        sys.stdout.write(REDACTOR.redact(f"{document.name} is valid (RED {version}, {size})") + "\n")
     return 0
 
 
