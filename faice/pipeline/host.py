@@ -39,6 +39,11 @@ class Host:
         self._runtime = runtime
         self._lock = threading.Lock()
         self._cleaned = False
+        gpus.own_process = self._owns_process  # its batches' GPU memory is not someone else's
+
+    def _owns_process(self, pid: int) -> bool:
+        owns = getattr(self._runtime, "owns_process", None)
+        return bool(owns(pid)) if owns is not None else False
 
     @property
     def runtime(self) -> ContainerRuntime:

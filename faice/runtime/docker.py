@@ -465,6 +465,18 @@ class DockerRuntime:
         with self._lock:
             self._live.pop(handle.id, None)
 
+    def owns_process(self, pid: int) -> bool:
+        """Whether host process ``pid`` runs in a container of this runtime (its cgroup names
+        the container: ``docker-<id>.scope`` or ``/docker/<id>``). What cannot be read is not ours."""
+        try:
+            with open(f"/proc/{int(pid)}/cgroup", encoding="utf-8", errors="replace") as handle:
+                groups = handle.read(65536)
+        except (OSError, ValueError):
+            return False
+        with self._lock:
+            live = list(self._live)
+        return any(container_id in groups for container_id in live)
+
     def has_live(self) -> bool:
         with self._lock:
             return bool(self._live)

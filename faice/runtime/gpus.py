@@ -345,8 +345,12 @@ class GpuAllocator:
         self._held: dict[int, Placement] = {}
         self._cond = threading.Condition()
         self._foreign: set[str] = set()
-        self._used: dict[str, int] = {}  # uuid -> MiB all processes use there (latest probe)
+        self._used: dict[str, int] = {}  # uuid -> MiB processes use there (latest probe)
         self._probed_at = -1e9
+        self._used_is_foreign = False
+        # Tells the processes of this faice's own containers (set by the pipeline's Host);
+        # without it, memory used beyond faice's reservations counts as someone else's.
+        self.own_process: Callable[[int], bool] | None = None
 
     # -------------------------------------------------------------- busy devices
     def foreign_busy(self, *, fresh: bool = True) -> set[str]:
@@ -358,7 +362,10 @@ class GpuAllocator:
             self._probed_at = time.monotonic()
             self._foreign = {u for u, procs in processes.items()
                              if procs and u in self._devices and self._devices[u].idle}
-            self._used = {u: sum(p.used for p in procs) for u, procs in processes.items()}
+            own = self.own_process
+            self._used = {u: sum(p.used for p in procs if own is None or not own(p.pid))
+                          for u, procs in processes.items()}
+            self._used_is_foreign = own is not None
         return {u for u in self._foreign if self._devices[u].idle}
 
     def busy_devices(self) -> list[Gpu]:
@@ -413,9 +420,10 @@ class GpuAllocator:
         (packing), else the smallest idle one; an exclusive one to the smallest idle device
         that fits (best fit), so big devices stay available for big requests.
 
-        ``used``: the memory processes use on each device. faice's own batches are counted
-        at what they reserved; what the processes use beyond that is someone else's, so a
-        device's free VRAM is its size less the larger of the two."""
+        ``used``: the memory processes use on each device. Where :attr:`own_process` tells
+        faice's own from others', a device's free VRAM is its size less faice's reservations
+        and the others' use; else faice's batches are counted at what they reserved, what the
+        processes use beyond that is someone else's, and the larger of the two is taken."""
         taken: list[tuple[Gpu, int]] = []
         for need in sorted(request.vram_min, reverse=True):
             fits = []
@@ -423,7 +431,8 @@ class GpuAllocator:
                 d = devices[g.uuid]
                 if any(g is t for t, _ in taken) or g.uuid in busy or d.exclusive:
                     continue
-                free = g.vram - max(d.reserved, (used or {}).get(g.uuid, 0))
+                in_use = (used or {}).get(g.uuid, 0)
+                free = g.vram - (d.reserved + in_use if self._used_is_foreign else max(d.reserved, in_use))
                 if request.shared and free >= need:
                     fits.append((0 if d.sharers else 1, free, position, g))
                 elif not request.shared and d.idle and g.vram >= need:

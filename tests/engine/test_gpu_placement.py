@@ -128,6 +128,40 @@ def test_packing_counts_memory_other_processes_use_on_a_shared_device():
     assert allocator.try_acquire(request) is None  # 24,000 - 17,000 < 8,000 on 1; 4,000 free on 0
 
 
+@pytest.mark.docker
+def test_packing_tells_its_own_containers_processes_from_others(docker_client, test_image):
+    """With the pipeline's Host, the GPU processes of faice's own containers (a real one
+    here, found by its cgroup) are counted at their batch's reservation and everyone else's
+    at what they use: a batch that uses less than it reserved leaves no room for others'
+    memory to hide in. (No GPU: the device's process list is injected, the pid is real.)"""
+    import uuid
+
+    from faice.pipeline.host import Host
+    from faice.runtime.containers import ContainerSpec
+    from faice.runtime.docker import DockerRuntime
+
+    runtime = DockerRuntime(docker_client)
+    handle = runtime.create(ContainerSpec(image=test_image, command=["sleep", "60"], run_id=f"gpu-{uuid.uuid4().hex[:8]}",
+                                          batch_id="b-gpu-own"))
+    try:
+        runtime.start(handle)
+        pid = docker_client.api.inspect_container(handle.id)["State"]["Pid"]
+        assert runtime.owns_process(pid) and not runtime.owns_process(os.getpid())
+        processes: dict[str, list[GpuProcess]] = {}
+        allocator = GpuAllocator(TWO, probe=probe_of(processes))
+        Host(allocator, runtime)
+        first = allocator.try_acquire(GpuRequest((8000,), shared=True))
+        assert [g.index for g in first] == ["0"]
+        processes["GPU-aaa"] = [GpuProcess(pid, 2000)]  # the batch, below its reservation
+        assert [g.index for g in allocator.try_acquire(GpuRequest((12000,), shared=True))] == ["0"]
+        processes["GPU-aaa"].append(GpuProcess(4242, 3000))  # someone else's, beside it
+        # device 0: 24,000 - 8,000 - 12,000 reserved - 3,000 used by 4242 = 1,000 free
+        assert [g.index for g in allocator.try_acquire(GpuRequest((2000,), shared=True))] == ["1"]
+    finally:
+        runtime.kill(handle)
+        runtime.remove(handle)
+
+
 def test_exclusive_and_shared_batches_never_meet():
     allocator = GpuAllocator(TWO)
     shared = allocator.try_acquire(GpuRequest((4000,), shared=True))
