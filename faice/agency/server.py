@@ -11,21 +11,33 @@ from urllib.parse import urlsplit, urlunsplit
 
 from faice.agency.notify import Hook
 from faice.secrets import REDACTOR
+from faice.untrusted import for_terminal, log_line
 
 log = logging.getLogger("faice.agency")
 
 
-class _Redacting(logging.Filter):
+class _OneSafeLine(logging.Filter):
+    """Every record as one line without control characters, the process's secrets masked:
+    request paths and every other value from a user reach the log, and a ``%0a`` would forge
+    a line, a ``%1b`` act on the terminal of whoever reads it."""
+
     def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = REDACTOR.redact(record.getMessage())
+        record.msg = log_line(REDACTOR.redact(record.getMessage()))
         record.args = ()
         return True
 
 
+class _SafeTraceback(logging.Formatter):
+    """Tracebacks keep their lines, but no escape sequence of a value quoted in them."""
+
+    def formatException(self, ei) -> str:
+        return for_terminal(REDACTOR.redact(super().formatException(ei)), lines=True)
+
+
 def setup_logging(debug: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler.addFilter(_Redacting())
+    handler.setFormatter(_SafeTraceback("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(_OneSafeLine())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if debug else logging.INFO)
