@@ -54,6 +54,9 @@ SCHEMA = (
         doc TEXT NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS batches_state ON batches (state, registration_time)",
     "CREATE INDEX IF NOT EXISTS batches_experiment ON batches (experiment_id)",
+    # the dispatcher's two reads: experiments with waiting batches, an experiment's next ones
+    "CREATE INDEX IF NOT EXISTS batches_waiting ON batches (state, experiment_id, username, registration_time)",
+    "CREATE INDEX IF NOT EXISTS batches_next ON batches (experiment_id, state, registration_time, list_index)",
     """CREATE TABLE IF NOT EXISTS batch_logs (
         batch_id TEXT NOT NULL,
         name TEXT NOT NULL,
