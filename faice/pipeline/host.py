@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from faice.errors import FaiceError
-from faice.pipeline.batch import BatchContext, run_batch
+from faice.pipeline.batch import BatchContext, StopRule, run_batch
 from faice.pipeline.events import EventSink, ignore
 from faice.pipeline.options import RunOptions
 from faice.pipeline.plan import BatchPlan
@@ -79,6 +79,7 @@ class Host:
         engine: dict[str, Any] | None = None,
         on_event: EventSink = ignore,
         gpus: GpuAllocator | None = None,
+        stop_rule: StopRule | None = None,
     ) -> BatchRecord:
         """Run one batch: image, scratch space and a staging session of its own, connector
         access checked first; a failure before the batch could start is recorded too.
@@ -101,7 +102,7 @@ class Host:
                 context = BatchContext(
                     run_id=run_id, outdir=outdir, scratch=scratch, runtime=runtime, image=image, gpus=gpus or self.gpus,
                     staging=staging, redactor=redactor, options=options, cancel=cancel, on_event=on_event,
-                    pull_seconds=pull_seconds, check_access=True, engine=engine,
+                    pull_seconds=pull_seconds, check_access=True, engine=engine, stop_rule=stop_rule,
                 )
                 return run_batch(plan, context)
         except FaiceError as exc:

@@ -25,14 +25,19 @@ number. Nothing here reads files or raises on odd series.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
+import os
+import stat
 import threading
+import time
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 from faice.red.metrics import EarlyStopping, MetricsSpec, Objective
 
-__all__ = ["Stopper", "asha_rungs", "median_stopping", "percentile_stopping"]
+__all__ = ["SharedStopper", "Stopper", "asha_rungs", "median_stopping", "percentile_stopping"]
 
 Series = Sequence[Sequence[Any]]
 
@@ -291,3 +296,128 @@ class Stopper:
                     f"so far {_shown(value)} is not among the best {kept} of {len(recorded)} batches that "
                     f"reached it (cut {_shown(cutoff)}, {goal})")
         return None
+
+
+# ---------------------------------------------------------------- batches that run apart
+
+
+class SharedStopper:
+    """The rule for batches that run apart (the workers of a packed Slurm run, on several nodes),
+    from what they share: the run directory.
+
+    Each running batch's series is written to ``live_dir/<batch id>.json`` as it is checked
+    (at most every ``REFRESH_S``); what the other workers wrote there, and the ``metrics.json``
+    of every finished batch under ``batches_dir``, are read at most as often and count like
+    the batches of a local run. Each worker decides for its own batches with what it has seen:
+    a batch that reached a rung a moment ago on another node may be missing, never invented.
+    """
+
+    REFRESH_S = 2.0
+    MAX_FILE_BYTES = 4 * 1024 * 1024  # a live series or metrics.json larger than this is skipped
+
+    def __init__(self, spec: MetricsSpec, *, live_dir: Path, batches_dir: Path) -> None:
+        self.stopper = Stopper(spec)
+        self.name = spec.objective.name
+        self.live_dir = Path(live_dir)
+        self.batches_dir = Path(batches_dir)
+        self._finished: set[str] = set()
+        self._own: set[str] = set()
+        self._published: dict[str, float] = {}
+        self._refreshed = 0.0
+        self._lock = threading.Lock()
+
+    @classmethod
+    def for_spec(cls, spec: MetricsSpec | None, **where: Path) -> SharedStopper | None:
+        return cls(spec, **where) if spec is not None and spec.early_stopping is not None else None
+
+    def check(self, batch_id: str, series: Series) -> str | None:
+        """The stop rule of one running batch (as :meth:`Stopper.check`)."""
+        now = time.monotonic()
+        with self._lock:
+            self._own.add(batch_id)
+            publish = now - self._published.get(batch_id, 0.0) >= self.REFRESH_S
+            if publish:
+                self._published[batch_id] = now
+            refresh = now - self._refreshed >= self.REFRESH_S
+            if refresh:
+                self._refreshed = now
+        if publish:
+            self._publish(batch_id, series)
+        if refresh:
+            self._refresh()
+        return self.stopper.check(batch_id, series)
+
+    def done(self, batch_id: str) -> None:
+        """The batch ended: its live series goes (its metrics.json speaks for it from now on)."""
+        with self._lock:
+            self._own.discard(batch_id)
+        try:
+            os.unlink(self.live_dir / f"{batch_id}.json")
+        except OSError:
+            pass
+
+    def _publish(self, batch_id: str, series: Series) -> None:
+        from faice.files import atomic_write_json
+
+        try:
+            self.live_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(self.live_dir / f"{batch_id}.json", {"series": [list(p) for p in series]})
+        except OSError:
+            pass  # the others decide without it
+
+    def _refresh(self) -> None:
+        with self._lock:
+            own, finished = set(self._own), set(self._finished)
+        try:
+            ended = [p for p in self.batches_dir.iterdir() if p.name not in finished and p.name not in own]
+        except OSError:
+            ended = []
+        for directory in ended:
+            data = self._read(directory / "metrics.json")
+            if data is not None:
+                series = _series_of(data, self.name)
+                if series is not None:
+                    self.stopper.finished(directory.name, series)
+                with self._lock:
+                    self._finished.add(directory.name)
+        try:
+            live = [p for p in self.live_dir.iterdir() if p.suffix == ".json"]
+        except OSError:
+            live = []
+        for path in live:
+            if path.stem in own or path.stem in finished:
+                continue
+            data = self._read(path)
+            series = _series_of(data, self.name) if data is not None else None
+            if series is not None:
+                self.stopper.finished(path.stem, series)
+
+    def _read(self, path: Path) -> Any:
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+        except OSError:
+            return None
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode) or info.st_size > self.MAX_FILE_BYTES:
+                return None
+            return json.loads(os.read(fd, info.st_size + 1))
+        except (OSError, ValueError):
+            return None
+        finally:
+            os.close(fd)
+
+
+def _series_of(data: Any, name: str) -> list[list[Any]] | None:
+    """The ``[[step, value], …]`` of ``name`` in a metrics.json or live file; None when malformed."""
+    series = data.get("series") if isinstance(data, dict) else None
+    if isinstance(series, dict):
+        series = series.get(name)
+    if not isinstance(series, list):
+        return None
+    points = []
+    for point in series:
+        if (isinstance(point, list) and len(point) == 2 and isinstance(point[0], (int, float))
+                and (point[1] is None or isinstance(point[1], (int, float)))):
+            points.append(point)
+    return points

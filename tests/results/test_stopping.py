@@ -194,3 +194,26 @@ def test_every_rule_with_its_settings_is_valid():
     parsed = spec({"rule": "hyperband", "graceSteps": 2, "reductionFactor": 3, "maxSteps": 27}).early_stopping
     assert parsed is not None and (parsed.rule, parsed.grace_steps, parsed.reduction_factor, parsed.max_steps) == \
         ("hyperband", 2, 3, 27)
+
+
+def test_workers_that_run_apart_see_each_others_batches_through_the_run_directory(tmp_path, monkeypatch):
+    """Two packed-Slurm workers (two SharedStoppers on one shared directory): a batch on one is
+    judged against the batches the other runs and the finished ones; odd files are ignored."""
+    from faice.pipeline.stopping import SharedStopper
+
+    monkeypatch.setattr(SharedStopper, "REFRESH_S", 0.0)
+    metrics = spec({"rule": "asha", "graceSteps": 1, "reductionFactor": 2})
+    where = {"live_dir": tmp_path / "live", "batches_dir": tmp_path / "batches"}
+    one, two = SharedStopper(metrics, **where), SharedStopper(metrics, **where)
+    (tmp_path / "batches" / "b-done").mkdir(parents=True)
+    (tmp_path / "batches" / "b-done" / "metrics.json").write_text('{"series": {"acc": [[0, 0.5], [1, 0.9]]}}')
+    (tmp_path / "batches" / "b-odd").mkdir()
+    (tmp_path / "batches" / "b-odd" / "metrics.json").write_text('{"series": {"acc": "lots"}}')
+    assert one.check("b-fast", [[0, 0.5], [1, 0.95]]) is None  # better than the finished one
+    assert (tmp_path / "live" / "b-fast.json").exists()
+    (tmp_path / "live" / "b-junk.json").write_text("not json")
+    (tmp_path / "live" / "b-link.json").symlink_to(tmp_path / "batches" / "b-done" / "metrics.json")
+    reason = two.check("b-slow", [[0, 0.1], [1, 0.2]])
+    assert reason and "best 1 of 3 batches" in reason  # b-done, b-fast (running on the other worker), itself
+    one.done("b-fast")
+    assert not (tmp_path / "live" / "b-fast.json").exists()

@@ -34,6 +34,7 @@ from faice.pipeline.host import Host, failed_before_start
 from faice.pipeline.options import RunOptions
 from faice.pipeline.plan import plan_batches
 from faice.pipeline.records import BatchRecord, BatchState, batch_dir
+from faice.pipeline.stopping import SharedStopper
 from faice.red.experiment import Batch, Experiment
 from faice.runtime.gpus import host_allocator
 from faice.secrets import Redactor
@@ -76,6 +77,7 @@ class Worker:
         self.held: dict[int, Held] = {}
         self.lock = threading.Lock()
         self.ran: list[str] = []
+        self.stopper: SharedStopper | None = None
 
     def stop(self) -> None:
         """SIGTERM: stop the running batches now (no lock: this runs in a signal handler,
@@ -192,8 +194,12 @@ class Worker:
         stage.mkdir(parents=True)
         record: BatchRecord
         try:
+            stopper = self._stopper(plan)
             record = self.host.run_alone(plan, run_id=self.run_id, outdir=stage, redactor=redactor,
-                                         options=self.options, cancel=entry.cancel, engine=engine)
+                                         options=self.options, cancel=entry.cancel, engine=engine,
+                                         stop_rule=stopper.check if stopper is not None else None)
+            if stopper is not None:
+                stopper.done(plan.id)
         except Exception as exc:  # a bug: the batch still gets a record, the log the reason
             say(f"faice worker {self.name}: internal error: {type(exc).__name__}: {exc}", redactor)
             record = failed_before_start(plan, self.run_id, stage, f"internal error: {type(exc).__name__}: {exc}",
@@ -220,6 +226,15 @@ class Worker:
         else:
             say(f"faice worker {self.name}: lease of batch {plan.id} was taken: its result is discarded")
         shutil.rmtree(stage, ignore_errors=True)
+
+    def _stopper(self, plan: Any) -> SharedStopper | None:
+        """The early-stopping rule of this worker's batches (metrics.earlyStopping): it sees the
+        other workers' batches through the run directory (live series, finished metrics)."""
+        with self.lock:
+            if self.stopper is None and plan.metrics is not None:
+                self.stopper = SharedStopper.for_spec(plan.metrics, live_dir=self.submission / "live",
+                                                      batches_dir=self.outdir / "batches")
+            return self.stopper
 
     def _publish(self, stage: Path, batch_id: str) -> None:
         """Move the batch's directory into the run directory (one rename on the same file system)."""
