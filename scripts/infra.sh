@@ -5,6 +5,7 @@
 #   scripts/infra.sh engine   only Docker and the base images (what scripts/demo.sh needs)
 #   scripts/infra.sh down     stop what `up` started, remove test containers
 #   scripts/infra.sh status   one line per service; exit 0 when everything is healthy
+#   scripts/infra.sh registry only the loopback OCI registry (TLS + htpasswd) and its test images
 #
 # Every server listens on 127.0.0.1 only. dockerd runs without a bridge and without
 # iptables; containers use --network host or none. Every step is skipped when its service
@@ -27,10 +28,12 @@ MIRROR=${FAICE_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 export DEBIAN_FRONTEND=noninteractive
 
 HOST=127.0.0.1
-SSH_PORT=2222 HTTP_PORT=8088 HTTPS_PORT=8443 S3_PORT=5055 S3_AUTH_PORT=5056
+SSH_PORT=2222 HTTP_PORT=8088 HTTPS_PORT=8443 S3_PORT=5055 S3_AUTH_PORT=5056 REGISTRY_PORT=5443
 SSH_PW_USER=faicepw SSH_PW_PASS=faicepw-secret
 SSH_KEY_USER=faicekey SSH_KEY_PASS=faicekey-pass
 HTTP_USER=faicehttp HTTP_PASS=faicehttp-secret
+REGISTRY_USER=faicereg REGISTRY_PASS=faicereg-secret
+REGISTRY=$HOST:$REGISTRY_PORT
 BASE_IMAGE=faice-test/base:bookworm
 USER_IMAGE=faice-test/user:bookworm
 IMAGE_VERSION=2   # bump to force a rebuild of both images when their recipe changes
@@ -103,7 +106,10 @@ apt_packages() { # apt_packages [PACKAGE...]: the given ones, or everything the 
   local pkgs=("$@") missing=() installed p
   if ((${#pkgs[@]} == 0)); then
     pkgs=(docker.io debootstrap openssh-server openssh-client sshfs fuse3 nginx-light
-      openssl curl gnome-keyring dbus-daemon postgresql chromium chromium-driver)
+      openssl curl gnome-keyring dbus-daemon postgresql chromium chromium-driver
+      podman crun conmon netavark catatonit fuse-overlayfs slirp4netns uidmap
+      golang-github-containers-common charliecloud-runtime charliecloud-builders python3-lark
+      squashfuse docker-registry apache2-utils skopeo ca-certificates)
     [[ $WANT_SLURM == 0 ]] || pkgs+=(slurmctld slurmd slurm-client munge)
   fi
   installed=" $(dpkg-query -W -f='${Package}|${db:Status-Abbrev}\n' "${pkgs[@]}" 2>/dev/null |
@@ -476,6 +482,89 @@ PartitionName=debug Nodes=$h Default=YES MaxTime=INFINITE State=UP"
   say slurm "started (partition debug, node $h)"
 }
 
+# ---------------------------------------------------------------- podman, charliecloud, registry
+# Podman 4.3 raises nofile/nproc for every container, which root in this VM may not do (no
+# CAP_SYS_RESOURCE): lower default ulimits. crun refuses this hybrid cgroup layout: runc.
+# No systemd: cgroupfs and a file event log. Host networking only (netavark, never a bridge).
+podman_up() {
+  local conf="# written by faice scripts/infra.sh
+[containers]
+default_ulimits = [\"nofile=1024:1024\", \"nproc=4096:4096\"]
+[engine]
+cgroup_manager = \"cgroupfs\"
+events_logger = \"file\"
+runtime = \"runc\"
+[network]
+network_backend = \"netavark\""
+  mkdir -p /etc/containers/containers.conf.d
+  write_if_changed /etc/containers/containers.conf.d/50-faice-test.conf "$conf" || true
+  podman info >/dev/null 2>&1 || die "podman does not work, see: podman info"
+  say podman "ok ($(podman --version | awk '{print $3}'), /etc/containers/containers.conf.d/50-faice-test.conf)"
+}
+
+registry_ok() { pid_of "$STATE/registry/registry.pid" docker-registry >/dev/null && port_open $REGISTRY_PORT; }
+
+# A loopback OCI registry as on a cluster: TLS by its own CA (trusted system-wide, so Docker,
+# Podman, skopeo and ch-image all verify it) and htpasswd users; its access log shows every
+# blob fetch (tests count them).
+registry_up() {
+  local r=$STATE/registry conf restart=0 tls=$STATE/registry/tls pid
+  mkdir -p "$r/data" "$tls"
+  if [[ ! -f $tls/server.crt ]]; then
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj '/CN=faice-test registry CA' \
+      -addext 'basicConstraints=critical,CA:TRUE' -addext 'keyUsage=critical,keyCertSign,cRLSign' \
+      -keyout "$tls/ca.key" -out "$tls/ca.crt" 2>/dev/null
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=$HOST" -keyout "$tls/server.key" -out "$tls/server.csr" 2>/dev/null
+    printf '%s\n' 'basicConstraints=critical,CA:FALSE' 'keyUsage=critical,digitalSignature,keyEncipherment' \
+      'extendedKeyUsage=serverAuth' "subjectAltName=IP:$HOST,DNS:localhost" >"$tls/server.ext"
+    openssl x509 -req -in "$tls/server.csr" -CA "$tls/ca.crt" -CAkey "$tls/ca.key" -CAcreateserial \
+      -days 3650 -extfile "$tls/server.ext" -out "$tls/server.crt.tmp" 2>/dev/null
+    mv "$tls/server.crt.tmp" "$tls/server.crt"
+    restart=1
+  fi
+  if ! cmp -s "$tls/ca.crt" /usr/local/share/ca-certificates/faice-test-registry.crt; then
+    cp "$tls/ca.crt" /usr/local/share/ca-certificates/faice-test-registry.crt
+    update-ca-certificates >/dev/null 2>&1 || die "update-ca-certificates failed"
+  fi
+  for d in /etc/docker/certs.d/$REGISTRY /etc/containers/certs.d/$REGISTRY; do
+    mkdir -p "$d"; cmp -s "$tls/ca.crt" "$d/ca.crt" || cp "$tls/ca.crt" "$d/ca.crt"
+  done
+  [[ -s $r/htpasswd ]] || htpasswd -Bbn "$REGISTRY_USER" "$REGISTRY_PASS" >"$r/htpasswd" 2>/dev/null
+  conf="version: 0.1
+log: {level: info, formatter: text, accesslog: {disabled: false}}
+storage: {filesystem: {rootdirectory: $r/data}, delete: {enabled: true}}
+http: {addr: \"$HOST:$REGISTRY_PORT\", tls: {certificate: $tls/server.crt, key: $tls/server.key}}
+auth: {htpasswd: {realm: faice-test, path: $r/htpasswd}}"
+  if write_if_changed "$r/config.yml" "$conf"; then restart=1; fi
+  if ((restart == 0)) && registry_ok; then
+    say registry "ok (https://$REGISTRY, user $REGISTRY_USER)"
+  else
+    stop_pidfile registry "$r/registry.pid" docker-registry
+    port_open $REGISTRY_PORT && die "port $REGISTRY_PORT is taken by a process that is not ours"
+    spawn "$r/registry.log" bash -c 'echo $$ >"$0"; exec docker-registry serve "$1"' "$r/registry.pid" "$r/config.yml"
+    wait_until 15 port_open $REGISTRY_PORT || die "the registry did not start, see $r/registry.log"
+    say registry "started (https://$REGISTRY, user $REGISTRY_USER)"
+  fi
+  registry_images
+}
+
+# The test images, pushed once per image id (skopeo reads them from dockerd; the password
+# goes through an auth file, never a command line).
+registry_images() {
+  local img id auth=$STATE/registry/auth.json
+  printf '{"auths": {"%s": {"auth": "%s"}}}\n' "$REGISTRY" \
+    "$(printf '%s:%s' "$REGISTRY_USER" "$REGISTRY_PASS" | base64 -w0)" >"$auth.tmp"
+  chmod 600 "$auth.tmp"; mv -f "$auth.tmp" "$auth"
+  for img in "$BASE_IMAGE" "$USER_IMAGE"; do
+    id=$(docker image inspect -f '{{.Id}}' "$img")
+    if [[ $(cat "$STATE/registry/pushed-${img//[\/:]/_}" 2>/dev/null) == "$id" ]]; then continue; fi
+    skopeo copy -q --dest-authfile "$auth" "docker-daemon:$img" "docker://$REGISTRY/$img" \
+      >>"$STATE/registry/push.log" 2>&1 || die "pushing $img failed, see $STATE/registry/push.log"
+    printf '%s\n' "$id" >"$STATE/registry/pushed-${img//[\/:]/_}"
+    say registry "pushed $REGISTRY/$img"
+  done
+}
+
 # ---------------------------------------------------------------- env.sh / env.json
 write_env() {
   local keys=() k slurm=0 key_id secret _pid
@@ -511,6 +600,11 @@ write_env() {
   setv FAICE_TEST_IMAGE "$BASE_IMAGE"
   setv FAICE_TEST_USER_IMAGE "$USER_IMAGE"
   setv FAICE_TEST_SLURM "$slurm"
+  setv FAICE_TEST_REGISTRY "$REGISTRY"
+  setv FAICE_TEST_REGISTRY_USER "$REGISTRY_USER"
+  setv FAICE_TEST_REGISTRY_PASSWORD "$REGISTRY_PASS"
+  setv FAICE_TEST_REGISTRY_LOG "$STATE/registry/registry.log"
+  setv FAICE_TEST_REGISTRY_IMAGE "$REGISTRY/$BASE_IMAGE"
   setv FAICE_TEST_SLURM_PARTITION debug
   for k in "${keys[@]}"; do printf 'export %s=%q\n' "$k" "${!k}"; done >"$STATE/env.sh.tmp"
   python3 -c 'import json, os, sys; print(json.dumps({k: os.environ[k] for k in sys.argv[1:]}, indent=2))' \
@@ -531,6 +625,8 @@ cmd_up() {
   sshd_up
   nginx_up
   moto_up
+  podman_up
+  registry_up
   if [[ $WANT_SLURM != 0 ]]; then slurm_up; else say slurm "skipped (FAICE_INFRA_SLURM=0)"; fi
   write_env
   say up "done in $((SECONDS - t0)) s"
@@ -545,6 +641,16 @@ cmd_engine() {
   docker_up
   images_up
   say engine "done in $((SECONDS - t0)) s"
+}
+
+# Only the registry and the runtimes that pull from it (with Docker and the images they serve).
+cmd_registry() {
+  [[ $(id -u) == 0 ]] || die "infra.sh needs root"
+  lock_state
+  docker_up
+  images_up
+  podman_up
+  registry_up
 }
 
 cmd_down() {
@@ -566,6 +672,7 @@ cmd_down() {
   rm -f "$STATE/moto-auth.keys"
   stop_pidfile s3 "$STATE/moto.pid" moto_server
   stop_pidfile nginx "$STATE/nginx/nginx.pid" nginx
+  stop_pidfile registry "$STATE/registry/registry.pid" docker-registry
   stop_pidfile sshd "$STATE/ssh/sshd.pid" sshd
   stop_pidfile slurmd "$STATE/slurm/slurmd.pid" slurmd
   stop_pidfile slurmctld "$STATE/slurm/slurmctld.pid" slurmctld
@@ -590,6 +697,7 @@ cmd_status() {
   check nginx "$HOST:$HTTP_PORT $HOST:$HTTPS_PORT" nginx_ok
   check s3 "$HOST:$S3_PORT" moto_ok
   check s3auth "$HOST:$S3_AUTH_PORT" moto_auth_ok
+  check registry "$REGISTRY" registry_ok
   if [[ $WANT_SLURM != 0 ]]; then
     check munge "" munge_ok
     check slurm "" slurm_ok
@@ -601,7 +709,8 @@ cmd_status() {
 case ${1:-} in
   up) cmd_up ;;
   engine) cmd_engine ;;
+  registry) cmd_registry ;;
   down) cmd_down ;;
   status) cmd_status ;;
-  *) echo "usage: $0 up|engine|down|status" >&2; exit 2 ;;
+  *) echo "usage: $0 up|engine|registry|down|status" >&2; exit 2 ;;
 esac

@@ -110,7 +110,7 @@ class PipelineRunner:
             (plan,) = plan_batches(experiment)
         except FaiceError as exc:
             return Outcome("failed", redactor.redact(str(exc)), retryable=False)
-        self.host.remove_leftovers()
+        self.host.remove_leftovers(options.runtime_for(plan.engine))
         record = self.host.run_alone(plan, run_id=job.experiment_id, outdir=outdir, redactor=redactor,
                                      options=options, cancel=cancel, engine={"name": "agency", "node": self.node},
                                      gpus=GpuAllocator(job.gpus, busy="ignore") if job.gpus else None)

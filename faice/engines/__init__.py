@@ -65,5 +65,6 @@ ENGINE_ONLY_FLAGS = {
     "pull": {"ccfaice", "slurm"},
     "preserve_environment": {"ccfaice", "slurm"},
     "gpu_ids": {"ccfaice"},
+    "runtime": {"ccfaice", "slurm"},
     "dry_run": {"ccfaice", "slurm", "ccagency"},
 }

@@ -254,6 +254,9 @@ def print_plan(plan: dict[str, Any], *, as_json: bool) -> None:
         f"batches: {len(plan['batches'])}   parallel: {plan['parallel']}   "
         f"GPUs per batch: {plan['gpusPerBatch']}   outdir: {plan['outdir']}",
     ]
+    lines.append(f"runtime: {plan.get('runtime') or 'docker'}")
+    if plan.get("ramNote"):
+        lines.append(f"RAM: {plan['ramNote']}")
     if plan.get("gpuNote"):
         lines.append(f"GPUs: {plan['gpuNote']}")
     for gpu in plan.get("gpuDevices") or []:
@@ -267,6 +270,8 @@ def print_plan(plan: dict[str, Any], *, as_json: bool) -> None:
         if batch["parameters"]:
             lines.append("  parameters: " + ", ".join(f"{k}={v}" for k, v in batch["parameters"].items()))
         lines.append("  command:    " + shlex.join(batch["command"]))
+        if batch.get("runtimeCommand"):
+            lines.append("  runtime:    " + shlex.join(batch["runtimeCommand"]))
         if batch["gpus"]:
             lines.append("  gpus:       " + ",".join(batch["gpus"]))
         for mount in batch["mounts"]:

@@ -354,6 +354,8 @@ class _BatchRun:
                 elif handle is not None:
                     runtime.forget(handle)
         runtime.reclaim(self.workdir, context.image.id, context.run_id)
+        if result.error:
+            raise ContainerError(result.error)
         if result.oom:
             raise BatchFailure(FailureClass.OOM, f"out of memory: the command exceeded the RAM limit of {plan.ram_mb} MB "
                                "(container.settings.ram)" if plan.ram_mb else

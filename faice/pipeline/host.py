@@ -36,33 +36,44 @@ class Host:
 
     def __init__(self, gpus: GpuAllocator, runtime: ContainerRuntime | None = None):
         self.gpus = gpus
-        self._runtime = runtime
+        self._runtime = runtime  # given (tests): used whatever the name
+        self._runtimes: dict[str, ContainerRuntime] = {}
         self._lock = threading.Lock()
-        self._cleaned = False
+        self._cleaned: set[str] = set()
         gpus.own_process = self._owns_process  # its batches' GPU memory is not someone else's
 
     def _owns_process(self, pid: int) -> bool:
-        owns = getattr(self._runtime, "owns_process", None)
-        return bool(owns(pid)) if owns is not None else False
+        for runtime in [self._runtime, *self._runtimes.values()]:
+            owns = getattr(runtime, "owns_process", None)
+            if owns is not None and owns(pid):
+                return True
+        return False
 
     @property
     def runtime(self) -> ContainerRuntime:
+        """The Docker runtime (or the one given)."""
+        return self.runtime_for("docker")
+
+    def runtime_for(self, name: str) -> ContainerRuntime:
+        """The runtime ``name`` (``container.engine`` or ``--runtime``), opened on first use."""
+        from faice.runtime.select import open_runtime
+
         with self._lock:
-            if self._runtime is None:
-                from faice.runtime.docker import DockerRuntime
+            if self._runtime is not None:
+                return self._runtime
+            if name not in self._runtimes:
+                self._runtimes[name] = open_runtime(name)
+            return self._runtimes[name]
 
-                self._runtime = DockerRuntime.connect()
-            return self._runtime
-
-    def remove_leftovers(self) -> list[str]:
-        """Containers and temp dirs of faice processes that died (once per process)."""
+    def remove_leftovers(self, name: str = "docker") -> list[str]:
+        """Containers and temp dirs of faice processes that died (once per process and runtime)."""
         from faice.runtime.tempdirs import remove_stale_tempdirs
 
         with self._lock:
-            if self._cleaned:
+            if name in self._cleaned:
                 return []
-            self._cleaned = True
-        runtime = self.runtime
+            self._cleaned.add(name)
+        runtime = self.runtime_for(name)
         removed = list(getattr(runtime, "remove_leftovers", list)())
         remove_stale_tempdirs(on_dead_run=mark_interrupted)
         return removed
@@ -89,7 +100,7 @@ class Host:
 
         scratch: Path | None = None
         try:
-            runtime = self.runtime
+            runtime = self.runtime_for(options.runtime_for(plan.engine))
             started = time.monotonic()
             image, pulled = runtime.ensure_image(plan.image_ref, auth=plan.image_auth, pull=options.pull,
                                                  account_logins=options.account_credentials,

@@ -45,6 +45,7 @@ class RunOptions:
     # The record of images pulled with a batch's registry credentials (an agency's; None: none
     # kept): such an image is lent to another batch only if its registry accepts that batch.
     private_images: str | None = None
+    runtime: str | None = None  # --runtime: the container runtime instead of the RED file's container.engine
 
     def __post_init__(self) -> None:
         if self.disable_pull:
@@ -59,6 +60,10 @@ class RunOptions:
             raise UsageError("--timeout: expected a number of seconds > 0")
         if self.max_failures is not None and self.max_failures < 1:
             raise UsageError("--max-failures: expected a number ≥ 1")
+        if self.runtime is not None:
+            from faice.runtime.select import check_runtime_name
+
+            check_runtime_name(self.runtime)
         if self.gpu_busy not in ("skip", "wait", "ignore"):
             raise UsageError(f"--gpu-busy: expected skip, wait or ignore, got {self.gpu_busy!r}")
 
@@ -81,6 +86,10 @@ class RunOptions:
         """Options stored by another faice (unknown keys from newer versions are ignored)."""
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+    def runtime_for(self, engine: str) -> str:
+        """The runtime a batch runs in: ``--runtime``, else its RED file's ``container.engine``."""
+        return self.runtime or engine
 
     def replace(self, **changes: Any) -> RunOptions:
         return dataclasses.replace(self, **changes)

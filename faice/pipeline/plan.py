@@ -20,6 +20,7 @@ from faice.errors import EngineError, FaiceError, KeyPath, format_key_path
 from faice.red.experiment import Batch, Experiment
 from faice.runtime.containers import check_image_ref
 from faice.runtime.gpus import Gpu, GpuAllocator, GpuRequest
+from faice.runtime.select import DEFAULT_RUNTIME
 
 if TYPE_CHECKING:
     from faice.connectors.staging import ConnectorRequest, StagingSession
@@ -39,6 +40,7 @@ class BatchPlan:
     gpu_request: GpuRequest
     output_kinds: dict[str, str]  # output key → "File" | "Directory"
     metrics: MetricsSpec | None = None  # the RED file's ``metrics`` section, when it has one
+    engine: str = DEFAULT_RUNTIME  # container.engine: the runtime (RunOptions.runtime_for may override it)
 
     @property
     def id(self) -> str:
@@ -90,6 +92,7 @@ def plan_batches(experiment: Experiment, batches: list[Batch] | None = None) -> 
             gpu_request=gpu_request,
             output_kinds=kinds,
             metrics=metrics,
+            engine=str(experiment.container.get("engine") or DEFAULT_RUNTIME),
         )
         for batch in (experiment.batches if batches is None else batches)
     ]
@@ -228,7 +231,8 @@ def default_parallel(count: int, ram_mb: int | None, gpus: GpuAllocator | None, 
 
 
 def describe(plans: list[BatchPlan], *, run_id: str, outdir: Path, parallel: int | None,
-             gpus: GpuAllocator, budget: int | None = None) -> dict[str, Any]:
+             gpus: GpuAllocator, budget: int | None = None, runtime: str | None = None,
+             environment: list[str] | None = None) -> dict[str, Any]:
     """What ``--dry-run`` shows: batches, parameters, commands, image, GPU placement, mounts
     and where each output goes; ``budget`` is the sweep's ``maxConcurrent``.
 
@@ -254,10 +258,14 @@ def describe(plans: list[BatchPlan], *, run_id: str, outdir: Path, parallel: int
             if not placed:
                 break
             slots.append(placed)  # the batches that start at once; later ones reuse freed GPUs
+    runtime = runtime or (first.engine if first else DEFAULT_RUNTIME)
     batches = []
     for position, plan in enumerate(plans):
         placed_ids = [g.index for g in slots[position % len(slots)]] if slots else []
+        if request.count and not placed_ids:  # not placeable here: the command as it would ask
+            placed_ids = [f"GPU{i}" for i in range(request.count)]
         batches.append({
+            "runtimeCommand": runtime_command(runtime, plan, run_id, outdir, placed_ids, environment or []),
             "id": plan.id,
             "index": plan.index,
             "parameters": plan.batch.parameters,
@@ -276,6 +284,8 @@ def describe(plans: list[BatchPlan], *, run_id: str, outdir: Path, parallel: int
                         "reserved": reserved if request.shared else (gpu.vram if first_wave else 0)})
     return {
         "runId": run_id,
+        "runtime": runtime,
+        "ramNote": ram_note(runtime) if ram_mb else None,
         "image": first.image_ref if first else None,
         "ram": ram_mb,
         "gpusPerBatch": request.count,
@@ -287,6 +297,44 @@ def describe(plans: list[BatchPlan], *, run_id: str, outdir: Path, parallel: int
         "outdir": str(outdir),
         "batches": batches,
     }
+
+
+STAGED_PLACEHOLDER = "/faice-staged"  # a staged input's host path is chosen at stage-in
+
+
+def runtime_command(runtime: str, plan: BatchPlan, run_id: str, outdir: Path, gpu_ids: list[str],
+                    environment: list[str]) -> list[str]:
+    """The exact command the runtime gets for ``plan`` (Docker: the ``docker run`` its five API
+    calls amount to); staged inputs' host paths show as ``/faice-staged/<input>``."""
+    from faice.runtime.containers import ContainerSpec
+    from faice.runtime.select import docker_run_argv, process_runtime
+
+    binds = [(str(outdir.resolve() / "batches" / plan.id / "outputs"), OUTPUTS_DIR, "rw")]
+    for staged in plan.command.staged:
+        writable = staged.mount and bool((staged.connector or {}).get("access", {}).get("writable"))
+        binds.append((f"{STAGED_PLACEHOLDER}/{staged.key.replace(':', '-')}", staged.container_path,
+                      "rw" if writable else "ro"))
+    env = {name: f"${name}" for name in environment}
+    if gpu_ids:
+        env["NVIDIA_VISIBLE_DEVICES"] = ",".join(gpu_ids)
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in range(len(gpu_ids)))
+    spec = ContainerSpec(image=plan.image_ref, command=plan.command.argv, run_id=run_id, batch_id=plan.id,
+                         binds=binds, environment=env, ram_mb=plan.ram_mb, gpu_ids=gpu_ids,
+                         name=f"faice-{plan.id}")
+    if runtime == "docker":
+        return docker_run_argv(spec)
+    process = process_runtime(runtime)
+    spec.image = process.image_path(plan.image_ref)
+    return process.describe(spec).argv
+
+
+def ram_note(runtime: str) -> str | None:
+    """Where ``ram`` is not enforced by this runtime on this host (said before anything runs)."""
+    if runtime == "docker":
+        return None
+    from faice.runtime.select import process_runtime
+
+    return process_runtime(runtime).memory_note()
 
 
 def _mount(staged: StagedInput) -> dict[str, Any]:

@@ -135,8 +135,11 @@ class HostRun:
 
     def plan(self) -> dict[str, Any]:
         """What ``--dry-run`` shows (nothing runs, Docker is not asked)."""
-        return describe(plan_batches(self.experiment), run_id=self.run_id, outdir=self.outdir,
-                        parallel=self.options.parallel, gpus=self.allocator(), budget=self._sweep_budget())
+        plans = plan_batches(self.experiment)
+        return describe(plans, run_id=self.run_id, outdir=self.outdir, parallel=self.options.parallel,
+                        gpus=self.allocator(), budget=self._sweep_budget(),
+                        runtime=self.options.runtime_for(plans[0].engine if plans else "docker"),
+                        environment=self.options.preserve_environment)
 
     def _sweep_budget(self) -> int | None:
         """The sweep's ``maxConcurrent``: at most that many batches at a time."""
@@ -208,8 +211,9 @@ class HostRun:
             self.allocator().check(first.gpu_request)
         if self.host is None:
             self.host = Host(self.allocator())
-        self.runtime = self.host.runtime
-        removed = self.host.remove_leftovers()
+        runtime_name = self.options.runtime_for(first.engine if first else "docker")
+        self.runtime = self.host.runtime_for(runtime_name)
+        removed = self.host.remove_leftovers(runtime_name)
         if removed:
             self.note(f"removed {len(removed)} container(s) left behind by killed runs")
         if first is not None:

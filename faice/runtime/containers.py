@@ -2,8 +2,10 @@
 
 The pipeline sees :class:`ContainerRuntime` only: create/start/wait/stop/kill/logs/remove
 on opaque :class:`ContainerHandle` s, the exit state, and :class:`ContainerError` with a
-``transient`` flag. :mod:`faice.runtime.docker` implements it over docker-py; tests pass a
-fake one, so the pipeline runs without a Docker engine in unit tests.
+``transient`` flag. :mod:`faice.runtime.docker` implements it over docker-py;
+:mod:`faice.runtime.process` over a runtime's command line (Podman, Charliecloud, Apptainer,
+Enroot; :mod:`faice.runtime.select` picks one by name); tests pass a fake one, so the
+pipeline runs without a container engine in unit tests.
 """
 
 from __future__ import annotations
@@ -88,6 +90,7 @@ class ContainerHandle:
 class ContainerExit:
     code: int
     oom: bool  # killed by the kernel's OOM killer (the RAM limit)
+    error: str | None = None  # the runtime itself failed (not the command): why
 
 
 @dataclass

@@ -506,14 +506,7 @@ class DockerRuntime:
         uid, gid = self.owner
         foreign = _foreign(path, uid)
         if foreign and uid == 0:
-            failed = []
-            for full in foreign:
-                try:
-                    os.lchown(full, uid, gid)
-                except OSError as exc:
-                    failed.append(f"{full}: {exc.strerror}")
-            if failed:
-                raise ContainerError(f"could not take back ownership of {len(failed)} file(s): {failed[0]}")
+            take_back(path, self.owner)
         elif foreign:
             self._reclaim_through_archive(path, image, run_id, uid, gid)
             left = _foreign(path, uid)
@@ -594,6 +587,24 @@ def not_runnable_code(message: str) -> int | None:
     if "permission denied" in message:
         return 126
     return None
+
+
+def take_back(path: Path, owner: tuple[int, int]) -> None:
+    """As root: every file under ``path`` that another uid wrote is chowned to ``owner``
+    (raises :class:`ContainerError` for those that stay foreign); ``outputs`` back to 0755."""
+    if not path.exists():
+        return
+    uid, gid = owner
+    failed = []
+    for full in _foreign(path, uid) if uid == 0 else []:
+        try:
+            os.lchown(full, uid, gid)
+        except OSError as exc:
+            failed.append(f"{full}: {exc.strerror}")
+    if failed:
+        raise ContainerError(f"could not take back ownership of {len(failed)} file(s): {failed[0]}")
+    if path.name == "outputs":
+        os.chmod(path, 0o755)
 
 
 def _foreign(path: Path, uid: int) -> list[str]:

@@ -52,6 +52,9 @@ def add_parser(subparsers) -> None:
     pulling.add_argument("--disable-pull", action="store_true", help="never pull the image (same as --pull never)")
     local.add_argument("--gpu-busy", choices=("skip", "wait", "ignore"), default="skip",
                        help="GPUs running processes faice did not start: place elsewhere (skip, default), wait for them, or ignore")
+    local.add_argument("--runtime", choices=("docker", "podman", "charliecloud", "apptainer", "enroot"),
+                       help="container runtime for this run instead of the RED file's container.engine "
+                            "(default docker); see docs/runtimes.md")
     local.add_argument("--leave-container", action="store_true", help="keep containers (and their mounts) after the batch")
     local.add_argument("--preserve-environment", metavar="ENVVAR", action="append", default=[], help="pass this host environment variable into the container; repeatable")
     local.add_argument("--insecure", action="store_true", help="accepted for compatibility; mounts are made on the host, no extra capabilities needed")
@@ -91,6 +94,7 @@ def run(args: Any) -> int:
         preserve_environment=list(args.preserve_environment or []),
         disable_connector_validation=args.disable_connector_validation,
         resume=args.resume,
+        runtime=args.runtime,
     )
     indexes = None
     if args.resume and args.outdir:  # resumed batches keep their $(sweep.index)
