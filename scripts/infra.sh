@@ -545,6 +545,10 @@ auth: {htpasswd: {realm: faice-test, path: $r/htpasswd}}"
     wait_until 15 port_open $REGISTRY_PORT || die "the registry did not start, see $r/registry.log"
     say registry "started (https://$REGISTRY, user $REGISTRY_USER)"
   fi
+  # its own description too: env.json is rewritten by whichever infra.sh runs last
+  write_if_changed "$r/env.json" "{\"FAICE_TEST_REGISTRY\": \"$REGISTRY\", \"FAICE_TEST_REGISTRY_USER\": \"$REGISTRY_USER\",
+ \"FAICE_TEST_REGISTRY_PASSWORD\": \"$REGISTRY_PASS\", \"FAICE_TEST_REGISTRY_LOG\": \"$r/registry.log\",
+ \"FAICE_TEST_REGISTRY_IMAGE\": \"$REGISTRY/$BASE_IMAGE\"}" || true
   registry_images
 }
 

@@ -262,10 +262,10 @@ def describe(plans: list[BatchPlan], *, run_id: str, outdir: Path, parallel: int
     batches = []
     for position, plan in enumerate(plans):
         placed_ids = [g.index for g in slots[position % len(slots)]] if slots else []
-        if request.count and not placed_ids:  # not placeable here: the command as it would ask
-            placed_ids = [f"GPU{i}" for i in range(request.count)]
+        # Not placeable here: the command as it would ask, with placeholder ids.
+        asked = placed_ids or [f"GPU{i}" for i in range(request.count)]
         batches.append({
-            "runtimeCommand": runtime_command(runtime, plan, run_id, outdir, placed_ids, environment or []),
+            "runtimeCommand": runtime_command(runtime, plan, run_id, outdir, asked, environment or []),
             "id": plan.id,
             "index": plan.index,
             "parameters": plan.batch.parameters,

@@ -1,0 +1,111 @@
+"""Shared by the runtime tests: the registry, the sweep RED file they all run, and faice."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SWEEP_SCRIPT = 'echo "batch $0 of $(cat /cc/inputs/data/*)"; echo "value=$(( $0 * 7 ))" > result.txt'
+
+
+@dataclass
+class Registry:
+    host: str
+    user: str
+    password: str
+    log: Path
+    image: str  # the base test image, pushed there
+
+    def answers(self) -> bool:
+        name, _, port = self.host.rpartition(":")
+        try:
+            with socket.create_connection((name, int(port)), timeout=2):
+                return True
+        except OSError:
+            return False
+
+    def log_offset(self) -> int:
+        return self.log.stat().st_size
+
+    def blob_fetches(self, since: int) -> dict[str, int]:
+        """Blob digest → how many times it was fetched (GET, 200) since ``since`` (log offset)."""
+        with open(self.log, "rb") as handle:
+            handle.seek(since)
+            text = handle.read().decode("utf-8", "replace")
+        repository = self.image.split("/", 1)[1].rsplit(":", 1)[0]
+        fetched: dict[str, int] = {}
+        pattern = re.compile(rf'"GET /v2/{re.escape(repository)}/blobs/(sha256:[0-9a-f]+) HTTP/[0-9.]+" 200 ')
+        for match in pattern.finditer(text):
+            fetched[match.group(1)] = fetched.get(match.group(1), 0) + 1
+        return fetched
+
+
+def sweep_red(path: Path, registry: Registry, *, engine: str = "docker", batches: int = 8,
+              script: str = SWEEP_SCRIPT, ram: int | None = None, data: Path | None = None,
+              execution: dict[str, Any] | None = None) -> Path:
+    """A RED 9 sweep of ``batches`` batches (``sh -c SCRIPT n``) on the registry's image, pulled
+    with the registry's credentials, one File input staged from ``data``."""
+    if data is None:
+        data = path.parent / "data.txt"
+        data.write_text("the staged input\n")
+    settings: dict[str, Any] = {"image": {"url": registry.image,
+                                          "auth": {"username": registry.user, "password": registry.password}}}
+    if ram:
+        settings["ram"] = ram
+    red = {
+        "redVersion": "9",
+        "cli": {
+            "cwlVersion": "v1.0", "class": "CommandLineTool", "baseCommand": ["sh", "-c"],
+            "inputs": {"script": {"type": "string", "inputBinding": {"position": 0}},
+                       "n": {"type": "int", "inputBinding": {"position": 1}},
+                       "data": {"type": "File", "inputBinding": {"position": 2}}},
+            "outputs": {"result": {"type": "File", "outputBinding": {"glob": "result.txt"}}},
+        },
+        "inputs": {"script": script, "n": 0,
+                   "data": {"class": "File", "connector": {"command": "file", "access": {"path": str(data)}}}},
+        "outputs": {},
+        "sweep": {"grid": {"n": list(range(batches))}},
+        "container": {"engine": engine, "settings": settings},
+        "execution": execution or {"engine": "ccfaice", "settings": {}},
+    }
+    path.write_text(json.dumps(red, indent=2))
+    return path
+
+
+def faice(*args: str, timeout: float = 300, env: dict[str, str] | None = None,
+          user: str | None = None) -> subprocess.CompletedProcess:
+    """The faice CLI in a subprocess (as ``user`` through runuser when given)."""
+    argv = [sys.executable, "-m", "faice", *args]
+    if user:
+        argv = ["runuser", "-u", user, "--", *argv]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+                          env={**os.environ, "NO_COLOR": "1", **(env or {})})
+
+
+def records(outdir: Path) -> dict[int, dict]:
+    """Batch index → its result.json."""
+    found = {}
+    for path in (outdir / "batches").glob("*/result.json"):
+        record = json.loads(path.read_text())
+        found[record["batchIndex"]] = record
+    return found
+
+
+def observable(outdir: Path) -> dict[int, tuple]:
+    """What a user compares across runtimes: state, failure class, return code, stdout and
+    the output file, per batch index."""
+    found = {}
+    for index, record in records(outdir).items():
+        directory = outdir / "batches" / record["batchId"]
+        result = directory / "outputs" / "result.txt"
+        found[index] = (record["state"], record.get("failureClass"), (record.get("process") or {}).get("returnCode"),
+                        (directory / "stdout.txt").read_text(),
+                        result.read_text() if result.exists() else None)
+    return found

@@ -1,0 +1,113 @@
+"""Charliecloud 0.31 for real: ``ch-image pull`` once per host from the registry (with
+credentials), ``ch-run`` unprivileged as the invoking user — as root, as an ordinary user and
+inside Slurm jobs — and concurrent first use that never corrupts the cache."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from runtime_helpers import faice, observable, records, sweep_red
+
+pytestmark = [pytest.mark.slow]
+
+ORDINARY_USER = "faicepw"  # an account scripts/infra.sh makes (the SSH tests' password user)
+REPO = Path(__file__).resolve().parents[2]
+SYSTEM_PYTHON_FAICE = ("import runpy, site, sys; site.addsitedir(sys.argv.pop(1)); "
+                       "runpy.run_module('faice', run_name='__main__', alter_sys=True)")
+
+
+def test_three_concurrent_runs_of_eight_batches_fetch_and_convert_the_image_once(registry, charliecloud,
+                                                                                 image_cache, tmp_path):
+    since = registry.log_offset()
+    red = sweep_red(tmp_path / "sweep.red.json", registry)
+    runs = [tmp_path / f"run{i}" for i in range(3)]
+    with ThreadPoolExecutor(3) as pool:  # three faice processes, all finding an empty cache
+        results = list(pool.map(lambda out: faice("exec", str(red), "--runtime", "charliecloud", "--outdir",
+                                                  str(out), "--parallel", "8", "--no-progress"), runs))
+    for result in results:
+        assert result.returncode == 0, result.stderr[-2000:]
+    first = observable(runs[0])
+    assert len(first) == 8 and first[5] == ("succeeded", None, 0, "batch 5 of the staged input\n", "value=35\n")
+    assert observable(runs[1]) == first and observable(runs[2]) == first
+    fetched = registry.blob_fetches(since)
+    assert fetched and set(fetched.values()) == {1}, fetched
+    images = list((image_cache / "charliecloud" / "storage" / "img").iterdir())
+    assert len(images) == 1 and (images[0] / "cc").is_dir()
+
+
+def test_batches_run_as_the_invoking_ordinary_user_who_owns_the_cache_and_outputs(registry, charliecloud, tmp_path):
+    account = pwd.getpwnam(ORDINARY_USER)
+    home = Path(f"/tmp/faice-ch-user-{os.getpid()}")
+    shutil.rmtree(home, ignore_errors=True)
+    home.mkdir()
+    os.chown(home, account.pw_uid, account.pw_gid)
+    try:
+        data = home / "data.txt"
+        data.write_text("the staged input\n")
+        red = sweep_red(home / "sweep.red.json", registry, batches=3, data=data,
+                        script='echo "batch $0 of $(cat /cc/inputs/data/*)"; id -u > result.txt')
+        for path in (data, red):
+            os.chown(path, account.pw_uid, account.pw_gid)
+        env = {"FAICE_IMAGE_CACHE": str(home / "cache"), "HOME": str(home), "USER": ORDINARY_USER,
+               "FAICE_CACHE_DIR": ""}
+        # The test venv's Python lives under /root; Debian's (the same 3.11) reads its packages.
+        result = subprocess.run(
+            ["runuser", "-u", ORDINARY_USER, "--", "env", *(f"{k}={v}" for k, v in env.items()),
+             "/usr/bin/python3", "-c", SYSTEM_PYTHON_FAICE, str(REPO / ".venv/lib/python3.11/site-packages"),
+             "exec", str(red), "--runtime", "charliecloud",
+             "--outdir", str(home / "run"), "--no-progress"],
+            capture_output=True, text=True, timeout=300, cwd=home, stdin=subprocess.DEVNULL)
+        assert result.returncode == 0, result.stderr[-2000:]
+        found = observable(home / "run")
+        assert [found[i][0] for i in range(3)] == ["succeeded"] * 3
+        assert {found[i][4] for i in range(3)} == {f"{account.pw_uid}\n"}  # the user's own uid inside
+        assert (home / "cache" / "charliecloud" / "storage").stat().st_uid == account.pw_uid
+        for record in records(home / "run").values():
+            result_file = home / "run" / "batches" / record["batchId"] / "outputs" / "result.txt"
+            assert result_file.stat().st_uid == account.pw_uid
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def test_ram_is_enforced_as_root_and_an_oom_kill_is_classified_oom(registry, charliecloud, image_cache, tmp_path):
+    red = sweep_red(tmp_path / "oom.red.json", registry, batches=2, ram=256,
+                    script='echo fine > result.txt; if [ "$0" = 1 ]; then exec python3 -c "x = bytearray(900 * 2**20)"; fi')
+    outdir = tmp_path / "run"
+    result = faice("exec", str(red), "--runtime", "charliecloud", "--outdir", str(outdir), "--no-progress")
+    assert result.returncode == 1, result.stderr
+    found = records(outdir)
+    assert found[0]["state"] == "succeeded"
+    assert found[1]["failureClass"] == "oom", found[1]["message"]
+    assert not list(Path("/sys/fs/cgroup/memory/faice").glob(f"faice-{found[1]['batchId']}*"))
+
+
+def test_dry_run_says_where_ram_is_not_enforced(registry, charliecloud, image_cache, tmp_path):
+    red = sweep_red(tmp_path / "ram.red.json", registry, batches=1, ram=512)
+    result = faice("exec", str(red), "--runtime", "charliecloud", "--dry-run", "--json")
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout)
+    assert plan["runtime"] == "charliecloud" and plan["ramNote"] is None  # root here: enforced
+    (batch,) = plan["batches"]
+    assert batch["runtimeCommand"][0] == "ch-run"
+
+
+@pytest.mark.slurm
+def test_sweep_on_slurm_runs_each_batch_with_ch_run_on_the_node(registry, charliecloud, slurm, image_cache, tmp_path):
+    red = sweep_red(tmp_path / "slurm.red.json", registry, batches=4, engine="charliecloud",
+                    execution={"engine": "slurm", "settings": {"partition": slurm.partition}})
+    outdir = tmp_path / "run"
+    submitted = faice("exec", str(red), "--outdir", str(outdir))
+    assert submitted.returncode == 0, submitted.stderr
+    status = faice("status", "--outdir", str(outdir), "--wait", "--json", timeout=300)
+    assert status.returncode == 0, status.stderr
+    found = observable(outdir)
+    assert found[2] == ("succeeded", None, 0, "batch 2 of the staged input\n", "value=14\n")
+    assert all(found[i][0] == "succeeded" for i in range(4))
+    assert (image_cache / "charliecloud" / "storage" / "img").is_dir()
