@@ -272,6 +272,8 @@ def print_plan(plan: dict[str, Any], *, as_json: bool) -> None:
         lines.append("  command:    " + shlex.join(batch["command"]))
         if batch.get("runtimeCommand"):
             lines.append("  runtime:    " + shlex.join(batch["runtimeCommand"]))
+        if batch.get("runtimeEnvironment"):
+            lines.append("  env:        " + " ".join(f"{k}={v}" for k, v in sorted(batch["runtimeEnvironment"].items())))
         if batch["gpus"]:
             lines.append("  gpus:       " + ",".join(batch["gpus"]))
         for mount in batch["mounts"]:

@@ -261,11 +261,14 @@ def describe(plans: list[BatchPlan], *, run_id: str, outdir: Path, parallel: int
     runtime = runtime or (first.engine if first else DEFAULT_RUNTIME)
     batches = []
     for position, plan in enumerate(plans):
-        placed_ids = [g.index for g in slots[position % len(slots)]] if slots else []
-        # Not placeable here: the command as it would ask, with placeholder ids.
-        asked = placed_ids or [f"GPU{i}" for i in range(request.count)]
+        placed = slots[position % len(slots)] if slots else []
+        placed_ids = [g.index for g in placed]
+        # As a run names them (UUIDs); not placeable here: placeholder ids.
+        asked = [g.uuid or g.index for g in placed] or [f"GPU{i}" for i in range(request.count)]
+        argv, runtime_env = runtime_command(runtime, plan, run_id, outdir, asked, environment or [])
         batches.append({
-            "runtimeCommand": runtime_command(runtime, plan, run_id, outdir, asked, environment or []),
+            "runtimeCommand": argv,
+            "runtimeEnvironment": runtime_env,
             "id": plan.id,
             "index": plan.index,
             "parameters": plan.batch.parameters,
@@ -303,9 +306,10 @@ STAGED_PLACEHOLDER = "/faice-staged"  # a staged input's host path is chosen at 
 
 
 def runtime_command(runtime: str, plan: BatchPlan, run_id: str, outdir: Path, gpu_ids: list[str],
-                    environment: list[str]) -> list[str]:
+                    environment: list[str]) -> tuple[list[str], dict[str, str]]:
     """The exact command the runtime gets for ``plan`` (Docker: the ``docker run`` its five API
-    calls amount to); staged inputs' host paths show as ``/faice-staged/<input>``."""
+    calls amount to) and the variables faice sets for it (a preserved host variable as
+    ``$NAME``); staged inputs' host paths show as ``/faice-staged/<input>``."""
     from faice.runtime.containers import ContainerSpec
     from faice.runtime.select import docker_run_argv, process_runtime
 
@@ -322,10 +326,11 @@ def runtime_command(runtime: str, plan: BatchPlan, run_id: str, outdir: Path, gp
                          binds=binds, environment=env, ram_mb=plan.ram_mb, gpu_ids=gpu_ids,
                          name=f"faice-{plan.id}")
     if runtime == "docker":
-        return docker_run_argv(spec)
+        return docker_run_argv(spec), dict(env)
     process = process_runtime(runtime)
     spec.image = process.image_path(plan.image_ref)
-    return process.describe(spec).argv
+    command = process.describe(spec)
+    return command.argv, {k: v for k, v in command.env.items() if os.environ.get(k) != v}
 
 
 def ram_note(runtime: str) -> str | None:

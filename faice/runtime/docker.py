@@ -385,6 +385,9 @@ class DockerRuntime:
         return remove_leftovers(self.client)
 
     def create(self, spec: ContainerSpec) -> ContainerHandle:
+        from faice.runtime.cmdline import check_spec
+
+        check_spec(spec)  # binds are "host:container:mode" strings to Docker too
         with docker_errors():
             created = self.api.create_container(**create_kwargs(self.api, spec))
         handle = ContainerHandle(created["Id"], spec.name or created["Id"][:12])

@@ -333,6 +333,7 @@ class ProcessRuntime:
             batch = self._live.pop(handle.id, None)
         if batch is None:
             return
+        batch.started.set()  # an attach still waiting for a start that never came ends
         self._end(batch, signal.SIGKILL)
         if batch.process is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):

@@ -1,0 +1,179 @@
+"""Apptainer and Enroot against their documented command-line contract.
+
+NEITHER PROGRAM RUNS HERE: they cannot be installed on the project's machines. A recording
+stand-in (``stand_in/runtime_stand_in.py``, installed on PATH as ``apptainer`` and ``enroot``)
+records each argv and environment and acts out the contract (a pull writes the SIF, a batch
+writes its output), so these tests check the exact commands faice builds (golden argv), that
+no value reaches them as an argument, that the image is fetched once under the lock, and that
+the runtime's own failure is told from the command's. ``bench/runtime-check.sh`` runs the real
+programs on a cluster node."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from runtime_helpers import faice, records, sweep_red
+
+STAND_IN = Path(__file__).parent / "stand_in" / "runtime_stand_in.py"
+GPUS = [{"index": "0", "uuid": "GPU-aaa", "vram": 16000}, {"index": "1", "uuid": "GPU-bbb", "vram": 16000}]
+SECRET = "s3cret-in-the-host-env"
+
+
+@pytest.fixture
+def stand_in(tmp_path, monkeypatch):
+    """``apptainer`` and ``enroot`` on PATH, both the recording stand-in; its log's entries."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "stand-in.jsonl"
+    for name in ("apptainer", "enroot"):
+        program = bin_dir / name
+        program.write_text(f"#!{sys.executable}\nLOG = {str(log)!r}\n" + STAND_IN.read_text())
+        program.chmod(0o755)
+    log.touch()
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv("FAICE_IMAGE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("FAICE_GPU_INVENTORY", json.dumps(GPUS))
+    monkeypatch.setenv("FAICE_TEST_SECRET_VALUE", SECRET)
+    return lambda: [json.loads(line) for line in log.read_text().splitlines()]
+
+
+def gpu_red(tmp_path, registry_image: str = "127.0.0.1:5443/faice-test/base:bookworm", engine: str = "docker",
+            batches: int = 2) -> Path:
+    from runtime_helpers import Registry
+
+    registry = Registry("127.0.0.1:5443", "faicereg", "faicereg-secret", Path("/dev/null"), registry_image)
+    red = sweep_red(tmp_path / "gpu.red.json", registry, engine=engine, batches=batches)
+    data = json.loads(red.read_text())
+    data["container"]["settings"]["gpus"] = {"vendor": "nvidia", "count": 1}
+    red.write_text(json.dumps(data))
+    return red
+
+
+def batch_calls(calls: list[dict], verb: str) -> list[dict]:
+    return [c for c in calls if c["argv"][1] == verb]
+
+
+def test_apptainer_pulls_once_to_a_sif_then_execs_each_batch_contained_with_read_only_inputs(stand_in, tmp_path):
+    red = gpu_red(tmp_path, engine="apptainer")
+    outdir = tmp_path / "run"
+    result = faice("exec", str(red), "--outdir", str(outdir), "--no-progress",
+                   "--preserve-environment", "FAICE_TEST_SECRET_VALUE")
+    assert result.returncode == 0, result.stderr[-2000:]
+    calls = stand_in()
+    (pull,) = batch_calls(calls, "pull")
+    sif = Path(pull["argv"][3])
+    assert pull["argv"][:3] == ["apptainer", "pull", "--force"]
+    assert pull["argv"][4] == "docker://127.0.0.1:5443/faice-test/base:bookworm"
+    assert pull["env"]["APPTAINER_DOCKER_USERNAME"] == "faicereg"
+    assert pull["env"]["APPTAINER_DOCKER_PASSWORD"] == "faicereg-secret"  # in its environment only
+    assert "faicereg-secret" not in " ".join(pull["argv"])
+    runs = batch_calls(calls, "exec")
+    assert len(runs) == 2
+    found = records(outdir)
+    for index, call in enumerate(sorted(runs, key=lambda c: c["argv"][-2])):
+        record = found[index]
+        outputs = outdir.resolve() / "batches" / record["batchId"] / "outputs"
+        staged = record["inputs"]["data"]["hostPath"]
+        # The golden argv: Apptainer's documented options, inputs read-only, GPUs by --nv.
+        assert call["argv"] == [
+            "apptainer", "exec", "--containall", "--cleanenv", "--no-home",
+            "--bind", f"{outputs}:/cc/outputs:rw", "--bind", f"{staged}:/cc/inputs/data/data.txt:ro",
+            "--pwd", "/cc/outputs", "--nv", str(sif.parent / "127.0.0.1_5443_faice-test_base_bookworm-4a0a17633380.sif"),
+            "sh", "-c", record["command"][2], str(index), "/cc/inputs/data/data.txt"]
+        env = call["env"]
+        assert env["APPTAINERENV_FAICE_TEST_SECRET_VALUE"] == SECRET  # through its environment …
+        assert SECRET not in " ".join(call["argv"])  # … never its arguments
+        uuid = record["gpus"][0]["uuid"]
+        assert env["APPTAINERENV_CUDA_VISIBLE_DEVICES"] == env["APPTAINERENV_NVIDIA_VISIBLE_DEVICES"] == uuid
+        assert (outputs / "result.txt").read_text() == "from the stand-in\n"
+        assert (outdir / "batches" / record["batchId"] / "stdout.txt").read_text() == "apptainer stand-in ran the batch\n"
+    assert {found[0]["gpus"][0]["uuid"], found[1]["gpus"][0]["uuid"]} <= {"GPU-aaa", "GPU-bbb"}
+
+
+def test_enroot_imports_once_and_starts_each_batch_with_mounts_env_names_and_its_gpus(stand_in, tmp_path):
+    red = gpu_red(tmp_path, engine="enroot", batches=1)
+    outdir = tmp_path / "run"
+    result = faice("exec", str(red), "--outdir", str(outdir), "--no-progress",
+                   "--preserve-environment", "FAICE_TEST_SECRET_VALUE")
+    assert result.returncode == 0, result.stderr[-2000:]
+    calls = stand_in()
+    (imported,) = batch_calls(calls, "import")
+    assert imported["argv"][:3] == ["enroot", "import", "--output"]
+    assert imported["argv"][4] == "docker://127.0.0.1:5443#faice-test/base:bookworm"  # enroot's registry#image
+    credentials = Path(imported["env"]["ENROOT_CONFIG_PATH"]) / ".credentials"
+    assert not credentials.exists()  # a private file, gone after the import
+    (start,) = batch_calls(calls, "start")
+    (record,) = records(outdir).values()
+    outputs = outdir.resolve() / "batches" / record["batchId"] / "outputs"
+    staged = record["inputs"]["data"]["hostPath"]
+    cache = tmp_path / "cache" / "enroot"
+    assert start["argv"] == [
+        "enroot", "start", "--rc", str(cache / "faice-rc.sh"),
+        "--mount", f"{outputs}:/cc/outputs:none:x-create=auto,rbind,rw",
+        "--mount", f"{staged}:/cc/inputs/data/data.txt:none:x-create=auto,rbind,ro",
+        "--env", "CUDA_VISIBLE_DEVICES", "--env", "FAICE_TEST_SECRET_VALUE", "--env", "FAICE_WORKDIR",
+        "--env", "NVIDIA_VISIBLE_DEVICES",
+        str(cache / "127.0.0.1_5443_faice-test_base_bookworm-4a0a17633380.sqsh"),
+        "sh", "-c", record["command"][2], "0", "/cc/inputs/data/data.txt"]
+    assert start["env"]["FAICE_TEST_SECRET_VALUE"] == SECRET and SECRET not in " ".join(start["argv"])
+    assert start["env"]["NVIDIA_VISIBLE_DEVICES"] == record["gpus"][0]["uuid"]
+    assert start["env"]["FAICE_WORKDIR"] == "/cc/outputs"
+    assert 'cd "$FAICE_WORKDIR"' in (cache / "faice-rc.sh").read_text()
+
+
+def test_dry_run_shows_each_batchs_command_with_read_only_inputs_and_gpus_requested(tmp_path, monkeypatch):
+    monkeypatch.setenv("FAICE_IMAGE_CACHE", str(tmp_path / "cache"))
+    red = gpu_red(tmp_path, batches=2)
+    for runtime, gpu_flag in (("apptainer", "--nv"), ("enroot", "NVIDIA_VISIBLE_DEVICES")):
+        result = faice("exec", str(red), "--runtime", runtime, "--dry-run", "--json",
+                       env={"FAICE_GPU_INVENTORY": json.dumps(GPUS)})
+        assert result.returncode == 0, result.stderr
+        plan = json.loads(result.stdout)
+        assert plan["runtime"] == runtime
+        commands = [b["runtimeCommand"] for b in plan["batches"]]
+        assert len(commands) == 2
+        for command in commands:
+            assert command[:2] == [runtime, "exec" if runtime == "apptainer" else "start"]
+            joined = " ".join(command)
+            assert ":/cc/inputs/data/data.txt:ro" in joined or ":/cc/inputs/data/data.txt:none:x-create=auto,rbind,ro" in joined
+            assert gpu_flag in command
+        shown = [b["runtimeEnvironment"] for b in plan["batches"]]
+        gpu_variable = "APPTAINERENV_NVIDIA_VISIBLE_DEVICES" if runtime == "apptainer" else "NVIDIA_VISIBLE_DEVICES"
+        assert [s[gpu_variable] for s in shown] == ["GPU-aaa", "GPU-bbb"]  # exclusive devices
+        assert not (tmp_path / "cache").exists()  # a dry run writes nothing
+    text = faice("exec", str(red), "--runtime", "apptainer", "--dry-run", env={"FAICE_GPU_INVENTORY": json.dumps(GPUS)})
+    assert "  runtime:    apptainer exec --containall" in text.stdout
+
+
+def test_concurrent_first_use_pulls_once_and_never_leaves_a_partial_sif(stand_in, tmp_path):
+    from faice.runtime.apptainer import ApptainerRuntime
+
+    runtime = ApptainerRuntime(cache=tmp_path / "shared-cache")
+    ref = "127.0.0.1:5443/faice-test/base:bookworm"
+    with ThreadPoolExecutor(8) as pool:  # the lock is a host-wide flock: threads contend like processes
+        results = list(pool.map(lambda _: runtime.ensure_image(ref), range(8)))
+    assert sum(pulled for _info, pulled in results) == 1
+    assert len({info.id for info, _ in results}) == 1
+    assert len(batch_calls(stand_in(), "pull")) == 1
+    assert sorted(p.name for p in (tmp_path / "shared-cache").iterdir()) == [
+        "127.0.0.1_5443_faice-test_base_bookworm-4a0a17633380.sif", "locks"]
+
+
+def test_the_runtimes_own_failure_is_an_engine_failure_not_the_commands(stand_in, tmp_path):
+    (tmp_path / "stand-in-exit").write_text("255")  # apptainer's own failures exit 255
+    red = gpu_red(tmp_path, engine="apptainer", batches=1)
+    outdir = tmp_path / "run"
+    result = faice("exec", str(red), "--outdir", str(outdir), "--no-progress")
+    assert result.returncode == 1
+    (record,) = records(outdir).values()
+    assert record["failureClass"] == "engine"
+    (tmp_path / "stand-in-exit").write_text("3")
+    outdir = tmp_path / "run3"
+    faice("exec", str(red), "--outdir", str(outdir), "--no-progress")
+    (record,) = records(outdir).values()
+    assert (record["failureClass"], record["process"]["returnCode"]) == ("exit-code", 3)

@@ -1,0 +1,141 @@
+"""Values that reach Podman's, Charliecloud's, Apptainer's and Enroot's command lines (issue
+21): each is checked before any runtime runs (no option injection, no bind-spec separator, no
+shell), and no secret ever sits on a command line where ``ps`` shows it."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from faice.errors import EngineError
+from faice.runtime.containers import ContainerSpec
+from faice.runtime.select import process_runtime
+
+RUNTIME_TESTS = Path(__file__).resolve().parents[1] / "runtimes"
+sys.path.insert(0, str(RUNTIME_TESTS))
+from runtime_helpers import faice, records, sweep_red  # noqa: E402
+
+
+def _runtime_fixtures():
+    """The runtime tests' fixtures (registry, podman, charliecloud), under a module name of their own."""
+    spec = importlib.util.spec_from_file_location("faice_security_runtime_fixtures", RUNTIME_TESTS / "conftest.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_fixtures = _runtime_fixtures()
+registry, podman, charliecloud = _fixtures.registry, _fixtures.podman, _fixtures.charliecloud
+
+
+def spec(**changes) -> ContainerSpec:
+    base = ContainerSpec(image="127.0.0.1:5443/faice-test/base:bookworm", command=["true"], run_id="r", batch_id="b",
+                         binds=[("/tmp/in", "/cc/inputs/x/in.txt", "ro")], name="faice-b-1")
+    for key, value in changes.items():
+        setattr(base, key, value)
+    return base
+
+
+HOSTILE = [
+    ("image", "--privileged"),
+    ("image", "-v/:/host"),
+    ("binds", [("/tmp/in", "/cc/inputs/x/a:/etc/shadow:rw", "ro")]),  # a second bind through ':'
+    ("binds", [("/tmp/in", "/cc/inputs/x/a,rw", "ro")]),  # a mount option through ','
+    ("binds", [("/tmp/in:/etc", "/cc/inputs/x/in.txt", "ro")]),
+    ("binds", [("-v", "/cc/x", "ro")]),
+    ("binds", [("/tmp/in", "/cc/inputs/../../etc", "ro")]),
+    ("binds", [("/tmp/in", "/cc/x", "rw,suid")]),
+    ("workdir", "--privileged"),
+    ("workdir", "/cc/outputs:/etc"),
+    ("environment", {"A=B": "x"}),
+    ("environment", {"--privileged": "x"}),
+    ("gpu_ids", ["all,--privileged"]),
+    ("gpu_ids", ["-1"]),
+    ("user", "--privileged"),
+    ("name", "-x"),
+]
+
+
+@pytest.mark.parametrize("runtime", ["podman", "charliecloud", "apptainer", "enroot"])
+@pytest.mark.parametrize(("field", "value"), HOSTILE, ids=[f"{f}={v!r}" for f, v in HOSTILE])
+def test_hostile_values_never_reach_a_runtime_command_line(runtime, field, value, tmp_path):
+    chosen = process_runtime(runtime)
+    chosen.cache = tmp_path
+    with pytest.raises(EngineError):
+        chosen.describe(spec(**{field: value}))
+    with pytest.raises(EngineError):
+        chosen.create(spec(**{field: value}))
+    assert not chosen.has_live()
+
+
+def test_a_hostile_input_file_name_fails_its_batch_before_any_runtime_runs(tmp_path, monkeypatch):
+    """An input file named like a bind spec (``x:/etc:rw``) would add a writable mount of the
+    host's /etc on a runtime that parses ``SRC:DST:MODE``; the batch fails instead."""
+    monkeypatch.setenv("FAICE_IMAGE_CACHE", str(tmp_path / "cache"))
+    hostile = tmp_path / "x:,etc:rw"
+    hostile.write_text("data\n")
+    from runtime_helpers import Registry
+
+    registry = Registry("127.0.0.1:5443", "u", "p", Path("/dev/null"), "127.0.0.1:5443/faice-test/base:bookworm")
+    red = sweep_red(tmp_path / "r.red.json", registry, batches=1, data=hostile)
+    result = faice("exec", str(red), "--runtime", "apptainer", "--dry-run")
+    assert result.returncode != 0 and "bind spec" in result.stderr
+    assert "x:,etc:rw" not in result.stdout
+
+
+def _command_lines() -> list[str]:
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                with open(f"/proc/{entry.name}/cmdline", "rb") as handle:
+                    found.append(handle.read().replace(b"\0", b" ").decode("utf-8", "replace"))
+            except OSError:
+                pass
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("runtime", ["podman", "charliecloud"])
+def test_no_secret_on_any_command_line_while_pulling_and_running(runtime, tmp_path, monkeypatch, request):
+    """The registry password (pull) and a preserved variable's value (run) reach the runtime
+    through its environment or a private file: ``ps`` never shows them."""
+    registry = request.getfixturevalue("registry")
+    request.getfixturevalue(runtime)
+    monkeypatch.setenv("FAICE_IMAGE_CACHE", str(tmp_path / "cache"))
+    secret = f"preserved-{os.getpid()}-value"
+    monkeypatch.setenv("FAICE_TEST_RUNTIME_SECRET", secret)
+    if runtime == "podman":
+        import subprocess
+
+        subprocess.run(["podman", "rmi", "--force", registry.image], capture_output=True, timeout=120)
+    red = sweep_red(tmp_path / "s.red.json", registry, batches=2,
+                    script='sleep 1; echo "secret arrived: ${#FAICE_TEST_RUNTIME_SECRET} chars" > result.txt')
+    seen: list[str] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            seen.extend(line for line in _command_lines() if secret in line or registry.password in line)
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        result = faice("exec", str(red), "--runtime", runtime, "--outdir", str(tmp_path / "run"),
+                       "--preserve-environment", "FAICE_TEST_RUNTIME_SECRET", "--no-progress")
+    finally:
+        done.set()
+        watcher.join()
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert not seen, seen[:3]
+    for record in records(tmp_path / "run").values():
+        output = tmp_path / "run" / "batches" / record["batchId"] / "outputs" / "result.txt"
+        assert output.read_text() == f"secret arrived: {len(secret)} chars\n"
