@@ -41,9 +41,9 @@ from faice.runtime.containers import (
     ContainerHandle,
     ContainerSpec,
     ImageInfo,
-    PrivateImages,
     check_image_ref,
 )
+from faice.runtime.private_images import PrivateImages
 
 STDERR_TAIL = 4000  # bytes of the runtime's stderr kept for its error messages
 IMAGE_CACHE_VARIABLE = "FAICE_IMAGE_CACHE"
