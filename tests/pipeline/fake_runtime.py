@@ -48,7 +48,8 @@ class FakeRuntime:
     _containers: dict[str, _Container] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def ensure_image(self, ref: str, *, auth=None, pull: str = "missing", on_progress=None, on_note=None):
+    def ensure_image(self, ref: str, *, auth=None, pull: str = "missing", account_logins: bool = True,
+                     private_images=None, on_progress=None, on_note=None):
         return ImageInfo(ref, "sha256:" + "f" * 64, None, ""), False
 
     def create(self, spec: ContainerSpec) -> ContainerHandle:
