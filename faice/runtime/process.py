@@ -366,7 +366,7 @@ class ProcessRuntime:
         with self._lock:
             batches = list(self._live.values())
         return any((b.process is not None and b.process.pid == session) or
-                   (b.cgroup is not None and f"{b.cgroup.relative}/" in groups + "/") for b in batches)
+                   (b.cgroup is not None and f"{b.cgroup.relative}/" in groups.replace("\n", "/\n")) for b in batches)
 
     def has_live(self) -> bool:
         with self._lock:
