@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 KeyPath = tuple[str | int, ...]
 
@@ -117,3 +118,28 @@ class ConnectorError(FaiceError):
 
 class EngineError(FaiceError):
     """The execution engine (Docker, the agency, Slurm) could not do what was asked."""
+
+
+def describe(value: Any) -> str:
+    """``string 'abc'``, ``integer 5``, ``a mapping``: how a user's value is shown in messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"boolean {'true' if value else 'false'}"
+    if isinstance(value, int):
+        return f"integer {value}"
+    if isinstance(value, float):
+        return f"number {value!r}"
+    if isinstance(value, str):
+        text = value if len(value) <= 60 else value[:57] + "..."
+        return f"string {text!r}"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return f"a {type(value).__name__}"
+
+
+def kind_of(value: Any) -> str:
+    """A value's type in a message about a malformed part (``nothing`` for a missing one)."""
+    return "nothing" if value is None else type(value).__name__

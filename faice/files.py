@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -118,3 +119,15 @@ def tail_text(path: Path, limit: int = 4000) -> str:
         return read_tail(path, limit)[0]
     except OSError:
         return ""
+
+
+def make_read_only(path: Path) -> None:
+    """Files 0444, directories 0555: a shared input cannot be changed by one batch."""
+    if path.is_symlink():
+        return
+    if path.is_dir():
+        for child in path.iterdir():
+            make_read_only(child)
+        path.chmod(0o555)
+    elif path.exists():
+        path.chmod(stat.S_IMODE(path.stat().st_mode) & 0o555 | 0o444)

@@ -46,14 +46,15 @@ def test_records_keep_their_shape_whatever_secret_is_registered(tmp_path):
     spans JSON syntax cannot break the record."""
     import json
 
-    from faice.pipeline.records import new_batch_record, read_batch_record, write_batch_record
+    from faice.pipeline.records import new_batch_record
+    from faice.pipeline.rundir import RunDir
 
     redactor = Redactor(["batchIndex", '", "', "3cr3t-value"])
     record = new_batch_record("b-1", 0, {"lr": "3cr3t-value"}, run_id="r", command=["echo", "ok"])
-    write_batch_record(tmp_path, record, redact=redactor.redact)
+    RunDir(tmp_path).write_record(record, redact=redactor.redact)
     data = json.loads((tmp_path / "batches" / "b-1" / "result.json").read_text())
     assert data["batchIndex"] == 0 and data["parameters"] == {"lr": MASK}
-    assert read_batch_record(tmp_path, "b-1") is not None
+    assert RunDir(tmp_path).read_record("b-1") is not None
 
 
 def test_protected_values_and_normalisation():

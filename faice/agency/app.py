@@ -228,7 +228,7 @@ class AgencyApp:
                 return earlier
         data = parse_red(body)
         check_limits(data, self.agency.limits)
-        data = check_red(data)
+        data = check_red(data, self.agency.limits)
         check_policy(self.agency.policy, data)
         experiment, batches = build_documents(
             data,

@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from faice.errors import FaiceError
-from faice.files import read_json, read_tail
+from faice.files import read_tail
 from faice.pipeline.host import Host
 from faice.pipeline.options import RunOptions
 from faice.pipeline.plan import plan_batches
-from faice.pipeline.records import RESULT_FILE, BatchRecord, FailureClass, batch_dir
+from faice.pipeline.records import BatchRecord, FailureClass
+from faice.pipeline.rundir import BatchDir, RunDir
 from faice.red.experiment import Batch, Experiment
 from faice.runtime.gpus import Gpu, GpuAllocator, host_allocator
 from faice.secrets import Redactor, batch_redactor
@@ -114,7 +115,7 @@ class PipelineRunner:
         record = self.host.run_alone(plan, run_id=job.experiment_id, outdir=outdir, redactor=redactor,
                                      options=options, cancel=cancel, engine={"name": "agency", "node": self.node},
                                      gpus=GpuAllocator(job.gpus, busy="ignore") if job.gpus else None)
-        return outcome_of(record, batch_dir(outdir, job.batch_id), redactor=redactor, cancelled=cancel.is_set())
+        return outcome_of(record, RunDir(outdir).batch(job.batch_id), redactor=redactor, cancelled=cancel.is_set())
 
     def cleanup(self, batch_id: str) -> None:
         from faice.runtime.docker import remove_batch_containers
@@ -122,12 +123,12 @@ class PipelineRunner:
         remove_batch_containers(batch_id)
 
 
-def outcome_of(record: BatchRecord, directory: Path, *, redactor: Redactor, cancelled: bool = False) -> Outcome:
+def outcome_of(record: BatchRecord, files: BatchDir, *, redactor: Redactor, cancelled: bool = False) -> Outcome:
     """What the server stores of a finished batch: its state, reason, record and log tails."""
     skipped: dict[str, int] = {}
 
     def text(name: str) -> str | None:
-        path = directory / f"{name}.txt"
+        path = files.stream(name)
         if not path.exists():
             return None
         content, skipped[name] = read_tail(path)
@@ -140,11 +141,11 @@ def outcome_of(record: BatchRecord, directory: Path, *, redactor: Redactor, canc
                    redactor.redact_data(record.to_dict()), state != "cancelled", extra={"skipped": skipped})
 
 
-def read_record(directory: Path, *, redactor: Redactor, cancelled: bool = False) -> Outcome:
+def read_record(rundir: RunDir, batch_id: str, *, redactor: Redactor, cancelled: bool = False) -> Outcome:
     """The outcome a batch record written by another process (a Slurm task) describes."""
-    data = read_json(directory / RESULT_FILE)
-    if not isinstance(data, dict):
+    record = rundir.read_record(batch_id)
+    if record is None:
         if cancelled:
             return Outcome("cancelled", "cancelled")
-        return Outcome("failed", f"batch record missing or unreadable: {directory / RESULT_FILE}")
-    return outcome_of(BatchRecord.from_dict(data), directory, redactor=redactor, cancelled=cancelled)
+        return Outcome("failed", f"batch record missing or unreadable: {rundir.batch(batch_id).record}")
+    return outcome_of(record, rundir.batch(batch_id), redactor=redactor, cancelled=cancelled)

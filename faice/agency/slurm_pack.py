@@ -25,7 +25,8 @@ from typing import Any
 from faice.agency.runner import BatchJob, Outcome, agency_options, read_record
 from faice.agency.slurm_runner import SlurmRunner, SlurmServerSettings
 from faice.errors import FaiceError
-from faice.pipeline.records import BatchState, batch_dir
+from faice.pipeline.records import BatchState
+from faice.pipeline.rundir import RunDir
 from faice.red.experiment import Batch, Experiment
 from faice.secrets import batch_redactor
 
@@ -103,7 +104,7 @@ class PackedSlurmRunner(SlurmRunner):
                 return Outcome("failed", redactor.redact(pack.error))
             cancelled = self._follow(job.batch_id, cancel, state=lambda: self._state(pack, job.batch_id),
                                      stop=lambda: self._cancel_in_pack(pack, job.batch_id), job_id=pack.job.job_id)
-            outcome = read_record(batch_dir(pack.outdir, job.batch_id), redactor=redactor, cancelled=cancelled)
+            outcome = read_record(RunDir(pack.outdir), job.batch_id, redactor=redactor, cancelled=cancelled)
             outcome.extra["slurmJobId"] = pack.job.job_id
             return outcome
         finally:

@@ -20,7 +20,8 @@ from typing import Any
 
 from faice.agency.runner import BatchJob, Outcome, agency_options, read_record
 from faice.errors import FaiceError, UsageError
-from faice.pipeline.records import BatchState, batch_dir
+from faice.pipeline.records import BatchState
+from faice.pipeline.rundir import RunDir
 from faice.red.experiment import Batch, Experiment
 from faice.runtime.docker import remove_batch_containers
 from faice.secrets import batch_redactor
@@ -155,7 +156,7 @@ class SlurmRunner:
                                      stop=slurm_job.cancel, job_id=slurm_job.job_id)
         finally:
             slurm_job.remove_specs()  # a task that never started still holds its secret-bearing spec
-        outcome = read_record(batch_dir(outdir, job.batch_id), redactor=redactor, cancelled=cancelled)
+        outcome = read_record(RunDir(outdir), job.batch_id, redactor=redactor, cancelled=cancelled)
         outcome.extra["slurmJobId"] = slurm_job.job_id
         return outcome
 

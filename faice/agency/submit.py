@@ -70,28 +70,12 @@ def _check_depth(data: Any) -> None:
         stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
 
 
-def sweep_size(sweep: Any) -> int:
-    """How many batches a sweep expands to, computed without expanding it (malformed
-    parts count as 1: validation reports them)."""
-    if not isinstance(sweep, dict):
-        return 1
-    size = 1
-    grid = sweep.get("grid")
-    if isinstance(grid, dict):
-        for values in grid.values():
-            size *= len(values) if isinstance(values, list) else 1
-    zipped = sweep.get("zip")
-    if isinstance(zipped, dict) and zipped:
-        size *= min((len(v) if isinstance(v, list) else 1) for v in zipped.values())
-    random_part = sweep.get("random")
-    if isinstance(random_part, dict) and isinstance(random_part.get("samples"), int):
-        size *= max(random_part["samples"], 0)
-    return size
-
-
 def check_limits(data: dict[str, Any], limits: Limits) -> None:
-    """Batches and stored size within the server's limits, checked before a sweep expands."""
+    """Batches and stored size within the server's limits, checked before a sweep expands
+    (counted as ``faice exec`` counts them: ``maxBatches`` and ``random`` included)."""
     if "sweep" in data:
+        from faice.red.sweep import sweep_size
+
         count = sweep_size(data["sweep"])
         template = len(json.dumps({"inputs": data.get("inputs"), "outputs": data.get("outputs")}))
         size = len(json.dumps({k: v for k, v in data.items() if k not in ("sweep", "inputs", "outputs")})) + count * template
@@ -123,7 +107,7 @@ def check_policy(policy: Any, data: dict[str, Any]) -> None:
         )
 
 
-def _validate(data: dict[str, Any]) -> dict[str, Any]:
+def _validate(data: dict[str, Any], max_batches: int | None) -> dict[str, Any]:
     from faice.errors import FaiceError
     from faice.red.load import Document
     from faice.red.validate import validate_red
@@ -137,7 +121,7 @@ def _validate(data: dict[str, Any]) -> dict[str, Any]:
     if "sweep" in data:
         from faice.red.sweep import expanded_red
 
-        data = expanded_red(data, "RED data")
+        data = expanded_red(data, "RED data", limit=max_batches)
     return data
 
 
@@ -154,11 +138,11 @@ def _variables(data: Any) -> list[str]:
     return found
 
 
-def check_red(data: dict[str, Any]) -> dict[str, Any]:
+def check_red(data: dict[str, Any], limits: Limits | None = None) -> dict[str, Any]:
     """Upstream's order: valid RED, no variables, outputs, docker, ram, execution engine."""
     from faice.secrets import normalise_protected_keys
 
-    data = _validate(data)
+    data = _validate(data, limits.max_batches if limits is not None else None)
     variables = sorted(set(_variables(data)))
     if variables:
         raise BadRequest(

@@ -26,13 +26,7 @@ from werkzeug.wrappers import Request, Response
 
 from faice.agency.auth import Authenticator, AuthError, User
 from faice.agency.store import Store
-from faice.pipeline.records import (
-    BatchRecord,
-    BatchState,
-    new_batch_record,
-    write_batch_record,
-    write_run_record,
-)
+from faice.pipeline.records import BatchRecord, BatchState, new_batch_record
 from faice.pipeline.results import build_results
 from faice.secrets import is_protected_key
 from faice.ui.live import ChangeLog
@@ -143,29 +137,27 @@ class AgencySource:
 
     def crate(self, viewer: User, run_id: str, target: Path) -> None:
         """The experiment written as a run directory through the records API, then its crate."""
-        from faice.pipeline.resume import RED_FILE
         from faice.pipeline.rocrate import write_crate
+        from faice.pipeline.rundir import RED_FILE, RunDir
         from faice.secrets import REDACTOR, batch_redactor
 
         experiment = self._experiment(viewer, run_id)
         with tempfile.TemporaryDirectory(prefix="faice-agency-crate-") as work:
-            outdir = Path(work) / run_id
-            outdir.mkdir()
+            rundir = RunDir(Path(work) / run_id)
+            rundir.root.mkdir()
             red = {k: experiment.get(k) for k in ("redVersion", "cli", "container", "execution") if experiment.get(k)}
             masking = batch_redactor(red, parent=REDACTOR)
-            from faice.files import atomic_write_json
-
-            atomic_write_json(outdir / RED_FILE, masking.redact_data(red), redact=masking.redact)
+            rundir.save_red(masking.redact_data(red), masking.redact)
             records = []
             for batch in self._batches(run_id):
                 record = BatchRecord.from_dict(_record(batch))
-                write_batch_record(outdir, record, redact=masking.redact)
+                rundir.write_record(record, redact=masking.redact)
                 records.append(record)
             image = ((experiment.get("container") or {}).get("settings") or {}).get("image") or {}
-            write_run_record(outdir, {"runId": run_id, "redFile": RED_FILE, "image": {"ref": image.get("url")},
-                                      "started": _iso(experiment.get("registrationTime"))},
+            rundir.write_run({"runId": run_id, "redFile": RED_FILE, "image": {"ref": image.get("url")},
+                              "started": _iso(experiment.get("registrationTime"))},
                              [r.entry() for r in records], redact=masking.redact)
-            write_crate(outdir, target)
+            write_crate(rundir.root, target)
 
 
 def _iso(seconds: Any) -> str | None:

@@ -20,7 +20,7 @@ Policy file (YAML or JSON, every key optional)::
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,29 +117,6 @@ def _default_is_plugin(command: str) -> frozenset[str] | None:
     return frozenset(cls.names) | {command} if cls is not None else None
 
 
-def connectors_of(data: dict[str, Any]) -> Iterator[tuple[KeyPath, dict[str, Any]]]:
-    """Every ``connector`` object in a RED document's inputs/outputs (batches included)."""
-    def walk(node: Any, path: KeyPath) -> Iterator[tuple[KeyPath, dict[str, Any]]]:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                if key == "connector" and isinstance(value, dict):
-                    yield (*path, key), value
-                else:
-                    yield from walk(value, (*path, key))
-        elif isinstance(node, list):
-            for index, value in enumerate(node):
-                yield from walk(value, (*path, index))
-
-    for section in ("inputs", "outputs"):
-        yield from walk(data.get(section), (section,))
-    batches = data.get("batches")
-    if isinstance(batches, list):
-        for index, batch in enumerate(batches):
-            if isinstance(batch, dict):
-                for section in ("inputs", "outputs"):
-                    yield from walk(batch.get(section), ("batches", index, section))
-
-
 def check(
     policy: Policy,
     data: dict[str, Any],
@@ -153,7 +130,10 @@ def check(
     def refuse(path: KeyPath, message: str) -> None:
         problems.append(Problem(source, path, message))
 
-    for path, connector in connectors_of(data):
+    from faice.connectors.places import connector_places
+
+    for place in connector_places(data):
+        path, connector = (*place.path, "connector"), place.connector
         command = connector.get("command")
         if not isinstance(command, str) or not command:
             continue  # the RED schema reports a missing command

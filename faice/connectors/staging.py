@@ -12,8 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import stat
 import tempfile
 import threading
 import time
@@ -33,9 +31,12 @@ from faice.connectors.api import (
     TransientFailure,
     listed_files,
 )
+from faice.connectors.places import operation_name
 from faice.connectors.trees import output_file, output_tree
 from faice.descriptors import remove_tree
 from faice.errors import ConnectorError, FaiceError
+from faice.files import make_read_only
+from faice.runtime.tempdirs import unmount_all
 from faice.secrets import REDACTOR, Redactor, normalise_protected_keys, protected_values
 
 ProgressCallback = Callable[[str, int, "int | None"], None]
@@ -115,7 +116,7 @@ class StagingSession:
         Requests with the same command, access and listing share one download, also when
         several threads ask at the same time.
         """
-        operation = _operation("receive", kind)
+        operation = operation_name("receive", kind)
         connector = self._prepare(request, operation)
         key = _cache_key(request, kind)
         with self._lock:
@@ -144,7 +145,7 @@ class StagingSession:
         runs, a link out of it — the output itself or any entry of a Directory — is refused
         (:mod:`faice.connectors.trees`), so no plugin can be tricked into sending host files.
         """
-        operation = _operation("send", kind)
+        operation = operation_name("send", kind)
         src = Path(src)
         if kind == "File" and not src.is_file():
             raise ConnectorError(f"{request.label}: output file {src} does not exist")
@@ -209,7 +210,7 @@ class StagingSession:
             try:
                 self.umount(mountpoint)
             except Exception:  # cleanup goes on; the mount is retried lazily by fusermount -z
-                _lazy_unmount(mountpoint)
+                unmount_all(mountpoint)
         for connector in connectors:
             try:
                 connector.close()
@@ -366,12 +367,6 @@ class StagingSession:
 # ---------------------------------------------------------------------- helpers
 
 
-def _operation(direction: str, kind: str) -> str:
-    if kind not in ("File", "Directory"):
-        raise ValueError(f"kind must be 'File' or 'Directory', not {kind!r}")
-    return f"{direction}-{'file' if kind == 'File' else 'dir'}"
-
-
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, ConnectorFailure):
         return str(exc)
@@ -518,24 +513,3 @@ def verify_listing(label: str, root: Path, listing: list[dict[str, Any]] | None)
         if not path.is_file():
             raise ConnectorError(f"{label}: listed file {rel!r} was not received")
         verify_file(f"{label}.listing ({rel})", path, size=item.get("size"), checksum=item.get("checksum"))
-
-
-def make_read_only(path: Path) -> None:
-    """Files 0444, directories 0555: a shared input cannot be changed by one batch."""
-    if path.is_symlink():
-        return
-    if path.is_dir():
-        for child in path.iterdir():
-            make_read_only(child)
-        path.chmod(0o555)
-    elif path.exists():
-        path.chmod(stat.S_IMODE(path.stat().st_mode) & 0o555 | 0o444)
-
-
-def _lazy_unmount(mountpoint: Path) -> None:
-    import subprocess
-
-    for tool in ("fusermount3", "fusermount"):
-        if shutil.which(tool):
-            subprocess.run([tool, "-u", "-z", str(mountpoint)], capture_output=True, timeout=30)
-            return

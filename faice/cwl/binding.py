@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from faice.red.semantics import check_value, parse_cli_type
+from faice.cwl.types import check_value, parse_cli_type
 
 # Avro's ranges, which cwltool enforces for CWL ``int`` and ``long``.
 _RANGES = {"int": (-(2**31), 2**31 - 1), "long": (-(2**63), 2**63 - 1)}

@@ -206,9 +206,10 @@ def summary_table(summary: dict[str, Any], stream: TextIO | None = None) -> None
 
 def failure_report(summary: dict[str, Any], outdir: Any = None, *, tail: int = 5, most: int = 10) -> list[str]:
     """Each failed batch's reason and the last lines of its stderr (the first ``most`` batches)."""
-    from pathlib import Path
+    from faice.pipeline.rundir import RunDir, is_batch_id
 
-    root = Path(outdir or summary.get("outdir") or ".")
+    rundir = RunDir(outdir or summary.get("outdir") or ".")
+    root = rundir.root
     failed = [e for e in summary.get("batches") or [] if e.get("state") == "failed"]
     lines: list[str] = []
     for entry in failed[:most]:
@@ -216,15 +217,8 @@ def failure_report(summary: dict[str, Any], outdir: Any = None, *, tail: int = 5
         shown = " (" + ", ".join(f"{k}={_number(v)}" for k, v in parameters.items()) + ")" if parameters else ""
         lines.append(for_terminal(f"failed: batch {entry.get('index')} {entry.get('id')}{shown} "
                                   f"[{entry.get('failureClass')}]: {entry.get('message') or ''}", lines=True))
-        stderr = root / "batches" / str(entry.get("id")) / "stderr.txt"
-        try:
-            with open(stderr, "rb") as handle:
-                handle.seek(0, 2)
-                size = handle.tell()
-                handle.seek(max(0, size - 4000))
-                text = handle.read().decode("utf-8", "replace")
-        except OSError:
-            continue
+        batch_id = str(entry.get("id"))
+        text = rundir.stderr_tail(batch_id) if is_batch_id(batch_id) else ""
         last = [line for line in text.splitlines() if line.strip()][-tail:]
         if last and last[0] != (entry.get("message") or ""):
             lines.append("  stderr: " + "\n  stderr: ".join(for_terminal(line) for line in last))

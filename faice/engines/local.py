@@ -13,8 +13,9 @@ from faice.engines import ExecRequest
 from faice.engines.display import ProgressDisplay, print_plan, results_table, summary_table
 from faice.errors import FaiceError
 from faice.files import dumps_json
-from faice.pipeline.records import default_outdir, new_run_id, prepare_outdir
+from faice.pipeline.records import new_run_id
 from faice.pipeline.run import HostRun, interrupted_exit
+from faice.pipeline.rundir import RunDir, default_outdir
 from faice.pipeline.signals import interrupts_to
 from faice.red.experiment import Experiment
 from faice.secrets import REDACTOR
@@ -22,14 +23,14 @@ from faice.secrets import REDACTOR
 
 def run(experiment: Experiment, request: ExecRequest) -> int:
     options = request.options
-    run_id = new_run_id()
-    outdir = request.outdir or default_outdir(run_id)
     if request.dry_run:
+        run_id = new_run_id()
+        outdir = request.outdir or default_outdir(run_id)
         print_plan(HostRun(experiment, options, outdir, run_id=run_id).plan(), as_json=request.json)
         return 0
-    previous = prepare_outdir(outdir, resume=options.resume)
+    rundir, run_id = RunDir.start(request.outdir, resume=options.resume)
     display = ProgressDisplay(len(experiment.batches), live=None if request.progress else False)
-    host_run = HostRun(experiment, options, outdir, run_id=(previous or {}).get("runId") or run_id,
+    host_run = HostRun(experiment, options, rundir.root, run_id=run_id,
                        on_event=display, on_note=display.note)
     with interrupts_to(host_run.on_signal), display:
         try:
@@ -46,6 +47,6 @@ def run(experiment: Experiment, request: ExecRequest) -> int:
         sys.stdout.flush()
     summary_table(summary.to_dict())
     if not request.json and any(e.get("metrics") for e in summary.to_dict().get("batches") or []):
-        results_table(outdir)
+        results_table(rundir.root)
     code = interrupted_exit(host_run)
     return code if code is not None else summary.exit_code

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from faice.errors import EngineError, UsageError
-from faice.pipeline.records import RunState, mark_interrupted, read_run_record
+from faice.pipeline.records import RunState
+from faice.pipeline.rundir import RunDir
 from faice.runtime.docker import owner_alive
 
 POLL_S = 0.2
@@ -24,9 +25,10 @@ CANCEL_WAIT_S = 120.0  # the run's own grace period for its containers, and then
 
 
 def _read(outdir: Path) -> dict[str, Any]:
-    run = read_run_record(outdir)
+    rundir = RunDir(outdir)
+    run = rundir.read_run()
     if run is None:
-        raise UsageError(f"{outdir}/run.json: no such file or not a run record; --outdir must be a faice run directory")
+        raise UsageError(f"{rundir.run_file}: no such file or not a run record; --outdir must be a faice run directory")
     return run
 
 
@@ -38,7 +40,7 @@ def wait_run(outdir: Path, deadline: float | None = None) -> dict[str, Any]:
     while run.get("state") == RunState.RUNNING.value:
         owner = str(run.get("owner") or "")
         if owner and not owner_alive(owner):
-            mark_interrupted(outdir, owner)
+            RunDir(outdir).mark_interrupted(owner)
             return _read(outdir)
         if deadline is not None and time.monotonic() > deadline:
             return run

@@ -27,15 +27,13 @@ from faice.pipeline.logstream import OutputCopy
 from faice.pipeline.options import RunOptions
 from faice.pipeline.plan import BatchPlan, connector_request, input_label, preflight_access
 from faice.pipeline.records import (
-    STREAM_FILES,
     BatchRecord,
     BatchState,
     FailureClass,
-    batch_dir,
     new_batch_record,
     now_iso,
-    write_batch_record,
 )
+from faice.pipeline.rundir import RunDir
 from faice.runtime.containers import (
     CommandNotRunnable,
     ContainerError,
@@ -100,7 +98,7 @@ def not_started(plan: BatchPlan, context_run_id: str, outdir: Path, reason: str,
     """The record of a batch that never started (the run was cancelled, too many failed)."""
     record = new_batch_record(plan.id, plan.index, plan.batch.parameters, run_id=context_run_id,
                               command=plan.command.argv, failure_class=FailureClass.CANCELLED, message=reason)
-    write_batch_record(outdir, record, redact=redactor.redact)
+    RunDir(outdir).write_record(record, redact=redactor.redact)
     return record
 
 
@@ -111,8 +109,10 @@ class _BatchRun:
         self.plan = plan
         self.context = context
         self.batch = plan.batch
-        self.dir = batch_dir(context.outdir, plan.id)
-        self.workdir = self.dir / "outputs"
+        self.rundir = RunDir(context.outdir)
+        self.files = self.rundir.batch(plan.id)
+        self.dir = self.files.path
+        self.workdir = self.files.outputs
         self.timings: dict[str, float] = {}
         self.gpus: list[Gpu] = []
         self.mounts: list[Path] = []
@@ -193,7 +193,7 @@ class _BatchRun:
         record.attempts = attempts
         record.timings = self.timings
         record.finished = now_iso()
-        write_batch_record(self.context.outdir, record, redact=self.context.redactor.redact)
+        self.rundir.write_record(record, redact=self.context.redactor.redact)
         self.event(record.state.value, message=record.message,
                    failure_class=record.failure_class.value if record.failure_class else None,
                    seconds=self.timings["total"])
@@ -368,10 +368,9 @@ class _BatchRun:
 
     def _stderr_blames_argv0(self) -> bool:
         argv0 = self.plan.command.argv[0] if self.plan.command.argv else ""
-        stderr = self.dir / STREAM_FILES["stderr"]
-        if not argv0 or not stderr.is_file() or self.workdir.joinpath(argv0).exists():
+        if not argv0 or not self.files.stderr.is_file() or self.workdir.joinpath(argv0).exists():
             return False
-        tail = stderr.read_bytes()[-2000:].decode("utf-8", "replace")
+        tail = self.rundir.stderr_tail(self.plan.id, 2000)
         return any(argv0 in line and ("not found" in line or "ermission denied" in line) for line in tail.splitlines())
 
     def _not_runnable(self, code: int) -> str:
@@ -425,7 +424,7 @@ class _BatchRun:
         """Before the start: copy stdout/stderr into the batch dir as they come."""
         try:
             chunks = self.context.runtime.attach(handle)
-            self.output = OutputCopy(chunks, {s: self.dir / n for s, n in STREAM_FILES.items()}, self.context.redactor)
+            self.output = OutputCopy(chunks, self.files.streams(), self.context.redactor)
         except Exception:
             self.output = None  # _save_logs fetches the whole log at the end instead
 
@@ -436,7 +435,7 @@ class _BatchRun:
             from faice.pipeline.metrics import MetricsReader
 
             self.reader = MetricsReader.for_batch(
-                spec, outputs_dir=self.workdir, stdout_file=self.dir / STREAM_FILES["stdout"],
+                spec, outputs_dir=self.workdir, stdout_file=self.files.stdout,
                 input_dirs=self.input_dirs, inputs=self.batch.inputs, parameters=self.batch.parameters,
                 index=self.batch.index)
 
@@ -465,15 +464,14 @@ class _BatchRun:
         """Read the metrics one last time (whatever the outcome) into the record and metrics.json."""
         if self.reader is None:
             return
-        from faice.files import atomic_write_json
-        from faice.pipeline.metrics import METRICS_FILE, summary
+        from faice.pipeline.metrics import summary
 
         try:
             if self.output is not None:
                 self.output.finish(5)
             result = self.reader.finish()
             self.record.metrics = summary(result)
-            atomic_write_json(self.dir / METRICS_FILE, result, redact=self.context.redactor.redact)
+            self.rundir.write_metrics(self.plan.id, result, redact=self.context.redactor.redact)
         except Exception as exc:
             self.record.metrics = {"problems": [{"source": None, "line": None,
                                                  "reason": self.context.redactor.redact(f"metrics not read: {exc}")}]}
@@ -485,8 +483,7 @@ class _BatchRun:
         redactor = self.context.redactor
         output, self.output = self.output, None
         complete = output is not None and output.finish(30)
-        for stream, name in STREAM_FILES.items():
-            target = self.dir / name
+        for stream, target in self.files.streams().items():
             if not complete:
                 # Streaming failed or hangs: the whole log once more, masked on the way to disk
                 # (a new file, so a stuck thread writes to the replaced one).
@@ -510,7 +507,7 @@ class _BatchRun:
         from faice.cwl.outputs import collect
 
         command = self.plan.command
-        streams = {k: self.dir / v for k, v in STREAM_FILES.items()}
+        streams = self.files.streams()
         found = collect(self.workdir, command.globs, command.output_types, streams)
         problems = []
         assert self.record.outputs is not None
@@ -547,14 +544,12 @@ class _BatchRun:
 
     def _debug_info(self, failure: BatchFailure) -> list[str]:
         lines = [f"[{failure.failure_class}] {failure.message}"]
-        stderr = self.dir / STREAM_FILES["stderr"]
-        if stderr.is_file():
-            tail = stderr.read_bytes()[-4000:].decode("utf-8", "replace").splitlines()[-30:]
+        if self.files.stderr.is_file():
+            tail = self.rundir.stderr_tail(self.plan.id).splitlines()[-30:]
             if tail:
                 lines.append("last lines of stderr:")
                 lines.extend(tail)
         elif not (self.record.process or {}).get("executed"):
             # The container never ran: the reason is what `faice logs --stderr` shows.
-            self.dir.mkdir(parents=True, exist_ok=True)
-            stderr.write_text(self.context.redactor.redact(failure.message) + "\n", encoding="utf-8")
+            self.rundir.write_stderr(self.plan.id, failure.message, redact=self.context.redactor.redact)
         return lines

@@ -18,14 +18,8 @@ from faice.pipeline.batch import BatchContext, StopRule, run_batch
 from faice.pipeline.events import EventSink, ignore
 from faice.pipeline.options import RunOptions
 from faice.pipeline.plan import BatchPlan
-from faice.pipeline.records import (
-    BatchRecord,
-    FailureClass,
-    batch_dir,
-    mark_interrupted,
-    new_batch_record,
-    write_batch_record,
-)
+from faice.pipeline.records import BatchRecord, FailureClass, new_batch_record
+from faice.pipeline.rundir import RunDir
 from faice.runtime.containers import ContainerRuntime
 from faice.runtime.gpus import GpuAllocator
 from faice.secrets import Redactor
@@ -75,7 +69,7 @@ class Host:
             self._cleaned.add(name)
         runtime = self.runtime_for(name)
         removed = list(getattr(runtime, "remove_leftovers", list)())
-        remove_stale_tempdirs(on_dead_run=mark_interrupted)
+        remove_stale_tempdirs(on_dead_run=lambda outdir, owner: RunDir(outdir).mark_interrupted(owner))
         return removed
 
     def run_alone(
@@ -131,9 +125,8 @@ def failed_before_start(plan: BatchPlan, run_id: str, outdir: Path, message: str
     record = new_batch_record(plan.id, plan.index, plan.batch.parameters, run_id=run_id, command=plan.command.argv,
                               failure_class=failure, message=message.splitlines()[0], engine=engine)
     record.debug_info = [message]
-    directory = batch_dir(outdir, plan.id)
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "stderr.txt").write_text(redactor.redact(message) + "\n", encoding="utf-8")
-    write_batch_record(outdir, record, redact=redactor.redact)
+    rundir = RunDir(outdir)
+    rundir.write_stderr(plan.id, message, redact=redactor.redact)
+    rundir.write_record(record, redact=redactor.redact)
     return record
 

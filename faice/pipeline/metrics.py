@@ -57,7 +57,6 @@ MAX_JSON_BYTES = 16 * 1024 * 1024
 MAX_SOURCE_BYTES = 1024**3  # of one line-format source; beyond, faice stops reading it
 CHECKED_BYTES = 4096  # first and last bytes read, compared to notice a rewrite in place
 MAX_PROBLEMS = 100
-METRICS_FILE = "metrics.json"  # suggested name of the full result next to result.json
 
 
 # ---------------------------------------------------------------- resolving paths

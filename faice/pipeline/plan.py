@@ -3,7 +3,7 @@
 A :class:`BatchPlan` is everything one batch needs that does not depend on where it runs:
 its command line (built by cwltool's rules), the inputs to stage, the outputs to send, the
 image, RAM and GPU request. Every engine runs plans; ``faice exec --dry-run`` prints them;
-``faice validate --check-access`` and the run-level preflight share :func:`check_access`.
+``faice validate --check-access`` and the run-level preflight share :func:`probe_access`.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from faice.cwl.commandline import OUTPUTS_DIR, BatchCommand, StagedInput
 from faice.errors import EngineError, FaiceError, KeyPath, format_key_path
+from faice.pipeline.rundir import BatchDir, RunDir
 from faice.red.experiment import Batch, Experiment
 from faice.runtime.containers import check_image_ref
 from faice.runtime.gpus import Gpu, GpuAllocator, GpuRequest
@@ -143,29 +144,15 @@ class ConnectorUse:
 
 def connector_uses(batches: list[Batch], output_kinds: dict[str, str]) -> list[ConnectorUse]:
     """Every input and output of ``batches`` that names a connector, in file order."""
-    uses: list[ConnectorUse] = []
-    for batch in batches:
-        for section, values in (("inputs", batch.inputs), ("outputs", batch.outputs)):
-            for name, value in (values or {}).items():
-                items = value if isinstance(value, list) else [value]
-                for position, item in enumerate(items):
-                    if not isinstance(item, dict) or not isinstance(item.get("connector"), dict):
-                        continue
-                    path: KeyPath = (section, name) + ((position,) if isinstance(value, list) else ())
-                    uses.append(ConnectorUse(batch, path, item, _operation(section, item, output_kinds.get(name))))
-    return uses
+    from faice.connectors.places import connector_places
+
+    types: dict[str, dict[str, Any]] = {"inputs": {}, "outputs": dict(output_kinds)}
+    return [ConnectorUse(batch, place.path, place.item, place.operation)
+            for batch in batches
+            for place in connector_places({"inputs": batch.inputs, "outputs": batch.outputs}, types)]
 
 
-def _operation(section: str, item: dict[str, Any], output_kind: str | None) -> str:
-    if section == "outputs":
-        kind = output_kind or item.get("class")
-        return "send-dir" if kind == "Directory" else "send-file"
-    if item.get("class") == "Directory":
-        return "mount-dir" if (item.get("connector") or {}).get("mount") else "receive-dir"
-    return "receive-file"
-
-
-def check_access(uses: list[ConnectorUse], session: StagingSession, *, with_batch: bool = True
+def probe_access(uses: list[ConnectorUse], session: StagingSession, *, with_batch: bool = True
                  ) -> list[tuple[ConnectorUse, str]]:
     """Probe every distinct connector access once, concurrently; (use, message) per failure,
     for every use that shares a failed probe."""
@@ -199,7 +186,7 @@ def preflight_access(plans: list[BatchPlan], session: StagingSession) -> None:
     """Before any container starts: every connector access of the run must work."""
     if not plans:
         return
-    failures = check_access(connector_uses([p.batch for p in plans], plans[0].output_kinds), session)
+    failures = probe_access(connector_uses([p.batch for p in plans], plans[0].output_kinds), session)
     first: dict[str, str] = {}
     for use, message in failures:
         first.setdefault(use.probe_key(), message)
@@ -259,6 +246,7 @@ def describe(plans: list[BatchPlan], *, run_id: str, outdir: Path, parallel: int
                 break
             slots.append(placed)  # the batches that start at once; later ones reuse freed GPUs
     runtime = runtime or (first.engine if first else DEFAULT_RUNTIME)
+    rundir = RunDir(outdir)
     batches = []
     for position, plan in enumerate(plans):
         placed = slots[position % len(slots)] if slots else []
@@ -275,9 +263,8 @@ def describe(plans: list[BatchPlan], *, run_id: str, outdir: Path, parallel: int
             "command": plan.command.argv,
             "gpus": placed_ids,
             "mounts": [_mount(s) for s in plan.command.staged] + [
-                {"input": None, "target": OUTPUTS_DIR, "mode": "rw",
-                 "source": str(outdir / "batches" / plan.id / "outputs")}],
-            "outputs": _destinations(plan, outdir / "batches" / plan.id),
+                {"input": None, "target": OUTPUTS_DIR, "mode": "rw", "source": str(rundir.batch(plan.id).outputs)}],
+            "outputs": _destinations(plan, rundir.batch(plan.id)),
         })
     devices = []
     for gpu in gpus.gpus if request.count else []:
@@ -352,12 +339,13 @@ def _mount(staged: StagedInput) -> dict[str, Any]:
 _WHERE_KEYS = ("url", "host", "port", "bucket", "key", "filePath", "dirPath", "path")
 
 
-def _destinations(plan: BatchPlan, batch_dir: Path) -> dict[str, str]:
+def _destinations(plan: BatchPlan, files: BatchDir) -> dict[str, str]:
     """Output key → where it ends up: a connector and its target, or a path in the run dir."""
     sent = plan.output_connectors()
     where: dict[str, str] = {}
     for key, glob in plan.command.globs.items():
-        local = batch_dir / "outputs" / glob if glob else batch_dir / f"{plan.command.output_types.get(key)}.txt"
+        kind = str(plan.command.output_types.get(key))
+        local = files.stream(kind) if not glob and kind in ("stdout", "stderr") else files.outputs / glob
         connector = (sent.get(key) or {}).get("connector")
         if isinstance(connector, dict):
             raw = connector.get("access")

@@ -21,11 +21,9 @@ from typing import Any
 
 from faice.errors import FaiceError
 from faice.files import dumps_json
+from faice.pipeline.rundir import RunDir, is_batch_id
 from faice.untrusted import csv_cell, for_terminal, markdown_cell, mlflow_name
 
-RUN_FILE = "run.json"
-RESULT_FILE = "result.json"
-METRICS_FILE = "metrics.json"
 FORMATS = ("table", "csv", "json", "markdown")
 # rank groups: succeeded with a value, other non-failed states with a value, failed with a value, no value
 _FAILED = ("failed", "cancelled", "stopped")
@@ -64,13 +62,12 @@ def read_records(outdir: Path) -> tuple[list[dict[str, Any]], list[str]]:
     else run.json's entry (pending, or on a node that has not written yet); and the batch
     directories run.json does not list (an earlier version of the sweep that ``--resume``
     kept: not part of this run). FaiceError when ``outdir`` is no run directory."""
-    outdir = Path(outdir)
-    run = _load(outdir / RUN_FILE)
-    root = outdir / "batches"
-    if not isinstance(run, dict) and not root.is_dir():
-        raise FaiceError(f"{outdir}: not a faice run directory (no {RUN_FILE}, no batches/)",
+    rundir = RunDir(outdir)
+    run = rundir.read_run()
+    if run is None and not rundir.batches.is_dir():
+        raise FaiceError(f"{outdir}: not a faice run directory (no {rundir.run_file.name}, no batches/)",
                          hint="give the --outdir of a faice exec run")
-    listed = run.get("batches") if isinstance(run, dict) else None
+    listed = run.get("batches") if run is not None else None
     entries = {str(e.get("id")): e for e in listed if isinstance(e, dict)} if isinstance(listed, list) else {}
     records: list[dict[str, Any]] = []
     seen: set[str] = set()
@@ -79,19 +76,14 @@ def read_records(outdir: Path) -> tuple[list[dict[str, Any]], list[str]]:
         if entry.get("state") in _FINAL and isinstance(entry.get("metrics"), dict):
             records.append(_entry_record(entry))
             seen.add(batch_id)
-    if root.is_dir():
-        with os.scandir(root) as found:
-            for item in found:
-                if item.name in seen or not item.is_dir():
-                    continue
-                if entries and item.name not in entries:
-                    dropped.append(item.name)
-                    continue
-                record = _load(os.path.join(item.path, RESULT_FILE))
-                if isinstance(record, dict):
-                    record.setdefault("batchId", item.name)
-                    records.append(record)
-                    seen.add(str(record.get("batchId")))
+    for name, record in rundir.scan_records(skip=seen):
+        if entries and name not in entries:
+            dropped.append(name)
+            continue
+        if record is not None:
+            record.setdefault("batchId", name)
+            records.append(record)
+            seen.add(str(record.get("batchId")))
     records.extend(_entry_record(e) for batch_id, e in entries.items() if batch_id not in seen)
     return records, sorted(dropped)
 
@@ -110,14 +102,6 @@ def entry_metrics(result: dict[str, Any] | None) -> dict[str, Any] | None:
     if not isinstance(result, dict):
         return None
     return {"objective": result.get("objective"), "final": result.get("final") or {}}
-
-
-def _load(path: Path | str) -> Any:
-    try:
-        with open(path, "rb") as handle:
-            return json.loads(handle.read())
-    except (OSError, ValueError):
-        return None
 
 
 # ---------------------------------------------------------------- ranking
@@ -249,22 +233,18 @@ def read_batch_metrics(outdir: Path, record: dict[str, Any], spec: Any) -> dict[
     from faice.pipeline.metrics import MetricsReader
 
     batch_id = str(record.get("batchId"))
-    if not _is_batch_id(batch_id):
+    if not is_batch_id(batch_id):
         return None
-    directory = Path(outdir) / "batches" / batch_id
-    if not directory.is_dir():
+    files = RunDir(outdir).batch(batch_id)
+    if not files.path.is_dir():
         return None
     index = record.get("batchIndex")
     reader = MetricsReader.for_batch(
-        spec, outputs_dir=directory / "outputs", stdout_file=directory / "stdout.txt",
+        spec, outputs_dir=files.outputs, stdout_file=files.stdout,
         parameters=record.get("parameters") if isinstance(record.get("parameters"), dict) else {},
         index=index if isinstance(index, int) else 0,
     )
     return reader.finish()
-
-
-def _is_batch_id(text: str) -> bool:
-    return bool(text) and text not in (".", "..") and "/" not in text and "\\" not in text and "\0" not in text
 
 
 # ---------------------------------------------------------------- rendering
@@ -416,16 +396,12 @@ def plot(results: Results, metric: str, directory: Path) -> list[Path]:
 
 def batch_series(outdir: Path, batch_id: str, metric: str) -> Sequence[Sequence[Any]]:
     """The step series of one metric of one batch (metrics.json, else the record)."""
-    if not _is_batch_id(batch_id):
+    if not is_batch_id(batch_id):
         return []
-    directory = Path(outdir) / "batches" / batch_id
-    for name, key in ((METRICS_FILE, None), (RESULT_FILE, "metrics")):
-        data = _load(directory / name)
-        if key and isinstance(data, dict):
-            data = data.get(key)
-        series = data.get("series") if isinstance(data, dict) else None
-        if isinstance(series, dict) and isinstance(series.get(metric), list):
-            return [p for p in series[metric] if isinstance(p, list) and len(p) == 2]
+    data = RunDir(outdir).read_metrics(batch_id) or {}
+    series = data.get("series")
+    if isinstance(series, dict) and isinstance(series.get(metric), list):
+        return [p for p in series[metric] if isinstance(p, list) and len(p) == 2]
     return []
 
 
@@ -511,8 +487,8 @@ def _export(results: Results, uri: str, experiment: str | None, warn: Callable[[
             client.log_batch(run_id, params=params[start:start + 100])
         for start in range(0, len(metrics), 1000):
             client.log_batch(run_id, metrics=metrics[start:start + 1000])
-        record = results.outdir / "batches" / batch_id / RESULT_FILE
-        if _is_batch_id(batch_id) and record.is_file():
+        record = RunDir(results.outdir).batch(batch_id).record
+        if is_batch_id(batch_id) and record.is_file():
             client.log_artifact(run_id, str(record))
         status = {"succeeded": "FINISHED", "failed": "FAILED", "cancelled": "KILLED",
                   "stopped": "KILLED"}.get(str(row["state"]), "RUNNING")

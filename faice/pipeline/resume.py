@@ -5,7 +5,7 @@ outputs, sweep values), so a sweep that gained values keeps the ids of its old b
 batch whose tool, image or inputs changed gets a new id. A resumed run therefore keeps the
 finished batches whose id is still in the RED file, runs the rest, and says so, e.g.
 ``resume: 4 reused, 2 new, 1 re-run: failed``. To name *why* a batch is new, the run
-directory keeps the RED file as run (:data:`RED_FILE`, secrets masked).
+directory keeps the RED file as run (``red.json``, secrets masked).
 """
 
 from __future__ import annotations
@@ -15,27 +15,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from faice.files import atomic_write_json, read_json, standard_json
-from faice.pipeline.records import KEPT_ON_RESUME, BatchRecord, read_run_record
+from faice.files import standard_json
+from faice.pipeline.records import KEPT_ON_RESUME, BatchRecord
+from faice.pipeline.rundir import RunDir
 from faice.secrets import Redactor, batch_redactor
 
-RED_FILE = "red.json"  # the RED file as run (JSON is YAML), secrets masked
 MAX_REASONS = 10  # "why new" lines shown; the rest are counted
 
 
-def save_red_file(outdir: Path, data: dict[str, Any], redactor: Redactor) -> None:
+def save_red_file(rundir: RunDir, data: dict[str, Any], redactor: Redactor) -> None:
     """Keep the RED document of this run in its directory, every secret masked (the run's
     variables and every value under a protected key such as ``password``)."""
     masking = batch_redactor(data, parent=redactor)
-    atomic_write_json(Path(outdir) / RED_FILE, masking.redact_data(data), redact=masking.redact)
+    rundir.save_red(masking.redact_data(data), masking.redact)
 
 
 def recorded_indexes(outdir: Path) -> dict[str, int]:
     """The sweep index ``run.json`` records for each batch of a run being resumed: the batches
     keep them, so ``$(sweep.index)`` of a batch never moves while its sweep grows."""
-    run = read_run_record(outdir) or {}
-    return {str(e["id"]): e["index"] for e in run.get("batches") or []
-            if isinstance(e, dict) and e.get("id") and isinstance(e.get("index"), int)}
+    return {batch_id: e["index"] for batch_id, e in RunDir(outdir).recorded_entries().items()
+            if isinstance(e.get("index"), int)}
 
 
 def _image(data: dict[str, Any]) -> Any:
@@ -56,11 +55,8 @@ class ResumePlan:
     seen: set[str] = field(default_factory=set)
 
     @classmethod
-    def of(cls, outdir: Path, current_red: dict[str, Any]) -> ResumePlan:
-        run = read_run_record(outdir) or {}
-        recorded = {str(e["id"]): e for e in run.get("batches") or [] if isinstance(e, dict) and e.get("id")}
-        previous = read_json(Path(outdir) / RED_FILE)
-        return cls(recorded, previous if isinstance(previous, dict) else None, current_red)
+    def of(cls, rundir: RunDir, current_red: dict[str, Any]) -> ResumePlan:
+        return cls(rundir.recorded_entries(), rundir.read_red(), current_red)
 
     def add(self, batch_id: str, parameters: dict[str, Any], previous: BatchRecord | None) -> None:
         """One batch of the RED file, with its record in the run directory (if any)."""

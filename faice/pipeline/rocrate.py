@@ -22,9 +22,9 @@ from urllib.parse import quote
 from faice import __version__
 from faice.descriptors import open_beneath
 from faice.errors import UsageError
-from faice.files import atomic_write_json, read_json
-from faice.pipeline.records import batch_dir, read_batch_record, read_run_record
+from faice.files import atomic_write_json
 from faice.pipeline.results import load_results
+from faice.pipeline.rundir import BATCHES, OUTPUTS, RED_FILE, RunDir, is_batch_id
 from faice.secrets import REDACTOR, batch_redactor
 
 METADATA = "ro-crate-metadata.json"
@@ -46,7 +46,7 @@ def write_crate(outdir: Path, target: Path) -> Path:
     outdir, target = Path(outdir), Path(target)
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise UsageError(f"--ro-crate {target}: exists and is not an empty directory")
-    header = read_run_record(outdir)
+    header = RunDir(outdir).read_run()
     if header is None:
         raise UsageError(f"{outdir}: not a faice run directory (no run record)", hint="give the --outdir of a faice exec run")
     work = target.with_name(f".{target.name}.partial-{os.getpid()}")
@@ -64,17 +64,15 @@ def write_crate(outdir: Path, target: Path) -> Path:
 
 
 def _build(outdir: Path, header: dict[str, Any], work: Path) -> None:
-    red_name = header.get("redFile")
-    red = read_json(outdir / red_name) if isinstance(red_name, str) and _plain_name(red_name) else None
-    red = red if isinstance(red, dict) else None
+    red = RunDir(outdir).read_red() if header.get("redFile") else None
     masking = batch_redactor(red or {}, parent=REDACTOR)
     graph: list[dict[str, Any]] = []
     parts: list[dict[str, str]] = []
     if red is not None:
-        atomic_write_json(work / "red.json", masking.redact_data(red), redact=masking.redact)
-        graph.append({"@id": "red.json", "@type": "File", "name": "the RED file as run (secrets masked)",
+        atomic_write_json(work / RED_FILE, masking.redact_data(red), redact=masking.redact)
+        graph.append({"@id": RED_FILE, "@type": "File", "name": "the RED file as run (secrets masked)",
                       "encodingFormat": "application/json"})
-        parts.append({"@id": "red.json"})
+        parts.append({"@id": RED_FILE})
     tool: dict[str, Any] = {"@id": "#tool", "@type": "SoftwareApplication", "name": "the experiment's command"}
     if red is not None and isinstance(red.get("cli"), dict):
         atomic_write_json(work / "tool.cwl", masking.redact_data(red["cli"]), redact=masking.redact)
@@ -150,7 +148,7 @@ def _batch(outdir: Path, batch_id: str, row: dict[str, Any], parameters: list[st
            image: dict[str, Any] | None, work: Path) -> tuple[dict[str, Any], list[dict[str, Any]], list[str]]:
     """One batch's CreateAction, its PropertyValues and the crate paths of its output files."""
     base = f"#batch-{quote(batch_id, safe='')}"
-    record = read_batch_record(outdir, batch_id) if _plain_name(batch_id) else None
+    record = RunDir(outdir).read_record(batch_id) if is_batch_id(batch_id) else None
     entities: list[dict[str, Any]] = []
     inputs, outputs, usage = [], [], []
 
@@ -174,8 +172,8 @@ def _batch(outdir: Path, batch_id: str, row: dict[str, Any], parameters: list[st
         for gpu in record.gpus:
             usage.append(value("gpu", f"GPU {gpu.get('index')}", gpu.get("uuid"),
                                description=str(gpu.get("name") or "GPU")))
-    files = _outputs(batch_dir(outdir, batch_id) / "outputs", Path("batches") / batch_id / "outputs", work) \
-        if _plain_name(batch_id) else []
+    files = _outputs(RunDir(outdir).batch(batch_id).outputs, Path(BATCHES) / batch_id / OUTPUTS, work) \
+        if is_batch_id(batch_id) else []
     for path, size, digest in files:
         entities.append({"@id": quote(path), "@type": "File", "name": Path(path).name, "contentSize": str(size),
                          "sha256": digest})
@@ -223,6 +221,3 @@ def _outputs(source: Path, inside: Path, work: Path) -> list[tuple[str, int, str
             found.append((relative.as_posix(), destination.stat().st_size, digest.hexdigest()))
     return found
 
-
-def _plain_name(name: str) -> bool:
-    return bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name and "\0" not in name

@@ -33,11 +33,9 @@ from faice.pipeline.records import (
     new_run_id,
     now_iso,
     pending_entry,
-    prepare_outdir,
-    read_batch_record,
-    write_run_record,
 )
-from faice.pipeline.resume import RED_FILE, ResumePlan, save_red_file
+from faice.pipeline.resume import ResumePlan, save_red_file
+from faice.pipeline.rundir import RED_FILE, RunDir
 from faice.pipeline.signals import EXIT_SIGNAL
 from faice.pipeline.stopping import Stopper
 
@@ -90,6 +88,7 @@ class HostRun:
         self.experiment = experiment
         self.options = options
         self.outdir = Path(outdir)
+        self.rundir = RunDir(self.outdir)
         self.run_id = run_id or new_run_id()
         self.on_event = on_event
         self.on_note = on_note
@@ -314,11 +313,7 @@ class HostRun:
         for the stopping rule; returned for the search's sampler."""
         if metrics is None or (self._stopper is None and self.search is None):
             return None
-        from faice.files import read_json
-        from faice.pipeline.metrics import METRICS_FILE
-        from faice.pipeline.records import batch_dir
-
-        data = read_json(batch_dir(self.outdir, batch_id) / METRICS_FILE)
+        data = self.rundir.read_metrics(batch_id)
         series = ((data or {}).get("series") or {}).get(metrics.objective.name) if isinstance(data, dict) else None
         if not isinstance(series, list):
             return None
@@ -339,9 +334,9 @@ class HostRun:
         pending: queue.Queue[BatchPlan] = queue.Queue()
         if self.search is not None:
             self._keep_trials(self.search)
-        resume = ResumePlan.of(self.outdir, self.experiment.data) if self.options.resume else None
+        resume = ResumePlan.of(self.rundir, self.experiment.data) if self.options.resume else None
         for plan in self.plans:
-            previous = read_batch_record(self.outdir, plan.id) if resume is not None else None
+            previous = self.rundir.read_record(plan.id) if resume is not None else None
             if resume is not None:
                 resume.add(plan.id, plan.batch.parameters, previous)
             if previous is not None and previous.state in KEPT_ON_RESUME:
@@ -355,7 +350,7 @@ class HostRun:
         if resume is not None:
             for line in resume.lines():
                 self.note(line)
-        save_red_file(self.outdir, self.experiment.data, self.redactor)
+        save_red_file(self.rundir, self.experiment.data, self.redactor)
         self._write_summary(RunState.RUNNING)
         count = self.search.remaining if self.search is not None else pending.qsize()
         parallel = self.options.parallel or default_parallel(
@@ -432,7 +427,7 @@ class HostRun:
 
         metrics = metrics_spec(self.experiment)
         for batch_id in search.finished_batches():
-            previous = read_batch_record(self.outdir, batch_id)
+            previous = self.rundir.read_record(batch_id)
             if previous is not None:
                 self._records[batch_id] = previous
                 self._remember_series(batch_id, metrics)
@@ -473,7 +468,7 @@ class HostRun:
         }
         if phase != RunState.RUNNING:
             header["finished"] = now_iso()
-        return RunSummary(write_run_record(self.outdir, header, entries, phase=phase, redact=self.redactor.redact))
+        return RunSummary(self.rundir.write_run(header, entries, phase=phase, redact=self.redactor.redact))
 
 
 def run_experiment(
@@ -487,7 +482,7 @@ def run_experiment(
 ) -> RunSummary:
     """Run every batch into ``outdir`` and return the summary (blocking); ``stop`` cancels."""
     outdir = Path(outdir)
-    previous = prepare_outdir(outdir, resume=options.resume)
+    previous = RunDir(outdir).prepare(resume=options.resume)
     run = HostRun(experiment, options, outdir, run_id=(previous or {}).get("runId"), on_event=on_event,
                   gpu_inventory=gpu_inventory)
     run.start()

@@ -35,6 +35,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from faice.pipeline.rundir import BatchDir
 from faice.red.metrics import EarlyStopping, MetricsSpec, Objective
 
 __all__ = ["SharedStopper", "Stopper", "asha_rungs", "median_stopping", "percentile_stopping"]
@@ -373,7 +374,7 @@ class SharedStopper:
         except OSError:
             ended = []
         for directory in ended:
-            data = self._read(directory / "metrics.json")
+            data = self._read(BatchDir(directory).metrics)
             if data is not None:
                 series = _series_of(data, self.name)
                 if series is not None:

@@ -17,6 +17,7 @@ import shutil
 from collections.abc import Iterator
 from typing import Any
 
+from faice.connectors.places import ConnectorPlace, connector_places
 from faice.errors import KeyPath
 
 Found = tuple[KeyPath, str]
@@ -29,63 +30,22 @@ def access_findings(data: dict) -> tuple[list[Found], list[Found]]:
     errors: list[Found] = []
     warnings: list[Found] = []
     validators: dict[tuple[str, str], Any] = {}  # one per connector and operation, for long batch lists
-    for path, item, section, cli_type in _connector_places(data):
-        _check(path, item, section, cli_type, errors, warnings, validators)
+    for place in connector_places(data):
+        _check(place, errors, warnings, validators)
     return errors, warnings
-
-
-# ---------------------------------------------------------------- where connectors are
-
-
-def _mapping(value: Any) -> dict:
-    return value if isinstance(value, dict) else {}
-
-
-def _connector_places(data: dict) -> Iterator[tuple[KeyPath, dict, str, Any]]:
-    """(path of the File/Directory value, the value, inputs|outputs, cli type) of each connector."""
-    cli = _mapping(data.get("cli"))
-    types = {section: {n: _mapping(s).get("type") for n, s in _mapping(cli.get(section)).items()} for section in ("inputs", "outputs")}
-    batches = data.get("batches")
-    parts: list[tuple[KeyPath, Any]] = (
-        [(("batches", i), b) for i, b in enumerate(batches)] if isinstance(batches, list) else [((), data)]
-    )
-    for prefix, batch in parts:
-        for section in ("inputs", "outputs"):
-            for name, value in _mapping(_mapping(batch).get(section)).items():
-                yield from _items(prefix + (section, name), value, section, types[section].get(name))
-    sweep = _mapping(data.get("sweep"))
-    for block in ("grid", "zip"):
-        for name, values in _mapping(sweep.get(block)).items():
-            if name in types["inputs"] and isinstance(values, list):
-                for index, value in enumerate(values):
-                    yield from _items(("sweep", block, name, index), value, "inputs", types["inputs"][name])
-    for name, distribution in _mapping(_mapping(sweep.get("random")).get("parameters")).items():
-        choices = _mapping(distribution).get("choice")
-        if name in types["inputs"] and isinstance(choices, list):
-            for index, value in enumerate(choices):
-                yield from _items(("sweep", "random", "parameters", name, "choice", index), value, "inputs", types["inputs"][name])
-
-
-def _items(path: KeyPath, value: Any, section: str, cli_type: Any) -> Iterator[tuple[KeyPath, dict, str, Any]]:
-    items = enumerate(value) if isinstance(value, list) else [(None, value)]
-    for index, item in items:
-        if isinstance(item, dict) and isinstance(item.get("connector"), dict):
-            yield (path if index is None else path + (index,)), item, section, cli_type
 
 
 # ---------------------------------------------------------------- checks
 
 
-def _check(
-    path: KeyPath, item: dict, section: str, cli_type: Any, errors: list[Found], warnings: list[Found], validators: dict
-) -> None:
+def _check(place: ConnectorPlace, errors: list[Found], warnings: list[Found], validators: dict) -> None:
     from faice.errors import ConnectorError
 
-    connector = item["connector"]
+    connector = place.connector
     command = connector.get("command")
     if not isinstance(command, str) or not command or TEMPLATE.search(command):
         return  # the RED schema reports a missing command; a sweep may fill it
-    where = path + ("connector",)
+    where = place.path + ("connector",)
     try:
         from faice.connectors.registry import plugin_class
 
@@ -96,7 +56,7 @@ def _check(
     if cls is None:
         _unknown(command, where + ("command",), errors, warnings)
         return
-    operation = _operation(section, item, cli_type, connector)
+    operation = place.operation
     if not cls.supports(operation):
         supported = ", ".join(sorted(cls.capabilities())) or "nothing"
         errors.append((where + ("command",), f"connector {command!r} cannot {operation} (it supports: {supported})"))
@@ -136,17 +96,6 @@ def _unknown(command: str, where: KeyPath, errors: list[Found], warnings: list[F
         f"connector {command!r} is no faice connector plugin (known: {', '.join(known) or 'none'}) and no program "
         "on this machine's PATH; the batch fails unless it runs where that program is installed",
     ))
-
-
-def _operation(section: str, item: dict, cli_type: Any, connector: dict) -> str:
-    kind = item.get("class")
-    if kind not in ("File", "Directory") and isinstance(cli_type, str):
-        kind = cli_type.rstrip("?").removesuffix("[]")
-    if section == "outputs":
-        return "send-dir" if kind == "Directory" else "send-file"
-    if kind == "Directory":
-        return "mount-dir" if connector.get("mount") is True else "receive-dir"
-    return "receive-file"
 
 
 def _schema_problems(validator: Any, access: dict, where: KeyPath) -> list[Found]:

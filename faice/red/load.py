@@ -35,6 +35,10 @@ class Document:
     is_yaml: bool = False
     _positions: Any = field(default=None, repr=False, compare=False)
 
+    def problems(self, found: list[tuple[KeyPath, str]]) -> list[Problem]:
+        """(key path, message) pairs as problems with this document's file, line and column."""
+        return [Problem(self.name, path, message, *self.locate(path)) for path, message in found]
+
     def locate(self, path: KeyPath) -> tuple[int | None, int | None]:
         """1-based (line, column) of the key at ``path`` when the loader kept positions."""
         node = self.data
@@ -282,3 +286,8 @@ def to_plain(data: Any) -> Any:
     if isinstance(data, float):
         return float(data)
     return data
+
+
+def located(data: Any, source: str, found: list[tuple[KeyPath, str]]) -> list[Problem]:
+    """Problems found in ``data`` (loaded from ``source``) with their lines and columns."""
+    return Document(source, data).problems(found)

@@ -14,7 +14,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from faice.errors import KeyPath, Problem, ValidationError
+from faice.errors import KeyPath, Problem, ValidationError, kind_of
+from faice.red.load import located
 
 FAICE_ONLY_KEYS = ("metrics",)
 GOALS = ("min", "max")
@@ -189,8 +190,8 @@ def metrics_problems(data: dict, source: str) -> list[Problem]:
     found: list[tuple[KeyPath, str]] = []
     metrics = data["metrics"]
     if not isinstance(metrics, dict):
-        found.append((("metrics",), f"expected a mapping with objective and sources, got {_kind(metrics)}"))
-        return _problems(data, source, found)
+        found.append((("metrics",), f"expected a mapping with objective and sources, got {kind_of(metrics)}"))
+        return located(data, source, found)
     for key in metrics:
         if key not in TOP_KEYS:
             found.append((("metrics", key), f"unknown key; expected one of {', '.join(TOP_KEYS)}"))
@@ -204,7 +205,7 @@ def metrics_problems(data: dict, source: str) -> list[Problem]:
         for index, item in enumerate(sources):
             _check_source(data, item, ("metrics", "sources", index), found)
     _check_early_stopping(metrics, found)
-    return _problems(data, source, found)
+    return located(data, source, found)
 
 
 def _check_objective(metrics: dict, found: list) -> None:
@@ -214,7 +215,7 @@ def _check_objective(metrics: dict, found: list) -> None:
         found.append((path, "missing: name the metric that ranks the batches, e.g. {name: val_accuracy, goal: max}"))
         return
     if not isinstance(objective, dict):
-        found.append((path, f"expected a mapping {{name, goal}}, got {_kind(objective)}"))
+        found.append((path, f"expected a mapping {{name, goal}}, got {kind_of(objective)}"))
         return
     for key in objective:
         if key not in ("name", "goal", "scope"):
@@ -233,7 +234,7 @@ def _check_objective(metrics: dict, found: list) -> None:
 
 def _check_source(data: dict, item: Any, path: KeyPath, found: list) -> None:
     if not isinstance(item, dict):
-        found.append((path, f"expected a mapping {{file: …}} or {{stdout: …}}, got {_kind(item)}"))
+        found.append((path, f"expected a mapping {{file: …}} or {{stdout: …}}, got {kind_of(item)}"))
         return
     for key in item:
         if key not in SOURCE_KEYS:
@@ -263,7 +264,7 @@ def _check_source(data: dict, item: Any, path: KeyPath, found: list) -> None:
 
 def _check_file(data: dict, item: dict, path: KeyPath, found: list) -> None:
     name = item["file"]
-    message = relative_path_problem(name) if isinstance(name, str) else f"expected a relative path, got {_kind(name)}"
+    message = relative_path_problem(name) if isinstance(name, str) else f"expected a relative path, got {kind_of(name)}"
     if message:
         found.append(((*path, "file"), message))
     else:
@@ -318,7 +319,7 @@ def _check_references(data: dict, text: str, path: KeyPath, found: list) -> None
 
 def _check_pattern(pattern: Any, path: KeyPath, found: list) -> None:
     if not isinstance(pattern, str):
-        found.append((path, f"expected a regular expression, got {_kind(pattern)}"))
+        found.append((path, f"expected a regular expression, got {kind_of(pattern)}"))
         return
     try:
         compiled = re.compile(pattern)
@@ -340,7 +341,7 @@ def _check_early_stopping(metrics: dict, found: list) -> None:
     early = metrics["earlyStopping"]
     if not isinstance(early, dict):
         found.append((path, f"expected a mapping such as {{rule: asha, graceSteps: 1, reductionFactor: 3}} "
-                            f"(rules: {', '.join(EARLY_RULES)}), got {_kind(early)}"))
+                            f"(rules: {', '.join(EARLY_RULES)}), got {kind_of(early)}"))
         return
     rule = early.get("rule", "median")
     if rule not in EARLY_RULES:
@@ -406,14 +407,3 @@ def relative_path_problem(path: str) -> str | None:
 
 def _is_name(value: Any) -> bool:
     return isinstance(value, str) and bool(METRIC_NAME.match(value))
-
-
-def _problems(data: dict, source: str, found: list[tuple[KeyPath, str]]) -> list[Problem]:
-    from faice.red.load import Document
-
-    document = Document(source, data)
-    return [Problem(source, path, message, *document.locate(path)) for path, message in found]
-
-
-def _kind(value: Any) -> str:
-    return "nothing" if value is None else type(value).__name__

@@ -13,7 +13,7 @@ import json
 from functools import cache, lru_cache
 from typing import Any
 
-from faice.errors import FaiceError, KeyPath
+from faice.errors import FaiceError, KeyPath, describe
 
 SCHEMA_BASE = "https://faice.dev/schemas/"
 
@@ -129,26 +129,6 @@ TYPE_WORDS = {
     "array": "a list",
     "null": "null",
 }
-
-
-def describe(value: Any) -> str:
-    """``string 'abc'``, ``integer 5``, ``a mapping``: how a user's value is shown in messages."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return f"boolean {'true' if value else 'false'}"
-    if isinstance(value, int):
-        return f"integer {value}"
-    if isinstance(value, float):
-        return f"number {value!r}"
-    if isinstance(value, str):
-        text = value if len(value) <= 60 else value[:57] + "..."
-        return f"string {text!r}"
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    return f"a {type(value).__name__}"
 
 
 def _expected_types(types: Any) -> str:

@@ -24,7 +24,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from faice.errors import KeyPath
+from faice.errors import KeyPath, kind_of
 
 ALGORITHMS = ("tpe", "gp", "cmaes", "random", "qmc")
 SEARCH_KEYS = ("algorithm", "trials", "seed", "startupTrials", "parameters")
@@ -87,7 +87,7 @@ def search_problems(data: dict, names: dict[str, KeyPath], check_name: Any, dist
         found.append((path, "a search learns from the objective: add a metrics section with an objective "
                             "(e.g. metrics: {objective: {name: val_accuracy, goal: max}, sources: [...]})"))
     if not isinstance(spec, dict):
-        found.append((path, f"expected a mapping with algorithm, trials, seed and parameters, got {_kind(spec)}"))
+        found.append((path, f"expected a mapping with algorithm, trials, seed and parameters, got {kind_of(spec)}"))
         return found
     for key in spec:
         if key not in SEARCH_KEYS:
@@ -125,13 +125,9 @@ def search_problems(data: dict, names: dict[str, KeyPath], check_name: Any, dist
             for index, value in enumerate(arguments):
                 if not isinstance(value, CHOICE_TYPES) or (isinstance(value, float) and not math.isfinite(value)):
                     found.append(((*where, kind, index), f"a search's choices must be numbers, strings, booleans or "
-                                                         f"null (the sampler compares them), got {_kind(value)}"))
+                                                         f"null (the sampler compares them), got {kind_of(value)}"))
     return found
 
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _kind(value: Any) -> str:
-    return "nothing" if value is None else type(value).__name__

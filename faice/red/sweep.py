@@ -41,8 +41,9 @@ import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from faice.errors import KeyPath, Problem, ValidationError
+from faice.errors import KeyPath, Problem, ValidationError, kind_of
 from faice.red.experiment import Batch
+from faice.red.load import located
 
 SWEEP_REFERENCE = re.compile(r"\$\(sweep\.([^)]*)\)")
 PARAMETER_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -339,8 +340,8 @@ def sweep_problems(data: dict, source: str, *, limit: int | None = None) -> list
     if "batches" in data:
         found.append((("sweep",), "a sweep needs the single-batch form (inputs/outputs as the template), not batches"))
     if not isinstance(sweep, dict):
-        found.append((("sweep",), f"expected a mapping with grid, zip and/or random, got {_kind(sweep)}"))
-        return _problems(data, source, found)
+        found.append((("sweep",), f"expected a mapping with grid, zip and/or random, got {kind_of(sweep)}"))
+        return located(data, source, found)
     for key in sweep:
         if key in BUDGET_KEYS:
             if not _is_int(sweep[key]) or sweep[key] < 1:
@@ -354,7 +355,7 @@ def sweep_problems(data: dict, source: str, *, limit: int | None = None) -> list
         found += search_problems(data, names, _check_name, _distribution_problem)
         _check_types(data, sweep, names, found)
         _check_references(data, names, found)
-        return _problems(data, source, found)
+        return located(data, source, found)
     if not any(sweep.get(section) for section in SECTIONS):
         found.append((("sweep",), "empty sweep: give at least one of grid, zip, random or search"))
     _check_lists(sweep, "grid", names, found)
@@ -364,7 +365,7 @@ def sweep_problems(data: dict, source: str, *, limit: int | None = None) -> list
     _check_types(data, sweep, names, found)
     _check_references(data, names, found)
     _check_size(sweep, max_batches(limit), found)
-    return _problems(data, source, found)
+    return located(data, source, found)
 
 
 def _check_size(sweep: dict, limit: int, found: list) -> None:
@@ -382,13 +383,13 @@ def _check_lists(sweep: dict, section: str, names: dict[str, KeyPath], found: li
         return
     block = sweep[section]
     if not isinstance(block, dict):
-        found.append((("sweep", section), f"expected a mapping of parameter name to a list of values, got {_kind(block)}"))
+        found.append((("sweep", section), f"expected a mapping of parameter name to a list of values, got {kind_of(block)}"))
         return
     for name, values in block.items():
         path = ("sweep", section, name)
         _check_name(name, path, names, found)
         if not isinstance(values, list):
-            found.append((path, f"expected a list of values, got {_kind(values)}"))
+            found.append((path, f"expected a list of values, got {kind_of(values)}"))
         elif not values:
             found.append((path, "empty list: a parameter needs at least one value"))
 
@@ -428,7 +429,7 @@ def _check_random(sweep: dict, names: dict[str, KeyPath], found: list) -> None:
         return
     spec = sweep["random"]
     if not isinstance(spec, dict):
-        found.append((("sweep", "random"), f"expected a mapping with samples, seed and parameters, got {_kind(spec)}"))
+        found.append((("sweep", "random"), f"expected a mapping with samples, seed and parameters, got {kind_of(spec)}"))
         return
     for key in spec:
         if key not in ("samples", "seed", "parameters"):
@@ -479,7 +480,7 @@ def _distribution_problem(distribution: Any) -> str | None:
 
 def _check_types(data: dict, sweep: dict, names: dict[str, KeyPath], found: list) -> None:
     """Values of parameters that set a cli input must have that input's type."""
-    from faice.red.semantics import check_value
+    from faice.cwl.types import check_value
 
     cli_inputs = _cli_inputs(data)
     for name, path in names.items():
@@ -540,12 +541,6 @@ def _strings(data: Any, path: KeyPath) -> Iterator[tuple[KeyPath, str]]:
             yield from _strings(value, (*path, i))
 
 
-def _problems(data: dict, source: str, found: list[tuple[KeyPath, str]]) -> list[Problem]:
-    from faice.red.load import Document
-
-    document = Document(source, data)
-    return [Problem(source, path, message, *document.locate(path)) for path, message in found]
-
 
 def _cli_inputs(data: dict) -> dict:
     cli = data.get("cli")
@@ -560,6 +555,3 @@ def _is_int(value: Any) -> bool:
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
-
-def _kind(value: Any) -> str:
-    return "nothing" if value is None else type(value).__name__

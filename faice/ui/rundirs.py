@@ -19,7 +19,8 @@ from typing import Any, BinaryIO
 from faice.descriptors import open_beneath
 from faice.pipeline import results as results_api
 from faice.pipeline import search as search_api
-from faice.pipeline.records import RUN_FILE, STREAM_FILES, batch_dir, read_batch_record, read_run_record
+from faice.pipeline.records import STREAM_FILES
+from faice.pipeline.rundir import OUTPUTS, RunDir
 from faice.ui.live import ChangeLog
 from faice.ui.source import (
     LOG_TAIL_BYTES,
@@ -35,7 +36,6 @@ from faice.ui.source import (
 )
 
 MAX_OUTPUTS = 1000  # files listed per batch
-OUTPUTS = "outputs"
 WATCH_SECONDS = 0.5  # how often the watcher looks at the run records of the runs being viewed
 WATCH_FOR = 600.0  # a run nobody asked about for this long is no longer looked at
 
@@ -55,7 +55,7 @@ def _stat_key(path: Path) -> tuple | None:
 
 
 def _is_run_dir(path: Path) -> bool:
-    return os.path.isfile(path / RUN_FILE)
+    return RunDir(path).run_file.is_file()
 
 
 def _safe_name(name: str) -> bool:
@@ -116,7 +116,7 @@ class DirSource:
             if loaded is not None and self._watch:
                 self._start_watcher()
                 return loaded.view  # the watcher keeps it current
-        if loaded is not None and loaded.key == _stat_key(path / RUN_FILE):
+        if loaded is not None and loaded.key == _stat_key(RunDir(path).run_file):
             return loaded.view
         return self._load(run_id, path)
 
@@ -125,12 +125,12 @@ class DirSource:
         with self._lock:
             gate = self._loading.setdefault(path, threading.Lock())
         with gate:
-            key = _stat_key(path / RUN_FILE)
+            key = _stat_key(RunDir(path).run_file)
             with self._lock:
                 loaded = self._loaded.get(path)
                 if loaded is not None and loaded.key == key:
                     return loaded.view
-            header = read_run_record(path) or {}
+            header = RunDir(path).read_run() or {}
             loaded_results = results_api.load_results(path)
             with self._lock:
                 changes = self._changes.setdefault(path, ChangeLog())
@@ -152,7 +152,7 @@ class DirSource:
                 asked = {p: r for p, (r, t) in self._asked.items() if now - t < WATCH_FOR}
                 current = {p: self._loaded[p].key for p in asked if p in self._loaded}
             for path, run_id in asked.items():
-                if current.get(path) != _stat_key(path / RUN_FILE):
+                if current.get(path) != _stat_key(RunDir(path).run_file):
                     try:
                         self._load(run_id, path)
                     except Exception:  # an unreadable moment; the next look tries again
@@ -182,11 +182,11 @@ class DirSource:
         view = self._view(run_id, path)
         if not _safe_name(batch_id) or view.row(batch_id) is None:
             raise NotFound(f"no batch {batch_id!r} in run {run_id!r}")
-        return path, batch_dir(path, batch_id)
+        return path, RunDir(path).batch(batch_id).path
 
     def batch(self, viewer: Any, run_id: str, batch_id: str) -> dict[str, Any]:
         path, _ = self._batch_dir(run_id, batch_id)
-        record = read_batch_record(path, batch_id)
+        record = RunDir(path).read_record(batch_id)
         if record is not None:
             return record.to_dict()
         row = self._view(run_id, path).row(batch_id) or {}

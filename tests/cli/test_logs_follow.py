@@ -15,15 +15,8 @@ import sys
 import time
 from pathlib import Path
 
-from faice.pipeline.records import (
-    BatchState,
-    RunState,
-    batch_dir,
-    new_batch_record,
-    pending_entry,
-    write_batch_record,
-    write_run_record,
-)
+from faice.pipeline.records import BatchState, RunState, new_batch_record, pending_entry
+from faice.pipeline.rundir import RunDir
 
 BATCH = "b-0123456789ab"
 
@@ -53,9 +46,9 @@ def _write(path: Path, text: str) -> None:
 def _running_batch(tmp_path: Path, first: str) -> tuple[Path, Path]:
     """A run directory whose one batch runs and has printed ``first``: (outdir, stdout.txt)."""
     outdir = tmp_path / "run"
-    batch_dir(outdir, BATCH).mkdir(parents=True)
-    write_run_record(outdir, {"runId": "r1"}, [pending_entry(BATCH, 0, {}, BatchState.RUNNING)], phase=RunState.RUNNING)
-    log = batch_dir(outdir, BATCH) / "stdout.txt"
+    RunDir(outdir).batch(BATCH).path.mkdir(parents=True)
+    RunDir(outdir).write_run({"runId": "r1"}, [pending_entry(BATCH, 0, {}, BatchState.RUNNING)], phase=RunState.RUNNING)
+    log = RunDir(outdir).batch(BATCH).path / "stdout.txt"
     _write(log, first)
     return outdir, log
 
@@ -68,7 +61,7 @@ def _follow_while(outdir: Path, first_line: str, change) -> str:
         shown = _wait_for_line(follower, first_line)
         change()
         time.sleep(0.5)
-        write_batch_record(outdir, new_batch_record(BATCH, 0, {}, run_id="r1", command=["train"],
+        RunDir(outdir).write_record(new_batch_record(BATCH, 0, {}, run_id="r1", command=["train"],
                                                     state=BatchState.SUCCEEDED))
         out, err = follower.communicate(timeout=30)
     finally:

@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 
 from faice.cwl.binding import plain_tool
 from faice.cwl.commandline import CommandBuilder
+from faice.cwl.types import check_value
 from faice.errors import ValidationError
-from faice.red.semantics import check_value
 
 BASES = ["string", "int", "long", "float", "double", "boolean", "File", "Directory"]
 names = st.text(string.ascii_letters + string.digits + "_", min_size=1, max_size=6).filter(lambda s: s[0].isalpha())

@@ -15,8 +15,8 @@ from engine_helpers import faice_containers, read, sh_red
 
 from faice.errors import EngineError, UsageError
 from faice.pipeline.options import RunOptions
-from faice.pipeline.records import rebuild_run_record
 from faice.pipeline.run import HostRun, run_experiment
+from faice.pipeline.rundir import RunDir
 from faice.red.prepare import load_experiment
 
 pytestmark = pytest.mark.docker
@@ -209,7 +209,7 @@ def test_batches_run_alone_write_only_their_records_and_summary_rebuilds(tmp_pat
         assert read(outdir / "batches" / plan.id / "result.json") == record.to_dict()
     assert not (outdir / "run.json").exists()
     assert sorted(batch_dirs(outdir)) == sorted(b.id for b in experiment.batches)
-    summary = rebuild_run_record(outdir)
+    summary = RunDir(outdir).rebuild()
     assert summary["state"] == "succeeded" and summary["counts"] == {"succeeded": 2}
     assert read(outdir / "run.json")["counts"] == {"succeeded": 2}
 

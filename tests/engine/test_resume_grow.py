@@ -11,9 +11,9 @@ import pytest
 from engine_helpers import read, sh_red
 
 from faice.pipeline.options import RunOptions
-from faice.pipeline.records import prepare_outdir
 from faice.pipeline.results import load_results
 from faice.pipeline.run import HostRun
+from faice.pipeline.rundir import RunDir
 from faice.red.prepare import load_experiment
 from faice.secrets import REDACTOR
 
@@ -23,7 +23,7 @@ SCRIPT = 'echo "ran $0"; [ "$0" != 5 ]'  # n=5 fails
 
 
 def resume(red: Path, outdir: Path, *, first: bool = False):
-    previous = prepare_outdir(outdir, resume=not first)
+    previous = RunDir(outdir).prepare(resume=not first)
     notes: list[str] = []
     events = []
     run = HostRun(load_experiment(str(red)), RunOptions(parallel=4, resume=not first), outdir,

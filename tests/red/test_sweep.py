@@ -321,7 +321,7 @@ def test_sweep_with_batches_form_and_empty_sweep_are_errors():
 
 
 def test_values_that_do_not_fit_the_cli_type_are_reported_per_item():
-    pytest.importorskip("faice.red.semantics", reason="check_value comes with the semantics module")
+    pytest.importorskip("faice.cwl.types", reason="check_value comes with the cli types module")
     data = red(sweep={"grid": {"batch_size": [8, "big", 16]}})
     assert "sweep.grid.batch_size[1]" in paths(sweep_problems(data, "f"))
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from faice.cli import main
+from faice.cwl.types import check_value
 from faice.errors import ValidationError
 from faice.red.load import load_mapping, parse_text
-from faice.red.semantics import check_value
 from faice.red.validate import validate_red
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "red"

@@ -23,9 +23,8 @@ from faice.pipeline.records import (
     FailureClass,
     RunState,
     new_batch_record,
-    write_batch_record,
-    write_run_record,
 )
+from faice.pipeline.rundir import RunDir
 
 SPEC = {"objective": {"name": "val_accuracy", "goal": "max"},
         "sources": [{"file": "training.csv"}, {"stdout": True}]}
@@ -65,7 +64,7 @@ def make_run(outdir: Path, *, record_metrics: bool = True, spec_data: dict = SPE
                                                  stdout_file=directory / "stdout.txt").finish()
                 record.metrics = summary(result)
                 (directory / "metrics.json").write_text(json.dumps(result))
-            write_batch_record(outdir, record)
+            RunDir(outdir).write_record(record)
             entries.append({"id": batch_id, "index": index, "state": "succeeded", "parameters": record.parameters})
             expected[batch_id] = {"lr": lr, "bs": bs, "value": accuracy(lr, bs, 4)}
             index += 1
@@ -74,11 +73,11 @@ def make_run(outdir: Path, *, record_metrics: bool = True, spec_data: dict = SPE
     record = new_batch_record("b-failed000000", index, {"learning_rate": 10.0, "batch_size": 16}, run_id="r1",
                               command=["train"], failure_class=FailureClass.EXIT_CODE, message="exited with code 1")
     record.timings = {"total": 1.5}
-    write_batch_record(outdir, record)
+    RunDir(outdir).write_record(record)
     entries.append({"id": "b-failed000000", "index": index, "state": "failed", "parameters": {"learning_rate": 10.0}})
     entries.append({"id": "b-pending00000", "index": index + 1, "state": "pending",
                     "parameters": {"learning_rate": 10.0, "batch_size": 64}})
-    write_run_record(outdir, {"runId": "r1"}, entries, phase=RunState.RUNNING)
+    RunDir(outdir).write_run({"runId": "r1"}, entries, phase=RunState.RUNNING)
     return expected
 
 
@@ -165,9 +164,9 @@ def test_non_finite_parameters_are_standard_json_everywhere(tmp_path):
                                   state=BatchState.SUCCEEDED)
         record.metrics = {"objective": {"name": "acc", "goal": "max", "value": 0.5 + index / 10},
                           "final": {"acc": 0.5 + index / 10}}
-        write_batch_record(tmp_path, record)
+        RunDir(tmp_path).write_record(record)
         entries.append(record.entry())
-    write_run_record(tmp_path, {"runId": "r1"}, entries)
+    RunDir(tmp_path).write_run({"runId": "r1"}, entries)
     run = _strict_json((tmp_path / "run.json").read_text())
     assert [e["parameters"]["clip"] for e in run["batches"]] == [1.0, "Infinity", "-Infinity", "NaN"]
     record = _strict_json((tmp_path / "batches" / "b-clip00000001" / "result.json").read_text())
@@ -185,8 +184,8 @@ def test_resume_recognises_recorded_non_finite_parameters(tmp_path):
 
     record = new_batch_record("b-clip00000000", 0, {"clip": math.inf}, run_id="r1", command=["train"],
                               state=BatchState.SUCCEEDED)
-    write_run_record(tmp_path, {"runId": "r1"}, [record.entry()])
-    plan = ResumePlan.of(tmp_path, {})
+    RunDir(tmp_path).write_run({"runId": "r1"}, [record.entry()])
+    plan = ResumePlan.of(RunDir(tmp_path), {})
     assert plan.why_new({"clip": math.inf}) == "its inputs or outputs changed"
     assert plan.why_new({"clip": 1.0}) == "new parameter values"
 

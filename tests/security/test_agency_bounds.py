@@ -48,6 +48,26 @@ def test_sweep_bomb_is_refused_before_expansion(paused_agency):
     assert "100000000 batches" in response.json() and "--max-batches" in response.json()
 
 
+def test_max_batches_counts_a_sweep_as_faice_exec_does(make_agency):
+    """--max-batches counts what the sweep yields, as faice exec does: a 1000x1000 grid capped
+    by maxBatches: 10 is 10 batches (accepted), and a random sweep of 50,000 without
+    ``samples`` is 50,000 (refused; it once counted as 1 and slipped past the limit)."""
+    server = make_agency("--paused", "--max-batches", "10000")
+    capped = reds.minimal(value="$(sweep.x)-$(sweep.y)")
+    capped["sweep"] = {"grid": {"x": list(range(1000)), "y": list(range(1000))}, "maxBatches": 10}
+    response = server.post_red(capped)
+    assert response.status_code == 200, response.text
+    experiment = response.json()["experimentId"]
+    assert server.get("/batches/count", params={"experimentId": experiment}).json() == {"count": 10}
+    bomb = reds.minimal(value="$(sweep.lr)")
+    bomb["sweep"] = {"random": {"parameters": {"lr": {"uniform": [0, 1]}}}, "maxBatches": 50000}
+    started = time.monotonic()
+    refused = server.post_red(bomb)
+    assert time.monotonic() - started < 5
+    assert refused.status_code == 400 and "50000 batches" in refused.json() and "--max-batches" in refused.json()
+    assert server.get("/experiments/count").json() == {"count": 1}
+
+
 def test_batches_and_expanded_size_limits(make_agency):
     server = make_agency("--paused", "--max-batches", "3", "--max-red-bytes", "20000")
     assert server.post_red(reds.multi_batch(["a", "b", "c"])).status_code == 200

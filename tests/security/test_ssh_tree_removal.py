@@ -13,7 +13,8 @@ import uuid
 
 import pytest
 
-from faice.connectors.staging import ConnectorRequest, StagingSession, remove_tree
+from faice.connectors.staging import ConnectorRequest, StagingSession
+from faice.descriptors import remove_tree
 
 pytestmark = pytest.mark.ssh
 

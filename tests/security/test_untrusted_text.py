@@ -21,14 +21,8 @@ import pytest
 from faice.engines.display import ProgressDisplay
 from faice.pipeline.events import BatchEvent
 from faice.pipeline.metrics import MetricsReader, MetricsSpec, summary
-from faice.pipeline.records import (
-    BatchState,
-    FailureClass,
-    RunState,
-    new_batch_record,
-    write_batch_record,
-    write_run_record,
-)
+from faice.pipeline.records import BatchState, FailureClass, RunState, new_batch_record
+from faice.pipeline.rundir import RunDir
 
 TITLE = "acc\x1b]0;pwned\x07"  # sets the terminal window's title
 CLEAR = "loss\x1b[2J\x1b[H"  # clears the screen
@@ -63,13 +57,13 @@ def make_hostile_run(outdir: Path) -> None:
                                   state=BatchState.SUCCEEDED)
         record.metrics = summary(result)
         (directory / "metrics.json").write_text(json.dumps(result))
-        write_batch_record(outdir, record)
+        RunDir(outdir).write_record(record)
         entries.append({"id": batch_id, "index": index, "state": "succeeded", "parameters": record.parameters})
     record = new_batch_record("b-failed000000", 2, {"mode": "@SUM(1)"}, run_id="r1", command=["train"],
                               failure_class=FailureClass.EXIT_CODE, message=MESSAGE)
-    write_batch_record(outdir, record)
+    RunDir(outdir).write_record(record)
     entries.append({"id": "b-failed000000", "index": 2, "state": "failed", "parameters": record.parameters})
-    write_run_record(outdir, {"runId": "r1"}, entries, phase=RunState.RUNNING)
+    RunDir(outdir).write_run({"runId": "r1"}, entries, phase=RunState.RUNNING)
 
 
 def faice(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:

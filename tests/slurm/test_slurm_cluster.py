@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -10,7 +11,6 @@ from slurm_helpers import wait_for
 
 from faice.engines.slurm import client as slurm_cli
 from faice.engines.slurm import job as engine
-from faice.engines.slurm import rundir
 from faice.pipeline.options import RunOptions
 from faice.red.experiment import Batch, Experiment
 
@@ -65,7 +65,7 @@ def test_task_that_cannot_start_faice_is_failed_with_its_output(slurm, tmp_path)
     job = slurm_submit(experiment, outdir)
     states = job.wait(interval=0.2)
     assert states == {"b-test00000000": "failed", "b-test00000001": "failed"}
-    record = rundir.read_json(outdir / "batches" / "b-test00000001" / "result.json")
+    record = json.loads((outdir / "batches" / "b-test00000001" / "result.json").read_text())
     assert record["failureClass"] == "engine" and record["parameters"] == {"i": 1}
     assert "nonexistent/faice-python" in (outdir / "batches" / "b-test00000001" / "stderr.txt").read_text()
     assert not list((outdir / "slurm" / job.tag / "tasks").iterdir())

@@ -74,6 +74,11 @@ def test_failing_batch_is_reported_failed_with_its_stderr_and_resume_resubmits_o
     submissions = json.loads((outdir / "slurm" / "submissions.json").read_text())
     assert [s["batchIds"] for s in submissions][1] == [failed[0]["id"]]
     assert json.loads((outdir / "run.json").read_text())["counts"] == {"succeeded": 1, "failed": 1}
+    # The same resume as a local run: one run id across --resume, the reuse said, red.json kept.
+    assert {s["runId"] for s in submissions} == {run["runId"]}
+    assert json.loads((outdir / "batches" / failed[0]["id"] / "result.json").read_text())["runId"] == run["runId"]
+    assert "resume: 1 reused, 0 new, 1 re-run: failed" in resumed.stderr
+    assert (outdir / "red.json").is_file()
 
 
 def test_resume_leaves_batches_an_earlier_array_still_runs_to_it(slurm, test_image, tmp_path):

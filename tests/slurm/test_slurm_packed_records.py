@@ -18,7 +18,8 @@ from slurm_helpers import wait_for
 from faice.engines.slurm import packed as packed_module
 from faice.engines.slurm.claims import ClaimQueue
 from faice.engines.slurm.packed import PackedJob
-from faice.pipeline.records import BatchState, new_batch_record, read_batch_record, write_batch_record
+from faice.pipeline.records import BatchState, new_batch_record
+from faice.pipeline.rundir import RunDir
 
 pytestmark = [pytest.mark.slurm]
 
@@ -54,9 +55,9 @@ def test_a_committed_batch_waits_for_its_live_worker_to_publish(slurm, tmp_path,
         while time.monotonic() < end:
             assert job.poll() == {ids[0]: BatchState.RUNNING, ids[1]: BatchState.RUNNING}
             time.sleep(0.2)
-        assert read_batch_record(tmp_path, ids[0]) is None, "no failure record while the worker lives"
+        assert RunDir(tmp_path).read_record(ids[0]) is None, "no failure record while the worker lives"
         # the worker publishes: the real record is what the follower reports
-        write_batch_record(tmp_path, new_batch_record(ids[0], 0, {}, run_id="r1", command=["true"],
+        RunDir(tmp_path).write_record(new_batch_record(ids[0], 0, {}, run_id="r1", command=["true"],
                                                       state=BatchState.SUCCEEDED))
         assert job.poll()[ids[0]] == BatchState.SUCCEEDED
     finally:
@@ -65,5 +66,5 @@ def test_a_committed_batch_waits_for_its_live_worker_to_publish(slurm, tmp_path,
     states = wait_for(lambda: (s := job.poll())[ids[1]] == BatchState.FAILED and s, 60,
                       "the batch of the dead worker was never recorded failed")
     assert states[ids[0]] == BatchState.SUCCEEDED
-    lost = read_batch_record(tmp_path, ids[1])
+    lost = RunDir(tmp_path).read_record(ids[1])
     assert lost is not None and "ended the batch without a record" in (lost.message or "")

@@ -148,15 +148,16 @@ def test_a_crate_never_lands_in_a_directory_that_holds_something(finished_run, t
 def test_gpus_and_timings_are_the_actions_resource_usage(tmp_path):
     """A batch record that names its GPUs (written here: no GPU on the test machine; the
     records are the ones a GPU batch leaves) gives them to its action's resourceUsage."""
-    from faice.pipeline.records import BatchState, new_batch_record, write_batch_record, write_run_record
+    from faice.pipeline.records import BatchState, new_batch_record
+    from faice.pipeline.rundir import RunDir
 
     outdir = tmp_path / "gpu-run"
     record = new_batch_record("b-gpu", 0, {"lr": 0.1}, run_id="g", command=["train"], state=BatchState.SUCCEEDED)
     record.gpus = [{"index": "0", "uuid": "GPU-4f1c2b9e-0000-1111-2222-333344445555", "name": "NVIDIA H100 80GB HBM3"}]
     record.timings = {"total": 12.5, "run": 11.0}
     record.finished = record.started
-    write_batch_record(outdir, record)
-    write_run_record(outdir, {"runId": "g", "image": {"ref": "example.org/lab/train:1.0@sha256:" + "ab" * 32}},
+    RunDir(outdir).write_record(record)
+    RunDir(outdir).write_run({"runId": "g", "image": {"ref": "example.org/lab/train:1.0@sha256:" + "ab" * 32}},
                      [record.entry()])
     assert write_crate(outdir, tmp_path / "crate").returncode == 0
     report = validate(tmp_path / "crate", tmp_path / "validator-cache")

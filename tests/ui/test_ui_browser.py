@@ -13,7 +13,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 from ui_helpers import WINNER, make_run, start_ui, synthetic_run, winner_id
 
-from faice.pipeline.records import rebuild_run_record
+from faice.pipeline.rundir import RunDir
 
 
 @pytest.fixture
@@ -90,7 +90,7 @@ def test_a_running_run_updates_without_a_reload(browser, served):
         data.update(state="succeeded", metrics={"objective": {"name": "val_accuracy", "goal": "max", "value": 0.5},
                                                 "final": {"val_accuracy": 0.5}})
         record.write_text(json.dumps(data))
-    rebuild_run_record(root / "live")
+    RunDir(root / "live").rebuild()
     WebDriverWait(browser, 20).until(lambda b: b.find_element(By.CSS_SELECTOR, "[data-run-state]").text == "succeeded")
     assert browser.execute_script("return window.faiceNotReloaded === true;")  # the same page: no reload
     assert browser.find_element(By.CSS_SELECTOR, 'tr[data-batch="s-00000011"] td[data-col=state]').text == "succeeded"
@@ -110,7 +110,7 @@ def test_a_new_best_batch_is_announced(browser, served):
     data.update(state="succeeded", metrics={"objective": {"name": "val_accuracy", "goal": "max", "value": 5.0},
                                             "final": {"val_accuracy": 5.0}})
     record.write_text(json.dumps(data))
-    rebuild_run_record(root / "live")
+    RunDir(root / "live").rebuild()
     WebDriverWait(browser, 20).until(lambda b: b.find_element(By.ID, "stale").is_displayed())
     browser.find_element(By.CSS_SELECTOR, "#stale a").click()
     WebDriverWait(browser, 10).until(

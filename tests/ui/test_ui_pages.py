@@ -11,7 +11,8 @@ import sys
 import pytest
 from ui_helpers import WINNER, eventually, make_run, start_ui, synthetic_run, winner_id
 
-from faice.pipeline.records import BatchState, read_run_record, rebuild_run_record, write_run_record
+from faice.pipeline.records import BatchState
+from faice.pipeline.rundir import RunDir
 
 
 @pytest.fixture
@@ -106,11 +107,11 @@ def test_changes_name_only_the_batches_that_changed(ui, runs):
     assert start["state"] == "running" and start["live"]
     version = start["version"]
     assert ui.get("/api/runs/lr-sweep/changes", params={"since": version}).json()["rows"] == []
-    run = read_run_record(outdir)
+    run = RunDir(outdir).read_run()
     entries = run["batches"]
     pending = next(e for e in entries if e["state"] == "pending")
     pending["state"] = BatchState.RUNNING.value
-    write_run_record(outdir, run, entries, phase=None)
+    RunDir(outdir).write_run(run, entries, phase=None)
     changed = eventually(lambda: (answer := ui.get("/api/runs/lr-sweep/changes", params={"since": version}).json())["rows"]
                          and answer)
     assert [r["batch"] for r in changed["rows"]] == [pending["id"]] and changed["rows"][0]["state"] == "running"
@@ -129,7 +130,7 @@ def test_a_finished_run_says_succeeded_on_the_next_load(tmp_path):
             data = json.loads(record.read_text())
             data["state"] = "succeeded"
             record.write_text(json.dumps(data))
-        rebuild_run_record(outdir)
+        RunDir(outdir).rebuild()
         def finished() -> str:
             page = server.get("/runs/live/").text
             return page if "data-run-state>succeeded<" in page else ""
@@ -175,7 +176,7 @@ def test_a_search_shows_its_proposals(tmp_path):
         assert "Search proposals" in html and "2 trials proposed so far" in html and ">startup<" in html
         with open(log, "a") as handle:
             handle.write(json.dumps(events[5]) + "\n")
-        rebuild_run_record(outdir)  # the run record changes with each proposal
+        RunDir(outdir).rebuild()  # the run record changes with each proposal
         html = eventually(lambda: (text := server.get("/runs/search/").text) and "3 trials proposed" in text and text)
         section = html[html.index("Search proposals"):]
         assert section.index("s-00000002</a>") < section.index("s-00000001</a>")  # newest first

@@ -13,7 +13,7 @@ import pytest
 from ui_helpers import eventually, start_ui, synthetic_run
 
 from faice.pipeline import results as results_api
-from faice.pipeline.records import rebuild_run_record
+from faice.pipeline.rundir import RunDir
 from faice.ui.rundirs import DirSource
 
 BATCHES = 10_000
@@ -32,7 +32,7 @@ def finish(outdir, batch_id: str) -> None:
     data.update(state="succeeded", metrics={"objective": {"name": "val_accuracy", "goal": "max", "value": 0.99},
                                             "final": {"val_accuracy": 0.99}})
     record.write_text(json.dumps(data))
-    rebuild_run_record(outdir)
+    RunDir(outdir).rebuild()
 
 
 def test_the_page_of_a_10000_batch_run_is_served_within_a_second(big_run, tmp_path):

@@ -19,13 +19,8 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "results"))
 from test_results_cli import WINNER, make_run, winner_id  # noqa: F401  (re-exported)
 
-from faice.pipeline.records import (
-    BatchState,
-    RunState,
-    new_batch_record,
-    write_batch_record,
-    write_run_record,
-)
+from faice.pipeline.records import BatchState, RunState, new_batch_record
+from faice.pipeline.rundir import RunDir
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -98,8 +93,8 @@ def synthetic_run(outdir: Path, count: int, *, running: int = 0, records: int = 
                                       state=state)
             record.metrics = entry.get("metrics")
             record.timings = {"total": entry["seconds"]}
-            write_batch_record(outdir, record)
-    write_run_record(outdir, {"runId": "synthetic", "started": "2026-12-06T10:00:00Z"}, entries,
+            RunDir(outdir).write_record(record)
+    RunDir(outdir).write_run({"runId": "synthetic", "started": "2026-12-06T10:00:00Z"}, entries,
                      phase=RunState.RUNNING if running else None)
 
 

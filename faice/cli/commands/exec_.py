@@ -140,5 +140,7 @@ def _check_resume(args: Any) -> None:
         return
     if not args.outdir:
         raise UsageError("--resume continues the run in --outdir DIR: give the run directory")
-    if not (Path(args.outdir) / "run.json").is_file():
+    from faice.pipeline.rundir import RunDir
+
+    if not RunDir(args.outdir).run_file.is_file():
         print(f"faice: --resume: no run in {args.outdir} yet: starting a new one", file=sys.stderr)

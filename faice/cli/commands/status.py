@@ -7,13 +7,16 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from faice.cli.options import add_debug, add_variables, variable_sources
 from faice.cli.parser import lazy, new_command
 from faice.errors import EngineError, UsageError
 from faice.files import dumps_json
 from faice.secrets import REDACTOR
+
+if TYPE_CHECKING:
+    from faice.pipeline.rundir import RunDir
 
 
 def _add_agency_options(parser) -> None:
@@ -193,8 +196,12 @@ def _print_experiments(rows: list[dict[str, Any]]) -> None:
 # ------------------------------------------------------------------ run directories
 def _run_directory(name: str, args) -> int:
     """status/logs of a local or Slurm run: read run.json and batches/<id>/."""
+    from faice.engines.slurm.rundir import is_slurm_run
+    from faice.pipeline.rundir import RunDir, is_batch_id
+
     outdir = Path(args.outdir)
-    slurm_run = (outdir / "slurm" / "submissions.json").is_file()
+    run_dir = RunDir(outdir)
+    slurm_run = is_slurm_run(outdir)
     if slurm_run and name in ("status", "cancel", "list"):
         from faice.engines.slurm import engine as slurm
 
@@ -204,26 +211,16 @@ def _run_directory(name: str, args) -> int:
     elif name == "cancel":
         return _cancel_local(outdir, args.id)
     if name == "logs":
-        path = outdir / "batches" / args.id / ("stderr.txt" if args.stderr else "stdout.txt")
+        if not is_batch_id(args.id or ""):
+            raise UsageError(f"faice logs --outdir: {args.id!r} is no batch id (faice status --outdir {outdir} lists them)")
+        path = run_dir.batch(args.id).stream("stderr" if args.stderr else "stdout")
         if args.follow:
-            return _follow(path, outdir, args.id)
+            return _follow(path, run_dir, args.id)
         if not path.exists():
             raise UsageError(f"{path}: no such file (is {args.id} a batch id of the run in {outdir}?)")
         _print_log(args.id, "stderr" if args.stderr else "stdout", path.read_text(errors="replace"), args.json)
         return 0
-    run_file = outdir / "run.json"
-    try:
-        run = json.loads(run_file.read_text())
-    except FileNotFoundError:
-        if not (outdir / "batches").is_dir():
-            raise UsageError(f"{run_file}: no such file; --outdir must be a faice run directory") from None
-        from faice.pipeline.records import (
-            rebuild_run_record,  # a Slurm run whose tasks wrote only batch records
-        )
-
-        run = rebuild_run_record(outdir)
-    except ValueError as exc:
-        raise UsageError(f"{run_file}: not valid JSON: {exc}") from None
+    run = run_dir.read_or_rebuild()
     if getattr(args, "wait", False) and not slurm_run:
         from faice.engines.local_control import wait_run
 
@@ -231,10 +228,9 @@ def _run_directory(name: str, args) -> int:
     if name == "list":
         return _list_batches(run, args.json)
     if args.id:
-        record = outdir / "batches" / args.id / "result.json"
-        if not record.exists():
-            raise UsageError(f"{record}: no such file (no batch {args.id} in {outdir})")
-        data = json.loads(record.read_text())
+        data = run_dir.read_record_data(args.id) if is_batch_id(args.id) else None
+        if data is None:
+            raise UsageError(f"{run_dir.batch(args.id).record}: no such file (no batch {args.id} in {outdir})")
         print(dumps_json(data, indent=2) if args.json else f"batch {args.id}: {data.get('state')}")
         return 1 if data.get("state") in ("failed", "cancelled") else 0
     failed = 1 if run.get("state") in ("failed", "cancelled", "incomplete", "interrupted") else 0
@@ -288,11 +284,11 @@ FOLLOW_POLL_S = 0.2
 
 def _list_local_runs(root: Path, as_json: bool) -> int:
     """``faice status`` without arguments: the runs under ./faice-runs, newest first."""
-    from faice.pipeline.records import read_run_record
+    from faice.pipeline.rundir import RunDir
 
     runs: list[dict[str, Any]] = []
     for path in sorted(root.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True):
-        record = read_run_record(path) if path.is_dir() else None
+        record = RunDir(path).read_run() if path.is_dir() else None
         if record is not None:
             runs.append({"outdir": str(path), "runId": record.get("runId"), "state": record.get("state"),
                          "counts": record.get("counts") or {}, "source": record.get("source"),
@@ -310,18 +306,16 @@ def _list_local_runs(root: Path, as_json: bool) -> int:
     return 0
 
 
-def _follow(path: Path, outdir: Path, batch_id: str) -> int:
+def _follow(path: Path, run_dir: RunDir, batch_id: str) -> int:
     """``faice logs -f``: print the file as it grows (whole lines, redacted) until the batch's
     record is final and nothing more comes."""
     import time
 
-    from faice.files import read_json
-    from faice.pipeline.records import read_batch_record
-
-    if not (outdir / "batches" / batch_id).is_dir() and not (outdir / "run.json").is_file():
+    outdir = run_dir.root
+    if not run_dir.batch(batch_id).path.is_dir() and not run_dir.run_file.is_file():
         raise UsageError(f"{outdir}: not a faice run directory")
-    listed = (read_json(outdir / "run.json") or {}).get("batches")
-    if isinstance(listed, list) and listed and batch_id not in {str(e.get("id")) for e in listed if isinstance(e, dict)}:
+    listed = run_dir.recorded_entries()
+    if listed and batch_id not in listed:
         raise UsageError(f"no batch {batch_id} in the run in {outdir} (faice status --outdir {outdir} lists them)")
     deadline_missing = time.monotonic() + 60
     log = _GrowingFile(path)
@@ -339,7 +333,7 @@ def _follow(path: Path, outdir: Path, batch_id: str) -> int:
 
     try:
         while True:
-            record = read_batch_record(outdir, batch_id)
+            record = run_dir.read_record(batch_id)
             final = record is not None and record.is_final
             rest, fresh = log.read()
             show(rest)

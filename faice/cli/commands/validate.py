@@ -74,7 +74,7 @@ def run(args: Any) -> int:
             _print_json({"valid": False, "problems": [_problem_json(p) for p in exc.problems]})
             return 1
     if args.check_access:
-        access_problems = check_access(args)
+        access_problems = probed_access_problems(args)
         if access_problems:
             if as_json:
                 _print_json({"valid": False, "problems": [_problem_json(p) for p in access_problems]})
@@ -104,12 +104,12 @@ def policy_check(args: Any) -> None:
     apply_policy(args.policy, experiment)
 
 
-def check_access(args: Any) -> list[Problem]:
+def probed_access_problems(args: Any) -> list[Problem]:
     """``--check-access``: the connector probes of ``faice exec``'s preflight (credentials,
     remote paths), with variables filled; a problem for every input and output they fail."""
     from faice.connectors.staging import StagingSession
-    from faice.pipeline.plan import check_access as probe
     from faice.pipeline.plan import connector_uses
+    from faice.pipeline.plan import probe_access as probe
     from faice.red.prepare import load_experiment
 
     experiment = load_experiment(args.red_file, variables=variable_sources(args), fill=True)

@@ -34,7 +34,8 @@ from faice.engines.slurm.job import (
 from faice.engines.slurm.packed import WORKER_MODULE, PackedJob
 from faice.engines.slurm.settings import SlurmSettings, sbatch_options
 from faice.files import dumps_json
-from faice.pipeline.records import default_outdir, new_run_id, prepare_outdir, read_batch_record
+from faice.pipeline.resume import ResumePlan, save_red_file
+from faice.pipeline.rundir import RunDir
 from faice.pipeline.signals import EXIT_SIGNAL, interrupts_to
 from faice.red.experiment import Experiment
 from faice.secrets import REDACTOR
@@ -50,19 +51,19 @@ def run(experiment: Experiment, request: ExecRequest) -> int:
     if request.dry_run:
         return _dry_run(experiment, settings, request)
     slurm_cli.require_tools()
-    run_id = new_run_id()
-    if request.outdir is not None:
-        outdir = Path(request.outdir)
-    elif settings.run_dir:
-        outdir = Path(settings.run_dir).expanduser() / default_outdir(run_id).name
-    else:
-        outdir = default_outdir(run_id)
-    outdir = outdir.resolve()
     options = request.options
-    prepare_outdir(outdir, resume=options.resume)
+    root = Path(settings.run_dir).expanduser() if settings.run_dir else None
+    run, run_id = RunDir.start(request.outdir, resume=options.resume, root=root)
+    outdir = run.root.resolve()
+    run = RunDir(outdir)
     batches = experiment.batches
     if options.resume:
-        done = [b for b in batches if (r := read_batch_record(outdir, b.id)) is not None and r.state == SUCCEEDED]
+        resume = ResumePlan.of(run, experiment.data)
+        for batch in experiment.batches:
+            resume.add(batch.id, batch.parameters, run.read_record(batch.id))
+        for line in resume.lines():
+            _say(f"faice: {line}")
+        done = [b for b in batches if run.kept_on_resume(b.id) is not None]
         # Batches an earlier array still queues or runs are left to it (a second task would
         # run them again into the same directory).
         states = current_states(open_run(outdir)) if rundir.is_slurm_run(outdir) else {}
@@ -71,17 +72,18 @@ def run(experiment: Experiment, request: ExecRequest) -> int:
         still = f", {len(live)} still queued or running in an earlier array" if live else ""
         if not batches:
             _say(f"faice: nothing to submit: {len(done)} of {len(experiment.batches)} batches already "
-                 f"succeeded in {outdir}{still}")
+                 f"finished in {outdir}{still}")
             if live and request.wait:
                 return 0 if refresh_status(outdir, wait=True).get("state") == SUCCEEDED else 1
             return 0
-        _say(f"faice: resuming: {len(done)} batches succeeded before{still}, re-submitting {len(batches)}")
+        _say(f"faice: resuming: {len(done)} batches finished before{still}, re-submitting {len(batches)}")
+    save_red_file(run, experiment.data, REDACTOR)
     job = submit_batches(experiment, options, outdir, batches, run_id=run_id, max_running=options.parallel)
     workers = f"{job.workers} workers for " if isinstance(job, PackedJob) else ""
     _say(f"faice: submitted Slurm job array {job.job_id} ({workers}{len(job.batch_ids)} batches); run directory {outdir}")
     if not request.wait:
         if request.json:
-            print(dumps_json(rundir.read_json(outdir / "run.json"), indent=2))
+            print(dumps_json(run.read_run(), indent=2))
         else:
             _say(f"faice: follow it with: faice status --outdir {shlex.quote(str(outdir))} --wait")
         return 0

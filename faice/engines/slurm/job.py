@@ -28,20 +28,9 @@ from faice.engines.slurm.claims import ClaimQueue
 from faice.engines.slurm.packed import WORKER_MODULE, PackedJob
 from faice.engines.slurm.settings import SlurmSettings, sbatch_options
 from faice.errors import EngineError, UsageError
-from faice.files import atomic_write_text
 from faice.pipeline.options import RunOptions
-from faice.pipeline.records import (
-    FINAL_STATES,
-    RESULT_FILE,
-    BatchState,
-    FailureClass,
-    batch_dir,
-    new_batch_record,
-    new_run_id,
-    read_batch_record,
-    rebuild_run_record,
-    write_batch_record,
-)
+from faice.pipeline.records import FINAL_STATES, BatchState, FailureClass, new_run_id, now_iso
+from faice.pipeline.rundir import RunDir
 from faice.red.experiment import Batch, Experiment
 from faice.secrets import REDACTOR
 
@@ -89,7 +78,7 @@ class SlurmJob(rundir.Submission):
     def _task_state(self, task_id: int, batch_id: str, task: slurm_cli.TaskState | None) -> BatchState:
         if task is not None and not task.is_final:
             return PROCESSING if task.is_running else SCHEDULED
-        record = read_batch_record(self.outdir, batch_id)
+        record = self.rundir.read_record(batch_id)
         if record is not None and record.is_final:
             return record.state
         first = self._final_since.setdefault(task_id, time.monotonic())
@@ -111,23 +100,9 @@ class SlurmJob(rundir.Submission):
                 message += f" ({task.reason})"
             if task.exit_code is not None:
                 message += f", exit code {task.exit_code}"
-        log_text = rundir.tail(log)
-        stderr = batch_dir(self.outdir, batch_id) / "stderr.txt"
-        if log_text and not stderr.exists():
-            atomic_write_text(stderr, log_text, redact=REDACTOR.redact)
-        record = new_batch_record(
-            batch_id, self.batch_index.get(batch_id), self.batch_parameters.get(batch_id), run_id=self.run_id,
-            command=None, failure_class=FAILURE_CLASS.get(slurm_state, FailureClass.ENGINE), message=message,
-            engine={"name": "slurm", "jobId": self.job_id, "taskId": task_id, "slurmState": slurm_state},
-        )
-        if log_text:
-            assert record.debug_info is not None
-            record.debug_info.append(f"task output ({log.name}):\n{log_text}")
-        write_batch_record(self.outdir, record)
-        return record.state
-
-    def is_final(self) -> bool:
-        return bool(self._states) and all(s in FINAL for s in self._states.values())
+        return self.record_lost(batch_id, FAILURE_CLASS.get(slurm_state, FailureClass.ENGINE), message,
+                                engine={"taskId": task_id, "slurmState": slurm_state},
+                                logs=rundir.tail(log), logs_title=f"task output ({log.name})")
 
     def wait(self, on_update: Callable[[dict[str, BatchState]], None] | None = None,
              interval: float = POLL_INTERVAL_S) -> dict[str, BatchState]:
@@ -140,10 +115,6 @@ class SlurmJob(rundir.Submission):
                 rundir.remove_task_specs(self.submission_dir)
                 return states
             time.sleep(interval)
-
-    def remove_specs(self) -> None:
-        """Delete the secret-bearing specs of tasks that never started."""
-        rundir.remove_task_specs(self.submission_dir)
 
     def cancel(self, batch_ids: Iterable[str] | None = None) -> None:
         """Cancel the array or some batches: running tasks get SIGTERM and stop their
@@ -231,7 +202,7 @@ def submit_batches(
     protected = sorted(set(protected)) if protected is not None else REDACTOR.values()
     for task_id, batch in enumerate(batches):
         # A stale record of an earlier attempt must not pass for this attempt's result.
-        (batch_dir(outdir, batch.id) / RESULT_FILE).unlink(missing_ok=True)
+        RunDir(outdir).remove_record(batch.id)
         rundir.write_task_spec(
             submission,
             task_id,
@@ -268,7 +239,7 @@ def submit_batches(
         "batchIds": [b.id for b in batches],
         "batchIndex": {b.id: b.index for b in batches},
         "batchParameters": {b.id: b.parameters for b in batches},
-        "submittedAt": rundir.now(),
+        "submittedAt": now_iso(),
         "sbatch": argv,
     }
     if packed:
@@ -359,7 +330,7 @@ def write_run_summary(outdir: Path, *, states: dict[str, BatchState],
             live.setdefault(batch.id, SCHEDULED)
     described = {b: (s.get("batchIndex", {}).get(b), s.get("batchParameters", {}).get(b))
                  for s in submissions for b in s.get("batchIds", [])}
-    return rebuild_run_record(outdir, live=live, header=header, described=described)
+    return RunDir(outdir).rebuild(live=live, header=header, described=described)
 
 
 def cancel_jobs_below(directory: Path, pattern: str = "attempt-*") -> list[str]:

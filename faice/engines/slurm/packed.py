@@ -19,17 +19,7 @@ from typing import Any
 from faice.engines.slurm import client as slurm_cli
 from faice.engines.slurm import rundir
 from faice.engines.slurm.claims import CLAIMED, DONE, READY, ClaimQueue
-from faice.files import atomic_write_text
-from faice.pipeline.records import (
-    FINAL_STATES,
-    BatchState,
-    FailureClass,
-    batch_dir,
-    new_batch_record,
-    read_batch_record,
-    write_batch_record,
-)
-from faice.secrets import REDACTOR
+from faice.pipeline.records import FINAL_STATES, BatchState, FailureClass
 
 WORKER_MODULE = "faice.engines.slurm.worker"
 RECORD_GRACE_S = rundir.RECORD_GRACE_S
@@ -79,7 +69,7 @@ class PackedJob(rundir.Submission):
                 continue
             kind = scan.get(task, (None, None))[0]
             if kind == DONE:
-                record = read_batch_record(self.outdir, batch_id)
+                record = self.rundir.read_record(batch_id)
                 if record is not None and record.is_final:
                     states[batch_id] = record.state
                     continue
@@ -115,24 +105,10 @@ class PackedJob(rundir.Submission):
             failure, message = FailureClass.ENGINE, (
                 f"no faice worker of Slurm job {self.job_id} is left to run the batch"
                 " (workers ended: time limit, cancelled or failed; see slurm/logs/)")
-        record = new_batch_record(
-            batch_id, self.batch_index.get(batch_id), self.batch_parameters.get(batch_id), run_id=self.run_id,
-            command=None, failure_class=failure, message=message,
-            engine={"name": "slurm", "jobId": self.job_id, "queueIndex": task, "packed": True},
-        )
         logs = [rundir.log_path(self.outdir, self.job_id, w) for w in range(self.workers)]
         text = "\n".join(f"{p.name}:\n{t}" for p in logs if (t := rundir.tail(p, 1500)))
-        if text:
-            assert record.debug_info is not None
-            record.debug_info.append(f"worker output:\n{text}")
-            stderr = batch_dir(self.outdir, batch_id) / "stderr.txt"
-            if not stderr.exists():
-                atomic_write_text(stderr, text, redact=REDACTOR.redact)
-        write_batch_record(self.outdir, record)
-        return record.state
-
-    def is_final(self) -> bool:
-        return bool(self._states) and all(s in FINAL_STATES for s in self._states.values())
+        return self.record_lost(batch_id, failure, message, engine={"queueIndex": task, "packed": True},
+                                logs=text, logs_title="worker output")
 
     def wait(self, on_update: Callable[[dict[str, BatchState]], None] | None = None,
              interval: float = 0.5) -> dict[str, BatchState]:
@@ -144,9 +120,6 @@ class PackedJob(rundir.Submission):
                 self.remove_specs()
                 return states
             time.sleep(interval)
-
-    def remove_specs(self) -> None:
-        rundir.remove_task_specs(self.submission_dir)
 
     # ------------------------------------------------------------------ cancel
 

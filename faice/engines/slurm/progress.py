@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from faice.engines.display import ProgressDisplay, summary_table
-from faice.files import tail_text
 from faice.pipeline.events import BatchEvent
-from faice.pipeline.records import BatchState, batch_dir, read_batch_record
+from faice.pipeline.records import BatchState
+from faice.pipeline.rundir import RunDir
 from faice.secrets import REDACTOR
 
 STDERR_TAIL_CHARS = 1500
@@ -22,6 +22,7 @@ class Follower:
 
     def __init__(self, outdir: Path, batch_index: dict[str, int], *, live: bool | None = None):
         self.outdir = Path(outdir)
+        self.rundir = RunDir(self.outdir)
         self.batch_index = batch_index
         total = max([len(batch_index), *(i + 1 for i in batch_index.values() if isinstance(i, int))])
         self.display = ProgressDisplay(total, live=live)
@@ -42,7 +43,7 @@ class Follower:
             if self._seen.get(batch_id) == state:
                 continue
             self._seen[batch_id] = state
-            record = read_batch_record(self.outdir, batch_id) if state.is_final else None
+            record = self.rundir.read_record(batch_id) if state.is_final else None
             index = self.batch_index.get(batch_id) or 0
             self.display(BatchEvent(
                 batch_id, index, state.value,
@@ -63,4 +64,4 @@ class Follower:
 
 
 def stderr_tail(outdir: Path, batch_id: str) -> str:
-    return tail_text(batch_dir(outdir, batch_id) / "stderr.txt", STDERR_TAIL_CHARS).strip()
+    return RunDir(outdir).stderr_tail(batch_id, STDERR_TAIL_CHARS).strip()

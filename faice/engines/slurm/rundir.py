@@ -25,11 +25,12 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 from typing import Any
 
-from faice.files import atomic_write_json, tail_text
+from faice.files import atomic_write_json, read_json, tail_text
+from faice.pipeline.records import BatchState, FailureClass, new_batch_record
+from faice.pipeline.rundir import RunDir
 from faice.secrets import REDACTOR
 
 SLURM_DIR = "slurm"
@@ -51,14 +52,19 @@ def write_json(path: Path, data: Any, *, mode: int = 0o644) -> None:
     atomic_write_json(path, data, mode=mode, redact=REDACTOR.redact)
 
 
-def read_json(path: Path) -> Any:
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
-
-
 def read_submissions(outdir: Path) -> list[dict[str, Any]]:
-    path = slurm_dir(outdir) / SUBMISSIONS
-    return read_json(path) if path.is_file() else []
+    data = read_json(slurm_dir(outdir) / SUBMISSIONS)
+    return data if isinstance(data, list) else []
+
+
+def read_stored(path: Path) -> dict[str, Any]:
+    """A file faice wrote for its tasks (options, pack settings, a spec); one that is missing
+    or broken is an error of the task, not an empty file."""
+    with open(path, encoding="utf-8") as handle:
+        data = json.load(handle)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: not a JSON object")
+    return data
 
 
 def new_submission_dir(outdir: Path) -> tuple[str, Path]:
@@ -98,7 +104,7 @@ def take_task_spec(submission: Path, task_id: int) -> dict[str, Any]:
     """Read a task's spec and delete it at once, so secrets rest on disk only while queued."""
     path = task_spec_path(submission, task_id)
     try:
-        return read_json(path)
+        return read_stored(path)
     finally:
         try:
             path.unlink()
@@ -128,10 +134,6 @@ def tail(path: Path, limit: int = 4000) -> str:
     return REDACTOR.redact(tail_text(path, limit))
 
 
-def now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
-
-
 # A batch that Slurm reports final gets this long for its record to appear (shared file
 # systems cache directory entries) before faice writes a failure record in its place.
 RECORD_GRACE_S = 5.0
@@ -144,6 +146,7 @@ class Submission:
 
     def __init__(self, outdir: Path, entry: dict[str, Any]):
         self.outdir = outdir
+        self.rundir = RunDir(outdir)
         self.job_id: str = entry["jobId"]
         self.tag: str = entry["tag"]
         self.run_id: str = entry["runId"]
@@ -154,3 +157,22 @@ class Submission:
     @property
     def submission_dir(self) -> Path:
         return slurm_dir(self.outdir) / self.tag
+
+    def remove_specs(self) -> None:
+        """Delete the secret-bearing specs of tasks that never started."""
+        remove_task_specs(self.submission_dir)
+
+    def record_lost(self, batch_id: str, failure: FailureClass, message: str, *,
+                    engine: dict[str, Any], logs: str = "", logs_title: str = "task output") -> BatchState:
+        """The one builder of the record of a batch whose task or worker never wrote one:
+        the reason, and what Slurm's log of it shows (also its stderr.txt, if it has none)."""
+        record = new_batch_record(
+            batch_id, self.batch_index.get(batch_id), self.batch_parameters.get(batch_id), run_id=self.run_id,
+            command=None, failure_class=failure, message=message, engine={"name": "slurm", "jobId": self.job_id, **engine},
+        )
+        if logs:
+            assert record.debug_info is not None
+            record.debug_info.append(f"{logs_title}:\n{logs}")
+            self.rundir.write_stderr(batch_id, logs, keep=True)
+        self.rundir.write_record(record)
+        return record.state

@@ -17,13 +17,13 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any
 
 from faice.engines.slurm import rundir
 from faice.pipeline.host import Host, failed_before_start
 from faice.pipeline.options import RunOptions
 from faice.pipeline.plan import BatchPlan, plan_batches
-from faice.pipeline.records import BatchRecord, FailureClass, write_batch_record
+from faice.pipeline.records import BatchRecord, FailureClass
+from faice.pipeline.rundir import RunDir
 from faice.red.experiment import Batch, Experiment
 from faice.runtime.gpus import host_allocator
 from faice.secrets import Redactor
@@ -48,7 +48,7 @@ def load_task(submission: Path, task_id: int) -> tuple[BatchPlan, RunOptions, st
     spec = rundir.take_task_spec(submission, task_id)
     redactor = Redactor(spec.get("protected") or [])
     experiment = Experiment.of_batch(spec["source"], spec["data"], Batch(**spec["batch"]))
-    stored: dict[str, Any] = rundir.read_json(submission / "options.json")
+    stored = rundir.read_stored(submission / "options.json")
     options = RunOptions.from_dict(stored).replace(parallel=1)
     (plan,) = plan_batches(experiment)
     return plan, options, str(stored.get("run_id")), redactor
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         # before the batch saw its cancel event. The stop is the reason, not the connector.
         record.fail(FailureClass.CANCELLED, f"stopped by signal {received[0]} (scancel or the time limit) while: "
                                             f"{record.message}")
-        write_batch_record(outdir, record, redact=redactor.redact)
+        RunDir(outdir).write_record(record, redact=redactor.redact)
     say(f"faice task: batch {plan.id} {record.state}" + (f": {record.message}" if record.message else ""), redactor)
     return 0 if record.state == "succeeded" else 1
 

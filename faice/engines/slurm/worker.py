@@ -33,7 +33,8 @@ from faice.engines.slurm.task import docker_gpu_ids, say
 from faice.pipeline.host import Host, failed_before_start
 from faice.pipeline.options import RunOptions
 from faice.pipeline.plan import plan_batches
-from faice.pipeline.records import BatchRecord, BatchState, batch_dir
+from faice.pipeline.records import BatchRecord, BatchState
+from faice.pipeline.rundir import RunDir
 from faice.pipeline.stopping import SharedStopper
 from faice.red.experiment import Batch, Experiment
 from faice.runtime.gpus import host_allocator
@@ -57,11 +58,11 @@ class Worker:
         self.submission = submission
         self.outdir = submission.parent.parent
         self.queue = ClaimQueue(submission / "queue")
-        pack: dict[str, Any] = rundir.read_json(submission / rundir.PACK_FILE)
+        pack = rundir.read_stored(submission / rundir.PACK_FILE)
         self.slots = int(pack.get("batchesPerWorker", 1))
         self.lease_s = float(pack.get("leaseSeconds", 60))
         self.heartbeat_s = max(0.2, self.lease_s / 5)
-        stored: dict[str, Any] = rundir.read_json(submission / "options.json")
+        stored = rundir.read_stored(submission / "options.json")
         self.options = RunOptions.from_dict(stored).replace(parallel=1)
         self.run_id = str(stored.get("run_id"))
         job, task = environ.get("SLURM_ARRAY_JOB_ID"), environ.get("SLURM_ARRAY_TASK_ID")
@@ -176,7 +177,7 @@ class Worker:
         stage = self.submission / "work" / claim.name
         spec_path = rundir.task_spec_path(self.submission, claim.task)
         try:
-            spec = rundir.read_json(spec_path)
+            spec = rundir.read_stored(spec_path)
             redactor = Redactor(spec.get("protected") or [])
             experiment = Experiment.of_batch(spec["source"], spec["data"], Batch(**spec["batch"]))
             (plan,) = plan_batches(experiment)
@@ -233,12 +234,12 @@ class Worker:
         with self.lock:
             if self.stopper is None and plan.metrics is not None:
                 self.stopper = SharedStopper.for_spec(plan.metrics, live_dir=self.submission / "live",
-                                                      batches_dir=self.outdir / "batches")
+                                                      batches_dir=RunDir(self.outdir).batches)
             return self.stopper
 
     def _publish(self, stage: Path, batch_id: str) -> None:
         """Move the batch's directory into the run directory (one rename on the same file system)."""
-        source, target = batch_dir(stage, batch_id), batch_dir(self.outdir, batch_id)
+        source, target = RunDir(stage).batch(batch_id).path, RunDir(self.outdir).batch(batch_id).path
         target.parent.mkdir(parents=True, exist_ok=True)
         if target.exists():  # a stale directory of an earlier attempt (--resume)
             old = stage / "replaced"
