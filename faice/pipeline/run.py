@@ -283,6 +283,7 @@ class HostRun:
             remove_run_tempdir(self.tempdir)
         if self.runtime is not None:
             self.runtime.close()
+        self.rundir.release()
 
     # ------------------------------------------------------------------ scheduling
 

@@ -17,7 +17,9 @@ so a crash never leaves half a record and a secret never reaches the disk.
 
 from __future__ import annotations
 
+import fcntl
 import os
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -50,6 +52,8 @@ BATCHES = "batches"
 OUTPUTS = "outputs"
 DEFAULT_ROOT = Path("faice-runs")  # where faice exec puts runs without --outdir
 STDERR_TAIL_BYTES = 4000  # what a failure report or debug_info shows of a batch's stderr
+_HELD: dict[str, int] = {}  # run directories this process runs in -> the descriptor holding the lock
+_HELD_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -156,6 +160,7 @@ class RunDir:
             previous = self.read_run()
             if previous is not None:
                 self._refuse_live_run(previous)
+            self.hold()
             return previous
         if root.exists() and any(root.iterdir()):
             raise UsageError(
@@ -163,7 +168,37 @@ class RunDir:
                 hint="choose another --outdir, or add --resume to continue the run recorded there",
             )
         root.mkdir(parents=True, exist_ok=True)
+        self.hold()
         return None
+
+    def hold(self) -> None:
+        """Lock the directory for this process (``flock`` on it, released by :meth:`release`
+        when the run ends, or when the process dies): another faice process on this host
+        cannot start or resume a run here meanwhile, not even while this one is still in
+        preflight and run.json says nothing yet. Without ``flock`` (some network file
+        systems) the run.json check of :meth:`prepare` remains."""
+        key = str(self.root.resolve())
+        with _HELD_LOCK:
+            if key in _HELD:
+                return
+            fd = os.open(key, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise UsageError(f"--outdir {self.root}: another faice process on this host is running a run in it",
+                                 hint="wait until it ends, or stop it (Ctrl-C or SIGTERM to that process)") from None
+            except OSError:
+                os.close(fd)
+                return
+            _HELD[key] = fd
+
+    def release(self) -> None:
+        """The run here ended: another process may resume it."""
+        with _HELD_LOCK:
+            fd = _HELD.pop(str(self.root.resolve()), None)
+        if fd is not None:
+            os.close(fd)
 
     def _refuse_live_run(self, run: dict[str, Any]) -> None:
         """``--resume`` of a run whose faice process still runs it would run its running batches
