@@ -253,6 +253,12 @@ def print_plan(plan: dict[str, Any], *, as_json: bool) -> None:
         lines.append(f"RAM: {plan['ramNote']}")
     if plan.get("gpuNote"):
         lines.append(f"GPUs: {plan['gpuNote']}")
+    search = plan.get("search")
+    if search:
+        lines.append(f"search: {search['algorithm']}, {search['trials']} trials proposed while the run goes "
+                     f"(seed {search['seed']}): " + ", ".join(
+                         f"{name} {kind} {arguments}" for name, spec in search["parameters"].items()
+                         for kind, arguments in spec.items()))
     for gpu in plan.get("gpuDevices") or []:
         shared = bool((plan.get("gpuRequest") or {}).get("shared"))
         state = "busy (processes faice did not start): skipped" if gpu["busy"] else (

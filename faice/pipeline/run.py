@@ -134,11 +134,29 @@ class HostRun:
 
     def plan(self) -> dict[str, Any]:
         """What ``--dry-run`` shows (nothing runs, Docker is not asked)."""
-        plans = plan_batches(self.experiment)
-        return describe(plans, run_id=self.run_id, outdir=self.outdir, parallel=self.options.parallel,
-                        gpus=self.allocator(), budget=self._sweep_budget(),
-                        runtime=self.options.runtime_for(plans[0].engine if plans else "docker"),
-                        environment=self.options.preserve_environment)
+        from faice.red.search import SearchSpec, is_search
+
+        search = is_search(self.experiment.data)
+        spec = SearchSpec.from_sweep(self.experiment.data["sweep"]) if search else None
+        if spec is None:
+            plans = plan_batches(self.experiment)
+            parallel = self.options.parallel
+        else:
+            from faice.red.sweep import search_batch
+
+            plans = plan_batches(self.experiment, [search_batch(self.experiment.data, 0, spec.example())])
+            parallel = self.options.parallel or default_parallel(spec.trials, plans[0].ram_mb, self.allocator(),
+                                                                 plans[0].gpu_request)
+        described = describe(plans, run_id=self.run_id, outdir=self.outdir, parallel=parallel,
+                             gpus=self.allocator(), budget=self._sweep_budget(),
+                             runtime=self.options.runtime_for(plans[0].engine if plans else "docker"),
+                             environment=self.options.preserve_environment)
+        if spec is not None:
+            described["batches"] = []  # proposed while the run goes
+            described["search"] = {"algorithm": spec.algorithm, "trials": spec.trials, "seed": spec.seed,
+                                   "parameters": {name: {kind: arguments}
+                                                  for name, (kind, arguments) in spec.parameters.items()}}
+        return described
 
     def _sweep_budget(self) -> int | None:
         """The sweep's ``maxConcurrent``: at most that many batches at a time."""

@@ -125,3 +125,36 @@ def test_trials_stopped_by_asha_teach_the_sampler(tmp_path, test_image):
     assert plotted.returncode == 0, plotted.stderr
     assert (tmp_path / "run" / "plots" / "search-history.png").stat().st_size > 1000
     assert (tmp_path / "run" / "plots" / "search-importance.png").stat().st_size > 1000
+
+
+def test_an_interrupted_search_proposes_its_cancelled_trials_again_on_resume(tmp_path, test_image):
+    from faice.pipeline.options import RunOptions
+    from faice.pipeline.run import HostRun
+    from faice.red.prepare import load_experiment
+
+    red = json.loads(search_red(tmp_path / "s.json", test_image, 8).read_text())
+    red["cli"]["baseCommand"][2] = TRAIN.replace("0.05", "0.8")  # 2.4 s a trial: time to interrupt
+    (tmp_path / "s.json").write_text(json.dumps(red))
+    outdir = tmp_path / "run"
+    outdir.mkdir()
+    run = HostRun(load_experiment(str(tmp_path / "s.json")), RunOptions(parallel=2), outdir).start()
+    import time
+
+    deadline = time.monotonic() + 120
+    while sum(1 for r in trials(outdir) if r["sampler"]) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    run.cancel()
+    summary = run.wait()
+    assert summary is not None and summary.state == "cancelled"
+    rows = trials(outdir)
+    cancelled = [r for r in rows if r["state"] == "cancelled"]
+    assert cancelled and len(rows) < 8
+    notes: list[str] = []
+    again = HostRun(load_experiment(str(tmp_path / "s.json")), RunOptions(parallel=2, resume=True), outdir,
+                    on_note=notes.append).start()
+    summary = again.wait()
+    assert summary is not None and summary.state == "succeeded", summary.to_dict()
+    told = [r for r in trials(outdir) if r["state"] == "succeeded"]
+    assert len(told) == 8
+    assert {r["batch"] for r in cancelled} <= {r["batch"] for r in told if r["origin"] == "again"}
+    assert any("trials reused" in note for note in notes)

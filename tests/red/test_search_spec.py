@@ -88,3 +88,14 @@ def test_a_search_on_another_engine_is_refused_before_anything_runs(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode != 0 and "sweep.search runs on the local engine" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_dry_run_of_a_search_names_its_space_and_image(tmp_path):
+    data = red(sweep={"search": SEARCH, "maxConcurrent": 3}, metrics=METRICS)
+    path = tmp_path / "s.red.json"
+    path.write_text(json.dumps(data))
+    done = subprocess.run([sys.executable, "-m", "faice", "exec", str(path), "--dry-run", "--outdir",
+                           str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "search: tpe, 32 trials proposed while the run goes (seed 1): learning_rate loguniform" in done.stdout
+    assert "parallel: 3" in done.stdout and not (tmp_path / "o").exists()
