@@ -29,19 +29,9 @@ from faice.agency.store import Store
 from faice.pipeline.records import BatchRecord, BatchState, new_batch_record
 from faice.pipeline.results import build_results
 from faice.secrets import is_protected_key
+from faice.ui import source as pages
 from faice.ui.live import ChangeLog
-from faice.ui.source import (
-    LOG_TAIL_BYTES,
-    LogChunk,
-    NotFound,
-    OutputFile,
-    RunSummary,
-    RunView,
-    changed_view,
-    log_chunk,
-    log_window,
-    view_of,
-)
+from faice.ui.source import NotFound
 from faice.ui.web import UI, page, secure
 
 PREFIX = "/ui"
@@ -63,7 +53,7 @@ class AgencySource:
     def __init__(self, store: Store):
         self.store = store
         self._lock = threading.Lock()
-        self._views: dict[str, tuple[tuple, RunView]] = {}
+        self._views: dict[str, tuple[tuple, pages.RunView]] = {}
         self._changes: dict[str, ChangeLog] = {}
 
     def _experiment(self, user: User, eid: str) -> dict[str, Any]:
@@ -77,12 +67,12 @@ class AgencySource:
     def _batches(self, eid: str) -> list[dict[str, Any]]:
         return self.store.list("batches", {"experimentId": eid}, ascending=True)
 
-    def runs(self, viewer: User) -> list[RunSummary]:
+    def runs(self, viewer: User) -> list[pages.RunSummary]:
         filters = {} if viewer.is_admin else {"username": viewer.name}
         experiments = self.store.list("experiments", filters, limit=MAX_EXPERIMENTS)
         return [self.run(viewer, e["_id"]).summary for e in experiments]
 
-    def run(self, viewer: User, run_id: str, *, since: int | None = None) -> RunView:
+    def run(self, viewer: User, run_id: str, *, since: int | None = None) -> pages.RunView:
         experiment = self._experiment(viewer, run_id)
         batches = self._batches(run_id)
         key = tuple((b["_id"], b["state"], len(b.get("history") or [])) for b in batches)
@@ -92,11 +82,11 @@ class AgencySource:
             if cached is None or cached[0] != key:
                 records = [_record(b) for b in batches]
                 results = build_results(Path(run_id), records)
-                view = view_of(run_id, run_id, _header(experiment, records), results, changes, owner=experiment.get("username"))
+                view = pages.view_of(run_id, run_id, _header(experiment, records), results, changes, owner=experiment.get("username"))
                 self._views[run_id] = (key, view)
             else:
                 view = cached[1]
-            return changed_view(view, changes, since)
+            return pages.changed_view(view, changes, since)
 
     def _batch(self, viewer: User, run_id: str, batch_id: str) -> dict[str, Any]:
         self._experiment(viewer, run_id)
@@ -120,15 +110,13 @@ class AgencySource:
     def curves(self, viewer: User, run_id: str, batch_ids: list[str], metric: str) -> dict[str, list[list[Any]]]:
         return {}  # the agency keeps each batch's final metrics, not their steps
 
-    def log(self, viewer: User, run_id: str, batch_id: str, stream: str, offset: int | None) -> LogChunk:
+    def log(self, viewer: User, run_id: str, batch_id: str, stream: str, offset: int | None) -> pages.LogChunk:
         if stream not in ("stdout", "stderr"):
             raise NotFound("no such stream")
         self._batch(viewer, run_id, batch_id)
-        data = (self.store.log(batch_id, stream) or "").encode("utf-8", "replace")
-        start, skipped = log_window(len(data), offset)
-        return log_chunk(data[start:start + LOG_TAIL_BYTES], start, skipped)
+        return pages.log_slice((self.store.log(batch_id, stream) or "").encode("utf-8", "replace"), offset)
 
-    def outputs(self, viewer: User, run_id: str, batch_id: str) -> list[OutputFile] | None:
+    def outputs(self, viewer: User, run_id: str, batch_id: str) -> list[pages.OutputFile] | None:
         self._batch(viewer, run_id, batch_id)
         return None  # an agency sends outputs where the RED file's connectors say
 

@@ -19,8 +19,7 @@ from typing import Any, BinaryIO
 from faice.descriptors import open_beneath
 from faice.pipeline import results as results_api
 from faice.pipeline import search as search_api
-from faice.pipeline.records import STREAM_FILES
-from faice.pipeline.rundir import OUTPUTS, RunDir
+from faice.pipeline.rundir import BatchDir, RunDir, is_batch_id
 from faice.ui.live import ChangeLog
 from faice.ui.source import (
     LOG_TAIL_BYTES,
@@ -56,10 +55,6 @@ def _stat_key(path: Path) -> tuple | None:
 
 def _is_run_dir(path: Path) -> bool:
     return RunDir(path).run_file.is_file()
-
-
-def _safe_name(name: str) -> bool:
-    return bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name and "\0" not in name
 
 
 class DirSource:
@@ -177,12 +172,13 @@ class DirSource:
         with self._lock:
             return changed_view(view, self._changes[path], since)
 
-    def _batch_dir(self, run_id: str, batch_id: str) -> tuple[Path, Path]:
+    def _batch_dir(self, run_id: str, batch_id: str) -> tuple[Path, BatchDir]:
+        """A batch of this run (its id checked against the run's own batches)."""
         path = self._path(run_id)
         view = self._view(run_id, path)
-        if not _safe_name(batch_id) or view.row(batch_id) is None:
+        if not is_batch_id(batch_id) or view.row(batch_id) is None:
             raise NotFound(f"no batch {batch_id!r} in run {run_id!r}")
-        return path, RunDir(path).batch(batch_id).path
+        return path, RunDir(path).batch(batch_id)
 
     def batch(self, viewer: Any, run_id: str, batch_id: str) -> dict[str, Any]:
         path, _ = self._batch_dir(run_id, batch_id)
@@ -193,37 +189,33 @@ class DirSource:
         return {"batchId": batch_id, "batchIndex": row.get("index"), "state": row.get("state"),
                 "message": row.get("message")}
 
+    def _series(self, path: Path, view: RunView, batch_id: str, metric: str) -> list[list[Any]]:
+        points = view.results.series.get(batch_id, {}).get(metric) or results_api.batch_series(path, batch_id, metric)
+        return [list(p) for p in points]
+
     def series(self, viewer: Any, run_id: str, batch_id: str) -> dict[str, list[list[Any]]]:
         path, _ = self._batch_dir(run_id, batch_id)
         view = self._view(run_id, path)
-        found = {}
-        for metric in view.results.metrics:
-            points = view.results.series.get(batch_id, {}).get(metric) or results_api.batch_series(path, batch_id, metric)
-            if points:
-                found[metric] = [list(p) for p in points]
-        return found
+        found = {metric: self._series(path, view, batch_id, metric) for metric in view.results.metrics}
+        return {metric: points for metric, points in found.items() if points}
 
     def curves(self, viewer: Any, run_id: str, batch_ids: list[str], metric: str) -> dict[str, list[list[Any]]]:
         """The step series of ``metric`` of the given batches (for the run's chart)."""
         path = self._path(run_id)
         view = self._view(run_id, path)
-        found = {}
-        for batch_id in batch_ids:
-            if _safe_name(batch_id):
-                points = view.results.series.get(batch_id, {}).get(metric) or results_api.batch_series(path, batch_id, metric)
-                if points:
-                    found[batch_id] = [list(p) for p in points]
-        return found
+        found = {batch_id: self._series(path, view, batch_id, metric) for batch_id in batch_ids if is_batch_id(batch_id)}
+        return {batch_id: points for batch_id, points in found.items() if points}
 
     def log(self, viewer: Any, run_id: str, batch_id: str, stream: str, offset: int | None) -> LogChunk:
-        if stream not in STREAM_FILES:
+        _, batch = self._batch_dir(run_id, batch_id)
+        streams = batch.streams()
+        if stream not in streams:
             raise NotFound(f"no stream {stream!r}")
-        _, directory = self._batch_dir(run_id, batch_id)
-        return read_log(directory / STREAM_FILES[stream], offset)
+        return read_log(streams[stream], offset)
 
     def outputs(self, viewer: Any, run_id: str, batch_id: str) -> list[OutputFile] | None:
-        _, directory = self._batch_dir(run_id, batch_id)
-        root = directory / OUTPUTS
+        _, batch = self._batch_dir(run_id, batch_id)
+        root = batch.outputs
         if not root.is_dir() or root.is_symlink():
             return None
         listed: list[OutputFile] = []
@@ -241,11 +233,11 @@ class DirSource:
     def open_output(self, viewer: Any, run_id: str, batch_id: str, path: str) -> BinaryIO:
         """A regular file under the batch's outputs, opened beneath that directory (a link
         that leads out of it, or a name swapped for one meanwhile, is not followed)."""
-        _, directory = self._batch_dir(run_id, batch_id)
-        if not path or not all(_safe_name(p) for p in path.split("/")):
+        _, batch = self._batch_dir(run_id, batch_id)
+        if not path or not all(is_batch_id(p) for p in path.split("/")):  # plain names, no '..'
             raise NotFound("no such output")
         try:
-            fd = open_beneath(directory / OUTPUTS, path)
+            fd = open_beneath(batch.outputs, path)
         except OSError:
             raise NotFound("no such output") from None
         if not stat.S_ISREG(os.fstat(fd).st_mode):

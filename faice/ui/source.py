@@ -120,6 +120,12 @@ def log_chunk(data: bytes, start: int, skipped: int) -> LogChunk:
     return LogChunk(data[head:end].decode("utf-8", "replace"), start + end, skipped + head)
 
 
+def log_slice(data: bytes, offset: int | None) -> LogChunk:
+    """:func:`log_chunk` of a whole stream held in memory (an agency keeps its tails)."""
+    start, skipped = log_window(len(data), offset)
+    return log_chunk(data[start:start + LOG_TAIL_BYTES], start, skipped)
+
+
 @dataclass
 class OutputFile:
     path: str  # relative to the batch's outputs, "/"-separated

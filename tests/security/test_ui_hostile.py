@@ -18,13 +18,8 @@ from pathlib import Path
 import pytest
 from werkzeug.test import Client
 
-from faice.pipeline.records import (
-    BatchState,
-    FailureClass,
-    new_batch_record,
-    write_batch_record,
-    write_run_record,
-)
+from faice.pipeline.records import BatchState, FailureClass, new_batch_record
+from faice.pipeline.rundir import RunDir
 from faice.ui.local import TOKEN_COOKIE, LocalUI, is_loopback
 from faice.ui.web import CSP
 
@@ -44,19 +39,20 @@ def hostile_run(outdir: Path) -> None:
                "series": {SVG: [[0, 0.1], [1, 0.9]], PAYLOAD: [[0, 1.0]]}}
     record = new_batch_record(HOSTILE_ID, 0, parameters, run_id="h", command=["x"], state=BatchState.SUCCEEDED)
     record.metrics = metrics
-    write_batch_record(outdir, record)
+    run = RunDir(outdir)
+    run.write_record(record)
     failed = new_batch_record("b-failed", 1, {ATTRIBUTE: "</pre>" + PAYLOAD, "lr": 1.0}, run_id="h", command=["x"],
                               failure_class=FailureClass.EXIT_CODE, message=SVG + PAYLOAD)
-    write_batch_record(outdir, failed)
-    directory = outdir / "batches" / HOSTILE_ID
-    (directory / "stdout.txt").write_text(f"</pre>{PAYLOAD}\n\x1b[31mred\x1b[0m {ATTRIBUTE}\n")
-    outputs = directory / "outputs"
+    run.write_record(failed)
+    batch = run.batch(HOSTILE_ID)
+    batch.stdout.write_text(f"</pre>{PAYLOAD}\n\x1b[31mred\x1b[0m {ATTRIBUTE}\n")
+    outputs = batch.outputs
     outputs.mkdir()
     (outputs / FILE_NAME).write_text("hostile name\n")
     (outputs / "secret-link").symlink_to("/etc/passwd")
     (outputs / "dir-link").symlink_to("/etc")
     (outputs / "ok.txt").write_text("fine\n")
-    write_run_record(outdir, {"runId": "h", "source": PAYLOAD}, [record.entry(), failed.entry()])
+    run.write_run({"runId": "h", "source": PAYLOAD}, [record.entry(), failed.entry()])
 
 
 @pytest.fixture

@@ -11,9 +11,7 @@ import shutil
 import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
-from ui_helpers import WINNER, make_run, start_ui, synthetic_run, winner_id
-
-from faice.pipeline.rundir import RunDir
+from ui_helpers import WINNER, finish_batches, make_run, start_ui, synthetic_run, winner_id
 
 
 @pytest.fixture
@@ -84,13 +82,7 @@ def test_a_running_run_updates_without_a_reload(browser, served):
     browser.execute_script("window.faiceNotReloaded = true;")
     row_state = browser.find_element(By.CSS_SELECTOR, 'tr[data-batch="s-00000011"] td[data-col=state]')
     assert row_state.text == "running"
-    for batch_id in ("s-00000009", "s-00000010", "s-00000011"):
-        record = root / "live" / "batches" / batch_id / "result.json"
-        data = json.loads(record.read_text())
-        data.update(state="succeeded", metrics={"objective": {"name": "val_accuracy", "goal": "max", "value": 0.5},
-                                                "final": {"val_accuracy": 0.5}})
-        record.write_text(json.dumps(data))
-    RunDir(root / "live").rebuild()
+    finish_batches(root / "live", ["s-00000009", "s-00000010", "s-00000011"], value=0.5)
     WebDriverWait(browser, 20).until(lambda b: b.find_element(By.CSS_SELECTOR, "[data-run-state]").text == "succeeded")
     assert browser.execute_script("return window.faiceNotReloaded === true;")  # the same page: no reload
     assert browser.find_element(By.CSS_SELECTOR, 'tr[data-batch="s-00000011"] td[data-col=state]').text == "succeeded"
@@ -105,12 +97,7 @@ def test_a_new_best_batch_is_announced(browser, served):
     server, root, _ = served
     browser.get(server.origin + "/runs/live/")
     assert not browser.find_element(By.ID, "stale").is_displayed()
-    record = root / "live" / "batches" / "s-00000010" / "result.json"
-    data = json.loads(record.read_text())
-    data.update(state="succeeded", metrics={"objective": {"name": "val_accuracy", "goal": "max", "value": 5.0},
-                                            "final": {"val_accuracy": 5.0}})
-    record.write_text(json.dumps(data))
-    RunDir(root / "live").rebuild()
+    finish_batches(root / "live", ["s-00000010"], value=5.0)
     WebDriverWait(browser, 20).until(lambda b: b.find_element(By.ID, "stale").is_displayed())
     browser.find_element(By.CSS_SELECTOR, "#stale a").click()
     WebDriverWait(browser, 10).until(

@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from ui_helpers import WINNER, eventually, make_run, start_ui, synthetic_run, winner_id
+from ui_helpers import WINNER, eventually, finish_batches, make_run, start_ui, synthetic_run, winner_id
 
 from faice.pipeline.records import BatchState
 from faice.pipeline.rundir import RunDir
@@ -81,14 +81,14 @@ def test_batch_page_record_streams_outputs_and_download(ui, runs):
     assert html.count("<svg") >= 2  # one chart per metric series
     download = ui.get(f"/runs/lr-sweep/batches/{batch}/outputs/training.csv")
     assert download.status_code == 200
-    assert download.content == (runs[0] / "lr-sweep" / "batches" / batch / "outputs" / "training.csv").read_bytes()
+    assert download.content == (RunDir(runs[0] / "lr-sweep").batch(batch).outputs / "training.csv").read_bytes()
     assert download.headers["Content-Type"] == "application/octet-stream"
     assert "attachment" in download.headers["Content-Disposition"]
 
 
 def test_log_follow_sends_only_what_was_appended(ui, runs):
     batch = winner_id(runs[1])
-    stdout = runs[0] / "lr-sweep" / "batches" / batch / "stdout.txt"
+    stdout = RunDir(runs[0] / "lr-sweep").batch(batch).stdout
     first = ui.get(f"/api/runs/lr-sweep/batches/{batch}/log/stdout").json()
     assert first["text"] == stdout.read_text()
     with open(stdout, "ab") as handle:
@@ -125,12 +125,8 @@ def test_a_finished_run_says_succeeded_on_the_next_load(tmp_path):
     server = start_ui(tmp_path / "ui.log", str(tmp_path / "runs"))
     try:
         assert 'data-run-state>running<' in server.get("/runs/live/").text
-        for batch_id in ("s-00000003", "s-00000004"):
-            record = outdir / "batches" / batch_id / "result.json"
-            data = json.loads(record.read_text())
-            data["state"] = "succeeded"
-            record.write_text(json.dumps(data))
-        RunDir(outdir).rebuild()
+        finish_batches(outdir, ["s-00000003", "s-00000004"])
+
         def finished() -> str:
             page = server.get("/runs/live/").text
             return page if "data-run-state>succeeded<" in page else ""

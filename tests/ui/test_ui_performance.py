@@ -6,14 +6,12 @@ each batch's metrics summary) through the records API; the server is a real ``fa
 
 from __future__ import annotations
 
-import json
 import time
 
 import pytest
-from ui_helpers import eventually, start_ui, synthetic_run
+from ui_helpers import eventually, finish_batches, start_ui, synthetic_run
 
 from faice.pipeline import results as results_api
-from faice.pipeline.rundir import RunDir
 from faice.ui.rundirs import DirSource
 
 BATCHES = 10_000
@@ -24,15 +22,6 @@ def big_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("big")
     synthetic_run(root / "r10k", BATCHES, running=3, records=BATCHES)
     return root
-
-
-def finish(outdir, batch_id: str) -> None:
-    record = outdir / "batches" / batch_id / "result.json"
-    data = json.loads(record.read_text())
-    data.update(state="succeeded", metrics={"objective": {"name": "val_accuracy", "goal": "max", "value": 0.99},
-                                            "final": {"val_accuracy": 0.99}})
-    record.write_text(json.dumps(data))
-    RunDir(outdir).rebuild()
 
 
 def test_the_page_of_a_10000_batch_run_is_served_within_a_second(big_run, tmp_path):
@@ -69,7 +58,7 @@ def test_a_tick_costs_what_changed_not_the_run(big_run, monkeypatch):
         assert source.run(None, "r10k", since=view.version).changed == frozenset()
     per_tick = (time.perf_counter() - started) / 50
     assert len(reads) == 1 and per_tick < 0.01, per_tick  # no reading at all: the watcher's stat decides
-    finish(big_run / "r10k", "s-00009999")
+    finish_batches(big_run / "r10k", ["s-00009999"], value=0.99)
     changed = eventually(lambda: source.run(None, "r10k", since=view.version).changed)
     assert changed == frozenset({"s-00009999"})
     for _ in range(20):

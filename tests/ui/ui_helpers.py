@@ -98,6 +98,20 @@ def synthetic_run(outdir: Path, count: int, *, running: int = 0, records: int = 
                      phase=RunState.RUNNING if running else None)
 
 
+def finish_batches(outdir: Path, batch_ids: list[str], value: float | None = None) -> None:
+    """Batches of a running run end (succeeded, with ``value`` as their objective when given)
+    and the run record is rebuilt, as an engine does."""
+    run = RunDir(outdir)
+    for batch_id in batch_ids:
+        record = run.read_record(batch_id)
+        record.state = BatchState.SUCCEEDED
+        if value is not None:
+            record.metrics = {"objective": {"name": "val_accuracy", "goal": "max", "value": value},
+                              "final": {"val_accuracy": value}}
+        run.write_record(record)
+    run.rebuild()
+
+
 def eventually(check, timeout: float = 15.0):
     """``check()``'s first true value (faice ui reads a changed run within a moment)."""
     deadline = time.time() + timeout
