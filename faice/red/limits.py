@@ -4,8 +4,10 @@ clear error instead of a hang, a memory bomb or a RecursionError.
 * size: at most ``FAICE_MAX_RED_BYTES`` bytes (64 MiB by default) are read, also from a URL;
 * nesting: at most :data:`MAX_DEPTH` levels (a real RED file needs about 10; listings of deep
   directory trees a few dozen);
-* aliases: at most :data:`MAX_ALIAS_VALUES` values added by ``*alias`` references (the 907-byte
-  "billion laughs" file would add 10⁹), and no alias inside its own anchor (a cycle);
+* values: at most ``FAICE_MAX_RED_VALUES`` values (10,000 by default) once ``*alias``
+  references are expanded (the 907-byte "billion laughs" file would have 10⁹; a 1 MB file
+  with a 100,000-element list took seconds to load and check), and no alias inside its own
+  anchor (a cycle). The count stops the parse at the first value past the limit;
 * scalars: standard YAML tags only (``!!binary``, ``!!set``, ``!custom`` are refused), integers of
   at most about 100 digits, no lone surrogates (they cannot be printed or sent as UTF-8), and
   values a tag cannot hold (``!!float abc``) are reported where they are.
@@ -31,7 +33,8 @@ from ruamel.yaml.scanner import RoundTripScanner
 from faice.errors import KeyPath
 
 MAX_DEPTH = 100
-MAX_ALIAS_VALUES = 100_000
+DEFAULT_MAX_VALUES = 10_000
+MAX_VALUES_ENV = "FAICE_MAX_RED_VALUES"
 MAX_INT_BITS = 333  # about 100 decimal digits
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 MAX_BYTES_ENV = "FAICE_MAX_RED_BYTES"
@@ -50,6 +53,20 @@ def max_bytes() -> int:
         return max(1, int(text)) if text else DEFAULT_MAX_BYTES
     except ValueError:
         return DEFAULT_MAX_BYTES
+
+
+def max_values() -> int:
+    """The most values one file may hold: ``FAICE_MAX_RED_VALUES`` or 10,000."""
+    text = os.environ.get(MAX_VALUES_ENV, "").strip()
+    try:
+        return max(1, int(text)) if text else DEFAULT_MAX_VALUES
+    except ValueError:
+        return DEFAULT_MAX_VALUES
+
+
+def too_many_values(limit: int) -> str:
+    return (f"the file holds more than {limit:,} values (lists and mappings counted value by value); "
+            f"faice refuses larger files ({MAX_VALUES_ENV} raises the limit)")
 
 
 class LimitError(MarkedYAMLError):
@@ -83,6 +100,7 @@ class GuardedComposer(Composer):
         self.warn_double_anchors = False  # YAML allows it (the later one counts); no Python warning text
         self._sizes: dict[int, int] = {}
         self._alias_values = 0
+        self._max_values = max_values()
         self._depth = 0
         self._path: list[str | int] = []
 
@@ -109,14 +127,16 @@ class GuardedComposer(Composer):
                         tuple(self._path),
                     )
                 self._alias_values += size
-                if self._alias_values > MAX_ALIAS_VALUES:
+                if self._alias_values + len(self._sizes) > self._max_values:
                     raise LimitError(
-                        f"aliases expand the file to more than {MAX_ALIAS_VALUES:,} values "
+                        f"aliases expand the file to more than {self._max_values:,} values "
                         f"(at *{event.anchor}); refusing a possible alias bomb",
                         event.start_mark,
                         tuple(self._path),
                     )
             return super().compose_node(parent, index)
+        if self._alias_values + len(self._sizes) >= self._max_values:
+            raise LimitError(too_many_values(self._max_values), event.start_mark, tuple(self._path[:SHOWN_PATH]))
         self._depth += 1
         if self._depth > MAX_DEPTH:
             raise LimitError(f"nested deeper than {MAX_DEPTH} levels", event.start_mark, tuple(self._path[:SHOWN_PATH]))
@@ -193,8 +213,12 @@ def plain_problem(data: Any) -> tuple[KeyPath, str] | None:
     Walks without recursion, so it is safe on data of any depth.
     """
     stack: list[tuple[Any, KeyPath]] = [(data, ())]
+    limit, count = max_values(), 0
     while stack:
         value, path = stack.pop()
+        count += 1
+        if count > limit:
+            return path[:SHOWN_PATH], too_many_values(limit)
         if len(path) > MAX_DEPTH:
             return path[:SHOWN_PATH], f"nested deeper than {MAX_DEPTH} levels"
         if isinstance(value, dict):

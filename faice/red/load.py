@@ -186,12 +186,12 @@ def _json_error(name: str, exc: json.JSONDecodeError) -> ParseError:
 def _parse_yaml(name: str, text: str, json_error: json.JSONDecodeError | None, *, plain: bool = False) -> Document:
     from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
-    from faice.red.limits import guarded_yaml
+    from faice.red.limits import LimitError, guarded_yaml
 
     try:
         data = guarded_yaml().load(text)
     except MarkedYAMLError as exc:
-        if json_error is not None:
+        if json_error is not None and not isinstance(exc, LimitError):
             raise _json_error(name, json_error) from None
         raise _yaml_error(name, text, exc) from None
     except YAMLError as exc:
