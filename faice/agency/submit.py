@@ -116,12 +116,12 @@ def _validate(data: dict[str, Any], max_batches: int | None) -> dict[str, Any]:
     own = Redactor()  # this request's secrets only: the server's redactor never holds a user's
     try:
         validate_red(Document("RED data", data), redactor=own)
+        if "sweep" in data:
+            from faice.red.sweep import expanded_red
+
+            data = expanded_red(data, "RED data", limit=max_batches)
     except FaiceError as exc:
         raise BadRequest(own.redact(f"{INVALID_RED}\n{exc}")) from None
-    if "sweep" in data:
-        from faice.red.sweep import expanded_red
-
-        data = expanded_red(data, "RED data", limit=max_batches)
     return data
 
 

@@ -313,6 +313,12 @@ def expanded_red(data: dict, source: str, *, limit: int | None = None) -> dict:
     result = copy.deepcopy(strip_faice_keys(data))
     if "sweep" not in data:
         return result
+    if isinstance(data["sweep"], dict) and "search" in data["sweep"]:
+        from faice.errors import FaiceError
+
+        raise FaiceError(f"{source}: sweep.search proposes its batches while it runs, from their metrics: it has "
+                         "no list of batches to send or convert", hint="run it with faice's local engine "
+                         "(execution.engine: ccfaice); grid, zip and random sweeps expand everywhere")
     batches = expand_batches(data, source, limit=limit)
     cloud = result.pop("cloud", None)
     for key in ("sweep", "inputs", "outputs"):
