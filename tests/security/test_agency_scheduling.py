@@ -45,9 +45,9 @@ def test_a_thousand_waiting_batches_of_one_user_do_not_stall_another(make_agency
 
 def test_a_freed_slot_goes_to_the_user_holding_fewest(make_agency, test_image):
     server = make_agency("--parallel", "2")
-    sweep = server.submit(_sweep(12, 3), "alice")
+    sweep = server.submit(_sweep(12, 5), "alice")
     _wait_running(server, sweep, 2)
     (other,) = server.batch_ids(server.submit(reds.minimal(), "bob"), "bob")
     assert server.wait_state(other, user="bob", timeout=60)["state"] == "succeeded"
     waiting = _count(server, sweep, "registered")
-    assert waiting >= 8, f"bob's one batch waited for {12 - 2 - waiting} of alice's queued batches"
+    assert waiting >= 6, f"bob's one batch waited for {12 - 2 - waiting} of alice's queued batches"
