@@ -62,8 +62,12 @@ def cancel_run(outdir: Path, target: str | None) -> dict[str, Any] | None:
     host, _, rest = owner.partition(":")
     if host != _hostname():
         raise EngineError(f"the run in {outdir} belongs to a faice process on {host}: cancel it there")
+    pid_text = rest.partition(":")[0]
+    if not pid_text.isdigit() or not _is_faice(int(pid_text)):  # run.json is only a file: never signal a process it names blindly
+        raise EngineError(f"the owner of the run in {outdir} ({owner}) is not a faice process: not stopped")
+    pid = int(pid_text)
     try:
-        os.kill(int(rest.partition(":")[0]), signal.SIGTERM)
+        os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
         return None
     except PermissionError:
@@ -72,6 +76,15 @@ def cancel_run(outdir: Path, target: str | None) -> dict[str, Any] | None:
     if final.get("state") == RunState.RUNNING.value:
         raise EngineError(f"the faice process of the run in {outdir} did not stop within {CANCEL_WAIT_S:.0f} s")
     return final
+
+
+def _is_faice(pid: int) -> bool:
+    """Is ``pid`` running faice (``faice …`` or ``python -m faice …``)?"""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return any(Path(os.fsdecode(arg)).name == "faice" for arg in argv[:3])
 
 
 def _hostname() -> str:
