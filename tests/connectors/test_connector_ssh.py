@@ -375,7 +375,7 @@ def test_the_next_start_unmounts_a_sshfs_mount_a_killed_run_left(place, ssh_serv
     from faice.runtime.tempdirs import remove_stale_tempdirs
 
     run_dir = tmp_path / "faice-run-killed-1"  # a run's temp dir, whose owner process is gone
-    run_dir.mkdir()
+    run_dir.mkdir(mode=0o700)  # as faice makes it: private
     (run_dir / "owner").write_text(f"{socket.gethostname()}:999999999:1")
     session = StagingSession(tmp_path / "w")
     mnt = run_dir / "mounts" / "data"

@@ -184,7 +184,7 @@ def test_the_next_start_removes_the_staging_area_of_a_killed_run(tmp_path):
     from faice.runtime.tempdirs import remove_stale_tempdirs
 
     run_dir = tmp_path / "faice-run-killed-2"  # a run's temp dir, whose owner process is gone
-    run_dir.mkdir()
+    run_dir.mkdir(mode=0o700)  # as faice makes it: private
     (run_dir / "owner").write_text(f"{socket.gethostname()}:999999999:1")
     session = StagingSession(run_dir / "staging")
     path = session.stage_in(request(), "File")  # never closed: the process "was killed"

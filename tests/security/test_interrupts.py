@@ -231,12 +231,12 @@ def test_stale_temp_dirs_of_every_faice_prefix_are_removed(tmp_path):
     for prefix in PREFIXES:
         for owner in (token, alive):
             path = tmp_path / f"{prefix}{owner == token}"
-            path.mkdir()
+            path.mkdir(mode=0o700)  # as faice makes them: private
             (path / "owner").write_text(owner)
             (path / "secret").write_text("pw")
             made[path] = owner
     stranger = tmp_path / "faice-ssh-noowner"
-    stranger.mkdir()
+    stranger.mkdir(mode=0o700)
     removed = remove_stale_tempdirs(tmp_path)
     assert set(removed) == {p for p, o in made.items() if o == token}
     assert all(p.exists() for p, o in made.items() if o == alive) and stranger.exists()
