@@ -32,7 +32,13 @@ from faice.runtime.containers import (
     ImageInfo,
 )
 from faice.runtime.docker import _foreign, owner_alive, owner_token, repo_digest
-from faice.runtime.process import ProcessRuntime, RuntimeCommand, _Batch, program_environment
+from faice.runtime.process import (
+    ProcessRuntime,
+    RuntimeCommand,
+    _Batch,
+    end_orphaned_groups,
+    program_environment,
+)
 
 PODMAN_ERROR = 125  # podman's own failure (126/127: the command could not be run)
 
@@ -149,7 +155,7 @@ class PodmanRuntime(ProcessRuntime):
                                     capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
         except (OSError, subprocess.TimeoutExpired):
             return []
-        removed = []
+        removed = end_orphaned_groups()
         for container in json.loads(result.stdout or "[]") if result.returncode == 0 else []:
             labels = container.get("Labels") or {}
             token = labels.get(LABEL_OWNER)

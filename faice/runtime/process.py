@@ -98,6 +98,51 @@ def image_lock(cache: Path, ref: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def groups_dir() -> Path:
+    """Where each running batch's process group is noted with its owner (``<pgid>`` files), so
+    the next faice start can end the groups of a faice that was SIGKILLed: the kernel kills
+    the runtime program with it (``--pdeathsig``), not what that program started."""
+    import tempfile
+
+    return Path(tempfile.gettempdir()) / f"faice-groups-{os.geteuid()}"
+
+
+def note_group(pgid: int) -> None:
+    from faice.runtime.docker import owner_token
+
+    directory = groups_dir()
+    directory.mkdir(mode=0o700, exist_ok=True)
+    if directory.is_symlink() or directory.stat().st_uid != os.geteuid():
+        return  # not ours: never write into another user's directory
+    (directory / str(pgid)).write_text(owner_token() + "\n")
+
+
+def forget_group(pgid: int) -> None:
+    with contextlib.suppress(OSError):
+        (groups_dir() / str(pgid)).unlink()
+
+
+def end_orphaned_groups() -> list[str]:
+    """Kill the process groups noted by faice processes that no longer run."""
+    from faice.runtime.docker import owner_alive
+
+    directory = groups_dir()
+    ended: list[str] = []
+    if not directory.is_dir() or directory.is_symlink() or directory.stat().st_uid != os.geteuid():
+        return ended
+    for entry in directory.iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            if owner_alive(entry.read_text().strip()):
+                continue
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(int(entry.name), signal.SIGKILL)
+                ended.append(f"process group {entry.name}")
+            entry.unlink()
+    return ended
+
+
 def die_with_faice() -> list[str]:
     """The prefix that makes the runtime program receive SIGKILL when faice dies."""
     setpriv = shutil.which("setpriv")
@@ -274,6 +319,7 @@ class ProcessRuntime:
             batch.started.set()
             raise ContainerError(f"cannot run {batch.command.argv[0]} (container.engine {self.name}): "
                                  f"{exc.strerror or exc}") from None
+        note_group(batch.process.pid)
         if batch.cgroup is not None and self.faice_moves_pid:
             try:
                 batch.cgroup.add(batch.process.pid)
@@ -336,6 +382,9 @@ class ProcessRuntime:
         batch.started.set()  # an attach still waiting for a start that never came ends
         self._end(batch, signal.SIGKILL)
         if batch.process is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(batch.process.pid, signal.SIGKILL)  # what the command left in its group
+            forget_group(batch.process.pid)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 batch.process.wait(10)
             for pipe in (batch.process.stdout, batch.process.stderr):
@@ -387,7 +436,8 @@ class ProcessRuntime:
         take_back(Path(path), self.owner)
 
     def remove_leftovers(self) -> list[str]:
-        return []
+        """The process groups of batches whose faice was killed (SIGKILL)."""
+        return end_orphaned_groups()
 
     def close(self) -> None:
         pass

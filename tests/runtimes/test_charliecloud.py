@@ -111,3 +111,44 @@ def test_sweep_on_slurm_runs_each_batch_with_ch_run_on_the_node(registry, charli
     assert found[2] == ("succeeded", None, 0, "batch 2 of the staged input\n", "value=14\n")
     assert all(found[i][0] == "succeeded" for i in range(4))
     assert (image_cache / "charliecloud" / "storage" / "img").is_dir()
+
+
+def test_what_a_sigkilled_faice_left_running_is_ended_at_the_next_start(registry, charliecloud, image_cache, tmp_path):
+    """``--pdeathsig`` kills the runtime program with faice, not what its command started
+    (no PID namespace under ch-run): the next faice start ends the orphaned process group."""
+    import signal
+    import sys
+    import time
+
+    marker = f"{4000 + os.getpid() % 1000}.25"  # a sleep nobody else runs
+    red = sweep_red(tmp_path / "slow.red.json", registry, batches=1, script=f"echo started; sleep {marker}; true")
+    outdir = tmp_path / "run"
+    process = subprocess.Popen([sys.executable, "-m", "faice", "exec", str(red), "--runtime", "charliecloud",
+                                "--outdir", str(outdir), "--no-progress"], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def sleepers() -> list[int]:
+        found = []
+        for entry in Path("/proc").iterdir():
+            try:
+                if entry.name.isdigit() and (entry / "cmdline").read_bytes().split(b"\0")[:2] == [b"sleep", marker.encode()]:
+                    found.append(int(entry.name))
+            except OSError:
+                pass
+        return found
+
+    deadline = time.monotonic() + 240
+    while not sleepers() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert sleepers(), "the batch never started"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    time.sleep(1)
+    assert sleepers(), "the orphan is gone already (nothing for the next start to do)"
+    again = faice("exec", str(sweep_red(tmp_path / "quick.red.json", registry, batches=1)), "--runtime",
+                  "charliecloud", "--outdir", str(tmp_path / "next"), "--no-progress")
+    assert again.returncode == 0, again.stderr[-2000:]
+    deadline = time.monotonic() + 10
+    while sleepers() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not sleepers()
