@@ -1,7 +1,7 @@
 """What faice adds per trivial batch over the bare runtime, for each container runtime.
 
-    python bench/bench_runtimes.py IMAGE [--count 40] [--parallel 4] [--runtimes docker podman charliecloud]
-        [--rounds 3] [--user U --password P]
+    REGISTRY_USER=U REGISTRY_PASSWORD=P python bench/bench_runtimes.py IMAGE [--count 40] [--parallel 4]
+        [--runtimes docker podman charliecloud] [--rounds 3]
 
 For each runtime: ``faice exec`` of a COUNT-batch sweep of ``sh -c true N`` (``--parallel``
 at a time, image already prepared, so no pull is timed) against the bare runtime running the
@@ -72,10 +72,9 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--runtimes", nargs="+", default=["docker", "podman", "charliecloud"])
-    parser.add_argument("--user")
-    parser.add_argument("--password")
     args = parser.parse_args()
-    auth = {"username": args.user, "password": args.password} if args.user else None
+    user = os.environ.get("REGISTRY_USER")  # the password never on a command line
+    auth = {"username": user, "password": os.environ.get("REGISTRY_PASSWORD", "")} if user else None
     env = {**os.environ, "USER": os.environ.get("USER", "root"), "NO_COLOR": "1"}
     rows = []
     with tempfile.TemporaryDirectory(prefix="faice-bench-runtimes-") as work:

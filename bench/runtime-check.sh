@@ -63,8 +63,8 @@ records() { # records OUTDIR: "index state class code stdout|result" per batch, 
   "$PY" - "$1" <<'EOF'
 import json, pathlib, sys
 out = pathlib.Path(sys.argv[1])
-for p in sorted(out.glob("batches/*/result.json")):
-    r = json.loads(p.read_text()); d = p.parent
+found = [(json.loads(p.read_text()), p.parent) for p in out.glob("batches/*/result.json")]
+for r, d in sorted(found, key=lambda item: item[0]["batchIndex"]):
     res = d / "outputs" / "result.txt"
     print(r["batchIndex"], r["state"], r["failureClass"], (r.get("process") or {}).get("returnCode"),
           (d / "stdout.txt").read_text().strip() + "|" + (res.read_text().strip() if res.exists() else "-"),
