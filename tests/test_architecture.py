@@ -117,3 +117,12 @@ def test_the_checker_sees_an_upward_import(tmp_path, monkeypatch):
     known["faice.red.bad"].write_text("from faice.cli import main\n")
     assert imports("faice.red.bad", known["faice.red.bad"], known) == {"faice.cli"}
     assert layer("faice.cli") > layer("faice.red.bad")
+
+
+def test_no_module_below_the_cli_reads_argparse_arguments():
+    """Only faice/cli/ sees argparse's Namespace; engines and the server get typed options
+    (ExecRequest, RunOptions, ServeOptions)."""
+    found = [f"{path.relative_to(ROOT.parent)}:{number}"
+             for path in sorted(ROOT.rglob("*.py")) if path.relative_to(ROOT).parts[0] != "cli"
+             for number, line in enumerate(path.read_text().splitlines(), 1) if "getattr(args" in line]
+    assert found == []

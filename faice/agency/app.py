@@ -50,6 +50,9 @@ MAX_SQL_INTEGER = 2**63 - 1  # SQLite's and PostgreSQL's BIGINT: a larger ?skip=
 MAX_QUERY_TEXT = 1000  # characters of a text query value (user, node, state, experiment id)
 _INTEGER = re.compile(r"[+-]?[0-9]{1,30}")  # ASCII digits only (int() takes '1_0' and other scripts)
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+# What this server does beyond CC-Agency, announced on /version: "metrics" = it keeps a RED
+# file's metrics section and records each batch's metrics (a client strips it otherwise).
+FEATURES = ["metrics"]
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
 
 
@@ -200,7 +203,7 @@ class AgencyApp:
     def on_version(self, request, user):
         import faice
 
-        return _json({"agencyVersion": AGENCY_VERSION, "faiceVersion": faice.__version__})
+        return _json({"agencyVersion": AGENCY_VERSION, "faiceVersion": faice.__version__, "faiceFeatures": FEATURES})
 
     def on_login(self, request, user):
         auth = self.agency.auth

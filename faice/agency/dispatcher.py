@@ -190,6 +190,7 @@ class Dispatcher:
                 "container": unseal(self.vault, experiment["container"]),
                 "inputs": unseal(self.vault, batch["inputs"]),
                 "outputs": unseal(self.vault, batch["outputs"]),
+                **({"metrics": experiment["metrics"]} if isinstance(experiment.get("metrics"), dict) else {}),
             }
         except KeyError:
             return Outcome("failed", "the batch's secrets are no longer stored", retryable=False)

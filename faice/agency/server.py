@@ -10,6 +10,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from faice.agency.notify import Hook
+from faice.agency.options import ServeOptions
 from faice.secrets import REDACTOR
 from faice.untrusted import for_terminal, log_line
 
@@ -68,7 +69,7 @@ def default_paths(db_url: str, workdir: str | None, key_file: str | None) -> tup
     return work.resolve(), key
 
 
-def make_runner(args, workdir: Path):
+def make_runner(options: ServeOptions, workdir: Path):
     """The runner for ``--engine`` and how many batches it keeps running (on Slurm: submitted)
     at once. Problems with the Slurm tools or options are reported before anything starts."""
     from faice.agency.runner import default_runner
@@ -77,19 +78,18 @@ def make_runner(args, workdir: Path):
         SlurmRunner,
         SlurmServerSettings,
         check_cluster,
-        slurm_options_given,
     )
     from faice.errors import UsageError
 
-    parallel = getattr(args, "parallel", None)
+    parallel = options.parallel
     if parallel is not None and parallel < 1:
         raise UsageError("--parallel: expected a number >= 1")
-    if (getattr(args, "engine", None) or "local") != "slurm":
-        given = slurm_options_given(args)
+    if options.engine != "slurm":
+        given = options.slurm.given()
         if given:
             raise UsageError(f"{', '.join(given)}: only with --engine slurm")
         return default_runner(), parallel
-    settings = SlurmServerSettings.from_args(args)
+    settings = SlurmServerSettings.from_flags(options.slurm)
     check_cluster(settings, workdir)
     if settings.packed:
         from faice.agency.slurm_pack import PACKED_DEFAULT_PARALLEL, PackedSlurmRunner
@@ -98,8 +98,8 @@ def make_runner(args, workdir: Path):
     return SlurmRunner(settings, workdir), parallel or DEFAULT_PARALLEL
 
 
-def build(args):
-    """The WSGI app and its dispatcher for these arguments (also used by tests in-process)."""
+def build(options: ServeOptions):
+    """The WSGI app and its dispatcher for these options (also used by tests in-process)."""
     from faice.agency.app import MAX_BODY_BYTES, Agency, AgencyApp
     from faice.agency.auth import Authenticator, LockoutPolicy
     from faice.agency.db import Database
@@ -107,40 +107,39 @@ def build(args):
     from faice.agency.store import Store
     from faice.agency.vault import Vault, load_or_create_key
 
-    db = Database(args.db)
-    workdir, key_file = default_paths(args.db, getattr(args, "workdir", None), getattr(args, "secret_key_file", None))
+    db = Database(options.db)
+    workdir, key_file = default_paths(options.db, options.workdir, options.secret_key_file)
     vault = Vault(db, load_or_create_key(str(key_file)))
     policy = LockoutPolicy(
-        max_failures=getattr(args, "login_attempts", None) or LockoutPolicy.max_failures,
-        window=getattr(args, "block_seconds", None) or LockoutPolicy.window,
+        max_failures=options.login_attempts or LockoutPolicy.max_failures,
+        window=options.block_seconds or LockoutPolicy.window,
     )
-    store = Store(db, log_cap=getattr(args, "max_log_bytes", None))
-    runner, parallel = make_runner(args, workdir)
+    store = Store(db, log_cap=options.max_log_bytes)
+    runner, parallel = make_runner(options, workdir)
     dispatcher = Dispatcher(
         store,
         vault,
         runner,
         workdir,
         parallel=parallel,
-        max_attempts=getattr(args, "max_attempts", None) or 2,
-        hooks=[parse_hook(u) for u in getattr(args, "notification_hook", None) or []],
-        paused=bool(getattr(args, "paused", False)),
+        max_attempts=options.max_attempts or 2,
+        hooks=[parse_hook(u) for u in options.notification_hooks],
+        paused=options.paused,
     )
     agency = Agency(
         store, vault, Authenticator(db, vault.signing_key, policy), dispatcher,
-        policy=connector_policy(args, db, workdir, key_file),
-        limits=_limits(args),
-        max_body_bytes=_positive(args, "max_request_bytes", MAX_BODY_BYTES),
+        policy=connector_policy(options.policy, db, workdir, key_file),
+        limits=_limits(options),
+        max_body_bytes=_positive("max_request_bytes", options.max_request_bytes, MAX_BODY_BYTES),
     )
     return AgencyApp(agency), dispatcher, db
 
 
-def connector_policy(args, db, workdir: Path, key_file: Path):
+def connector_policy(path: str | None, db, workdir: Path, key_file: Path):
     """``--policy FILE`` (or the safe default) protecting the server's own files: database,
     key, work dir, policy file and log files, wherever the roots point."""
     from faice.connectors.policy import Policy, load_policy
 
-    path = getattr(args, "policy", None)
     policy = load_policy(path) if path else Policy()
     own: list[str | Path | None] = [workdir, key_file, path, "/proc"]  # /proc/self/environ, fds
     if db.dialect == "sqlite" and db.path != ":memory:":
@@ -150,10 +149,9 @@ def connector_policy(args, db, workdir: Path, key_file: Path):
     return policy.protecting(*own)
 
 
-def _positive(args, name: str, default: int) -> int:
+def _positive(name: str, value: int | None, default: int) -> int:
     from faice.errors import UsageError
 
-    value = getattr(args, name, None)
     if value is None:
         return default
     if value < 1:
@@ -161,21 +159,21 @@ def _positive(args, name: str, default: int) -> int:
     return value
 
 
-def _limits(args):
+def _limits(options: ServeOptions):
     from faice.agency.submit import Limits
 
     return Limits(
-        max_batches=_positive(args, "max_batches", Limits.max_batches),
-        max_red_bytes=_positive(args, "max_red_bytes", Limits.max_red_bytes),
+        max_batches=_positive("max_batches", options.max_batches, Limits.max_batches),
+        max_red_bytes=_positive("max_red_bytes", options.max_red_bytes, Limits.max_red_bytes),
     )
 
 
-def serve(args) -> int:
+def serve(options: ServeOptions) -> int:
     from waitress.server import create_server
 
-    setup_logging(bool(getattr(args, "debug", False)))
-    app, dispatcher, db = build(args)
-    server = create_server(app, host=args.host, port=args.port, threads=8, ident="faice-agency")
+    setup_logging(options.debug)
+    app, dispatcher, db = build(options)
+    server = create_server(app, host=options.host, port=options.port, threads=8, ident="faice-agency")
     stopping: list[int] = []
 
     def shutdown(signum, frame):
@@ -190,7 +188,7 @@ def serve(args) -> int:
     dispatcher.start()
     log.info(
         "faice agency %s listening on http://%s:%s (database %s, runner %s, parallel %d)",
-        os.getpid(), args.host, server.effective_port, REDACTOR.redact(args.db),
+        os.getpid(), options.host, server.effective_port, REDACTOR.redact(options.db),
         type(dispatcher.runner).__name__, dispatcher.parallel,
     )
     try:

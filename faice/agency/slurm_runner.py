@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from faice.agency.options import SlurmFlags
 from faice.agency.runner import BatchJob, Outcome, agency_options, read_record
 from faice.errors import FaiceError, UsageError
 from faice.pipeline.records import BatchState
@@ -39,17 +40,17 @@ CANCEL_WAIT_S = 60.0
 # Batches kept submitted at once when --parallel is not given: Slurm queues them fairly.
 DEFAULT_PARALLEL = 32
 
-FLAGS = {  # server flag → key of the slurm engine's execution.settings
-    "slurm_partition": "partition",
-    "slurm_account": "account",
-    "slurm_qos": "qos",
-    "slurm_time": "time",
-    "slurm_python": "python",
+FLAGS = {  # SlurmFlags field → key of the slurm engine's execution.settings
+    "partition": "partition",
+    "account": "account",
+    "qos": "qos",
+    "time": "time",
+    "python": "python",
 }
 
 INT_FLAGS = {  # packing: an experiment's batches share K worker allocations
-    "slurm_workers": "workers",
-    "slurm_batches_per_worker": "batchesPerWorker",
+    "workers": "workers",
+    "batches_per_worker": "batchesPerWorker",
 }
 
 
@@ -60,28 +61,28 @@ class SlurmServerSettings:
     settings: dict[str, Any]
 
     @classmethod
-    def from_args(cls, args: Any) -> SlurmServerSettings:
+    def from_flags(cls, flags: SlurmFlags) -> SlurmServerSettings:
         settings: dict[str, Any] = {}
         for attr, key in FLAGS.items():
-            value = getattr(args, attr, None)
+            value = getattr(flags, attr)
             if value is None:
                 continue
             if not str(value).strip():
-                raise UsageError(f"--{attr.replace('_', '-')}: expected a non-empty value")
+                raise UsageError(f"--slurm-{attr.replace('_', '-')}: expected a non-empty value")
             settings[key] = str(value)
         from faice.engines.slurm.settings import UPPER_BOUNDS
 
         for attr, key in INT_FLAGS.items():
-            number = getattr(args, attr, None)
+            number = getattr(flags, attr)
             if number is None:
                 continue
-            flag = f"--{attr.replace('_', '-')}"
+            flag = f"--slurm-{attr.replace('_', '-')}"
             if not 1 <= number <= UPPER_BOUNDS[key]:
                 raise UsageError(f"{flag} {number}: expected an integer between 1 and {UPPER_BOUNDS[key]}")
             settings[key] = number
         if "batchesPerWorker" in settings and "workers" not in settings:
             raise UsageError("--slurm-batches-per-worker: only with --slurm-workers (packing)")
-        extra = list(getattr(args, "slurm_sbatch_arg", None) or [])
+        extra = list(flags.sbatch_args)
         if any(not a.strip() for a in extra):
             raise UsageError("--slurm-sbatch-arg: expected a non-empty sbatch option, e.g. --constraint=a100")
         if extra:
@@ -98,16 +99,7 @@ class SlurmServerSettings:
         """These settings as the slurm engine reads them from ``execution.settings``."""
         from faice.engines.slurm.settings import SlurmSettings
 
-        execution = {"engine": "slurm", "settings": self.settings}
-        return SlurmSettings.from_experiment(Experiment("faice agency serve", {"execution": execution}, []))
-
-
-def slurm_options_given(args: Any) -> list[str]:
-    """The ``--slurm-*`` flags on this command line (they need ``--engine slurm``)."""
-    given = [f"--{attr.replace('_', '-')}" for attr in [*FLAGS, *INT_FLAGS] if getattr(args, attr, None) is not None]
-    if getattr(args, "slurm_sbatch_arg", None):
-        given.append("--slurm-sbatch-arg")
-    return given
+        return SlurmSettings.from_mapping(self.settings, "faice agency serve")
 
 
 def check_cluster(settings: SlurmServerSettings, workdir: Path) -> None:

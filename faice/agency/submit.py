@@ -119,7 +119,7 @@ def _validate(data: dict[str, Any], max_batches: int | None) -> dict[str, Any]:
         if "sweep" in data:
             from faice.red.sweep import expanded_red
 
-            data = expanded_red(data, "RED data", limit=max_batches)
+            data = expanded_red(data, "RED data", limit=max_batches, keep_faice_keys=True)
     except FaiceError as exc:
         raise BadRequest(own.redact(f"{INVALID_RED}\n{exc}")) from None
     return data
@@ -189,6 +189,8 @@ def build_documents(
         "execution": {"engine": "ccagency", "settings": settings},
         "protectedKeysVoided": False,
     }
+    if isinstance(data.get("metrics"), dict):  # faice's own section: read into each batch's record
+        experiment["metrics"] = data["metrics"]
     jobs = data["batches"] if "batches" in data else [{"inputs": data.get("inputs", {}), "outputs": data.get("outputs", {})}]
     batches = []
     for index, job in enumerate(jobs):

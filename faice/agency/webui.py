@@ -26,9 +26,8 @@ from werkzeug.wrappers import Request, Response
 
 from faice.agency.auth import Authenticator, AuthError, User
 from faice.agency.store import Store
-from faice.pipeline.records import BatchRecord, BatchState, new_batch_record
+from faice.pipeline.records import BatchRecord, agency_batch_record
 from faice.pipeline.results import build_results
-from faice.secrets import is_protected_key
 from faice.ui import source as pages
 from faice.ui.live import ChangeLog
 from faice.ui.source import NotFound
@@ -38,8 +37,6 @@ PREFIX = "/ui"
 SESSION_COOKIE = "faice_ui_session"
 LOGIN_COOKIE = "faice_ui_login"
 MAX_EXPERIMENTS = 200  # newest experiments on the runs page
-STATE = {"registered": "pending", "scheduled": "pending", "processing": "running"}
-
 Api = Callable[[Request], Response]
 
 
@@ -80,7 +77,7 @@ class AgencySource:
             cached = self._views.get(run_id)
             changes = self._changes.setdefault(run_id, ChangeLog())
             if cached is None or cached[0] != key:
-                records = [_record(b) for b in batches]
+                records = [agency_batch_record(b) for b in batches]
                 results = build_results(Path(run_id), records)
                 view = pages.view_of(run_id, run_id, _header(experiment, records), results, changes, owner=experiment.get("username"))
                 self._views[run_id] = (key, view)
@@ -97,14 +94,14 @@ class AgencySource:
 
     def batch(self, viewer: User, run_id: str, batch_id: str) -> dict[str, Any]:
         batch = self._batch(viewer, run_id, batch_id)
-        record = _record(batch)
+        record = agency_batch_record(batch)
         record["agency"] = {"state": batch["state"], "node": batch.get("node"), "attempts": batch.get("attempts"),
                             "history": [{k: h.get(k) for k in ("state", "time", "node", "debugInfo")}
                                         for h in batch.get("history") or []]}
         return record
 
     def series(self, viewer: User, run_id: str, batch_id: str) -> dict[str, list[list[Any]]]:
-        metrics = _record(self._batch(viewer, run_id, batch_id)).get("metrics") or {}
+        metrics = agency_batch_record(self._batch(viewer, run_id, batch_id)).get("metrics") or {}
         return dict(metrics.get("series") or {}) if isinstance(metrics, dict) else {}
 
     def curves(self, viewer: User, run_id: str, batch_ids: list[str], metric: str) -> dict[str, list[list[Any]]]:
@@ -138,7 +135,7 @@ class AgencySource:
             rundir.save_red(masking.redact_data(red), masking.redact)
             records = []
             for batch in self._batches(run_id):
-                record = BatchRecord.from_dict(_record(batch))
+                record = BatchRecord.from_dict(agency_batch_record(batch))
                 rundir.write_record(record, redact=masking.redact)
                 records.append(record)
             image = ((experiment.get("container") or {}).get("settings") or {}).get("image") or {}
@@ -154,26 +151,6 @@ def _iso(seconds: Any) -> str | None:
     if not isinstance(seconds, (int, float)):
         return None
     return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def _record(batch: dict[str, Any]) -> dict[str, Any]:
-    """A batch document as a faice batch record: the record its runner left, if any."""
-    history = batch.get("history") or []
-    found = next((h["ccagent"] for h in reversed(history) if isinstance(h.get("ccagent"), dict)), None)
-    state = STATE.get(batch["state"], batch["state"])
-    if found is not None and found.get("batchId"):
-        record = dict(found)
-    else:
-        inputs: dict[str, Any] = batch["inputs"] if isinstance(batch.get("inputs"), dict) else {}
-        parameters = {k: v for k, v in inputs.items()
-                      if isinstance(v, (int, float, str, bool)) and not is_protected_key(k)}
-        record = new_batch_record(batch["_id"], batch.get("batchesListIndex"), parameters, run_id=batch.get("experimentId"),
-                                  command=None, state=BatchState(state) if state in BatchState._value2member_map_ else BatchState.PENDING).to_dict()
-        record["started"] = _iso((history[0] if history else {}).get("time"))
-    record.update(batchId=batch["_id"], batchIndex=batch.get("batchesListIndex"), state=state)
-    if state in ("failed", "cancelled") and not record.get("message"):
-        record["message"] = next((h.get("debugInfo") for h in reversed(history) if h.get("debugInfo")), None)
-    return record
 
 
 def _header(experiment: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, Any]:

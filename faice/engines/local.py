@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import sys
 
-from faice.engines import ExecRequest
+from faice.engines.base import Engine
 from faice.engines.display import ProgressDisplay, print_plan, results_table, summary_table
 from faice.errors import FaiceError
 from faice.files import dumps_json
+from faice.pipeline.options import ExecRequest
 from faice.pipeline.records import new_run_id
 from faice.pipeline.run import HostRun, interrupted_exit
 from faice.pipeline.rundir import RunDir, default_outdir
@@ -50,3 +51,9 @@ def run(experiment: Experiment, request: ExecRequest) -> int:
         results_table(rundir.root)
     code = interrupted_exit(host_run)
     return code if code is not None else summary.exit_code
+
+
+ENGINE = Engine("ccfaice", frozenset({
+    "outdir", "dry_run", "wait", "resume", "parallel", "fail_fast", "max_failures", "retries", "timeout",
+    "gpu_ids", "pull", "disable_pull", "leave_container", "preserve_environment", "runtime",
+}), run)

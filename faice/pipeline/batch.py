@@ -551,5 +551,5 @@ class _BatchRun:
                 lines.extend(tail)
         elif not (self.record.process or {}).get("executed"):
             # The container never ran: the reason is what `faice logs --stderr` shows.
-            self.rundir.write_stderr(self.plan.id, failure.message, redact=self.context.redactor.redact)
+            self.rundir.write_stream(self.plan.id, "stderr", failure.message, redact=self.context.redactor.redact)
         return lines

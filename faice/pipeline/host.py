@@ -126,7 +126,7 @@ def failed_before_start(plan: BatchPlan, run_id: str, outdir: Path, message: str
                               failure_class=failure, message=message.splitlines()[0], engine=engine)
     record.debug_info = [message]
     rundir = RunDir(outdir)
-    rundir.write_stderr(plan.id, message, redact=redactor.redact)
+    rundir.write_stream(plan.id, "stderr", message, redact=redactor.redact)
     rundir.write_record(record, redact=redactor.redact)
     return record
 

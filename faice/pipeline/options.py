@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from faice.connectors.api import HostIdentity
@@ -93,3 +94,16 @@ class RunOptions:
 
     def replace(self, **changes: Any) -> RunOptions:
         return dataclasses.replace(self, **changes)
+
+
+@dataclass
+class ExecRequest:
+    """What ``faice exec`` asked for, beyond the run options every engine shares."""
+
+    options: RunOptions = field(default_factory=RunOptions)
+    outdir: Path | None = None
+    dry_run: bool = False
+    json: bool = False
+    wait: bool = False  # agency/slurm: follow until every batch is final
+    progress: bool = True  # False: plain lines instead of a live display
+    disable_retry: bool = False  # agency: ask the server not to retry failed batches

@@ -268,3 +268,38 @@ def run_state(entries: Iterable[dict[str, Any]], phase: RunState | str | None = 
     if BatchState.CANCELLED.value in states:
         return RunState.CANCELLED
     return RunState.FAILED
+
+
+# ----------------------------------------------------------------------------- CC-Agency batches
+
+AGENCY_STATES = {"registered": "pending", "scheduled": "pending", "processing": "running"}
+
+
+def agency_batch_record(batch: dict[str, Any]) -> dict[str, Any]:
+    """A CC-Agency batch document as a faice batch record: the record its runner left (faice's
+    server keeps it in the batch's history), else one built from the document. Shared by the
+    server's web view and ``faice exec --outdir`` of an agency run."""
+    from faice.secrets import is_protected_key
+
+    history = batch.get("history") or []
+    found = next((h["ccagent"] for h in reversed(history) if isinstance(h.get("ccagent"), dict)), None)
+    state = AGENCY_STATES.get(batch["state"], batch["state"])
+    if found is not None and found.get("batchId"):
+        record = dict(found)
+    else:
+        inputs: dict[str, Any] = batch["inputs"] if isinstance(batch.get("inputs"), dict) else {}
+        parameters = {k: v for k, v in inputs.items()
+                      if isinstance(v, (int, float, str, bool)) and not is_protected_key(k)}
+        record = new_batch_record(batch["_id"], batch.get("batchesListIndex"), parameters, run_id=batch.get("experimentId"),
+                                  command=None, state=enum_or(BatchState, state, BatchState.PENDING)).to_dict()
+        record["started"] = _iso((history[0] if history else {}).get("time"))
+    record.update(batchId=batch["_id"], batchIndex=batch.get("batchesListIndex"), state=state)
+    if state in ("failed", "cancelled") and not record.get("message"):
+        record["message"] = next((h.get("debugInfo") for h in reversed(history) if h.get("debugInfo")), None)
+    return record
+
+
+def _iso(seconds: Any) -> str | None:
+    if not isinstance(seconds, (int, float)):
+        return None
+    return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")

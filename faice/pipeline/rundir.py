@@ -291,14 +291,15 @@ class RunDir:
 
     # ------------------------------------------------------------------ logs
 
-    def write_stderr(self, batch_id: str, text: str, *, redact: Redact = REDACTOR.redact,
+    def write_stream(self, batch_id: str, stream: str, text: str, *, redact: Redact = REDACTOR.redact,
                      keep: bool = False) -> None:
-        """Write a batch's ``stderr.txt`` (the reason a batch never ran, or what its Slurm task
-        printed), so ``faice logs --stderr`` shows it; ``keep``: leave an existing one alone."""
-        path = self.batch(batch_id).stderr
+        """Write a batch's ``stdout.txt`` or ``stderr.txt`` whole (the reason a batch never ran,
+        what its Slurm task printed, what an agency recorded), so ``faice logs`` shows it;
+        ``keep``: leave an existing one alone."""
+        path = self.batch(batch_id).stream(stream)
         if keep and path.exists():
             return
-        atomic_write_text(path, text if text.endswith("\n") else text + "\n", redact=redact)
+        atomic_write_text(path, text if not text or text.endswith("\n") else text + "\n", redact=redact)
 
     def stderr_tail(self, batch_id: str, limit: int = STDERR_TAIL_BYTES) -> str:
         """The last ``limit`` bytes of a batch's stderr in whole lines (read from the end)."""

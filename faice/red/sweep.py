@@ -301,16 +301,17 @@ def _render(value: Any) -> str:
     return str(value)
 
 
-def expanded_red(data: dict, source: str, *, limit: int | None = None) -> dict:
+def expanded_red(data: dict, source: str, *, limit: int | None = None, keep_faice_keys: bool = False) -> dict:
     """The RED document with its sweep replaced by an explicit ``batches`` list (plain RED).
 
-    faice-only keys (``metrics``) are removed; without a sweep the rest is returned as a
+    faice-only keys (``metrics``) are removed unless ``keep_faice_keys`` (a faice server that
+    announced them); without a sweep the rest is returned as a
     copy. Every batch carries an
     ``outputs`` key (CC-Agency requires it); a top-level ``cloud`` moves into each batch.
     """
     from faice.red.metrics import strip_faice_keys
 
-    result = copy.deepcopy(strip_faice_keys(data))
+    result = copy.deepcopy(data if keep_faice_keys else strip_faice_keys(data))
     if "sweep" not in data:
         return result
     if isinstance(data["sweep"], dict) and "search" in data["sweep"]:

@@ -160,3 +160,71 @@ def test_status_and_logs_of_a_local_run_directory(test_image, tmp_path):
     assert logs.returncode == 0 and logs.stdout == "from-local\n"
     missing = faice("logs", "nope", "--outdir", str(outdir))
     assert missing.returncode == 2 and "no such file" in missing.stderr
+
+
+def _metrics_red(server, path):
+    """A three-batch sweep whose command prints its metric: faice's server reads it."""
+    red = reds.minimal(server.url, server.name("alice"), "{{agency_password}}", command=["sh", "-c"],
+                       value="echo \"score=$(sweep.score)\"")
+    red["cli"]["inputs"]["some_string"]["inputBinding"] = {"position": 0}
+    red["sweep"] = {"grid": {"score": [3, 1, 2]}}
+    red["metrics"] = {"objective": {"name": "score", "goal": "max"},
+                      "sources": [{"stdout": True}]}
+    path.write_text(json.dumps(red))
+    return path
+
+
+def test_exec_wait_outdir_writes_the_run_directory_results_status_and_logs_read(agency, tmp_path):
+    """Agency parity: --wait --outdir leaves the run directory a local run leaves (run.json, a
+    record per batch with its metrics, stdout/stderr), so results, status and logs read it;
+    --resume --outdir follows the experiment it knows instead of submitting it again."""
+    red_file = _metrics_red(agency, tmp_path / "metrics.red.json")
+    variables = _variables(agency, tmp_path)
+    outdir = tmp_path / "run"
+    result = faice("exec", str(red_file), "--variables", str(variables), "--wait", "--outdir", str(outdir), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    experiment_id = json.loads(result.stdout.strip().splitlines()[0])["experimentId"]
+    run = json.loads((outdir / "run.json").read_text())
+    assert run["engine"] == "ccagency" and run["experimentId"] == experiment_id and run["state"] == "succeeded"
+    assert run["counts"] == {"succeeded": 3}
+    for entry in run["batches"]:
+        record = json.loads((outdir / "batches" / entry["id"] / "result.json").read_text())
+        assert record["state"] == "succeeded" and record["metrics"]["objective"]["name"] == "score"
+        assert (outdir / "batches" / entry["id"] / "stdout.txt").read_text().startswith("score=")
+    ranked = faice("results", str(outdir), "--format", "json")
+    assert ranked.returncode == 0, ranked.stderr
+    rows = json.loads(ranked.stdout)
+    assert [row["objective"] for row in rows] == [3, 2, 1] and rows[0]["best"]
+    status = faice("status", "--outdir", str(outdir), "--json")
+    assert status.returncode == 0 and json.loads(status.stdout)["state"] == "succeeded"
+    logs = faice("logs", run["batches"][0]["id"], "--outdir", str(outdir))
+    assert logs.returncode == 0 and logs.stdout.startswith("score=")
+    assert agency.users["alice"] not in "".join(p.read_text(errors="replace") for p in outdir.rglob("*") if p.is_file())
+    again = faice("exec", str(red_file), "--variables", str(variables), "--wait", "--outdir", str(outdir),
+                  "--resume", "--no-progress")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout.strip().splitlines()[0])["experimentId"] == experiment_id
+    assert "following it instead of submitting again" in again.stderr
+    assert agency.get("/experiments/count").json() == {"count": 1}
+
+
+@pytest.mark.parametrize("flag", [["--parallel", "2"], ["--timeout", "5"], ["--retries", "1"], ["--fail-fast"],
+                                  ["--max-failures", "1"], ["--gpu-ids", "0"], ["--runtime", "podman"]])
+def test_local_pool_flags_are_refused_for_an_agency_not_ignored(flag, tmp_path):
+    """The agency runs, retries and limits the batches itself: a local pool's flag is a usage
+    error naming the flags the engine takes, before anything is sent."""
+    red = reds.minimal("http://127.0.0.1:9", "alice", "x")
+    path = tmp_path / "agency.red.json"
+    path.write_text(json.dumps(red))
+    result = faice("exec", str(path), *flag)
+    assert result.returncode == 2, result.stderr
+    assert f"{flag[0]} does not apply to the ccagency engine" in result.stderr
+    assert "--outdir" in result.stderr and "--wait" in result.stderr  # what it takes instead
+
+
+def test_resume_with_an_agency_needs_the_run_directory(tmp_path):
+    red = reds.minimal("http://127.0.0.1:9", "alice", "x")
+    path = tmp_path / "agency.red.json"
+    path.write_text(json.dumps(red))
+    result = faice("exec", str(path), "--resume")
+    assert result.returncode == 2 and "--outdir" in result.stderr

@@ -71,9 +71,22 @@ def _action(name: str):
 
 
 def _serve(args) -> int:
+    from faice.agency.options import ServeOptions, SlurmFlags
     from faice.agency.server import serve
 
-    return serve(args)
+    slurm = SlurmFlags(
+        partition=args.slurm_partition, account=args.slurm_account, qos=args.slurm_qos, time=args.slurm_time,
+        python=args.slurm_python, workers=args.slurm_workers, batches_per_worker=args.slurm_batches_per_worker,
+        sbatch_args=tuple(args.slurm_sbatch_arg or ()),
+    )
+    return serve(ServeOptions(
+        db=args.db, host=args.host, port=args.port, workdir=args.workdir, secret_key_file=args.secret_key_file,
+        engine=args.engine, parallel=args.parallel, notification_hooks=tuple(args.notification_hook or ()),
+        max_attempts=args.max_attempts, login_attempts=args.login_attempts, block_seconds=args.block_seconds,
+        max_log_bytes=args.max_log_bytes, paused=args.paused, policy=args.policy, max_batches=args.max_batches,
+        max_request_bytes=args.max_request_bytes, max_red_bytes=args.max_red_bytes, slurm=slurm,
+        debug=bool(getattr(args, "debug", False)),
+    ))
 
 
 def _user_add(args) -> int:

@@ -75,8 +75,9 @@ def add_parser(subparsers) -> None:
 
 def run(args: Any) -> int:
     """Prepare the experiment, check the flags against its engine, hand it to the engine."""
-    from faice.engines import ENGINE_ONLY_FLAGS, ENGINES, ExecRequest
-    from faice.pipeline.options import RunOptions
+    from faice.engines import ENGINE_MODULES, engine
+    from faice.engines.base import ENGINE_FLAGS
+    from faice.pipeline.options import ExecRequest, RunOptions
     from faice.red.prepare import load_experiment
     from faice.red.search import is_search
 
@@ -107,19 +108,22 @@ def run(args: Any) -> int:
     allowed_programs = apply_policy(args.policy, experiment)
     if allowed_programs is not None:
         options = options.replace(allowed_programs=allowed_programs)
-    engine = experiment.engine
-    if engine not in ENGINES:
+    name = experiment.engine
+    if name not in ENGINE_MODULES:
         raise UsageError(
-            f"{experiment.source}: execution.engine: unknown engine {engine!r}; "
-            f"expected one of {', '.join(sorted(ENGINES))} (or local)"
+            f"{experiment.source}: execution.engine: unknown engine {name!r}; "
+            f"expected one of {', '.join(sorted(ENGINE_MODULES))} (or local)"
         )
-    if engine != "ccfaice" and is_search(experiment.data):
+    if name != "ccfaice" and is_search(experiment.data):
         raise UsageError(f"{experiment.source}: sweep.search runs on the local engine (execution.engine: ccfaice) "
-                         f"for now, not on {engine}; a grid or random sweep runs everywhere")
-    for flag, engines in ENGINE_ONLY_FLAGS.items():
-        if getattr(args, flag, None) and engine not in engines:
+                         f"for now, not on {name}; a grid or random sweep runs everywhere")
+    chosen = engine(name)
+    for flag in sorted(ENGINE_FLAGS - chosen.flags):
+        if getattr(args, flag, None):
             option = "--" + flag.replace("_", "-")
-            raise UsageError(f"{option} does not apply to the {engine} engine of {experiment.source}")
+            raise UsageError(f"{option} does not apply to the {name} engine of {experiment.source}",
+                             hint=f"the {name} engine takes: "
+                                  + ", ".join("--" + f.replace("_", "-") for f in sorted(chosen.flags)))
     _check_resume(args)
     request = ExecRequest(
         options=options,
@@ -130,7 +134,7 @@ def run(args: Any) -> int:
         progress=not args.no_progress,
         disable_retry=args.disable_retry,
     )
-    return ENGINES[engine](experiment, request)
+    return chosen.run(experiment, request)
 
 
 def _check_resume(args: Any) -> None:

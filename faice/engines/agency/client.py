@@ -107,10 +107,21 @@ class AgencyClient:
             raise EngineError(f"{method} {self.url}{path}: the agency did not answer with JSON") from None
 
     # ------------------------------------------------------------ API
-    def submit(self, red: dict[str, Any], *, disable_retry: bool, disable_connector_validation: bool) -> str:
+    def submit(self, red: dict[str, Any], *, disable_retry: bool, disable_connector_validation: bool,
+               key: str | None = None) -> str:
+        """``key``: the same for every submission of one run (a run directory's run id), so
+        that a repeated submission is answered with the experiment the first one created."""
         params = {"disableRetry": int(disable_retry), "disableConnectorValidation": int(disable_connector_validation)}
-        key = {IDEMPOTENCY_HEADER: uuid.uuid4().hex}  # the same for every retry of this submission
-        return self.request("POST", "/red", params=params, json_body=red, headers=key)["experimentId"]
+        headers = {IDEMPOTENCY_HEADER: key or uuid.uuid4().hex}  # the same for every retry of this submission
+        return self.request("POST", "/red", params=params, json_body=red, headers=headers)["experimentId"]
+
+    def features(self) -> list[str]:
+        """What a faice server announces beyond CC-Agency (an upstream agency: nothing)."""
+        try:
+            found = self.request("GET", "/version").get("faiceFeatures")
+        except EngineError:
+            return []
+        return [str(f) for f in found] if isinstance(found, list) else []
 
     def batches(self, **filters: Any) -> list[dict[str, Any]]:
         return self.request("GET", "/batches", params={k: v for k, v in filters.items() if v is not None})

@@ -9,13 +9,19 @@ printed a Python repr); progress goes to stderr.
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from faice.engines import ExecRequest
-from faice.errors import EngineError
+from faice.engines.base import Engine
+from faice.errors import EngineError, UsageError
 from faice.files import dumps_json
+from faice.pipeline.options import ExecRequest
+from faice.pipeline.records import STREAM_FILES, BatchRecord, agency_batch_record, now_iso, pending_entry
+from faice.pipeline.rundir import RunDir
 from faice.red.experiment import Experiment
 from faice.secrets import REDACTOR
+
+if TYPE_CHECKING:
+    from faice.engines.agency.client import AgencyClient
 
 
 def agency_access(data: dict[str, Any], source: str) -> tuple[str, str, str]:
@@ -34,28 +40,53 @@ def agency_access(data: dict[str, Any], source: str) -> tuple[str, str, str]:
     return str(access["url"]), str(username), str(password)
 
 
-def red_to_send(experiment: Experiment) -> dict[str, Any]:
+def red_to_send(experiment: Experiment, *, metrics: bool = False) -> dict[str, Any]:
+    """The plain RED document sent: sweeps expanded, protected keys normalised; the faice-only
+    ``metrics`` section only to a server that announced it (faice's own)."""
     from faice.red.sweep import expanded_red
     from faice.secrets import normalise_protected_keys
 
-    return normalise_protected_keys(expanded_red(experiment.data, experiment.source))
+    return normalise_protected_keys(expanded_red(experiment.data, experiment.source, keep_faice_keys=metrics))
 
 
 def run(experiment: Experiment, request: ExecRequest) -> int:
+    """Submit (or, with ``--resume --outdir``, find the experiment the run directory knows);
+    with ``--wait`` follow it, and with ``--outdir`` write its run directory from what the
+    server reports, so ``faice results``, ``status`` and ``logs`` read it like a local run."""
     from faice.engines.agency.client import AgencyClient
 
     url, username, password = agency_access(experiment.data, experiment.source)
-    red = red_to_send(experiment)
     if request.dry_run:
+        red = red_to_send(experiment)
         plan = {"agency": url, "batches": len(red.get("batches") or [None]), "red": red}
         print(REDACTOR.redact(dumps_json(REDACTOR.redact_data(plan), indent=2)))
         return 0
+    if request.options.resume and request.outdir is None:
+        raise UsageError("--resume with execution.engine ccagency: give the --outdir of the run; "
+                         "it knows the experiment the agency runs")
     client = AgencyClient(url, username, password)
-    experiment_id = client.submit(
-        red,
-        disable_retry=request.disable_retry,
-        disable_connector_validation=request.options.disable_connector_validation,
-    )
+    rundir, run_id, experiment_id = None, None, None
+    if request.outdir is not None:
+        rundir, run_id = RunDir.start(request.outdir, resume=request.options.resume)
+        known = rundir.read_run() or {}
+        if known.get("engine") == "ccagency" and isinstance(known.get("experimentId"), str):
+            experiment_id = known["experimentId"]
+            _say(f"faice: resuming: experiment {experiment_id} was submitted to {known.get('agency')} before; "
+                 "following it instead of submitting again")
+    header = {"runId": run_id, "engine": "ccagency", "agency": url, "source": experiment.source,
+              "outdir": str(rundir.root) if rundir else None, "started": now_iso()}
+    if experiment_id is None:
+        red = red_to_send(experiment, metrics="metrics" in experiment.data and "metrics" in client.features())
+        experiment_id = client.submit(
+            red,
+            disable_retry=request.disable_retry,
+            disable_connector_validation=request.options.disable_connector_validation,
+            key=f"faice-run-{run_id}" if run_id else None,
+        )
+        if rundir is not None:
+            rundir.write_run({**header, "experimentId": experiment_id},
+                             [pending_entry(b["_id"], b.get("batchesListIndex"), {})
+                              for b in client.experiment_batches(experiment_id)])
     result: dict[str, Any] = {"experimentId": experiment_id}
     if request.json:
         result["batchIds"] = [b["_id"] for b in client.experiment_batches(experiment_id)]
@@ -65,9 +96,42 @@ def run(experiment: Experiment, request: ExecRequest) -> int:
     from faice.engines.agency.follow import follow
 
     batches = follow(client, experiment_id, stream=sys.stderr, live=None if request.progress else False)
+    if rundir is not None:
+        save_run(rundir, client, batches, {**(rundir.read_run() or {}), **header, "experimentId": experiment_id,
+                                           "finished": now_iso()})
     failed = [b for b in batches if b["state"] != "succeeded"]
     for batch in failed:
         detail = client.batch(batch["_id"])
         reason = next((h.get("debugInfo") for h in reversed(detail.get("history", [])) if h.get("debugInfo")), None)
         print(REDACTOR.redact(f"batch {batch['_id']} {batch['state']}" + (f": {reason}" if reason else "")), file=sys.stderr)
     return 1 if failed else 0
+
+
+def save_run(rundir: RunDir, client: AgencyClient, batches: list[dict[str, Any]], header: dict[str, Any]) -> dict[str, Any]:
+    """The run directory of a finished agency experiment: each batch's record (the one faice's
+    server keeps, else built from the batch document), its stdout/stderr, and run.json."""
+    from faice.engines.agency.client import AgencyHTTPError
+
+    records = []
+    for batch in batches:
+        record = BatchRecord.from_dict(agency_batch_record(client.batch(batch["_id"])))
+        for stream in STREAM_FILES:
+            try:
+                text = client.log(record.batch_id, stream)
+            except AgencyHTTPError:  # 404: nothing recorded for this stream
+                continue
+            rundir.write_stream(record.batch_id, stream, text)
+        rundir.write_record(record)
+        records.append(record)
+    return rundir.write_run(header, [r.entry() for r in records])
+
+
+def _say(message: str) -> None:
+    print(REDACTOR.redact(message), file=sys.stderr, flush=True)
+
+# The server runs, retries (its own attempts; --disable-retry) and limits the batches; the
+# local pool's flags (--parallel, --timeout, --retries, --fail-fast, --max-failures, ...) are
+# refused rather than ignored.
+ENGINE = Engine("ccagency", frozenset({
+    "outdir", "dry_run", "wait", "resume", "disable_retry",
+}), run)

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from faice.engines import ExecRequest
+from faice.engines.base import Engine
 from faice.engines.slurm import client as slurm_cli
 from faice.engines.slurm import rundir
 from faice.engines.slurm.job import (
@@ -34,6 +34,7 @@ from faice.engines.slurm.job import (
 from faice.engines.slurm.packed import WORKER_MODULE, PackedJob
 from faice.engines.slurm.settings import SlurmSettings, sbatch_options
 from faice.files import dumps_json
+from faice.pipeline.options import ExecRequest
 from faice.pipeline.resume import ResumePlan, save_red_file
 from faice.pipeline.rundir import RunDir
 from faice.pipeline.signals import EXIT_SIGNAL, interrupts_to
@@ -187,3 +188,8 @@ def cancel(outdir: Path, target: str | None) -> int:
         _say("faice: nothing to cancel: every batch is final")
     return 0
 
+
+ENGINE = Engine("slurm", frozenset({
+    "outdir", "dry_run", "wait", "resume", "parallel", "fail_fast", "max_failures", "retries", "timeout",
+    "pull", "disable_pull", "leave_container", "preserve_environment", "runtime",
+}), run)

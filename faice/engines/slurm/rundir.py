@@ -173,6 +173,6 @@ class Submission:
         if logs:
             assert record.debug_info is not None
             record.debug_info.append(f"{logs_title}:\n{logs}")
-            self.rundir.write_stderr(batch_id, logs, keep=True)
+            self.rundir.write_stream(batch_id, "stderr", logs, keep=True)
         self.rundir.write_record(record)
         return record.state

@@ -93,9 +93,12 @@ class SlurmSettings:
 
     @classmethod
     def from_experiment(cls, experiment) -> SlurmSettings:
-        """Read and check the settings; every problem is reported with its key path."""
-        settings = experiment.execution.get("settings") or {}
-        source = experiment.source
+        """The settings of ``execution.settings``; every problem is reported with its key path."""
+        return cls.from_mapping(experiment.execution.get("settings") or {}, experiment.source)
+
+    @classmethod
+    def from_mapping(cls, settings: Any, source: str) -> SlurmSettings:
+        """Read and check Slurm settings from ``source`` (a RED file, the server's flags)."""
         problems: list[Problem] = []
 
         def problem(key: str, message: str) -> None:
