@@ -66,6 +66,7 @@ class _Batch:
     started: threading.Event = field(default_factory=threading.Event)
     stderr_tail: bytearray = field(default_factory=bytearray)
     signalled: bool = False  # faice stopped or killed it
+    cwd: str | None = None  # the program's own working directory (conmon writes an ``oom`` file there)
 
 
 def image_cache(runtime: str) -> Path:
@@ -311,10 +312,15 @@ class ProcessRuntime:
 
     def start(self, handle: ContainerHandle) -> None:
         batch = self._batch(handle)
+        import tempfile
+
+        # Never the user's directory: Podman 4.3's conmon drops an ``oom`` file into its cwd.
+        batch.cwd = tempfile.mkdtemp(prefix="faice-runtime-")
         try:
             batch.process = subprocess.Popen(
                 [*die_with_faice(), *batch.command.argv], env=batch.command.env, stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, close_fds=True)
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, close_fds=True,
+                cwd=batch.cwd)
         except OSError as exc:
             batch.started.set()
             raise ContainerError(f"cannot run {batch.command.argv[0]} (container.engine {self.name}): "
@@ -392,6 +398,8 @@ class ProcessRuntime:
                     if pipe is not None:
                         pipe.close()
         self.after_remove(handle, batch)
+        if batch.cwd is not None:
+            shutil.rmtree(batch.cwd, ignore_errors=True)
         if batch.cgroup is not None:
             batch.cgroup.remove()
 
