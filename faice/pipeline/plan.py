@@ -300,7 +300,7 @@ def runtime_command(runtime: str, plan: BatchPlan, run_id: str, outdir: Path, gp
     from faice.runtime.containers import ContainerSpec
     from faice.runtime.select import docker_run_argv, process_runtime
 
-    binds = [(str(outdir.resolve() / "batches" / plan.id / "outputs"), OUTPUTS_DIR, "rw")]
+    binds = [(str(RunDir(outdir.resolve()).batch(plan.id).outputs), OUTPUTS_DIR, "rw")]
     for staged in plan.command.staged:
         writable = staged.mount and bool((staged.connector or {}).get("access", {}).get("writable"))
         binds.append((f"{STAGED_PLACEHOLDER}/{staged.key.replace(':', '-')}", staged.container_path,
