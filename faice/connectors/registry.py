@@ -2,7 +2,7 @@
 
 Plugins register under the entry-point group ``faice.connectors.v1``, one entry per
 ``command`` name. A name is resolved by its own entry point, so only that plugin is imported
-(``faice --help`` never pays for boto3 or paramiko). Only when no entry point has the name
+(``faice --help`` never pays for boto3 or asyncssh). Only when no entry point has the name
 are the plugins loaded to look at their ``names``. Any other command found on the host PATH
 is an external connector speaking the RED connector CLI 1 protocol.
 """

@@ -83,8 +83,8 @@ def import_docker():
 
     docker-py imports paramiko at import time only to offer ssh:// hosts; that costs ~0.1 s of
     a one-batch run. Hiding paramiko for the import leaves the SDK without its SSH adapter,
-    which a local socket or tcp:// host never uses; faice's own ssh connector imports
-    paramiko normally later on.
+    which a local socket or tcp:// host never uses (paramiko is installed only with
+    ``faice[docker-ssh]``; faice's own ssh connector uses asyncssh).
     """
     import sys
 

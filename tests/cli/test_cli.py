@@ -11,7 +11,7 @@ import pytest
 from faice import __version__
 from faice.cli import main
 
-HEAVY_MODULES = ("cwltool", "docker", "boto3", "paramiko", "requests", "ruamel", "rich", "jsonschema")
+HEAVY_MODULES = ("cwltool", "docker", "boto3", "paramiko", "asyncssh", "requests", "ruamel", "rich", "jsonschema")
 
 
 def _imported_modules(*args: str) -> set[str]:

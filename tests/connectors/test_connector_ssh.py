@@ -453,6 +453,66 @@ def test_refused_login_is_reported_once_with_user_host_and_port(place, ssh_serve
     assert "wrong-secret-value" not in message
 
 
+def _ssh_connections_of_this_process(port: int) -> int:
+    """Established TCP connections from this process to ``port`` (from /proc: real sockets)."""
+    inodes = set()
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    count = 0
+    for table in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            remote_port = int(fields[2].rsplit(":", 1)[1], 16)
+            if remote_port == port and fields[3] == "01" and fields[9] in inodes:
+                count += 1
+    return count
+
+
+def test_one_login_serves_the_check_and_every_transfer(place, ssh_server, ssh_prefix, tmp_path):
+    """The check before a transfer, the transfer and the next ones share one SSH login
+    (there were two per transfer: one library checked, another moved the bytes)."""
+    put_remote(ssh_server, ssh_prefix, "a.txt", b"a")
+    put_remote(ssh_server, ssh_prefix, "d/b.txt", b"b")
+    before = _ssh_connections_of_this_process(ssh_server.port)
+    with StagingSession(tmp_path / "w") as session:
+        request = ConnectorRequest("i", "ssh", place.file("a.txt"))
+        session.validate(request, "receive-file")
+        assert session.stage_in(request, "File").read_bytes() == b"a"
+        folder = session.stage_in(ConnectorRequest("d", "ssh", place.dir("d")), "Directory")
+        assert (folder / "b.txt").read_bytes() == b"b"
+        src = tmp_path / "up.txt"
+        src.write_bytes(b"up")
+        session.send(ConnectorRequest("o", "ssh", place.file("up/up.txt")), "File", src)
+        assert _ssh_connections_of_this_process(ssh_server.port) - before == 1
+
+
+def test_the_ssh_connector_needs_no_paramiko(place, ssh_server, ssh_prefix, tmp_path):
+    """One SSH library (asyncssh) does the checks, host keys and transfers: faice installs
+    and moves ssh data without paramiko."""
+    put_remote(ssh_server, ssh_prefix, "a.txt", b"one library")
+    access = {**place.file("a.txt"), "hostKeyPolicy": "accept-new", "knownHostsFile": str(tmp_path / "kh")}
+    script = (
+        "import json, sys; from pathlib import Path\n"
+        "sys.modules['paramiko'] = None  # any `import paramiko` fails\n"
+        "from faice.connectors.staging import ConnectorRequest, StagingSession\n"
+        "with StagingSession(Path(sys.argv[2])) as session:\n"
+        "    got = session.stage_in(ConnectorRequest('i', 'ssh', json.loads(sys.argv[1])), 'File')\n"
+        "    print(got.read_text())\n"
+    )
+    import json
+
+    done = subprocess.run([sys.executable, "-c", script, json.dumps(access), str(tmp_path / "w")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "one library"
+    assert (tmp_path / "kh").read_text().startswith(f"[{ssh_server.host}]:{ssh_server.port} ")
+
+
 # ------------------------------------------------------------------ cancelled transfers
 
 
