@@ -39,13 +39,19 @@ def test_the_sweep_trains_and_results_name_the_winner(lr_sweep_image, tmp_path):
     assert seconds < 60, f"the whole sweep must take a minute or less on 2 cores, took {seconds:.0f} s"
     finals = {}
     for batch in json.loads((outdir / "run.json").read_text())["batches"]:
+        # Batches end in about a second, before the median rule looks; on a loaded machine one
+        # can run long enough to be stopped: it then has fewer epochs and no final.json.
+        assert batch["state"] in ("succeeded", "stopped"), batch
         outputs = outdir / "batches" / batch["id"] / "outputs"
         lines = (outputs / "training.csv").read_text().splitlines()
-        assert lines[0] == "epoch,accuracy,loss,val_accuracy,val_loss" and len(lines) == 31, "one CSVLogger line per epoch"
-        finals[batch["id"]] = (json.loads((outputs / "final.json").read_text())["val_accuracy"], batch)
+        assert lines[0] == "epoch,accuracy,loss,val_accuracy,val_loss", "a CSVLogger header"
+        if batch["state"] == "succeeded":
+            assert len(lines) == 31, "one CSVLogger line per epoch"
+            finals[batch["id"]] = (json.loads((outputs / "final.json").read_text())["val_accuracy"], batch)
+    assert len(finals) >= 9, "the median rule stops only batches behind the others"
     ranked = faice("results", str(outdir), "--format", "json", cwd=EXAMPLE)  # the records hold the metrics
     assert ranked.returncode == 0, ranked.stderr
-    rows = json.loads(ranked.stdout)
+    rows = json.loads(ranked.stdout)[: len(finals)]  # succeeded batches first, then stopped ones
     values = [row["objective"] for row in rows]
     assert values == sorted((v for v, _ in finals.values()), reverse=True), "the ranking follows the data"
     assert [finals[row["batch"]][0] for row in rows] == values
