@@ -63,7 +63,7 @@ def test_task_that_cannot_start_faice_is_failed_with_its_output(slurm, tmp_path)
     experiment = _experiment({"partition": slurm.partition, "python": "/nonexistent/faice-python"}, 2)
     outdir = tmp_path / "run"
     job = slurm_submit(experiment, outdir)
-    states = job.wait(interval=0.2)
+    states = engine.watch([job], interval=0.2)
     assert states == {"b-test00000000": "failed", "b-test00000001": "failed"}
     record = json.loads((outdir / "batches" / "b-test00000001" / "result.json").read_text())
     assert record["failureClass"] == "engine" and record["parameters"] == {"i": 1}
@@ -93,7 +93,7 @@ def test_task_specs_are_private_and_cancel_of_pending_batches_removes_them(slurm
     assert os.stat(outdir / "slurm").st_mode & 0o777 == 0o700
     cancelled = engine.cancel_run(outdir)
     assert sorted(cancelled) == sorted(job.batch_ids)
-    states = job.wait(interval=0.2)
+    states = engine.watch([job], interval=0.2)
     assert set(states.values()) == {"cancelled"}
     assert not list(tasks.iterdir())
     assert not slurm_cli.queued_tasks(job.job_id)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import shlex
 import signal
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,6 @@ from faice.engines.slurm import client as slurm_cli
 from faice.engines.slurm import rundir
 from faice.engines.slurm.job import (
     FINAL,
-    POLL_INTERVAL_S,
     SUCCEEDED,
     TASK_MODULE,
     Job,
@@ -29,6 +27,7 @@ from faice.engines.slurm.job import (
     refresh_run,
     submit_batches,
     wait_run,
+    watch,
     write_run_summary,
 )
 from faice.engines.slurm.packed import WORKER_MODULE, PackedJob
@@ -98,19 +97,16 @@ def follow(job: Job, *, json_output: bool = False, live: bool | None = None) -> 
 
     received: list[int] = []
     follower = Follower(job.outdir, job.batch_index, live=live)
+    cancelled: list[bool] = []
+
+    def cancel_on_signal() -> None:
+        if received and not cancelled:
+            cancelled.append(True)
+            follower.note(f"interrupted: cancelling Slurm job array {job.job_id}")
+            job.cancel()
+
     with follower, interrupts_to(lambda signum, _frame: received.append(signum)):
-        cancelled = False
-        while True:
-            if received and not cancelled:
-                cancelled = True
-                follower.note(f"interrupted: cancelling Slurm job array {job.job_id}")
-                job.cancel()
-            states = job.poll()
-            follower.update(states)
-            if all(s in FINAL for s in states.values()):
-                rundir.remove_task_specs(job.submission_dir)
-                break
-            time.sleep(POLL_INTERVAL_S)
+        states = watch([job], follower.update, before_poll=cancel_on_signal)
     summary = write_run_summary(job.outdir, states=states)
     if json_output:
         print(REDACTOR.redact(dumps_json(summary, indent=2)))

@@ -5,7 +5,7 @@ Each array task runs :func:`faice.pipeline.batch.run_batch` for one batch on its
 (:mod:`faice.engines.slurm.rundir`). The agency server and ``faice status/cancel --outdir`` use:
 
 * ``submit_batches(experiment, options, outdir, batches=None) -> SlurmJob``
-* ``SlurmJob.poll() -> dict[batch_id, state]``, ``.wait(on_update)``, ``.cancel(batch_ids)``
+* ``SlurmJob.poll() -> dict[batch_id, state]``, ``.cancel(batch_ids)``; ``watch(jobs, on_update)``: the one poll loop
 * ``open_run(outdir) -> list[SlurmJob]``, ``refresh_run(outdir) -> dict`` (rewrites run.json),
   ``cancel_run(outdir, batch_id=None)``
 
@@ -103,18 +103,6 @@ class SlurmJob(rundir.Submission):
         return self.record_lost(batch_id, FAILURE_CLASS.get(slurm_state, FailureClass.ENGINE), message,
                                 engine={"taskId": task_id, "slurmState": slurm_state},
                                 logs=rundir.tail(log), logs_title=f"task output ({log.name})")
-
-    def wait(self, on_update: Callable[[dict[str, BatchState]], None] | None = None,
-             interval: float = POLL_INTERVAL_S) -> dict[str, BatchState]:
-        """Poll until every batch is final; ``on_update`` gets the states after every poll."""
-        while True:
-            states = self.poll()
-            if on_update:
-                on_update(states)
-            if all(s in FINAL for s in states.values()):
-                rundir.remove_task_specs(self.submission_dir)
-                return states
-            time.sleep(interval)
 
     def cancel(self, batch_ids: Iterable[str] | None = None) -> None:
         """Cancel the array or some batches: running tasks get SIGTERM and stop their
@@ -299,18 +287,29 @@ def cancel_run(outdir: Path, batch_id: str | None = None) -> list[str]:
     return cancelled
 
 
-def wait_run(jobs: list[Job], on_update: Callable[[dict[str, BatchState]], None] | None = None
-             ) -> dict[str, BatchState]:
-    """Poll every array of a run until each batch is final."""
+def watch(jobs: list[Job], on_update: Callable[[dict[str, BatchState]], None] | None = None, *,
+          before_poll: Callable[[], None] | None = None, interval: float = POLL_INTERVAL_S) -> dict[str, BatchState]:
+    """The one loop that follows Slurm for a process: poll every array of ``jobs`` (each
+    batch asked of the latest array that ran it) until each batch is final, then remove the
+    specs of tasks that never started. ``before_poll`` acts between polls (a signal handler
+    only records a signal; this loop cancels), ``on_update`` gets the states after each poll."""
     while True:
+        if before_poll is not None:
+            before_poll()
         states = current_states(jobs)
         if on_update:
             on_update(states)
         if all(s in FINAL for s in states.values()):
             for job in jobs:
-                rundir.remove_task_specs(job.submission_dir)
+                job.remove_specs()
             return states
-        time.sleep(POLL_INTERVAL_S)
+        time.sleep(interval)
+
+
+def wait_run(jobs: list[Job], on_update: Callable[[dict[str, BatchState]], None] | None = None
+             ) -> dict[str, BatchState]:
+    """Follow every array of a run until each batch is final (``faice status --wait``, cancel)."""
+    return watch(jobs, on_update)
 
 
 def write_run_summary(outdir: Path, *, states: dict[str, BatchState],

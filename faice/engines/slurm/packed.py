@@ -12,7 +12,7 @@ batch is only waiting for its worker to publish the record.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ RECORD_GRACE_S = rundir.RECORD_GRACE_S
 class PackedJob(rundir.Submission):
     """One packed submission: the array of worker tasks and the queue of its batches.
 
-    The same interface as :class:`faice.engines.slurm.job.SlurmJob` (poll, wait, cancel,
+    The same interface as :class:`faice.engines.slurm.job.SlurmJob` (poll, cancel,
     remove_specs), so ``faice exec --wait``, ``status``, ``results`` and ``cancel`` work alike."""
 
     def __init__(self, outdir: Path, entry: dict[str, Any]):
@@ -109,17 +109,6 @@ class PackedJob(rundir.Submission):
         text = "\n".join(f"{p.name}:\n{t}" for p in logs if (t := rundir.tail(p, 1500)))
         return self.record_lost(batch_id, failure, message, engine={"queueIndex": task, "packed": True},
                                 logs=text, logs_title="worker output")
-
-    def wait(self, on_update: Callable[[dict[str, BatchState]], None] | None = None,
-             interval: float = 0.5) -> dict[str, BatchState]:
-        while True:
-            states = self.poll()
-            if on_update:
-                on_update(states)
-            if all(s in FINAL_STATES for s in states.values()):
-                self.remove_specs()
-                return states
-            time.sleep(interval)
 
     # ------------------------------------------------------------------ cancel
 
