@@ -22,7 +22,10 @@ from typing import Any
 from faice.connectors import Progress
 from faice_connectors.ssh import access as settings
 
-SFTP_MAX_REQUESTS = 128  # parallel SFTP reads/writes in flight (asyncssh pipelining)
+# Parallel SFTP reads/writes in flight. 32 blocks of up to 255 KiB already outrun the SSH
+# channel window (2 MiB); more only lengthen asyncio's wait over pending requests: 1 GiB
+# received from the test sshd took about 10 % less wall and CPU time than with 128.
+SFTP_MAX_REQUESTS = 32
 
 
 class _Stopped(Exception):
