@@ -281,6 +281,9 @@ def create_kwargs(api: Any, spec: ContainerSpec) -> dict[str, Any]:
     host_config: dict[str, Any] = {
         "binds": [f"{host}:{target}:{mode}" for host, target, mode in spec.binds],
         "ulimits": [docker.types.Ulimit(name="nofile", soft=4096, hard=4096)],
+        # An init process as PID 1 (docker run --init): the kernel ignores SIGTERM sent to a
+        # PID 1 without a handler (``sh -c``, ``python3``), so a stop waited out the grace.
+        "init": True,
     }
     if spec.ram_mb:
         host_config["mem_limit"] = host_config["memswap_limit"] = f"{int(spec.ram_mb)}m"

@@ -74,7 +74,8 @@ class PodmanRuntime(ProcessRuntime):
     faice_moves_pid = False  # Podman makes the container's cgroup below --cgroup-parent
 
     def command(self, spec: ContainerSpec, cgroup: MemoryCgroup | None) -> RuntimeCommand:
-        argv = [self.program, "run", "--rm", "--pull", "never", "--network", "host", "--log-driver", "none"]
+        argv = [self.program, "run", "--rm", "--pull", "never", "--network", "host", "--log-driver", "none",
+                "--init"]  # catatonit as PID 1 passes SIGTERM on: a stop ends the program promptly
         if spec.name:
             argv += ["--name", spec.name]
         labels = {LABEL_RUN: spec.run_id, LABEL_BATCH: spec.batch_id, LABEL_VERSION: __version__,

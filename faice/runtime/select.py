@@ -50,7 +50,7 @@ def process_runtime(name: str):
 
 def docker_run_argv(spec: ContainerSpec) -> list[str]:
     """The ``docker run`` that faice's Docker API calls for ``spec`` amount to (``--dry-run``)."""
-    argv = ["docker", "run", "--rm", "--name", spec.name or spec.batch_id, "--label", f"org.faice.batch={spec.batch_id}"]
+    argv = ["docker", "run", "--rm", "--init", "--name", spec.name or spec.batch_id, "--label", f"org.faice.batch={spec.batch_id}"]
     for host, target, mode in spec.binds:
         argv += ["--volume", f"{host}:{target}:{mode}"]
     argv += ["--workdir", spec.workdir, "--ulimit", "nofile=4096:4096"]
