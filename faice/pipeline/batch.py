@@ -127,6 +127,7 @@ class _BatchRun:
             image={"ref": plan.image_ref, "id": image.id, "digest": image.digest,
                    **({"movedFrom": image.moved_from} if image.moved_from else {})}, engine=context.engine,
         )
+        self.record.runtime = context.runtime.name
 
     # ------------------------------------------------------------------ events
 

@@ -112,6 +112,7 @@ class BatchRecord:
     retried_after: list[str] = field(default_factory=list)
     cleanup_errors: list[str] = field(default_factory=list)
     container: str | None = None
+    runtime: str | None = None  # the container runtime that ran the batch (docker, podman, ...)
     engine: dict[str, Any] | None = None
     metrics: dict[str, Any] | None = None
 
@@ -151,6 +152,7 @@ class BatchRecord:
             "retriedAfter": self.retried_after,
             "cleanupErrors": self.cleanup_errors,
             "container": self.container,
+            "runtime": self.runtime,
             "engine": self.engine,
             "metrics": self.metrics,
         }
@@ -183,6 +185,7 @@ class BatchRecord:
             retried_after=data.get("retriedAfter") or [],
             cleanup_errors=data.get("cleanupErrors") or [],
             container=data.get("container"),
+            runtime=data.get("runtime"),
             engine=data.get("engine"),
             metrics=data.get("metrics"),
         )

@@ -103,6 +103,8 @@ class ImageInfo:
 
 
 class ContainerRuntime(Protocol):
+    name: str  # as ``container.engine`` / ``--runtime`` says it, and the batch record names it
+
     def ensure_image(
         self, ref: str, *, auth: dict | None = None, pull: str = "missing", account_logins: bool = True,
         private_images: PrivateImages | None = None,

@@ -359,6 +359,7 @@ class _ChunkReader(io.RawIOBase):
 
 
 class DockerRuntime:
+    name = "docker"
     """The containers of this process on one Docker engine; every exit path can remove them.
 
     A batch's container costs five calls to the engine (create, attach, start, wait,

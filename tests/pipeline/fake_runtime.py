@@ -40,6 +40,7 @@ class _Container:
 
 @dataclass
 class FakeRuntime:
+    name = "docker"  # plays the default runtime's part: records name it
     command: Callable[[ContainerSpec], Played] = lambda spec: Played()
     fail_create: list[ContainerError] = field(default_factory=list)  # raised by the next create() calls
     created: list[ContainerSpec] = field(default_factory=list)

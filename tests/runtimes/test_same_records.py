@@ -4,6 +4,8 @@ and output files, with its image pulled from a registry that wants credentials."
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from runtime_helpers import faice, observable, records, sweep_red
 
@@ -20,6 +22,10 @@ def test_eight_batch_registry_sweep_gives_identical_records_on_docker_podman_and
         assert result.returncode == 0, f"{runtime}: {result.stderr[-2000:]}"
         seen[runtime] = observable(outdir)
         assert {r["image"]["ref"] for r in records(outdir).values()} == {registry.image}
+        # Each record names the runtime that ran it, as the dry run's plan names it.
+        assert {r["runtime"] for r in records(outdir).values()} == {runtime}
+        plan = faice("exec", str(red), "--runtime", runtime, "--dry-run", "--json")
+        assert json.loads(plan.stdout)["runtime"] == runtime
     docker = seen["docker"]
     assert len(docker) == 8
     assert docker[3] == ("succeeded", None, 0, "batch 3 of the staged input\n", "value=21\n")
