@@ -16,6 +16,7 @@ from typing import Any
 
 from faice.errors import KeyPath, Problem, ValidationError, kind_of
 from faice.red.load import located
+from faice.red.values import is_int, is_number
 
 FAICE_ONLY_KEYS = ("metrics",)
 GOALS = ("min", "max")
@@ -359,37 +360,29 @@ def _check_early_stopping(metrics: dict, found: list) -> None:
             found.append(((*path, key), f"unknown key; rule {rule} takes {', '.join(allowed)}"))
     low_grace = 1 if rule in ("asha", "hyperband") else 0
     for key, low in (("graceSteps", low_grace), ("minBatches", 1), ("reductionFactor", 2), ("maxSteps", 1)):
-        if key in allowed and key in early and not (_is_int(early[key]) and early[key] >= low):
+        if key in allowed and key in early and not (is_int(early[key]) and early[key] >= low):
             found.append(((*path, key), f"expected an integer >= {low}, got {early[key]!r}"))
     if rule == "percentile":
         value = early.get("percentile")
         if value is None:
             found.append(((*path, "percentile"), "missing: the share of batches to keep at each step, "
                                                  "a number between 0 and 100 (50 is the median rule)"))
-        elif not (_is_number(value) and 0 < value < 100):
+        elif not (is_number(value) and 0 < value < 100):
             found.append(((*path, "percentile"), f"expected a number between 0 and 100 (exclusive), got {value!r}"))
     if rule == "threshold":
         for key in ("lower", "upper"):
-            if key in early and not _is_number(early[key]):
+            if key in early and not is_number(early[key]):
                 found.append(((*path, key), f"expected a finite number, got {early[key]!r}"))
         if "lower" not in early and "upper" not in early:
             found.append((path, "rule threshold needs lower (stop below it), upper (stop above it) or both"))
-        elif _is_number(early.get("lower")) and _is_number(early.get("upper")) and early["lower"] >= early["upper"]:
+        elif is_number(early.get("lower")) and is_number(early.get("upper")) and early["lower"] >= early["upper"]:
             found.append(((*path, "upper"), f"expected upper > lower, got lower {early['lower']!r}, upper {early['upper']!r}"))
     if rule == "hyperband" and "maxSteps" not in early:
         found.append(((*path, "maxSteps"), "missing: hyperband sizes its brackets from the last step a batch reaches "
                                            "(e.g. the number of epochs)"))
     grace, most = early.get("graceSteps", low_grace), early.get("maxSteps")
-    if _is_int(grace) and _is_int(most) and most <= grace:
+    if is_int(grace) and is_int(most) and most <= grace:
         found.append(((*path, "maxSteps"), f"expected maxSteps > graceSteps ({grace}), got {most!r}"))
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value and abs(value) != float("inf")
 
 
 def relative_path_problem(path: str) -> str | None:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from faice.errors import KeyPath, kind_of
+from faice.red.values import is_int
 
 ALGORITHMS = ("tpe", "gp", "cmaes", "random", "qmc")
 SEARCH_KEYS = ("algorithm", "trials", "seed", "startupTrials", "parameters")
@@ -98,15 +99,15 @@ def search_problems(data: dict, names: dict[str, KeyPath], check_name: Any, dist
     trials = spec.get("trials")
     if trials is None:
         found.append(((*path, "trials"), "missing: how many batches the search runs in all"))
-    elif not _is_int(trials) or not 1 <= trials <= MAX_TRIALS:
+    elif not is_int(trials) or not 1 <= trials <= MAX_TRIALS:
         found.append(((*path, "trials"), f"expected an integer from 1 to {MAX_TRIALS:,}, got {trials!r}"))
-    if "seed" in spec and not _is_int(spec["seed"]):
+    if "seed" in spec and not is_int(spec["seed"]):
         found.append(((*path, "seed"), f"expected an integer seed, got {spec['seed']!r}"))
     if "startupTrials" in spec:
         startup = spec["startupTrials"]
         if algorithm not in ("tpe", "gp"):
             found.append(((*path, "startupTrials"), f"startupTrials applies to tpe and gp, not {algorithm}"))
-        elif not _is_int(startup) or startup < 0:
+        elif not is_int(startup) or startup < 0:
             found.append(((*path, "startupTrials"), f"expected an integer >= 0, got {startup!r}"))
     parameters = spec.get("parameters")
     if not isinstance(parameters, dict) or not parameters:
@@ -129,5 +130,3 @@ def search_problems(data: dict, names: dict[str, KeyPath], check_name: Any, dist
     return found
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)

@@ -44,6 +44,7 @@ from typing import Any
 from faice.errors import KeyPath, Problem, ValidationError, kind_of
 from faice.red.experiment import Batch
 from faice.red.load import located
+from faice.red.values import is_int, is_number
 
 SWEEP_REFERENCE = re.compile(r"\$\(sweep\.([^)]*)\)")
 PARAMETER_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -79,7 +80,7 @@ def sweep_size(sweep: Any) -> int:
         return 1
     if isinstance(sweep.get("search"), dict):
         trials = sweep["search"].get("trials")
-        return trials if _is_int(trials) and trials > 0 else 1
+        return trials if is_int(trials) and trials > 0 else 1
     count = 1
     grid = sweep.get("grid")
     if isinstance(grid, dict):
@@ -238,7 +239,7 @@ def combinations(sweep: dict) -> list[dict[str, Any]]:
         names = list(zipped)
         axes.append([dict(zip(names, row, strict=True)) for row in zip(*zipped.values(), strict=True)])
     if sweep.get("random"):
-        limit = sweep.get("maxBatches") if _is_int(sweep.get("maxBatches")) else None
+        limit = sweep.get("maxBatches") if is_int(sweep.get("maxBatches")) else None
         axes.append(random_samples(sweep["random"], limit))
     budget = sweep.get("maxBatches")
     budget = budget if isinstance(budget, int) and not isinstance(budget, bool) and budget > 0 else None
@@ -351,7 +352,7 @@ def sweep_problems(data: dict, source: str, *, limit: int | None = None) -> list
         return located(data, source, found)
     for key in sweep:
         if key in BUDGET_KEYS:
-            if not _is_int(sweep[key]) or sweep[key] < 1:
+            if not is_int(sweep[key]) or sweep[key] < 1:
                 found.append((("sweep", key), f"expected a positive integer, got {sweep[key]!r}"))
         elif key not in (*SECTIONS, "search"):
             found.append((("sweep", key), f"unknown key; expected one of {', '.join((*SECTIONS, 'search', *BUDGET_KEYS))}"))
@@ -442,11 +443,11 @@ def _check_random(sweep: dict, names: dict[str, KeyPath], found: list) -> None:
         if key not in ("samples", "seed", "parameters"):
             found.append((("sweep", "random", key), "unknown key; expected samples, seed or parameters"))
     samples = spec.get("samples")
-    if samples is None and _is_int(sweep.get("maxBatches")):
+    if samples is None and is_int(sweep.get("maxBatches")):
         pass  # maxBatches draws
     elif not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
         found.append((("sweep", "random", "samples"), f"expected a positive integer number of samples, got {samples!r}"))
-    if "seed" in spec and not _is_int(spec["seed"]):
+    if "seed" in spec and not is_int(spec["seed"]):
         found.append((("sweep", "random", "seed"), f"expected an integer seed, got {spec['seed']!r}"))
     parameters = spec.get("parameters")
     if not isinstance(parameters, dict) or not parameters:
@@ -471,7 +472,7 @@ def _distribution_problem(distribution: Any) -> str | None:
         if not isinstance(arguments, list) or not arguments:
             return "choice needs a non-empty list of values"
         return None
-    numbers = _is_int if kind == "randint" else _is_number
+    numbers = is_int if kind == "randint" else is_number
     if not isinstance(arguments, list) or len(arguments) != 2 or not all(numbers(a) for a in arguments):
         what = "integers" if kind == "randint" else "numbers"
         return f"{kind} needs a list of two {what} [low, high], got {arguments!r}"
@@ -554,11 +555,4 @@ def _cli_inputs(data: dict) -> dict:
     inputs = cli.get("inputs") if isinstance(cli, dict) else None
     return inputs if isinstance(inputs, dict) else {}
 
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
