@@ -53,6 +53,8 @@ if TYPE_CHECKING:
 StopRule = Callable[[str, list], "str | None"]
 
 WAIT_SLICE_S = 1.0  # how often a waiting batch looks at its cancel event and timeout
+# What a shell or the container's init prints when it cannot exec the command (126/127).
+NOT_RUNNABLE_WORDS = ("not found", "ermission denied", "No such file or directory")
 
 
 class BatchFailure(Exception):
@@ -369,10 +371,14 @@ class _BatchRun:
 
     def _stderr_blames_argv0(self) -> bool:
         argv0 = self.plan.command.argv[0] if self.plan.command.argv else ""
-        if not argv0 or not self.files.stderr.is_file() or self.workdir.joinpath(argv0).exists():
+        if not argv0 or not self.files.stderr.is_file():
             return False
+        if not argv0.startswith("/") and self.workdir.joinpath(argv0).exists():
+            return False  # a staged file of the batch: the message is about something it runs
         tail = self.rundir.stderr_tail(self.plan.id, 2000)
-        return any(argv0 in line and ("not found" in line or "ermission denied" in line) for line in tail.splitlines())
+        # A shell wrapper says "not found" / "Permission denied"; the container's init (tini,
+        # catatonit) says "exec X failed: No such file or directory" / "Permission denied".
+        return any(argv0 in line and any(why in line for why in NOT_RUNNABLE_WORDS) for line in tail.splitlines())
 
     def _not_runnable(self, code: int) -> str:
         argv0 = self.plan.command.argv[0] if self.plan.command.argv else ""
