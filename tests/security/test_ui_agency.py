@@ -146,6 +146,7 @@ def test_in_chromium_alice_sees_hers_and_not_bobs(two_users, tmp_path):
     if not chromium_available():
         pytest.skip("Chromium and chromium-driver missing (scripts/infra.sh up installs them)")
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
 
     agency, alice, bob = two_users
     browser = new_browser()
@@ -155,7 +156,8 @@ def test_in_chromium_alice_sees_hers_and_not_bobs(two_users, tmp_path):
         browser.find_element(By.ID, "username").send_keys(agency.name("alice"))
         browser.find_element(By.ID, "password").send_keys(agency.users["alice"])
         browser.find_element(By.CSS_SELECTOR, "form.login button").click()
-        assert browser.current_url == agency.url + f"/ui/runs/{alice}/"
+        # click() returns before the sign-in's redirect is followed: wait for it (at most 10 s)
+        WebDriverWait(browser, 10).until(lambda b: b.current_url == agency.url + f"/ui/runs/{alice}/")
         assert browser.find_element(By.CSS_SELECTOR, "[data-run-state]").text == "running"  # registered: pending
         assert len(browser.find_elements(By.CSS_SELECTOR, "tr[data-batch]")) == 2
         browser.get(agency.url + f"/ui/runs/{bob}/")
