@@ -1,6 +1,6 @@
 """The import structure of faice/, read from the code: no circles, no upward imports.
 
-    cli → engines, agency, ui → pipeline → red, cwl, connectors, runtime → files, errors, secrets
+    cli → engines, agency (with its web pages, agency/ui) → pipeline → red, cwl, connectors, runtime → files, errors, secrets
 
 A module may import its own layer or lower ones (within a layer, without circles); the
 command line alone sees argparse, so no domain module can be handed a Namespace.
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent / "faice"
-LAYERS = {"cli": 5, "__main__": 5, "engines": 4, "agency": 4, "ui": 4, "pipeline": 3,
+LAYERS = {"cli": 5, "__main__": 5, "engines": 4, "agency": 4, "pipeline": 3,
           "red": 2, "cwl": 2, "connectors": 2, "runtime": 2, "schemas": 2}
 # Programs of their own (started by Slurm as `python -m ...`), which parse their own argv.
 OWN_ENTRY_POINTS = {"faice.engines.slurm.task", "faice.engines.slurm.worker"}

@@ -26,12 +26,12 @@ from werkzeug.wrappers import Request, Response
 
 from faice.agency.auth import Authenticator, AuthError, User
 from faice.agency.store import Store
+from faice.agency.ui import source as pages
+from faice.agency.ui.live import ChangeLog
+from faice.agency.ui.source import NotFound
+from faice.agency.ui.web import UI, page, secure
 from faice.pipeline.records import BatchRecord, agency_batch_record
 from faice.pipeline.results import build_results
-from faice.ui import source as pages
-from faice.ui.live import ChangeLog
-from faice.ui.source import NotFound
-from faice.ui.web import UI, page, secure
 
 PREFIX = "/ui"
 SESSION_COOKIE = "faice_ui_session"

@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 from werkzeug.test import Client
 
+from faice.agency.ui.local import TOKEN_COOKIE, LocalUI, is_loopback
+from faice.agency.ui.web import CSP
 from faice.pipeline.records import BatchState, FailureClass, new_batch_record
 from faice.pipeline.rundir import RunDir
-from faice.ui.local import TOKEN_COOKIE, LocalUI, is_loopback
-from faice.ui.web import CSP
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ui"))
 from ui_helpers import chromium_available, new_browser, start_ui

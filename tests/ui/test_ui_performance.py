@@ -11,8 +11,8 @@ import time
 import pytest
 from ui_helpers import eventually, finish_batches, start_ui, synthetic_run
 
+from faice.agency.ui.rundirs import DirSource
 from faice.pipeline import results as results_api
-from faice.ui.rundirs import DirSource
 
 BATCHES = 10_000
 

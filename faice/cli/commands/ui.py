@@ -41,8 +41,8 @@ def run_ui(args) -> int:
     import sys
     from pathlib import Path
 
+    from faice.agency.ui.local import serve
     from faice.errors import UsageError
-    from faice.ui.local import serve
 
     if not 0 <= args.port <= 65535:
         raise UsageError(f"--port {args.port}: expected 0 to 65535")

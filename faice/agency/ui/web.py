@@ -29,9 +29,9 @@ from werkzeug.routing import Map, Rule
 from werkzeug.utils import send_file
 from werkzeug.wrappers import Request, Response
 
+from faice.agency.ui.charts import SMALL, Curve, line_chart, scatter
+from faice.agency.ui.source import NotFound, RunView, Source
 from faice.pipeline.results import Results, winner_line
-from faice.ui.charts import SMALL, Curve, line_chart, scatter
-from faice.ui.source import NotFound, RunView, Source
 
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
        "form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
@@ -52,7 +52,7 @@ TRIALS = 200  # a search's latest proposals listed
 STATIC = {"ui.js": "text/javascript", "ui.css": "text/css", "favicon.svg": "image/svg+xml"}
 FAILED_STATES = ("failed", "cancelled", "stopped")
 
-_ENV = Environment(loader=PackageLoader("faice.ui", "templates"), autoescape=select_autoescape(default=True),
+_ENV = Environment(loader=PackageLoader("faice.agency.ui", "templates"), autoescape=select_autoescape(default=True),
                    trim_blocks=True, lstrip_blocks=True)
 _ENV.filters["q"] = lambda value: quote(str(value), safe="")
 
@@ -131,7 +131,7 @@ class UI:
     def on_static(self, request, viewer, context, name: str) -> Response:
         if name not in STATIC:
             raise NotFound("no such file")
-        data = resources.files("faice.ui").joinpath("static", name).read_bytes()
+        data = resources.files("faice.agency.ui").joinpath("static", name).read_bytes()
         response = secure(Response(data, mimetype=STATIC[name]))
         response.headers["Cache-Control"] = "no-cache"
         return response

@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Protocol
 
+from faice.agency.ui.live import ChangeLog
 from faice.pipeline.results import Results
-from faice.ui.live import ChangeLog
 
 LOG_TAIL_BYTES = 64 * 1024  # the most a page shows or a tick sends of one stream
 FINAL_RUN_STATES = frozenset({"succeeded", "failed", "cancelled", "incomplete", "interrupted"})

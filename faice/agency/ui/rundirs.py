@@ -16,12 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from faice.descriptors import open_beneath
-from faice.pipeline import results as results_api
-from faice.pipeline import search as search_api
-from faice.pipeline.rundir import BatchDir, RunDir, is_batch_id
-from faice.ui.live import ChangeLog
-from faice.ui.source import (
+from faice.agency.ui.live import ChangeLog
+from faice.agency.ui.source import (
     LOG_TAIL_BYTES,
     LogChunk,
     NotFound,
@@ -33,6 +29,10 @@ from faice.ui.source import (
     log_window,
     view_of,
 )
+from faice.descriptors import open_beneath
+from faice.pipeline import results as results_api
+from faice.pipeline import search as search_api
+from faice.pipeline.rundir import BatchDir, RunDir, is_batch_id
 
 MAX_OUTPUTS = 1000  # files listed per batch
 WATCH_SECONDS = 0.5  # how often the watcher looks at the run records of the runs being viewed

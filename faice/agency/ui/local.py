@@ -17,9 +17,9 @@ from typing import Any
 
 from werkzeug.wrappers import Request, Response
 
+from faice.agency.ui.rundirs import DirSource
+from faice.agency.ui.web import UI, secure
 from faice.errors import UsageError
-from faice.ui.rundirs import DirSource
-from faice.ui.web import UI, secure
 
 TOKEN_COOKIE = "faice_ui_token"
 
