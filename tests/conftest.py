@@ -10,11 +10,16 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import uuid
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
+
+# The shared helpers (tests/support/*.py) are imported by basename from every test folder.
+sys.path.insert(0, str(Path(__file__).resolve().parent / "support"))
 
 try:  # tests/ is a package
     from tests import infra as _infra

@@ -4,7 +4,7 @@ Loading cwltool costs about 0.6 s per process (its imports plus the CWL schema i
 every start), most of a one-batch ``faice exec``. RED's schema restricts ``cli`` to inputs of
 scalar, File and Directory types (or arrays of them) bound by a literal ``inputBinding``
 (``position``, ``prefix``, ``separate``, ``itemSeparator``) and outputs found by a glob. For
-that subset the binding rules of CWL v1.0 fit on a page; ``tests/engine/test_binding.py``
+that subset the binding rules of CWL v1.0 fit on a page; ``tests/cwl/test_binding.py``
 checks on generated tools and jobs that this module builds exactly the argv cwltool builds.
 A tool outside the subset (a parameter reference in a glob, a shape the schema would not
 accept) is left to cwltool: :func:`plain_tool` says which.

@@ -23,7 +23,6 @@ from typing import Any
 import pytest
 
 AGENCY_TESTS = Path(__file__).resolve().parents[1] / "agency"
-sys.path.insert(0, str(AGENCY_TESTS))  # agency_helpers
 from agency_helpers import faice  # noqa: E402
 
 pytestmark = [pytest.mark.docker]

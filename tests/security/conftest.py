@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 AGENCY_TESTS = Path(__file__).resolve().parents[1] / "agency"
-sys.path.insert(0, str(AGENCY_TESTS))  # agency_helpers, agency_reds
 
 
 def _agency_fixtures():

@@ -20,15 +20,12 @@ import time
 from pathlib import Path
 
 import pytest
+from engine_helpers import faice_containers, run_id_of, sh_red
 from slow_http import SlowServer
 
 from faice.connectors.staging import ConnectorRequest, StagingSession
 from faice.errors import ConnectorError
 from faice.runtime.tempdirs import PREFIXES
-
-TESTS = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(TESTS / "engine"))
-from engine_helpers import faice_containers, run_id_of, sh_red  # noqa: E402
 
 EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
 

@@ -137,11 +137,8 @@ def test_batch_log_never_holds_the_secret_at_any_moment(tmp_path, test_image):
     """The container prints a secret 100,000 times; stdout.txt is read over and over while
     faice writes it. Before, the clear log was written first and then rewritten masked."""
     import os
-    import sys
     import threading
-    from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))
     from engine_helpers import sh_red
 
     from faice.pipeline.options import RunOptions

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import sys
 import threading
 import time
 from pathlib import Path
@@ -17,8 +16,7 @@ from faice.errors import EngineError
 from faice.runtime.containers import ContainerSpec
 from faice.runtime.select import process_runtime
 
-RUNTIME_TESTS = Path(__file__).resolve().parents[1] / "runtimes"
-sys.path.insert(0, str(RUNTIME_TESTS))
+RUNTIME_TESTS = Path(__file__).resolve().parents[1] / "runtime"
 from runtime_helpers import faice, records, sweep_red  # noqa: E402
 
 

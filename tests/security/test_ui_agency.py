@@ -7,15 +7,11 @@ from __future__ import annotations
 import io
 import json
 import re
-import sys
 import zipfile
-from pathlib import Path
 
 import agency_reds as reds
 import pytest
 import requests
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ui"))
 from ui_helpers import chromium_available, new_browser
 
 RED_SECRET = "alice-red-secret-5c1e"  # the RED's execution access password

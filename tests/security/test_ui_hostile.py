@@ -11,20 +11,17 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from ui_helpers import chromium_available, new_browser, start_ui
 from werkzeug.test import Client
 
 from faice.agency.ui.local import TOKEN_COOKIE, LocalUI, is_loopback
 from faice.agency.ui.web import CSP
 from faice.pipeline.records import BatchState, FailureClass, new_batch_record
 from faice.pipeline.rundir import RunDir
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ui"))
-from ui_helpers import chromium_available, new_browser, start_ui
 
 PAYLOAD = "<script>window.faiceHacked=1</script>"
 ATTRIBUTE = '"><img src=x onerror="window.faiceHacked=2">'

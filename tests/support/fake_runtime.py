@@ -3,7 +3,7 @@
 It implements :class:`faice.runtime.containers.ContainerRuntime`; a test gives it a
 ``command`` function that plays the container: it receives the spec (argv, binds,
 environment) and returns what the container did. Mock by necessity only where a unit test
-wants no dockerd; the same pipeline runs against the real engine in tests/engine/.
+wants no dockerd; the same pipeline runs against the real engine in tests/engines/local/.
 """
 
 from __future__ import annotations

@@ -78,7 +78,7 @@ def test_slurm_gpus_map_to_host_docker_ids():
     assert docker_gpu_ids({}) is None
 
 
-EXAMPLE = str(Path(__file__).resolve().parents[2] / "examples" / "slurm" / "sweep.red.yml")
+EXAMPLE = str(Path(__file__).resolve().parents[3] / "examples" / "slurm" / "sweep.red.yml")
 
 
 def test_dry_run_prints_the_sbatch_command_and_submits_nothing(tmp_path, capsys):

@@ -41,7 +41,7 @@ def test_runs_page_lists_every_run_with_state_counts_and_best(ui):
     assert 'href="/runs/lr-sweep/"' in html and 'href="/runs/small/"' in html  # two levels deep
     assert "8 succeeded" in html and "1 failed" in html and "1 pending" in html
     assert "val_accuracy (max)" in html
-    assert "0.9126" in html  # the best objective of lr-sweep (tests/results' known winner)
+    assert "0.9126" in html  # the best objective of lr-sweep (tests/support/ranked_run.py's known winner)
 
 
 def test_run_page_ranks_like_faice_results_and_marks_the_best(ui, runs):

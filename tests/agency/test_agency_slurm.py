@@ -12,16 +12,15 @@ import sys
 import time
 from pathlib import Path
 
+import agency_reds as reds
 import docker_helpers
 import pytest
+from agency_helpers import faice
 from slurm_helpers import wait_for
 
 from faice.engines.slurm import client as slurm_cli
 
-AGENCY_TESTS = Path(__file__).resolve().parents[1] / "agency"
-sys.path.insert(0, str(AGENCY_TESTS))  # agency_helpers, agency_reds
-import agency_reds as reds  # noqa: E402
-from agency_helpers import faice  # noqa: E402
+AGENCY_TESTS = Path(__file__).resolve().parent
 
 
 def _agency_fixtures():

@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from test_results_cli import make_run, winner_id
+from ranked_run import make_run, winner_id
 
 from faice.cli import main
 

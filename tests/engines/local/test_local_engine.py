@@ -171,7 +171,7 @@ def test_resume_skips_succeeded_batches_and_refuses_a_non_empty_outdir_without_i
     assert after[ids[0]] == before[ids[0]] and after[ids[2]] == before[ids[2]]
     assert after[ids[1]] != before[ids[1]]
 
-    # A changed input makes every batch new (tests/engine/test_resume_grow.py has the details):
+    # A changed input makes every batch new (tests/engines/local/test_resume_grow.py has the details):
     # they run, and run.json lists the batches of the RED file as it is now.
     changed = sh_red(tmp_path / "other.json", 'date > result.txt', test_image,
                      sweep={"grid": {"n": [1, 2, 3]}}, outputs=FILE_OUT)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "local"
+EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "local"
 
 pytestmark = pytest.mark.docker
 

@@ -3,7 +3,7 @@ simulated inventory and the dry-run plan.
 
 No GPU exists on the development machines: inventories and the devices' running processes
 are injected (``FAICE_GPU_INVENTORY``, or a probe function); the batch-record test uses the
-fake container runtime of ``tests/fake_runtime.py`` because Docker cannot start a container
+fake container runtime of ``tests/support/fake_runtime.py`` because Docker cannot start a container
 with an nvidia device request here. Everything else is faice's real code.
 """
 

@@ -1,7 +1,7 @@
 """Shared by the faice ui tests: a started ``faice ui``, headless Chromium, and run directories.
 
 The run directories are the records every engine writes (through the records API): the
-ranked sweep of tests/results (known winner), or a synthetic run of any size.
+ranked sweep of tests/support/ranked_run.py (known winner), or a synthetic run of any size.
 """
 
 from __future__ import annotations
@@ -15,9 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import requests
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "results"))
-from test_results_cli import WINNER, make_run, winner_id  # noqa: F401  (re-exported)
+from ranked_run import WINNER, make_run, winner_id  # noqa: F401  (re-exported)
 
 from faice.pipeline.records import BatchState, RunState, new_batch_record
 from faice.pipeline.rundir import RunDir

@@ -13,7 +13,7 @@ import pytest
 
 pytestmark = [pytest.mark.slurm, pytest.mark.docker]
 
-# As in tests/engine/test_stopping_rules.py: n = 3 is the best at every step, n >= 5 fall behind.
+# As in tests/engines/local/test_stopping_rules.py: n = 3 is the best at every step, n >= 5 fall behind.
 CURVE = ("python3 -u -c 'import sys, time\n"
          "n = int(sys.argv[1])\n"
          "quality = {1: 0.8, 2: 0.85, 3: 0.95, 4: 0.9}.get(n, 0.8 - 0.05 * n)\n"
