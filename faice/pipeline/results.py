@@ -29,6 +29,9 @@ FORMATS = ("table", "csv", "json", "markdown")
 _FAILED = ("failed", "cancelled", "stopped")
 _FINAL = ("succeeded", "failed", "cancelled", "stopped")
 _BASE_COLUMNS = ("rank", "best", "batch", "index", "state", "seconds", "objective", "failure", "message")
+# A search's rows also say which trial each batch was, where it came from (startup, sampler, or
+# again: re-proposed after an interruption) and what stopped it (``asha at step 3``).
+TRIAL_COLUMNS = ("trial", "origin", "stoppedBy")
 
 
 @dataclass
@@ -42,14 +45,16 @@ class Results:
     rows: list[dict[str, Any]] = field(default_factory=list)
     series: dict[str, dict[str, Any]] = field(default_factory=dict)  # batch id -> series read now
     dropped: list[str] = field(default_factory=list)  # batch dirs of an earlier sweep, not ranked
+    search: bool = False  # a sweep.search: the rows have the trial columns (TRIAL_COLUMNS)
 
     @property
     def best(self) -> dict[str, Any] | None:
         return next((row for row in self.rows if row["best"]), None)
 
     def columns(self) -> list[str]:
-        head = ["rank", "best", "batch", "index", "state", "seconds", "objective"]
-        tail = ["failure", "message"]
+        head = ["rank", "best", "batch", "index", *(TRIAL_COLUMNS[:2] if self.search else ()),
+                "state", "seconds", "objective"]
+        tail = [*(TRIAL_COLUMNS[2:] if self.search else ()), "failure", "message"]
         return head + [f"param.{p}" for p in self.parameters] + [f"metric.{m}" for m in self.metrics] + tail
 
 
@@ -225,7 +230,26 @@ def load_results(outdir: Path, *, objective: dict[str, Any] | None = None, spec:
         objective = spec.objective.as_dict()
     results = build_results(outdir, records, objective=objective)
     results.dropped = dropped
+    add_trials(results)
     return results
+
+
+def add_trials(results: Results) -> None:
+    """A search run's rows get the trial columns from its log (a batch that is no trial of it,
+    none: ``-`` in the table, empty in CSV, null in JSON)."""
+    from faice.pipeline.trials import read_search, trial_rows
+
+    search = read_search(results.outdir)
+    if search is None:
+        return
+    trials = {str(row["batch"]): row for row in trial_rows(search)}
+    results.search = True
+    for position, row in enumerate(results.rows):
+        trial = trials.get(str(row["batch"]), {})
+        values = {"trial": trial.get("trial"), "origin": trial.get("origin"), "stoppedBy": trial.get("stoppedBy")}
+        # Rebuilt in the order of columns(): JSON objects list their keys as CSV does.
+        results.rows[position] = {column: values[column] if column in values else row.get(column)
+                                  for column in results.columns()}
 
 
 def read_batch_metrics(outdir: Path, record: dict[str, Any], spec: Any) -> dict[str, Any] | None:
@@ -264,7 +288,7 @@ def render(results: Results, fmt: str = "table", *, top: int | None = None) -> s
         for row in rows:
             writer.writerow([_csv_value(row.get(c)) for c in columns])
         return out.getvalue()
-    hidden = {"best", "message"}
+    hidden = {"best", "message", *TRIAL_COLUMNS}  # a search's trials get a table of their own
     if results.objective and results.objective.get("scope", "final") == "final":
         hidden.add(f"metric.{results.objective['name']}")  # the objective column shows it
     shown = [c for c in columns if c not in hidden and any(row.get(c) is not None for row in rows)]

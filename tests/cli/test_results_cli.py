@@ -212,3 +212,58 @@ def test_a_tie_for_the_best_value_is_said(tmp_path, capsys):
             target.write_text(source.read_text())
     assert main(["results", str(tmp_path)]) == 0
     assert "; tied with 1 other batch\n" in capsys.readouterr().out
+
+
+def test_a_search_s_csv_and_json_rows_say_each_trial_its_origin_and_what_stopped_it(tmp_path):
+    """The trials of a search, written by the real search (Optuna's sampler, its log) and read
+    back by ``faice results --format csv|json``: each row names its trial, where it came from
+    (startup before the sampler learns, then sampler) and the rule that stopped it."""
+    from faice.pipeline.plan import metrics_spec
+    from faice.pipeline.search import Search
+    from faice.red.prepare import load_experiment
+
+    red = tmp_path / "search.json"
+    red.write_text(json.dumps({
+        "redVersion": "9",
+        "cli": {"cwlVersion": "v1.0", "class": "CommandLineTool", "baseCommand": ["train"],
+                "inputs": {"lr": {"type": "float", "inputBinding": {"position": 1}}}, "outputs": {}},
+        "inputs": {"lr": 0.1},
+        "sweep": {"search": {"algorithm": "tpe", "trials": 5, "seed": 3, "startupTrials": 2,
+                             "parameters": {"lr": {"loguniform": [1e-4, 1.0]}}}},
+        "metrics": {"objective": {"name": "acc", "goal": "max"}, "step": "step", "sources": [{"stdout": True}]},
+        "container": {"engine": "docker", "settings": {"image": {"url": "example/train"}}},
+        "execution": {"engine": "ccfaice", "settings": {}}}))
+    experiment = load_experiment(str(red), fill=False)
+    outdir = tmp_path / "run"
+    search = Search(experiment, metrics_spec(experiment), outdir, resume=False)
+    ends = [("succeeded", 0.5, None), ("succeeded", 0.7, None),
+            ("stopped", 0.2, "stopped early by the asha rule at step 2: best acc so far 0.2 is below 0.6"),
+            ("succeeded", 0.9, None), ("failed", None, "exited with code 1")]
+    entries = []
+    for state, value, message in ends:
+        batch = search.propose()
+        assert batch is not None
+        search.tell(batch.id, state, value, [[0, value or 0.0]], message)
+        record = new_batch_record(batch.id, batch.index, batch.parameters, run_id="r1", command=["train"],
+                                  state=BatchState(state), message=message)
+        if value is not None:
+            record.metrics = {"objective": {"name": "acc", "goal": "max", "value": value}, "final": {"acc": value}}
+        RunDir(outdir).write_record(record)
+        entries.append({"id": batch.id, "index": batch.index, "state": state, "parameters": batch.parameters})
+    search.close()
+    RunDir(outdir).write_run({"runId": "r1"}, entries, phase=None)
+
+    data = json.loads(faice("results", str(outdir), "--format", "json").stdout)
+    assert [(r["trial"], r["origin"], r["objective"]) for r in data] == [
+        (3, "sampler", 0.9), (1, "startup", 0.7), (0, "startup", 0.5), (2, "sampler", 0.2), (4, "sampler", None)]
+    assert [r["stoppedBy"] for r in data] == [None, None, None, "asha at step 2", None]
+    assert list(data[0])[:6] == ["rank", "best", "batch", "index", "trial", "origin"], "trial columns first"
+    rows = list(csv.DictReader(io.StringIO(faice("results", str(outdir), "--format", "csv").stdout)))
+    assert [(r["trial"], r["origin"], r["stoppedBy"]) for r in rows] == [
+        ("3", "sampler", ""), ("1", "startup", ""), ("0", "startup", ""), ("2", "sampler", "asha at step 2"),
+        ("4", "sampler", "")]
+    assert list(rows[0]) == list(data[0]), "the same columns in the same order"
+    # A run that is no search keeps its columns.
+    make_run(tmp_path / "plain")
+    plain = json.loads(faice("results", str(tmp_path / "plain"), "--format", "json").stdout)
+    assert "trial" not in plain[0] and "origin" not in plain[0]

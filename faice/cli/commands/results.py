@@ -23,7 +23,8 @@ def add_parser(subparsers) -> None:
             "batches without a value last) and the best batch marked with *. CSV and JSON have\n"
             "flat columns (param.NAME, metric.NAME) that load straight into pandas. A search\n"
             "(sweep.search) also lists its trials in the order they were proposed: where each came\n"
-            "from (startup or sampler), its value, the best so far and what stopped it."
+            "from (startup or sampler), its value, the best so far and what stopped it; its CSV and\n"
+            "JSON rows have the columns trial, origin and stoppedBy."
         ),
         examples=(
             "  faice results runs/lr-sweep\n"
