@@ -35,7 +35,12 @@ MARKERS = {
     "slow": "takes more than a few seconds",
     "upstream": "runs upstream cc-faice 9.3.0 (installs it into $FAICE_INFRA_DIR/upstream-venv once)",
     "foreign_records": "writes run directories by hand (hostile or partial records): not checked against the schema",
+    "services": "uses a test service (set by collection from the markers above and the service fixtures)",
 }
+SERVICE_MARKERS = {"docker", "ssh", "http", "s3", "slurm", "upstream"}
+# A test asking for one of these fixtures (directly or through another fixture) uses a service.
+SERVICE_FIXTURES = {"infra", "docker_client", "test_image", "user_image", "ssh_server", "http_server",
+                    "s3_server", "s3_bucket", "slurm"}
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -46,6 +51,15 @@ def pytest_configure(config: pytest.Config) -> None:
     if "FAICE_CACHE_DIR" not in os.environ:
         config._faice_cache_dir = tempfile.mkdtemp(prefix="faice-test-cache-")
         os.environ["FAICE_CACHE_DIR"] = config._faice_cache_dir
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that needs a test service ``services``: scripts/test.sh runs those on
+    one Python only, and the service-free rest on every Python."""
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if fixtures & SERVICE_FIXTURES or any(item.get_closest_marker(m) for m in SERVICE_MARKERS):
+            item.add_marker("services")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
