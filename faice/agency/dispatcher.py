@@ -22,7 +22,7 @@ from typing import Any
 
 from faice.agency.notify import Hook, Notifier
 from faice.agency.placement import Admission, Claim, Impossible, host_ram_mb
-from faice.agency.runner import BatchJob, Outcome, Runner
+from faice.agency.runner import BatchJob, Outcome, Runner, kept_series
 from faice.agency.store import FINAL_STATES, Store
 from faice.agency.vault import Vault, unseal
 
@@ -59,6 +59,8 @@ class Dispatcher:
         self._stopping = threading.Event()
         self._running: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
+        # experiment id → its early-stopping rule over all its batches (as one local run's)
+        self._stoppers: dict[str, Any] = {}
         # A local runner places GPUs and RAM on this host; a Slurm runner leaves that to Slurm.
         local = self.node == "local"
         self.admission = Admission(self.parallel, gpus=getattr(runner, "gpus", None) if local else None,
@@ -206,7 +208,52 @@ class Dispatcher:
             disable_connector_validation=bool(experiment["execution"]["settings"].get("disableConnectorValidation")),
             gpus=claim.gpus if claim is not None and claim.gpus else None,
         )
+        stopper = self.stopper(experiment)
+        if stopper is not None:
+            job.stop_rule = stopper.check
         return self.runner.run(job, cancel)
+
+    # ------------------------------------------------------------ early stopping
+    def stopper(self, experiment: dict[str, Any]) -> Any:
+        """The experiment's early-stopping rule (:class:`faice.pipeline.stopping.Stopper`, the
+        local engine's), or None without ``metrics.earlyStopping``. Made at its first batch and
+        taught the series every finished batch of the experiment left (so also after a restart)."""
+        metrics = experiment.get("metrics")
+        if not isinstance(metrics, dict) or not metrics.get("earlyStopping"):
+            return None
+        experiment_id = experiment["_id"]
+        with self._lock:
+            found = self._stoppers.get(experiment_id)
+        if found is not None:
+            return found
+        from faice.pipeline.stopping import Stopper
+        from faice.red.metrics import MetricsSpec
+
+        try:
+            stopper = Stopper(MetricsSpec.from_mapping(metrics))
+        except Exception:  # validated when it was submitted; never fail a batch over it
+            log.exception("experiment %s: its early-stopping rule could not be built", experiment_id)
+            return None
+        for batch in self.store.list("batches", {"experimentId": experiment_id}):
+            series = batch.get("objectiveSeries")
+            if batch["state"] in FINAL_STATES and isinstance(series, list):
+                stopper.finished(batch["_id"], series)
+        with self._lock:
+            return self._stoppers.setdefault(experiment_id, stopper)
+
+    def _objective_series(self, batch: dict[str, Any], outcome: Outcome) -> list[list[Any]] | None:
+        """The finished batch's objective series, kept in its document and taught to the rule."""
+        experiment = self.store.experiment(batch["experimentId"]) or {}
+        metrics = experiment.get("metrics")
+        if not isinstance(metrics, dict):
+            return None
+        name = (metrics.get("objective") or {}).get("name")
+        series = kept_series((outcome.extra.get("series") or {}).get(name))
+        with self._lock:
+            stopper = self._stoppers.get(batch["experimentId"])
+        if stopper is not None and series is not None:
+            stopper.finished(batch["_id"], series)
+        return series
 
     def _finish(self, batch: dict[str, Any], outcome: Outcome, cancel: threading.Event) -> None:
         from faice.secrets import REDACTOR
@@ -222,22 +269,33 @@ class Dispatcher:
                 return  # the server is shutting down: recover() retries it at the next start
         debug = REDACTOR.redact(outcome.debug_info) if outcome.debug_info else None
         record = REDACTOR.redact_data(outcome.record) if outcome.record else None
+        series = self._objective_series(batch, outcome)
+        kept = {"objectiveSeries": series} if series is not None else None
         if outcome.state == "succeeded":
-            done = self.store.transition(batch_id, "succeeded", expect={"processing"}, node=self.node, debug_info=debug, ccagent=record)
+            done = self.store.transition(batch_id, "succeeded", expect={"processing"}, node=self.node, debug_info=debug,
+                                         ccagent=record, extra=kept)
+        elif outcome.state == "stopped" and not cancel.is_set():
+            # CC-Agency has no state for it: "cancelled" (ended on purpose, never retried), the
+            # reason in debugInfo and faice's record (state stopped, failure class stopped-early).
+            done = self.store.transition(batch_id, "cancelled", expect=ACTIVE, node=self.node,
+                                         debug_info=debug or "stopped early", ccagent=record, extra=kept)
         elif outcome.state == "cancelled" or cancel.is_set():
             done = self.store.transition(batch_id, "cancelled", expect=ACTIVE, node=self.node, debug_info=debug)
         else:
-            done = self._failed(self.store.batch(batch_id) or batch, debug or "batch failed", retryable=outcome.retryable, ccagent=record)
+            done = self._failed(self.store.batch(batch_id) or batch, debug or "batch failed", retryable=outcome.retryable,
+                                ccagent=record, extra=kept)
         self._void(done or self.store.batch(batch_id) or batch)
         shutil.rmtree(self.workdir / "batches" / batch_id, ignore_errors=True)
 
-    def _failed(self, batch: dict[str, Any], reason: str, *, retryable: bool, ccagent: Any = None) -> dict[str, Any] | None:
+    def _failed(self, batch: dict[str, Any], reason: str, *, retryable: bool, ccagent: Any = None,
+                extra: dict[str, Any] | None = None) -> dict[str, Any] | None:
         """Back to ``registered`` when attempts and the experiment allow, else ``failed``."""
         experiment = self.store.experiment(batch["experimentId"]) or {}
         allowed = bool(((experiment.get("execution") or {}).get("settings") or {}).get("retryIfFailed"))
         if retryable and allowed and batch["attempts"] < self.max_attempts:
             return self.store.transition(batch["_id"], "registered", expect=ACTIVE, debug_info=reason, ccagent=ccagent)
-        return self.store.transition(batch["_id"], "failed", expect=ACTIVE, node=batch.get("node"), debug_info=reason, ccagent=ccagent)
+        return self.store.transition(batch["_id"], "failed", expect=ACTIVE, node=batch.get("node"), debug_info=reason,
+                                     ccagent=ccagent, extra=extra)
 
     # ------------------------------------------------------------ secrets and notifications
     def _void(self, batch: dict[str, Any] | None) -> None:
@@ -248,6 +306,8 @@ class Dispatcher:
         states = self.store.experiment_batch_states(batch["experimentId"])
         if all(s in FINAL_STATES for s in states):
             self.vault.delete_owner(batch["experimentId"])
+            with self._lock:
+                self._stoppers.pop(batch["experimentId"], None)
 
     def _notify(self) -> None:
         self._notifier.poll()  # delivery, marking and retries: faice.agency.notify

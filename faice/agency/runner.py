@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from faice.errors import FaiceError
 from faice.files import read_tail
@@ -24,6 +24,13 @@ from faice.red.experiment import Batch, Experiment
 from faice.runtime.gpus import Gpu, GpuAllocator, host_allocator
 from faice.secrets import Redactor, batch_redactor
 
+if TYPE_CHECKING:
+    from faice.pipeline.batch import StopRule
+
+# A finished batch's objective series kept in its document (for the early-stopping rule and
+# the search's sampler after a restart): at most this many points, evenly thinned.
+MAX_KEPT_POINTS = 200
+
 
 @dataclass
 class BatchJob:
@@ -35,11 +42,14 @@ class BatchJob:
     workdir: Path
     disable_connector_validation: bool = False
     gpus: list[Gpu] | None = None  # devices the dispatcher reserved for this batch
+    # The experiment's early-stopping rule (the dispatcher's, over all its batches); runners
+    # that cannot watch a batch while it runs (Slurm) leave it unused.
+    stop_rule: StopRule | None = None
 
 
 @dataclass
 class Outcome:
-    state: str  # succeeded | failed | cancelled
+    state: str  # succeeded | failed | cancelled | stopped (by the early-stopping rule)
     debug_info: str | None = None
     stdout: str | None = None
     stderr: str | None = None
@@ -114,7 +124,8 @@ class PipelineRunner:
         self.host.remove_leftovers(options.runtime_for(plan.engine))
         record = self.host.run_alone(plan, run_id=job.experiment_id, outdir=outdir, redactor=redactor,
                                      options=options, cancel=cancel, engine={"name": "agency", "node": self.node},
-                                     gpus=GpuAllocator(job.gpus, busy="ignore") if job.gpus else None)
+                                     gpus=GpuAllocator(job.gpus, busy="ignore") if job.gpus else None,
+                                     stop_rule=job.stop_rule)
         return outcome_of(record, RunDir(outdir).batch(job.batch_id), redactor=redactor, cancelled=cancel.is_set())
 
     def cleanup(self, batch_id: str) -> None:
@@ -136,9 +147,38 @@ def outcome_of(record: BatchRecord, files: BatchDir, *, redactor: Redactor, canc
 
     state = "cancelled" if cancelled or record.failure_class == FailureClass.CANCELLED else record.state.value
     debug = "\n".join(str(d) for d in record.debug_info) if record.debug_info else None
-    # Like CC-Agency, any failure gets the remaining attempts (the client can disable retries).
+    if state == "stopped" and not debug:
+        debug = record.message
+    # Like CC-Agency, any failure gets the remaining attempts (the client can disable retries);
+    # a batch the early-stopping rule stopped ended as planned.
     return Outcome(state, redactor.redact(debug) if debug else None, text("stdout"), text("stderr"),
-                   redactor.redact_data(record.to_dict()), state != "cancelled", extra={"skipped": skipped})
+                   redactor.redact_data(record.to_dict()), state not in ("cancelled", "stopped"),
+                   extra={"skipped": skipped, "series": _series(files)})
+
+
+def _series(files: BatchDir) -> dict[str, Any]:
+    """Every metric's ``[[step, value], …]`` from the batch's metrics.json ({} without one)."""
+    import json
+
+    try:
+        data = json.loads(files.metrics.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    series = data.get("series") if isinstance(data, dict) else None
+    return series if isinstance(series, dict) else {}
+
+
+def kept_series(series: Any) -> list[list[Any]] | None:
+    """A series as a batch document keeps it: well-formed points only, at most MAX_KEPT_POINTS
+    (evenly thinned, the last one kept)."""
+    if not isinstance(series, list):
+        return None
+    points = [list(p) for p in series if isinstance(p, (list, tuple)) and len(p) == 2
+              and isinstance(p[0], (int, float)) and (p[1] is None or isinstance(p[1], (int, float)))]
+    if len(points) > MAX_KEPT_POINTS:
+        stride = -(-len(points) // MAX_KEPT_POINTS)
+        points = points[::stride][: MAX_KEPT_POINTS - 1] + [points[-1]]
+    return points
 
 
 def read_record(rundir: RunDir, batch_id: str, *, redactor: Redactor, cancelled: bool = False) -> Outcome:

@@ -296,6 +296,8 @@ def agency_batch_record(batch: dict[str, Any]) -> dict[str, Any]:
         record = new_batch_record(batch["_id"], batch.get("batchesListIndex"), parameters, run_id=batch.get("experimentId"),
                                   command=None, state=enum_or(BatchState, state, BatchState.PENDING)).to_dict()
         record["started"] = _iso((history[0] if history else {}).get("time"))
+    if state == "cancelled" and record.get("state") == BatchState.STOPPED.value:
+        state = BatchState.STOPPED.value  # faice's server: CC-Agency's "cancelled" of a batch stopped early
     record.update(batchId=batch["_id"], batchIndex=batch.get("batchesListIndex"), state=state)
     if state in ("failed", "cancelled") and not record.get("message"):
         record["message"] = next((h.get("debugInfo") for h in reversed(history) if h.get("debugInfo")), None)

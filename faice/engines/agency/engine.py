@@ -99,11 +99,17 @@ def run(experiment: Experiment, request: ExecRequest) -> int:
     if rundir is not None:
         save_run(rundir, client, batches, {**(rundir.read_run() or {}), **header, "experimentId": experiment_id,
                                            "finished": now_iso()})
-    failed = [b for b in batches if b["state"] != "succeeded"]
-    for batch in failed:
+    failed = []
+    for batch in batches:
+        if batch["state"] == "succeeded":
+            continue
         detail = client.batch(batch["_id"])
+        state = agency_batch_record(detail)["state"]
+        if state == "stopped":  # faice's server stopped it early: a planned end, as on the local engine
+            continue
+        failed.append(batch)
         reason = next((h.get("debugInfo") for h in reversed(detail.get("history", [])) if h.get("debugInfo")), None)
-        print(REDACTOR.redact(f"batch {batch['_id']} {batch['state']}" + (f": {reason}" if reason else "")), file=sys.stderr)
+        print(REDACTOR.redact(f"batch {batch['_id']} {state}" + (f": {reason}" if reason else "")), file=sys.stderr)
     return 1 if failed else 0
 
 

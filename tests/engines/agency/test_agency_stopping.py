@@ -1,0 +1,79 @@
+"""faice's own server applies the ``metrics`` section's early stopping to the batches of one
+experiment, as the local engine applies it to the batches of one run: the same batches stop,
+with the same record (state ``stopped``, failure class ``stopped-early``, the rule's reason),
+and ``faice exec --wait --outdir`` writes them into the run directory."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from agency_helpers import faice
+from engine_helpers import sh_red
+
+from faice.pipeline.options import RunOptions
+from faice.pipeline.run import run_experiment
+from faice.red.prepare import load_experiment
+
+pytestmark = pytest.mark.docker
+
+# acc(n, step) = quality(n) · (1 − 0.8^(step+1)): the order of the batches is the same at every
+# step (n = 3 best, then 4, 2, 1, 5, 6). One batch at a time, in grid order, ASHA (rungs at
+# steps 1 and 3, keep the best third) lets 1, 2 and 3 go on (each the best so far at every
+# rung) and stops 4, 5 and 6 at the first rung.
+CURVE = ("python3 -u -c 'import sys, time\n"
+         "n = int(sys.argv[1])\n"
+         "quality = {1: 0.8, 2: 0.85, 3: 0.95, 4: 0.9}.get(n, 0.8 - 0.05 * n)\n"
+         "for step in range(8):\n"
+         "    print(\"step=%d acc=%.6f\" % (step, quality * (1 - 0.8 ** (step + 1))))\n"
+         "    time.sleep(0.3)\n' \"$0\"")
+EARLY = {"rule": "asha", "graceSteps": 1, "reductionFactor": 3, "maxSteps": 8}
+
+
+def curve_red(path, image: str, execution: dict) -> dict:
+    red = json.loads(sh_red(path, CURVE, image, sweep={"grid": {"n": list(range(1, 7))}}, ram=256).read_text())
+    red["metrics"] = {"objective": {"name": "acc", "goal": "max"}, "step": "step", "sources": [{"stdout": True}],
+                      "earlyStopping": EARLY}
+    red["execution"] = execution
+    path.write_text(json.dumps(red))
+    return red
+
+
+def test_the_agency_stops_the_batches_the_local_engine_stops(make_agency, tmp_path, test_image):
+    curve_red(tmp_path / "local.red.json", test_image, {"engine": "ccfaice", "settings": {}})
+    local = run_experiment(load_experiment(str(tmp_path / "local.red.json")), RunOptions(parallel=1), tmp_path / "local")
+    local_records = {e["parameters"]["n"]: e for e in local.to_dict()["batches"]}
+    local_stopped = sorted(n for n, e in local_records.items() if e["state"] == "stopped")
+    assert local_stopped == [4, 5, 6], local_records
+
+    server = make_agency("--parallel", "1")
+    curve_red(tmp_path / "agency.red.json", test_image, {"engine": "ccagency", "settings": {"access": {
+        "url": server.url, "auth": {"username": server.name("alice"), "password": "{{agency_password}}"}}}})
+    variables = tmp_path / "vars.yml"
+    variables.write_text(f"agency_password: {server.users['alice']}\n")
+    outdir = tmp_path / "agency"
+    result = faice("exec", str(tmp_path / "agency.red.json"), "--variables", str(variables), "--wait",
+                   "--outdir", str(outdir), "--no-progress", timeout=300)
+    assert result.returncode == 0, result.stderr  # stopped batches ended as planned: the run succeeded
+    run = json.loads((outdir / "run.json").read_text())
+    assert run["state"] == "succeeded" and run["counts"] == {"succeeded": 3, "stopped": 3}, run
+    records = {}
+    for entry in run["batches"]:
+        record = json.loads((outdir / "batches" / entry["id"] / "result.json").read_text())
+        records[record["batchIndex"] + 1] = record  # the grid's order: n = index + 1
+    assert sorted(n for n, r in records.items() if r["state"] == "stopped") == local_stopped
+    for n in local_stopped:
+        local_record = json.loads((tmp_path / "local" / "batches" / local_records[n]["id"] / "result.json").read_text())
+        assert records[n]["failureClass"] == local_record["failureClass"] == "stopped-early"
+        assert records[n]["message"] == local_record["message"], (records[n]["message"], local_record["message"])
+        assert records[n]["message"].startswith("stopped early by the asha rule at step 1 (rung 1 of 2)")
+    for n in (1, 2, 3):
+        assert records[n]["state"] == "succeeded" and records[n]["metrics"]["objective"]["value"] > 0
+    # CC-Agency's own view: the stopped batches are "cancelled" (its states have no "stopped"),
+    # with the rule's reason; never retried.
+    batch = server.get(f"/batches/{run['batches'][3]['id']}").json()
+    assert batch["state"] == "cancelled" and batch["attempts"] == 1
+    assert "stopped early by the asha rule at step 1" in batch["history"][-1]["debugInfo"]
+    ranked = faice("results", str(outdir), "--format", "json")
+    assert ranked.returncode == 0, ranked.stderr
+    assert json.loads(ranked.stdout)[0]["batch"] == records[3]["batchId"]
