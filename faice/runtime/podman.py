@@ -138,10 +138,12 @@ class PodmanRuntime(ProcessRuntime):
             self._podman("rm", "--force", "--ignore", "--time", "0", handle.name)
 
     def stop(self, handle: ContainerHandle, grace: float) -> None:
+        self._batch(handle).signalled = True  # its 137/143 is faice's doing, not the OOM killer's
         self._podman("stop", "--ignore", "--time", str(int(grace)), handle.name)
         super().stop(handle, 1)
 
     def kill(self, handle: ContainerHandle) -> None:
+        self._batch(handle).signalled = True
         self._podman("kill", handle.name)
         super().kill(handle)
 

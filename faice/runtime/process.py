@@ -346,13 +346,18 @@ class ProcessRuntime:
         return 128 - code if code < 0 else code
 
     def _end(self, batch: _Batch, sig: int) -> None:
+        """Signal a batch that still runs; one that ended by itself stays not ``signalled``
+        (Podman's ``--rm`` then removed its container: no ``podman rm`` after it)."""
+        if batch.process is not None and batch.process.poll() is not None:
+            return
         batch.signalled = True
-        if batch.process is not None and batch.process.poll() is None:
+        if batch.process is not None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(batch.process.pid, sig)
 
     def stop(self, handle: ContainerHandle, grace: float) -> None:
         batch = self._batch(handle)
+        batch.signalled = True  # faice ended it, even where the runtime's own stop came first
         self._end(batch, signal.SIGTERM)
         if batch.process is not None:
             try:
@@ -361,7 +366,9 @@ class ProcessRuntime:
                 self._end(batch, signal.SIGKILL)
 
     def kill(self, handle: ContainerHandle) -> None:
-        self._end(self._batch(handle), signal.SIGKILL)
+        batch = self._batch(handle)
+        batch.signalled = True
+        self._end(batch, signal.SIGKILL)
 
     def exit_state(self, handle: ContainerHandle) -> ContainerExit:
         batch = self._batch(handle)

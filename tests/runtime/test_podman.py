@@ -4,6 +4,8 @@ image fetched once from the registry, nothing left behind."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 
 import pytest
@@ -67,3 +69,23 @@ def test_eight_concurrent_batches_fetch_the_image_once(registry, podman, tmp_pat
     image = json.loads(subprocess.run(["podman", "image", "inspect", registry.image], capture_output=True,
                                       text=True, timeout=60).stdout)[0]
     assert {r["image"]["id"] for r in records(outdir).values()} == {image["Id"]}
+
+
+def test_a_batch_that_ends_by_itself_is_one_podman_process(registry, podman, tmp_path):
+    """Every podman invocation costs its start-up (~50–150 ms): a batch is its ``podman run
+    --rm`` alone — no ``podman rm`` after a container ``--rm`` already removed — and still
+    leaves no container behind."""
+    calls = tmp_path / "calls"
+    shim = tmp_path / "bin" / "podman"
+    shim.parent.mkdir()
+    shim.write_text(f'#!/bin/sh\necho "$1" >> {calls}\nexec {shutil.which("podman")} "$@"\n')
+    shim.chmod(0o755)
+    red = sweep_red(tmp_path / "sweep.red.json", registry, batches=3)
+    outdir = tmp_path / "run"
+    result = faice("exec", str(red), "--runtime", "podman", "--outdir", str(outdir), "--no-progress",
+                   env={"PATH": f"{shim.parent}:{os.environ['PATH']}"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert [found[0] for found in observable(outdir).values()] == ["succeeded"] * 3
+    per_batch = [call for call in calls.read_text().split() if call not in ("ps", "image", "pull")]
+    assert per_batch == ["run"] * 3
+    assert not podman_containers(next(iter(records(outdir).values()))["runId"])
