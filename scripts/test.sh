@@ -2,17 +2,21 @@
 # The test command: scripts/test.sh [pytest args]   (default: tests/)
 #
 # 1. creates or updates a venv per Python (pip install -e '.[test]', only when the package
-#    metadata changed since the last install): .venv from `python3` (or $PYTHON), and for
-#    the whole suite also .venv-debian from Debian 12's own /usr/bin/python3, the README's
-#    platform (skipped when it is the same interpreter as the first),
+#    metadata changed since the last install): .venv from `python3` (or $PYTHON), and for the
+#    whole suite also .venv-debian from Debian 12's own /usr/bin/python3, the README's platform
+#    (skipped when it is the same interpreter as the first),
 # 2. brings the test services up (scripts/infra.sh up) and exports their FAICE_TEST_*
 #    variables, with FAICE_TEST_INFRA=required so that a missing service fails instead of
 #    skipping,
-# 3. runs `ruff check .` once and `pytest -q -p no:cacheprovider` in each venv, one after
-#    the other, and ends with one line adding them up: "total: N passed, N failed[, N skipped]".
+# 3. runs `ruff check .` and `mypy` once, then pytest: the whole suite on Debian's Python (on
+#    the first when Debian's is not among them), and on every other Python the tests that need
+#    no test service (`-m "not services"`, marked at collection in tests/conftest.py): a
+#    service behaves the same whatever Python drives it, and running those twice doubled CI's
+#    time. It ends with one line adding them up: "total: N passed, N failed[, N skipped]".
 #
 # FAICE_TEST_PYTHONS="python3 /usr/bin/python3" chooses the interpreters; the default is both
 # for the whole suite (no arguments, what CI runs) and only the first for a part.
+# FAICE_TEST_EVERYWHERE=1 runs the whole suite on every Python.
 # On exit the services are stopped again (scripts/infra.sh down), unless they were already
 # up when this script started (somebody else is using them) or FAICE_KEEP_INFRA=1.
 # The exit code is the first failing pytest's; when all pass but ruff fails, it is ruff's.
@@ -102,7 +106,11 @@ mypy_rc=0
 mypy || mypy_rc=$?
 ((mypy_rc == 0)) || log "mypy failed (exit $mypy_rc); running the tests anyway"
 
-(($# > 0)) || set -- tests/
+whole_suite=0
+(($# > 0)) || { whole_suite=1; set -- tests/; }
+# The venv that runs everything: Debian's where it is one of them, else the first.
+full_venv=${venvs[0]}
+for venv in "${venvs[@]}"; do [[ $venv != .venv-debian ]] || full_venv=$venv; done
 # "passed failed skipped" from JUnit report $1 (pytest's own closing line depends on -q/-v).
 counts() {
   "$VENV/bin/python" -c '
@@ -118,12 +126,16 @@ print(n["tests"] - n["failures"] - n["errors"] - n["skipped"], n["failures"] + n
 }
 passed=0 failed=0 skipped=0 pytest_rc=0 summaries=()
 for venv in "${venvs[@]}"; do
+  subset=()
+  if ((whole_suite)) && [[ $venv != "$full_venv" && ${FAICE_TEST_EVERYWHERE:-0} != 1 ]]; then
+    subset=(-m "not services")
+  fi
   version=$("$venv/bin/python" -c 'import platform; print(platform.python_version())')
-  ((${#venvs[@]} == 1)) || log "---- pytest with Python $version ($venv)"
+  ((${#venvs[@]} == 1)) || log "---- pytest with Python $version ($venv)${subset[*]:+: the tests that need no service}"
   rc=0
   rm -f "$venv/pytest.xml"
   PATH=$PWD/$venv/bin:$PATH VIRTUAL_ENV=$PWD/$venv "$venv/bin/python" -m pytest -q -p no:cacheprovider \
-    --junitxml="$venv/pytest.xml" "$@" || rc=$?
+    --junitxml="$venv/pytest.xml" "${subset[@]}" "$@" || rc=$?
   read -r p f s <<<"$(counts "$venv/pytest.xml")"
   passed=$((passed + p)) failed=$((failed + f)) skipped=$((skipped + s))
   summaries+=("Python $version ($venv): $p passed, $f failed, $s skipped (pytest exit $rc)")
