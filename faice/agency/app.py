@@ -51,7 +51,8 @@ MAX_QUERY_TEXT = 1000  # characters of a text query value (user, node, state, ex
 _INTEGER = re.compile(r"[+-]?[0-9]{1,30}")  # ASCII digits only (int() takes '1_0' and other scripts)
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 # What this server does beyond CC-Agency, announced on /version: "metrics" = it keeps a RED
-# file's metrics section and records each batch's metrics (a client strips it otherwise).
+# file's metrics section, records each batch's metrics and applies its early stopping (a
+# client strips it otherwise); "search" (with Optuna installed) = it runs sweep.search.
 FEATURES = ["metrics"]
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
 
@@ -92,6 +93,7 @@ class AgencyApp:
             Rule("/experiments", endpoint="experiments", methods=["GET"]),
             Rule("/experiments/count", endpoint="experiments_count", methods=["GET"]),
             Rule("/experiments/<eid>", endpoint="experiment", methods=["GET"]),
+            Rule("/experiments/<eid>/trials", endpoint="trials", methods=["GET"]),
             Rule("/batches", endpoint="batches", methods=["GET"]),
             Rule("/batches/count", endpoint="batches_count", methods=["GET"]),
             Rule("/batches/<bid>", endpoint="batch", methods=["GET", "DELETE"]),
@@ -202,8 +204,10 @@ class AgencyApp:
 
     def on_version(self, request, user):
         import faice
+        from faice.agency.search import announced
 
-        return _json({"agencyVersion": AGENCY_VERSION, "faiceVersion": faice.__version__, "faiceFeatures": FEATURES})
+        features = FEATURES + (["search"] if announced() else [])
+        return _json({"agencyVersion": AGENCY_VERSION, "faiceVersion": faice.__version__, "faiceFeatures": features})
 
     def on_login(self, request, user):
         auth = self.agency.auth
@@ -246,6 +250,8 @@ class AgencyApp:
                 self.agency.vault.delete_owner(owner)
             repeated = self._repeated(user, idempotency) if idempotency else None
             return repeated or _json({"experimentId": stored})
+        if "search" in experiment:
+            self.agency.dispatcher.searches.add(experiment["_id"])
         self.agency.dispatcher.wake()
         return _json({"experimentId": experiment["_id"]})
 
@@ -292,6 +298,18 @@ class AgencyApp:
             return _json(_public(self._visible(self.agency.store.experiment(eid), user, "experiment")))
         except _NotFound as exc:
             return _error(404, str(exc))
+
+    def on_trials(self, request, user, eid: str):
+        """faice's own: a search experiment's trial log (``search/trials.jsonl`` events, each
+        naming the agency's batch id), which ``faice exec --wait --outdir`` writes."""
+        from faice.agency.search import trial_events
+
+        _check_id(eid)
+        try:
+            self._visible(self.agency.store.experiment(eid), user, "experiment")
+        except _NotFound as exc:
+            return _error(404, str(exc))
+        return _json(trial_events(self.agency.dispatcher.workdir, self.agency.store, eid))
 
     def on_batch(self, request, user, bid: str):
         _check_id(bid)

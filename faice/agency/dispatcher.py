@@ -68,6 +68,10 @@ class Dispatcher:
         self._pool = ThreadPoolExecutor(self.parallel, thread_name_prefix="batch")
         self._notifier = Notifier(store, self.hooks)
         self._thread = threading.Thread(target=self._loop, name="dispatcher", daemon=True)
+        from faice.agency.search import SearchDriver
+
+        # sweep.search: the server proposes each search's trials (faice.agency.search)
+        self.searches = SearchDriver(store, workdir, parallel=self.parallel, on_end=self._search_ended)
 
     # ------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -83,6 +87,7 @@ class Dispatcher:
                 event.set()
         self._notifier.stop()  # never waits for a hook
         self._pool.shutdown(wait=True)
+        self.searches.close()
 
     def wake(self) -> None:
         self._wake.set()
@@ -109,6 +114,7 @@ class Dispatcher:
         while not self._stopping.is_set():
             try:
                 if not self.paused:
+                    self.searches.step()
                     self._schedule()
                 self._notify()
             except Exception:  # a database hiccup must not kill the scheduler
@@ -207,6 +213,7 @@ class Dispatcher:
             workdir=self.workdir / "batches" / batch_id,
             disable_connector_validation=bool(experiment["execution"]["settings"].get("disableConnectorValidation")),
             gpus=claim.gpus if claim is not None and claim.gpus else None,
+            parameters=batch["parameters"] if isinstance(batch.get("parameters"), dict) else {},
         )
         stopper = self.stopper(experiment)
         if stopper is not None:
@@ -303,11 +310,22 @@ class Dispatcher:
             return
         self.vault.delete_owner(batch["_id"])
         self.store.set_voided(batch["_id"])
-        states = self.store.experiment_batch_states(batch["experimentId"])
+        self._void_experiment(batch["experimentId"])
+
+    def _void_experiment(self, experiment_id: str) -> None:
+        """Once every batch is final (and a search proposes no more): the experiment's secrets go."""
+        states = self.store.experiment_batch_states(experiment_id)
         if all(s in FINAL_STATES for s in states):
-            self.vault.delete_owner(batch["experimentId"])
+            experiment = self.store.experiment(experiment_id) or {}
+            if (experiment.get("search") or {}).get("state") == "running":
+                return  # its next trials are filled from the sealed template
+            self.vault.delete_owner(experiment_id)
             with self._lock:
-                self._stoppers.pop(batch["experimentId"], None)
+                self._stoppers.pop(experiment_id, None)
+
+    def _search_ended(self, experiment_id: str) -> None:
+        self._void_experiment(experiment_id)
+        self.wake()
 
     def _notify(self) -> None:
         self._notifier.poll()  # delivery, marking and retries: faice.agency.notify

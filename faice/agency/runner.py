@@ -45,6 +45,7 @@ class BatchJob:
     # The experiment's early-stopping rule (the dispatcher's, over all its batches); runners
     # that cannot watch a batch while it runs (Slurm) leave it unused.
     stop_rule: StopRule | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)  # a search trial's (the server proposed them)
 
 
 @dataclass
@@ -112,7 +113,8 @@ class PipelineRunner:
         red = job.red
         experiment = Experiment.of_batch(
             f"experiment {job.experiment_id}", red,
-            Batch(index=job.index, id=job.batch_id, inputs=red["inputs"], outputs=red["outputs"]),
+            Batch(index=job.index, id=job.batch_id, inputs=red["inputs"], outputs=red["outputs"],
+                  parameters=dict(job.parameters)),
         )
         redactor = batch_redactor(red)
         outdir = job.workdir / f"attempt-{job.attempt}"

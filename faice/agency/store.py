@@ -118,16 +118,33 @@ class Store:
                 f"INSERT INTO experiments ({_EXPERIMENT_COLUMNS}) VALUES (?, ?, ?, ?)",
                 (experiment["_id"], experiment["username"], experiment["registrationTime"], json.dumps(rest)),
             )
-            for batch in batches:
-                self.db.execute(
-                    f"INSERT INTO batches ({_BATCH_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        batch["_id"], batch["experimentId"], batch["username"], batch["registrationTime"],
-                        batch["state"], batch["node"], batch["batchesListIndex"], batch["attempts"], 0,
-                        json.dumps({k: v for k, v in batch.items() if k not in _BATCH_KEYS}),
-                    ),
-                )
+            self._insert_batches(batches)
         return experiment["_id"]
+
+    def add_batches(self, batches: list[dict[str, Any]]) -> None:
+        """Store batches of a stored experiment (a search's trials are added while it runs)."""
+        with self.db.transaction():
+            self._insert_batches(batches)
+
+    def _insert_batches(self, batches: list[dict[str, Any]]) -> None:
+        for batch in batches:
+            self.db.execute(
+                f"INSERT INTO batches ({_BATCH_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    batch["_id"], batch["experimentId"], batch["username"], batch["registrationTime"],
+                    batch["state"], batch["node"], batch["batchesListIndex"], batch["attempts"], 0,
+                    json.dumps({k: v for k, v in batch.items() if k not in _BATCH_KEYS}),
+                ),
+            )
+
+    def update_experiment(self, experiment_id: str, **fields: Any) -> None:
+        """Set fields of an experiment's document (a search's progress)."""
+        with self.db.transaction():
+            row = self.db.query_one("SELECT doc FROM experiments WHERE id = ?", (experiment_id,))
+            if row is not None:
+                doc = json.loads(row[0])
+                doc.update(fields)
+                self.db.execute("UPDATE experiments SET doc = ? WHERE id = ?", (json.dumps(doc), experiment_id))
 
     def idempotent(self, user: str, key: str) -> tuple[str, str] | None:
         """(experiment id, body hash) stored for ``user``'s Idempotency-Key, if any."""

@@ -110,13 +110,20 @@ def check_policy(policy: Any, data: dict[str, Any]) -> None:
 def _validate(data: dict[str, Any], max_batches: int | None) -> dict[str, Any]:
     from faice.errors import FaiceError
     from faice.red.load import Document
+    from faice.red.search import is_search
     from faice.red.validate import validate_red
     from faice.secrets import Redactor
 
     own = Redactor()  # this request's secrets only: the server's redactor never holds a user's
     try:
         validate_red(Document("RED data", data), redactor=own)
-        if "sweep" in data:
+        if is_search(data):
+            from faice.agency.search import announced
+
+            if not announced():
+                raise BadRequest("This agency cannot run sweep.search: Optuna is not installed on the server "
+                                 "(pip install 'faice[search]' there).")
+        elif "sweep" in data:
             from faice.red.sweep import expanded_red
 
             data = expanded_red(data, "RED data", limit=max_batches, keep_faice_keys=True)
@@ -191,6 +198,14 @@ def build_documents(
     }
     if isinstance(data.get("metrics"), dict):  # faice's own section: read into each batch's record
         experiment["metrics"] = data["metrics"]
+    if isinstance(data.get("sweep"), dict) and "search" in data["sweep"]:
+        from faice.agency.search import search_documents
+
+        # The server proposes the trials (faice.agency.search): no batch yet; the template's
+        # connector credentials sealed for the experiment, as a batch's are for the batch.
+        search_documents(data, experiment, {"inputs": seal(vault, experiment_id, data.get("inputs", {})),
+                                            "outputs": seal(vault, experiment_id, data.get("outputs", {}))})
+        return experiment, []
     jobs = data["batches"] if "batches" in data else [{"inputs": data.get("inputs", {}), "outputs": data.get("outputs", {})}]
     batches = []
     for index, job in enumerate(jobs):

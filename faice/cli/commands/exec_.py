@@ -114,7 +114,7 @@ def run(args: Any) -> int:
             f"{experiment.source}: execution.engine: unknown engine {name!r}; "
             f"expected one of {', '.join(sorted(ENGINE_MODULES))} (or local)"
         )
-    if name != "ccfaice" and is_search(experiment.data):
+    if name not in ("ccfaice", "ccagency") and is_search(experiment.data):  # ccagency: if the server runs it
         raise UsageError(f"{experiment.source}: sweep.search runs on the local engine (execution.engine: ccfaice) "
                          f"for now, not on {name}; a grid or random sweep runs everywhere")
     chosen = engine(name)

@@ -42,11 +42,29 @@ def agency_access(data: dict[str, Any], source: str) -> tuple[str, str, str]:
 
 def red_to_send(experiment: Experiment, *, metrics: bool = False) -> dict[str, Any]:
     """The plain RED document sent: sweeps expanded, protected keys normalised; the faice-only
-    ``metrics`` section only to a server that announced it (faice's own)."""
+    ``metrics`` section only to a server that announced it (faice's own). A search is sent as
+    it is (its sweep and metrics): the server proposes its trials."""
+    import copy
+
+    from faice.red.search import is_search
     from faice.red.sweep import expanded_red
     from faice.secrets import normalise_protected_keys
 
+    if is_search(experiment.data):
+        return normalise_protected_keys(copy.deepcopy(experiment.data))
     return normalise_protected_keys(expanded_red(experiment.data, experiment.source, keep_faice_keys=metrics))
+
+
+def check_search(experiment: Experiment, url: str, features: list[str]) -> None:
+    """A search goes only to a server that announced it runs searches (faice's own, with Optuna)."""
+    from faice.red.search import is_search
+
+    if is_search(experiment.data) and "search" not in features:
+        raise UsageError(f"{experiment.source}: sweep.search: the agency at {url} does not run searches "
+                         "(it does not announce 'search' on /version)",
+                         hint="faice's own server (faice agency serve, with faice[search] installed) runs them; "
+                              "run the search on the local engine (execution.engine: ccfaice), or use a grid or "
+                              "random sweep, which every agency runs")
 
 
 def run(experiment: Experiment, request: ExecRequest) -> int:
@@ -54,11 +72,15 @@ def run(experiment: Experiment, request: ExecRequest) -> int:
     with ``--wait`` follow it, and with ``--outdir`` write its run directory from what the
     server reports, so ``faice results``, ``status`` and ``logs`` read it like a local run."""
     from faice.engines.agency.client import AgencyClient
+    from faice.red.search import is_search
 
     url, username, password = agency_access(experiment.data, experiment.source)
     if request.dry_run:
         red = red_to_send(experiment)
         plan = {"agency": url, "batches": len(red.get("batches") or [None]), "red": red}
+        if is_search(experiment.data):
+            plan["batches"] = 0  # the server proposes the trials while the search runs
+            plan["search"] = {"trials": experiment.data["sweep"]["search"].get("trials")}
         print(REDACTOR.redact(dumps_json(REDACTOR.redact_data(plan), indent=2)))
         return 0
     if request.options.resume and request.outdir is None:
@@ -75,8 +97,11 @@ def run(experiment: Experiment, request: ExecRequest) -> int:
                  "following it instead of submitting again")
     header = {"runId": run_id, "engine": "ccagency", "agency": url, "source": experiment.source,
               "outdir": str(rundir.root) if rundir else None, "started": now_iso()}
+    search = is_search(experiment.data)
     if experiment_id is None:
-        red = red_to_send(experiment, metrics="metrics" in experiment.data and "metrics" in client.features())
+        features = client.features()
+        check_search(experiment, url, features)
+        red = red_to_send(experiment, metrics="metrics" in experiment.data and "metrics" in features)
         experiment_id = client.submit(
             red,
             disable_retry=request.disable_retry,
@@ -95,10 +120,13 @@ def run(experiment: Experiment, request: ExecRequest) -> int:
         return 0
     from faice.engines.agency.follow import follow
 
-    batches = follow(client, experiment_id, stream=sys.stderr, live=None if request.progress else False)
+    batches = follow(client, experiment_id, stream=sys.stderr, live=None if request.progress else False,
+                     until=(lambda: search_over(client, experiment_id)) if search else None)
     if rundir is not None:
         save_run(rundir, client, batches, {**(rundir.read_run() or {}), **header, "experimentId": experiment_id,
                                            "finished": now_iso()})
+        if search:
+            save_trials(rundir, client, experiment_id)
     failed = []
     for batch in batches:
         if batch["state"] == "succeeded":
@@ -130,6 +158,24 @@ def save_run(rundir: RunDir, client: AgencyClient, batches: list[dict[str, Any]]
         rundir.write_record(record)
         records.append(record)
     return rundir.write_run(header, [r.entry() for r in records])
+
+
+def search_over(client: AgencyClient, experiment_id: str) -> bool:
+    """Whether the server's search of the experiment proposes no more trials."""
+    state = (client.experiment(experiment_id).get("search") or {}).get("state")
+    return state != "running"
+
+
+def save_trials(rundir: RunDir, client: AgencyClient, experiment_id: str) -> None:
+    """The search's trial log, as the server keeps it (each trial naming its batch), into the
+    run directory: ``faice results`` lists the trials in order with their origin."""
+    from faice.pipeline.search import LOG_FILE, search_dir
+
+    events = client.request("GET", f"/experiments/{experiment_id}/trials")
+    directory = search_dir(rundir.root)
+    directory.mkdir(parents=True, exist_ok=True)
+    text = "".join(dumps_json(event) + "\n" for event in events if isinstance(event, dict))
+    (directory / LOG_FILE).write_text(text, encoding="utf-8")
 
 
 def _say(message: str) -> None:

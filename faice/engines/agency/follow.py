@@ -7,6 +7,7 @@ from __future__ import annotations
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any, TextIO
 
 from faice.engines.agency.client import FINAL, AgencyClient
@@ -20,13 +21,16 @@ def summary(batches: list[dict[str, Any]]) -> str:
     return f"{len(batches)} batch{'es' if len(batches) != 1 else ''}: " + ", ".join(parts)
 
 
-def follow(client: AgencyClient, experiment_id: str, *, stream: TextIO | None = None, interval: float = 1.0, live: bool | None = None) -> list[dict[str, Any]]:
-    """Poll until every batch of the experiment is final; return the final batch list."""
+def follow(client: AgencyClient, experiment_id: str, *, stream: TextIO | None = None, interval: float = 1.0,
+           live: bool | None = None, until: Callable[[], bool] | None = None) -> list[dict[str, Any]]:
+    """Poll until every batch of the experiment is final (and ``until()``, when given: a search
+    is over only when the server proposes no more trials); return the final batch list."""
     stream = stream or sys.stderr
     if live is None:
         live = stream.isatty()
+    done = _done(until)
     if live:
-        return _follow_live(client, experiment_id, stream, interval)
+        return _follow_live(client, experiment_id, stream, interval, done)
     seen: dict[str, str] = {}
     while True:
         batches = client.experiment_batches(experiment_id)
@@ -35,13 +39,23 @@ def follow(client: AgencyClient, experiment_id: str, *, stream: TextIO | None = 
                 seen[batch["_id"]] = batch["state"]
                 stamp = time.strftime("%H:%M:%S")
                 print(f"{stamp} batch {batch.get('batchesListIndex', 0)} {batch['_id']}: {batch['state']}", file=stream, flush=True)
-        if batches and all(b["state"] in FINAL for b in batches):
+        if done(batches):
             print(summary(batches), file=stream, flush=True)
             return batches
         time.sleep(interval)
 
 
-def _follow_live(client: AgencyClient, experiment_id: str, stream: TextIO, interval: float) -> list[dict[str, Any]]:
+def _done(until: Callable[[], bool] | None) -> Callable[[list[dict[str, Any]]], bool]:
+    def done(batches: list[dict[str, Any]]) -> bool:
+        if not all(b["state"] in FINAL for b in batches):
+            return False
+        return until() if until is not None else bool(batches)
+
+    return done
+
+
+def _follow_live(client: AgencyClient, experiment_id: str, stream: TextIO, interval: float,
+                 done: Callable[[list[dict[str, Any]]], bool]) -> list[dict[str, Any]]:
     from rich.console import Console
     from rich.live import Live
     from rich.table import Table
@@ -64,6 +78,6 @@ def _follow_live(client: AgencyClient, experiment_id: str, stream: TextIO, inter
         while True:
             batches = client.experiment_batches(experiment_id)
             display.update(render(batches))
-            if batches and all(b["state"] in FINAL for b in batches):
+            if done(batches):
                 return batches
             time.sleep(interval)

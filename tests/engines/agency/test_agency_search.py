@@ -1,0 +1,140 @@
+"""sweep.search on faice's own agency server: the server runs the search loop (the local
+engine's ask/tell, its trial log kept server-side), so a client that disconnects stops
+nothing; ``faice exec --wait --outdir`` writes the run directory a local search leaves (each
+trial's record, ``search/trials.jsonl`` with every trial's origin). A server that does not
+announce searches is refused clearly, before anything is sent."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from agency_helpers import faice
+
+pytestmark = pytest.mark.docker
+
+# The objective, unknown to faice: best at lr = 0.03 and batch size 64; three steps a trial.
+TRAIN = ("import sys, math, time\n"
+         "lr, bs = float(sys.argv[1]), int(sys.argv[2])\n"
+         "score = 1 - (math.log10(lr) - math.log10(0.03)) ** 2 / 4 - abs(math.log2(bs / 64)) / 8\n"
+         "for step in range(3):\n"
+         "    print('step=%d acc=%.6f' % (step, score * (step + 1) / 3), flush=True)\n"
+         "    time.sleep(0.5)\n")
+
+
+def search_red(path: Path, server, image: str, trials: int) -> Path:
+    red = {
+        "redVersion": "9",
+        "cli": {"cwlVersion": "v1.0", "class": "CommandLineTool", "baseCommand": ["python3", "-c", TRAIN],
+                "inputs": {"lr": {"type": "float", "inputBinding": {"position": 1}},
+                           "bs": {"type": "int", "inputBinding": {"position": 2}}},
+                "outputs": {}},
+        "inputs": {"lr": 0.1, "bs": 32},
+        "outputs": {},
+        "sweep": {"search": {"algorithm": "tpe", "trials": trials, "seed": 7, "startupTrials": 2,
+                             "parameters": {"lr": {"loguniform": [1e-5, 10.0]},
+                                            "bs": {"choice": [8, 16, 32, 64, 128, 256, 512]}}},
+                  "maxConcurrent": 2},
+        "metrics": {"objective": {"name": "acc", "goal": "max"}, "step": "step", "sources": [{"stdout": True}]},
+        "container": {"engine": "docker", "settings": {"image": {"url": image}, "ram": 256}},
+        "execution": {"engine": "ccagency", "settings": {"access": {
+            "url": server.url, "auth": {"username": server.name("alice"), "password": "{{agency_password}}"}}}},
+    }
+    path.write_text(json.dumps(red))
+    return path
+
+
+def variables(server, tmp_path: Path) -> Path:
+    path = tmp_path / "vars.yml"
+    path.write_text(f"agency_password: {server.users['alice']}\n")
+    return path
+
+
+def wait_for(what, timeout: float, interval: float = 0.3):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        found = what()
+        if found:
+            return found
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s")
+
+
+def test_a_tpe_search_runs_on_the_server_and_outlives_its_client(make_agency, tmp_path, test_image):
+    server = make_agency("--parallel", "2")
+    red = search_red(tmp_path / "search.red.json", server, test_image, 6)
+    vars_file = variables(server, tmp_path)
+    outdir = tmp_path / "run"
+    client = subprocess.Popen([sys.executable, "-m", "faice", "exec", str(red), "--variables", str(vars_file),
+                               "--wait", "--outdir", str(outdir), "--no-progress"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        experiment_id = wait_for(lambda: json.loads((outdir / "run.json").read_text()).get("experimentId")
+                                 if (outdir / "run.json").exists() else None, 60)
+        # the server proposed the first trials (two at a time): the client goes away mid-search
+        first = wait_for(lambda: server.batch_ids(experiment_id) if server.batch_ids(experiment_id) else None, 60)
+        assert 1 <= len(first) <= 2
+        client.send_signal(signal.SIGKILL)
+    finally:
+        client.kill()
+        client.communicate(timeout=30)
+    assert server.get(f"/experiments/{experiment_id}").json()["search"]["state"] == "running"
+
+    search = wait_for(lambda: (lambda s: s if s["state"] != "running" else None)(
+        server.get(f"/experiments/{experiment_id}").json()["search"]), 240, 1.0)
+    assert search["state"] == "finished" and search["proposed"] == search["told"] == 6, search
+    batch_ids = server.batch_ids(experiment_id)
+    assert len(batch_ids) == 6
+    assert all(server.get(f"/batches/{b}").json()["state"] == "succeeded" for b in batch_ids)
+
+    # The client comes back: --resume follows the experiment and writes the run directory.
+    again = faice("exec", str(red), "--variables", str(vars_file), "--wait", "--outdir", str(outdir), "--resume",
+                  "--no-progress", timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout.strip().splitlines()[0])["experimentId"] == experiment_id
+    run = json.loads((outdir / "run.json").read_text())
+    assert run["state"] == "succeeded" and run["counts"] == {"succeeded": 6}
+    from faice.pipeline.search import read_log
+
+    header, trials = read_log(outdir)
+    assert header is not None and header["algorithm"] == "tpe" and header["budget"] == 6
+    assert [t["trial"] for t in trials] == list(range(6))
+    assert sorted(t["batch"] for t in trials) == sorted(e["id"] for e in run["batches"])
+    assert [t["origin"] for t in trials[:2]] == ["startup", "startup"]
+    assert "sampler" in {t["origin"] for t in trials[2:]}
+    assert all(t["state"] == "succeeded" and t["sampler"] == "complete" and t["value"] is not None for t in trials)
+    assert len({(t["parameters"]["lr"], t["parameters"]["bs"]) for t in trials}) == 6  # proposals differ
+    for trial in trials:  # each trial's record carries its parameters and its objective
+        record = json.loads((outdir / "batches" / trial["batch"] / "result.json").read_text())
+        assert record["parameters"] == trial["parameters"]
+        assert record["metrics"]["objective"]["value"] == pytest.approx(trial["value"])
+    shown = faice("results", str(outdir))
+    assert shown.returncode == 0, shown.stderr
+    assert "search (tpe): 6 of 6 trials" in shown.stdout
+    assert "Traceback" not in server.log.read_text()
+
+
+def test_a_server_without_searches_is_refused_clearly(make_agency, tmp_path, test_image):
+    """A server that cannot run searches (no Optuna there) does not announce them: the client
+    says so before sending anything, and a search posted anyway is a 400 saying why."""
+    shim = tmp_path / "no-optuna"
+    shim.mkdir()
+    (shim / "sitecustomize.py").write_text("import sys\nsys.modules['optuna'] = None  # as if not installed\n")
+    import os
+
+    server = make_agency("--paused", env={**os.environ, "PYTHONPATH": str(shim)})
+    assert "search" not in server.get("/version").json()["faiceFeatures"]
+    red = search_red(tmp_path / "search.red.json", server, test_image, 4)
+    result = faice("exec", str(red), "--variables", str(variables(server, tmp_path)), "--wait")
+    assert result.returncode == 2, result.stderr
+    assert "does not run searches" in result.stderr and "faice agency serve" in result.stderr
+    assert server.get("/experiments/count").json() == {"count": 0}
+    data = json.loads(red.read_text())
+    data["execution"]["settings"]["access"]["auth"]["password"] = "filled"
+    response = server.post_red(data)
+    assert response.status_code == 400 and "cannot run sweep.search" in response.text
