@@ -16,7 +16,8 @@ dispatcher, :meth:`SearchDriver.step`:
   (``cancelled``: no new trials; the ones in flight run to their end).
 
 A restarted server replays the log (told trials teach the new study, the budget counts them);
-trial batches that were not final are cancelled and their trials proposed again.
+a trial that was in flight is proposed again with the same parameters and takes up its batch
+(retried, as the dispatcher retries every batch a restart interrupted).
 """
 
 from __future__ import annotations
@@ -113,8 +114,11 @@ class SearchDriver:
             batch = running.search.propose()
             if batch is None:
                 break
-            self._register(experiment, running, batch)
+            if not self._adopt(running, batch):
+                self._register(experiment, running, batch)
             added = True
+        if running.orphans:
+            self._drop_orphans(running)
         if running.in_flight or (running.state == RUNNING and running.search.remaining):
             self._save(experiment, running)
             return added
@@ -122,20 +126,18 @@ class SearchDriver:
         return added
 
     def _open(self, experiment: dict[str, Any]) -> _Running:
-        """The experiment's search: new, or replayed from its log after a restart (trial
-        batches that were not final are cancelled: their trials are proposed again)."""
-        from faice.pipeline.search import LOG_FILE, Search, search_dir
+        """The experiment's search: new, or replayed from its log after a restart. The log's
+        told trials teach the new study; a trial proposed but never told is proposed again
+        (the same parameters), and its batch, still in the store, is taken up again instead of
+        registering a second one (:meth:`_adopt`)."""
+        from faice.pipeline.search import LOG_FILE, Search, read_log, search_dir
         from faice.red.experiment import Experiment
         from faice.red.metrics import MetricsSpec
 
         experiment_id = experiment["_id"]
         outdir = self.dir / experiment_id
         resume = (search_dir(outdir) / LOG_FILE).exists()
-        if resume:
-            for batch in self.store.list("batches", {"experimentId": experiment_id}):
-                if batch["state"] not in FINAL_STATES:
-                    self.store.transition(batch["_id"], "cancelled", expect=set(_ACTIVE_OR_WAITING),
-                                          debug_info="the agency restarted during the search: this trial is proposed again")
+        untold = {t["trial"] for t in read_log(outdir)[1] if t.get("sampler") is None} if resume else set()
         template = experiment.get("template") or {}
         data: dict[str, Any] = {key: experiment[key] for key in ("redVersion", "cli", "container", "sweep", "metrics")
                                 if key in experiment}
@@ -144,12 +146,29 @@ class SearchDriver:
                         outdir, resume=resume)
         concurrency = experiment["sweep"].get("maxConcurrent")
         running = _Running(search, concurrency if isinstance(concurrency, int) and concurrency > 0 else None)
-        if resume:  # trials told before the restart: the numbers of their batches
-            for batch in self.store.list("batches", {"experimentId": experiment_id}):
-                if isinstance(batch.get("trial"), int) and batch["state"] in FINAL_STATES:
-                    running.told += 1
+        running.told = search.reused
+        for batch in self.store.list("batches", {"experimentId": experiment_id}, ascending=True):
+            if batch.get("trial") in untold:
+                running.orphans.setdefault(_key(batch.get("parameters")), []).append(batch["_id"])
         self._searches[experiment_id] = running
         return running
+
+    def _adopt(self, running: _Running, batch: Any) -> bool:
+        """A trial proposed again after a restart takes up the batch of its first proposal."""
+        found = running.orphans.get(_key(batch.parameters))
+        if not found:
+            return False
+        batch_id = found.pop(0)
+        self.store.update_batch(batch_id, trial=batch.index)
+        running.in_flight[batch_id] = batch.id
+        return True
+
+    def _drop_orphans(self, running: _Running) -> None:
+        """Batches of untold trials that no proposal took up (none expected): cancelled."""
+        for batch_id in [b for found in running.orphans.values() for b in found]:
+            self.store.transition(batch_id, "cancelled", expect={"registered", "scheduled", "processing"},
+                                  debug_info="the agency restarted during the search; this trial was proposed again")
+        running.orphans.clear()
 
     def _tell(self, running: _Running, batches: list[dict[str, Any]]) -> str | None:
         """Tell the sampler every trial that ended; who cancelled one, if a user did."""
@@ -215,7 +234,8 @@ class SearchDriver:
             running.search.close()
 
 
-_ACTIVE_OR_WAITING = ("registered", "scheduled", "processing")
+def _key(parameters: Any) -> str:
+    return json.dumps(parameters, sort_keys=True, default=str)
 
 
 class _Running:
@@ -225,6 +245,7 @@ class _Running:
         self.search = search
         self.concurrency = concurrency
         self.in_flight: dict[str, str] = {}
+        self.orphans: dict[str, list[str]] = {}  # after a restart: untold trials' batches by parameters
         self.state = RUNNING
         self.reason: str | None = None
         self.proposed = 0

@@ -204,6 +204,16 @@ class Store:
                     doc["protectedKeysVoided"] = True
                     self.db.execute("UPDATE batches SET doc = ? WHERE id = ?", (json.dumps(doc), batch_id))
 
+    def update_batch(self, batch_id: str, **fields: Any) -> None:
+        """Set document fields of a batch (not its state: :meth:`transition`)."""
+        assert not set(fields) & _BATCH_KEYS
+        with self.db.transaction():
+            row = self.db.query_one("SELECT doc FROM batches WHERE id = ?", (batch_id,))
+            if row is not None:
+                doc = json.loads(row[0])
+                doc.update(fields)
+                self.db.execute("UPDATE batches SET doc = ? WHERE id = ?", (json.dumps(doc), batch_id))
+
     def mark_notified(self, batch_ids: list[str]) -> None:
         for batch_id in batch_ids:
             self.db.execute("UPDATE batches SET notifications_sent = 1 WHERE id = ?", (batch_id,))

@@ -138,3 +138,31 @@ def test_a_server_without_searches_is_refused_clearly(make_agency, tmp_path, tes
     data["execution"]["settings"]["access"]["auth"]["password"] = "filled"
     response = server.post_red(data)
     assert response.status_code == 400 and "cannot run sweep.search" in response.text
+
+
+def test_a_search_goes_on_after_the_server_is_killed(make_agency, tmp_path, test_image):
+    """The trial log is the server's: a server killed mid-search (SIGKILL) replays it at its next
+    start, proposes the trials that were in flight again (origin ``again``) and takes up their
+    batches instead of registering them twice; the search ends with its whole budget told."""
+    server = make_agency("--parallel", "2")
+    data = json.loads(search_red(tmp_path / "search.red.json", server, test_image, 6).read_text())
+    data["execution"]["settings"]["access"]["auth"]["password"] = "filled"
+    experiment_id = server.submit(data)
+
+    def search() -> dict:
+        return server.get(f"/experiments/{experiment_id}").json()["search"]
+
+    wait_for(lambda: 2 <= search()["told"] < 5 and search()["proposed"] - search()["told"] >= 1, 120)
+    server.stop(signal.SIGKILL)
+    server.start()
+    final = wait_for(lambda: (lambda s: s if s["state"] != "running" else None)(search()), 240, 1.0)
+    assert final["state"] == "finished" and final["told"] == 6, final
+    batch_ids = server.batch_ids(experiment_id)
+    assert len(batch_ids) == 6, "a trial in flight took up its batch again"
+    assert all(server.get(f"/batches/{b}").json()["state"] == "succeeded" for b in batch_ids)
+    events = server.get(f"/experiments/{experiment_id}/trials").json()
+    told = [e for e in events if e["event"] == "told"]
+    asked = {e["trial"]: e for e in events if e["event"] == "asked"}
+    assert len(told) == 6 and sorted(e["batch"] for e in told) == sorted(batch_ids)
+    assert "again" in {asked[e["trial"]]["origin"] for e in told}
+    assert "Traceback" not in server.log.read_text()
