@@ -13,7 +13,7 @@ dispatcher, :meth:`SearchDriver.step`:
   filled with the trial's parameters);
 * ends the search when its budget is spent and nothing is in flight (``search.state``
   ``finished`` in the experiment document), or when a user cancelled one of its trials
-  (``cancelled``: no new trials; the ones in flight run to their end).
+  (``cancelled``: no new trials, those not started yet cancelled, running ones run to their end).
 
 A restarted server replays the log (told trials teach the new study, the budget counts them);
 a trial that was in flight is proposed again with the same parameters and takes up its batch
@@ -105,9 +105,11 @@ class SearchDriver:
         running = self._searches.get(experiment_id) or self._open(experiment)
         batches = self.store.list("batches", {"experimentId": experiment_id}, ascending=True)
         cancelled_by = self._tell(running, batches)
-        if cancelled_by is not None:
+        if cancelled_by is not None and running.state == RUNNING:
             running.state = "cancelled"
             running.reason = cancelled_by
+        if running.state == "cancelled":
+            self._cancel_waiting(running)
         added = False
         limit = running.concurrency or self.parallel
         while running.state == RUNNING and len(running.in_flight) < limit:
@@ -148,10 +150,18 @@ class SearchDriver:
         running = _Running(search, concurrency if isinstance(concurrency, int) and concurrency > 0 else None)
         running.told = search.reused
         for batch in self.store.list("batches", {"experimentId": experiment_id}, ascending=True):
+            running.proposed += isinstance(batch.get("trial"), int)
             if batch.get("trial") in untold:
                 running.orphans.setdefault(_key(batch.get("parameters")), []).append(batch["_id"])
         self._searches[experiment_id] = running
         return running
+
+    def _cancel_waiting(self, running: _Running) -> None:
+        """A cancelled search: its trials that did not start yet are cancelled too (e.g. one
+        proposed while ``faice cancel`` went through the experiment's batches)."""
+        for batch_id in list(running.in_flight):
+            self.store.transition(batch_id, "cancelled", expect={"registered"},
+                                  debug_info=f"the search was cancelled ({running.reason})")
 
     def _adopt(self, running: _Running, batch: Any) -> bool:
         """A trial proposed again after a restart takes up the batch of its first proposal."""
@@ -209,7 +219,7 @@ class SearchDriver:
         running.proposed += 1
 
     def _save(self, experiment: dict[str, Any], running: _Running) -> None:
-        state = {"state": running.state, "trials": running.search.spec.trials, "proposed": running.search.spec.trials - running.search.remaining,
+        state = {"state": running.state, "trials": running.search.spec.trials, "proposed": running.proposed,
                  "told": running.told}
         if running.reason:
             state["reason"] = running.reason

@@ -166,3 +166,29 @@ def test_a_search_goes_on_after_the_server_is_killed(make_agency, tmp_path, test
     assert len(told) == 6 and sorted(e["batch"] for e in told) == sorted(batch_ids)
     assert "again" in {asked[e["trial"]]["origin"] for e in told}
     assert "Traceback" not in server.log.read_text()
+
+
+def test_faice_cancel_of_a_search_experiment_ends_the_search(make_agency, tmp_path, test_image):
+    """``faice cancel EXPERIMENT`` cancels the trials in flight, and the server proposes no more:
+    the search ends ``cancelled`` (a trial proposed while the client went through the batches
+    is cancelled by the server before it starts)."""
+    import os
+
+    server = make_agency("--parallel", "2")
+    data = json.loads(search_red(tmp_path / "search.red.json", server, test_image, 6).read_text())
+    data["execution"]["settings"]["access"]["auth"]["password"] = "filled"
+    experiment_id = server.submit(data)
+    wait_for(lambda: len(server.batch_ids(experiment_id)) == 2, 60)
+    config = tmp_path / "config"
+    (config / "faice").mkdir(parents=True)
+    (config / "faice" / "config.yml").write_text(f"agency:\n  url: {server.url}\n  username: {server.name('alice')}\n")
+    result = faice("cancel", experiment_id, "--variables", str(variables(server, tmp_path)),
+                   env={**os.environ, "XDG_CONFIG_HOME": str(config)})
+    assert result.returncode == 0, result.stderr
+    final = wait_for(lambda: (lambda s: s if s["state"] != "running" else None)(
+        server.get(f"/experiments/{experiment_id}").json()["search"]), 60)
+    assert final["state"] == "cancelled" and final["proposed"] < 6, final
+    time.sleep(3)  # a few dispatcher rounds: nothing new is proposed
+    batch_ids = server.batch_ids(experiment_id)
+    assert len(batch_ids) == final["proposed"]
+    assert {server.get(f"/batches/{b}").json()["state"] for b in batch_ids} <= {"cancelled", "succeeded"}
