@@ -11,32 +11,21 @@ and how its RED file's ``execution`` section and ``faice exec`` flags look).
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import agency_fixtures  # tests/support: the real agency server tests/agency/ uses
 import pytest
-
-AGENCY_TESTS = Path(__file__).resolve().parents[1] / "agency"
-from agency_helpers import faice  # noqa: E402
+from agency_helpers import faice
 
 pytestmark = [pytest.mark.docker]
 
 VALUES = [1, 2, 3, 4, 5, 6]
 SCRIPT = 'n=$(wc -w < "$0"); echo "score=$(( $(sweep.lr) * 10 ))"; echo "$(sweep.lr) $n" > result.txt'
-
-
-def _agency_fixtures():
-    spec = importlib.util.spec_from_file_location("faice_agency_behaviour_fixtures", AGENCY_TESTS / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
 @dataclass(frozen=True)
@@ -80,10 +69,9 @@ ENGINES = [
 
 @pytest.fixture(scope="module")
 def agency_server(tmp_path_factory, test_image):
-    fixtures = _agency_fixtures()
-    make, started = fixtures._factory(tmp_path_factory.mktemp("behaviour-agency"))
+    make, started = agency_fixtures._factory(tmp_path_factory.mktemp("behaviour-agency"))
     yield make("--parallel", "3")
-    fixtures._stop_all(started)
+    agency_fixtures._stop_all(started)
 
 
 def _red(http_server, image: str, prefix: str, execution: dict[str, Any]) -> dict[str, Any]:
