@@ -3,7 +3,6 @@ real single-node Slurm cluster (whose node is this machine, with its Docker engi
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -12,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import agency_fixtures as fixtures  # tests/support: the agency tests' server helpers
 import agency_reds as reds
 import docker_helpers
 import pytest
@@ -20,19 +20,6 @@ from slurm_helpers import wait_for
 
 from faice.engines.slurm import client as slurm_cli
 
-AGENCY_TESTS = Path(__file__).resolve().parent
-
-
-def _agency_fixtures():
-    """The agency tests' server helpers (their conftest), loaded under a name of its own."""
-    spec = importlib.util.spec_from_file_location("faice_agency_test_fixtures", AGENCY_TESTS / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-fixtures = _agency_fixtures()
 pytestmark = [pytest.mark.slurm, pytest.mark.docker]
 
 
