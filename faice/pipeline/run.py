@@ -40,8 +40,8 @@ from faice.pipeline.signals import EXIT_SIGNAL
 from faice.pipeline.stopping import Stopper
 
 if TYPE_CHECKING:
-    from faice.pipeline.search import Search
-from faice.red.experiment import Experiment
+    from faice.pipeline.search import Ended, Search
+from faice.red.experiment import Batch, Experiment
 from faice.runtime.docker import owner_token
 from faice.runtime.gpus import Gpu, GpuAllocator, GpuRequest, host_allocator
 from faice.secrets import REDACTOR, Redactor, batch_redactor
@@ -332,9 +332,10 @@ class HostRun:
         for the stopping rule; returned for the search's sampler."""
         if metrics is None or (self._stopper is None and self.search is None):
             return None
-        data = self.rundir.read_metrics(batch_id)
-        series = ((data or {}).get("series") or {}).get(metrics.objective.name) if isinstance(data, dict) else None
-        if not isinstance(series, list):
+        from faice.pipeline.search import objective_series
+
+        series = objective_series(self.rundir, batch_id, metrics.objective.name)
+        if series is None:
             return None
         if self._stopper is not None:
             self._stopper.finished(batch_id, series)
@@ -379,33 +380,26 @@ class HostRun:
         if budget is not None:
             parallel = min(parallel, budget)
 
+        if self.search is not None:
+            from faice.pipeline.search import drive
+
+            drive(self.search, _LocalTrials(self), concurrent=min(parallel, max(1, count)))
+            return self._write_summary(RunState.CANCELLED if self.stop.is_set() else None)
+
         def worker() -> None:
             while True:
-                plan = self._next_plan(pending)
-                if plan is None:
+                try:
+                    plan = pending.get_nowait()
+                except queue.Empty:
                     return
                 if self.stop.is_set() or self._stop_starting():
                     reason = "the run was cancelled" if self.stop.is_set() else "not started: too many batches failed"
                     record = not_started(plan, self.run_id, self.outdir, reason, redactor=self.redactor)
                     self._emit(BatchEvent(plan.id, plan.index, record.state.value, message=reason,
                                           failure_class=str(record.failure_class)))
+                    self._ended(plan, record)
                 else:
-                    with self._lock:
-                        self._running.add(plan.id)
-                    self._summary_due.set()
-                    record = run_batch(plan, self._context(plan))
-                    series = self._remember_series(plan.id, plan.metrics)
-                    if self.search is not None:
-                        objective = (record.metrics or {}).get("objective") or {}
-                        value = objective.get("value") if isinstance(objective, dict) else None
-                        self.search.tell(plan.id, record.state.value, value if isinstance(value, (int, float)) else None,
-                                         series, record.message)
-                with self._lock:
-                    self._records[plan.id] = record
-                    self._running.discard(plan.id)
-                    if record.state == BatchState.FAILED:
-                        self._failures += 1
-                self._summary_due.set()
+                    self._run_plan(plan)
 
         workers = [threading.Thread(target=worker, name=f"faice-batch-{i}", daemon=True)
                    for i in range(min(parallel, max(1, count)))]
@@ -414,25 +408,36 @@ class HostRun:
         for thread in workers:
             while thread.is_alive():
                 thread.join(SUMMARY_INTERVAL_S)
-                if self._summary_due.is_set():
-                    self._summary_due.clear()
-                    self._write_summary(RunState.RUNNING)
+                self._write_summary_if_due()
         return self._write_summary(RunState.CANCELLED if self.stop.is_set() else None)
+
+    def _run_plan(self, plan: BatchPlan) -> tuple[BatchRecord, list | None]:
+        """Run one batch in this thread: its record and its objective's series."""
+        with self._lock:
+            self._running.add(plan.id)
+        self._summary_due.set()
+        record = run_batch(plan, self._context(plan))
+        series = self._remember_series(plan.id, plan.metrics)
+        self._ended(plan, record)
+        return record, series
+
+    def _ended(self, plan: BatchPlan, record: BatchRecord) -> None:
+        with self._lock:
+            self._records[plan.id] = record
+            self._running.discard(plan.id)
+            if record.state == BatchState.FAILED:
+                self._failures += 1
+        self._summary_due.set()
+
+    def _write_summary_if_due(self) -> None:
+        if self._summary_due.is_set():
+            self._summary_due.clear()
+            self._write_summary(RunState.RUNNING)
 
     # ------------------------------------------------------------------ search
 
-    def _next_plan(self, pending: queue.Queue[BatchPlan]) -> BatchPlan | None:
-        """The next batch: from the expanded list, or a search's next proposal."""
-        if self.search is None:
-            try:
-                return pending.get_nowait()
-            except queue.Empty:
-                return None
-        if self.stop.is_set() or self._stop_starting():
-            return None
-        batch = self.search.propose()
-        if batch is None:
-            return None
+    def _add_plan(self, batch: Batch) -> BatchPlan:
+        """A proposed trial's batch joins the run."""
         plan = plan_batches(self.experiment, [batch])[0]
         with self._lock:
             self.plans.append(plan)
@@ -488,6 +493,45 @@ class HostRun:
         if phase != RunState.RUNNING:
             header["finished"] = now_iso()
         return RunSummary(self.rundir.write_run(header, entries, phase=phase, redact=self.redactor.redact))
+
+
+class _LocalTrials:
+    """The local engine's side of the search loop (:func:`faice.pipeline.search.drive`): each
+    trial's batch runs in a thread of its own (``maxConcurrent``/``--parallel`` at a time)."""
+
+    def __init__(self, run: HostRun):
+        self.run = run
+        self.done: queue.Queue[Ended] = queue.Queue()
+
+    def start(self, batch: Batch) -> None:
+        plan = self.run._add_plan(batch)
+        threading.Thread(target=self._trial, args=(plan,), name=f"faice-trial-{plan.index}", daemon=True).start()
+
+    def _trial(self, plan: BatchPlan) -> None:
+        from faice.pipeline.search import Ended
+
+        try:
+            record, series = self.run._run_plan(plan)
+        except BaseException as exc:  # run_batch records its own errors: this is a bug; end the trial anyway
+            record = not_started(plan, self.run.run_id, self.run.outdir, f"internal error: {type(exc).__name__}: {exc}",
+                                 redactor=self.run.redactor)
+            self.run._ended(plan, record)
+            series = None
+        self.done.put(Ended(plan.id, record, series))
+
+    def ended(self) -> list[Ended]:
+        found = []
+        try:
+            found.append(self.done.get(timeout=SUMMARY_INTERVAL_S))
+            while True:
+                found.append(self.done.get_nowait())
+        except queue.Empty:
+            pass
+        self.run._write_summary_if_due()
+        return found
+
+    def stop_starting(self) -> bool:
+        return self.run.stop.is_set() or self.run._stop_starting()
 
 
 def run_experiment(

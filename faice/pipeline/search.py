@@ -14,6 +14,11 @@ itself lives in memory (Optuna's journal storage fsyncs every operation, about t
 too slow for thousands of trials); ``--resume`` replays the told trials into a new study
 (``add_trial``) and continues; a trial that was proposed but never told (the run was
 interrupted) is proposed again first, with the same parameters, so the same batch id.
+
+:func:`drive` is the one search loop of every engine: it asks while fewer than ``maxConcurrent``
+trials are in flight, hands each trial's batch to the engine (:class:`TrialRunner`: the local
+engine runs it in a thread, packed Slurm adds it to the claim queue of its workers) and tells
+the sampler what each finished trial's record says.
 """
 
 from __future__ import annotations
@@ -23,14 +28,18 @@ import math
 import threading
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from faice.errors import EngineError, UsageError
 from faice.red.experiment import Batch, Experiment
 from faice.red.metrics import MetricsSpec
 from faice.red.search import SearchSpec
 from faice.red.sweep import search_batch
+
+if TYPE_CHECKING:
+    from faice.pipeline.records import BatchRecord
 
 SEARCH_DIR = "search"
 LOG_FILE = "trials.jsonl"
@@ -254,6 +263,14 @@ class Search:
                          "value": value if finite else None, "sampler": told, "message": message,
                          "intermediate": [list(p) for p in points]})
 
+    def tell_record(self, batch_id: str, record: BatchRecord, series: Sequence[Sequence[Any]] | None) -> None:
+        """A trial's batch ended with ``record``: the sampler learns its objective (as the
+        record's metrics say) and its series of intermediate values."""
+        objective = (record.metrics or {}).get("objective") or {}
+        value = objective.get("value") if isinstance(objective, dict) else None
+        value = value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+        self.tell(batch_id, record.state.value, value, series, record.message)
+
     def _write(self, event: dict[str, Any]) -> None:
         """One line of the log, flushed (not fsynced: a line lost in a crash only re-runs a trial)."""
         self._log.write(json.dumps(event, sort_keys=True, allow_nan=False, default=str) + "\n")
@@ -271,3 +288,58 @@ def _thinned(series: Sequence[Sequence[Any]]) -> list[tuple[int, float]]:
         stride = math.ceil(len(items) / MAX_REPORTED_POINTS)
         items = items[::stride][: MAX_REPORTED_POINTS - 1] + [items[-1]]
     return items
+
+
+# ---------------------------------------------------------------------------- the search loop
+
+
+@dataclass
+class Ended:
+    """A trial whose batch ended: its record and its objective's whole series (None when the
+    batch left none), as the engine read them."""
+
+    batch_id: str
+    record: BatchRecord
+    series: Sequence[Sequence[Any]] | None = None
+
+
+class TrialRunner(Protocol):
+    """Where an engine runs the trials :func:`drive` proposes."""
+
+    def start(self, batch: Batch) -> None:
+        """Run (or queue) the trial's batch; return at once."""
+
+    def ended(self) -> list[Ended]:
+        """The trials that ended since the last call; may wait a little (a poll interval) for one."""
+
+    def stop_starting(self) -> bool:
+        """True once no new trial should start (cancelled, too many failures, no worker left)."""
+
+
+def drive(search: Search, runner: TrialRunner, *, concurrent: int) -> int:
+    """The search loop of every engine: propose while fewer than ``concurrent`` trials are in
+    flight and the budget lasts, tell the sampler each trial that ended; returns once no trial
+    is in flight and none may start. Returns the number of trials started."""
+    in_flight: set[str] = set()
+    started = 0
+    while True:
+        while len(in_flight) < max(1, concurrent) and not runner.stop_starting():
+            batch = search.propose()
+            if batch is None:
+                break
+            in_flight.add(batch.id)
+            started += 1
+            runner.start(batch)
+        if not in_flight:
+            return started
+        for end in runner.ended():
+            if end.batch_id in in_flight:
+                in_flight.discard(end.batch_id)
+                search.tell_record(end.batch_id, end.record, end.series)
+
+
+def objective_series(rundir: Any, batch_id: str, name: str) -> list | None:
+    """A finished batch's whole series of the objective ``name`` (metrics.json), or None."""
+    data = rundir.read_metrics(batch_id)
+    series = ((data or {}).get("series") or {}).get(name) if isinstance(data, dict) else None
+    return series if isinstance(series, list) else None

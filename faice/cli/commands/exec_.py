@@ -79,7 +79,6 @@ def run(args: Any) -> int:
     from faice.engines.base import ENGINE_FLAGS
     from faice.pipeline.options import ExecRequest, RunOptions
     from faice.red.prepare import load_experiment
-    from faice.red.search import is_search
 
     options = RunOptions(
         parallel=args.parallel,
@@ -114,9 +113,6 @@ def run(args: Any) -> int:
             f"{experiment.source}: execution.engine: unknown engine {name!r}; "
             f"expected one of {', '.join(sorted(ENGINE_MODULES))} (or local)"
         )
-    if name not in ("ccfaice", "ccagency") and is_search(experiment.data):  # ccagency: if the server runs it
-        raise UsageError(f"{experiment.source}: sweep.search runs on the local engine (execution.engine: ccfaice) "
-                         f"for now, not on {name}; a grid or random sweep runs everywhere")
     chosen = engine(name)
     for flag in sorted(ENGINE_FLAGS - chosen.flags):
         if getattr(args, flag, None):

@@ -10,6 +10,7 @@ carries a *generation* ``g``, in exactly one of three directories::
     queue/done/<n>.<g>      final: its record is (being) written into batches/<id>/
     queue/cancel/<n>        a request to cancel batch n wherever it runs
     queue/CANCEL            the whole run is being cancelled: claim nothing more
+    queue/OPEN              more batches may come (a search adds its trials while workers run)
 
 * **claim**: ``rename(ready/n.g, claimed/n.g)``; of two workers racing, one gets ENOENT.
 * **heartbeat**: the holder touches ``claimed/n.g`` every few seconds (server time on NFS).
@@ -19,6 +20,11 @@ carries a *generation* ``g``, in exactly one of three directories::
   done/n.g)`` succeeded; once the lease was taken from it that path is gone (the next holder
   has generation g+1), so a worker that lost its lease can never write the record, and of a
   holder and a reaper racing for the same lease exactly one wins.
+* **an open queue**: a driver that adds batches while the workers run (``sweep.search``)
+  writes ``ready/n.0`` for each (its spec first) and touches ``OPEN`` as its heartbeat; an idle
+  worker waits for more while that heartbeat goes on (its mtime changing within ``lease``
+  seconds of the worker's own clock, as for a claim), and ends once the driver closed the
+  queue (removed ``OPEN``) or stopped touching it (it died: its trials can never be told).
 """
 
 from __future__ import annotations
@@ -57,6 +63,7 @@ class ClaimQueue:
     def __init__(self, root: Path):
         self.root = Path(root)
         self._seen: dict[str, tuple[int, float]] = {}  # claimed name -> (mtime_ns, first seen unchanged)
+        self._open_seen: tuple[int, float] | None = None  # OPEN's (mtime_ns, first seen unchanged)
         self._lock = threading.Lock()
 
     def _dir(self, kind: str) -> Path:
@@ -96,6 +103,18 @@ class ClaimQueue:
         """Whether a task is still ready or claimed. Claimed is listed first: a claim going
         back (claimed -> ready) between the two listings is then seen in one of them."""
         return bool(self._list(CLAIMED) or self._list(READY))
+
+    def more_may_come(self, lease_s: float) -> bool:
+        """Whether the queue is open and its driver alive: ``OPEN`` exists and its mtime changed
+        within ``lease_s`` seconds (as this process measures them)."""
+        try:
+            mtime = os.stat(self.root / "OPEN").st_mtime_ns
+        except FileNotFoundError:
+            return False
+        now = time.monotonic()
+        if self._open_seen is None or self._open_seen[0] != mtime:
+            self._open_seen = (mtime, now)
+        return now - self._open_seen[1] < lease_s
 
     def cancel_requested(self) -> bool:
         return (self.root / "CANCEL").exists()
@@ -163,6 +182,24 @@ class ClaimQueue:
                     del self._seen[name]
                     taken.append(claim)
         return taken
+
+    # ------------------------------------------------------------------ driver side (an open queue)
+
+    def hold_open(self) -> None:
+        """Open the queue, or renew the driver's heartbeat on it (the server's time on NFS)."""
+        path = self.root / "OPEN"
+        try:
+            os.utime(path, None)
+        except FileNotFoundError:
+            path.touch()
+
+    def add(self, task: int) -> None:
+        """Task ``task`` (its spec written) waits for a worker."""
+        self._path(READY, Claim(task, 0)).touch(exist_ok=False)
+
+    def close(self) -> None:
+        """No more batches: workers end once the queue is empty."""
+        (self.root / "OPEN").unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ canceller side
 

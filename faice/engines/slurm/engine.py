@@ -16,6 +16,7 @@ from typing import Any
 from faice.engines.base import Engine
 from faice.engines.slurm import client as slurm_cli
 from faice.engines.slurm import rundir
+from faice.engines.slurm import search as slurm_search
 from faice.engines.slurm.job import (
     FINAL,
     SUCCEEDED,
@@ -38,6 +39,7 @@ from faice.pipeline.resume import ResumePlan, save_red_file
 from faice.pipeline.rundir import RunDir
 from faice.pipeline.signals import EXIT_SIGNAL, interrupts_to
 from faice.red.experiment import Experiment
+from faice.red.search import SearchSpec, is_search
 from faice.secrets import REDACTOR
 
 
@@ -46,16 +48,25 @@ def _say(message: str) -> None:
 
 
 def run(experiment: Experiment, request: ExecRequest) -> int:
-    """Submit one array; with ``--wait`` follow it."""
+    """Submit one array; with ``--wait`` follow it (a search: drive it, :mod:`.search`)."""
     settings = SlurmSettings.from_experiment(experiment)
+    searching = is_search(experiment.data)
+    if searching:
+        slurm_search.check(experiment, settings)
     if request.dry_run:
         return _dry_run(experiment, settings, request)
     slurm_cli.require_tools()
     options = request.options
+    if searching:
+        from faice.pipeline.search import require_optuna
+
+        require_optuna(SearchSpec.from_sweep(experiment.data["sweep"]).algorithm)  # before a run directory
     root = Path(settings.run_dir).expanduser() if settings.run_dir else None
     run, run_id = RunDir.start(request.outdir, resume=options.resume, root=root)
     outdir = run.root.resolve()
     run = RunDir(outdir)
+    if searching:
+        return slurm_search.run(experiment, request, settings, run, run_id)
     batches = experiment.batches
     if options.resume:
         resume = ResumePlan.of(run, experiment.data)
@@ -119,7 +130,9 @@ def follow(job: Job, *, json_output: bool = False, live: bool | None = None) -> 
 def _dry_run(experiment: Experiment, settings: SlurmSettings, request: ExecRequest) -> int:
     """Print the sbatch command and the batches; submit nothing."""
     outdir = Path(request.outdir).resolve() if request.outdir else Path("faice-runs/<time>-<run id>")
-    workers = min(settings.workers, len(experiment.batches)) if settings.workers else None
+    spec = SearchSpec.from_sweep(experiment.data["sweep"]) if is_search(experiment.data) else None
+    count = spec.trials if spec is not None else len(experiment.batches)
+    workers = min(settings.workers, count) if settings.workers else None
     argv = sbatch_options(
         settings,
         experiment.container_settings,
@@ -140,6 +153,10 @@ def _dry_run(experiment: Experiment, settings: SlurmSettings, request: ExecReque
     }
     if workers:
         plan["workers"] = workers
+    if spec is not None:  # its batches are proposed while it runs, added to the workers' queue
+        plan["search"] = {"algorithm": spec.algorithm, "trials": spec.trials, "seed": spec.seed,
+                          "maxConcurrent": spec.max_concurrent,
+                          "parameters": {name: {kind: arguments} for name, (kind, arguments) in spec.parameters.items()}}
     if request.json:
         print(REDACTOR.redact(dumps_json(plan, indent=2)))
     else:
@@ -148,6 +165,9 @@ def _dry_run(experiment: Experiment, settings: SlurmSettings, request: ExecReque
             lines.append(f"  {workers} workers, each running up to {settings.batches_per_worker} batch(es) at once,"
                          " claim the batches below from the run directory")
         lines += [f"  task {e['task']}: batch {e['id']} {dumps_json(e['parameters'])}" for e in plan["batches"]]
+        if spec is not None:
+            lines.append(f"  search ({spec.algorithm}): {spec.trials} trials proposed while the workers run, "
+                         f"added to their queue by this process")
         print(REDACTOR.redact("\n".join(lines)))
     return 0
 

@@ -172,15 +172,20 @@ def submit_batches(
     run_id: str | None = None,
     max_running: int | None = None,
     protected: Iterable[str] | None = None,
+    open_for: int | None = None,
 ) -> Job:
     """Submit one job array with a task per batch (of ``batches``, default: all).
 
     ``protected``: the secrets the tasks must mask (default: every value registered with
-    the process's redactor; a long-running server passes only the batch's own)."""
+    the process's redactor; a long-running server passes only the batch's own).
+    ``open_for``: a packed submission whose queue stays open for this many batches in all,
+    added while the workers run (:func:`add_batch`; a search's trials)."""
     settings = SlurmSettings.from_experiment(experiment)
     outdir = Path(outdir).resolve()
     batches = experiment.batches if batches is None else batches
-    if not batches:
+    if open_for is not None and not settings.packed:
+        raise EngineError("Slurm engine: only a packed submission (workers) takes batches while it runs")
+    if not batches and not open_for:
         raise EngineError("Slurm engine: no batches to submit")
     previous = rundir.read_submissions(outdir)
     run_id = run_id or (previous[0]["runId"] if previous else new_run_id())
@@ -189,22 +194,24 @@ def submit_batches(
     shared = _shared_data(experiment)
     protected = sorted(set(protected)) if protected is not None else REDACTOR.values()
     for task_id, batch in enumerate(batches):
-        # A stale record of an earlier attempt must not pass for this attempt's result.
-        RunDir(outdir).remove_record(batch.id)
-        rundir.write_task_spec(
-            submission,
-            task_id,
-            {"source": experiment.source, "data": shared, "batch": _batch_data(batch), "protected": protected},
-        )
+        _write_spec(outdir, submission, task_id, batch, {"source": experiment.source, "data": shared,
+                                                          "protected": protected})
     script = submission / "job.sh"
     script.write_text(job_script(settings, submission, run_id), encoding="utf-8")
     limit = max_running or settings.max_running
     packed: dict[str, Any] | None = None
     if settings.packed:
         assert settings.workers is not None
-        packed = {"workers": min(settings.workers, len(batches)), "batchesPerWorker": settings.batches_per_worker,
+        packed = {"workers": min(settings.workers, open_for or len(batches)),
+                  "batchesPerWorker": settings.batches_per_worker,
                   "leaseSeconds": settings.lease_seconds, "pollInterval": settings.poll_interval}
-        ClaimQueue(submission / "queue").create(len(batches))
+        queue = ClaimQueue(submission / "queue")
+        queue.create(len(batches))
+        if open_for:
+            queue.hold_open()  # before sbatch: a worker that starts at once must not find it closed
+            # What add_batch needs to write the specs of the batches to come.
+            rundir.write_task_spec(submission, OPEN_SPEC, {"source": experiment.source, "data": shared,
+                                                           "protected": protected})
         rundir.write_json(submission / rundir.PACK_FILE, packed)
     argv = sbatch_options(
         settings,
@@ -236,6 +243,35 @@ def submit_batches(
     job = make_job(outdir, entry)
     write_run_summary(outdir, experiment=experiment, states={b.id: SCHEDULED for b in batches})
     return job
+
+
+OPEN_SPEC = -1  # tasks/-1.json: the shared part of the specs an open queue's batches get
+
+
+def _write_spec(outdir: Path, submission: Path, task_id: int, batch: Batch, shared: dict[str, Any]) -> None:
+    # A stale record of an earlier attempt must not pass for this attempt's result.
+    RunDir(outdir).remove_record(batch.id)
+    rundir.write_task_spec(submission, task_id, {**shared, "batch": _batch_data(batch)})
+
+
+def add_batch(job: PackedJob, batch: Batch) -> None:
+    """Add a batch to a packed submission whose queue is open (``open_for``): its spec, its
+    entry in submissions.json (what ``faice status`` and ``results`` read), then the queue."""
+    shared = rundir.read_stored(rundir.task_spec_path(job.submission_dir, OPEN_SPEC))
+    task = len(job.batch_ids)
+    _write_spec(job.outdir, job.submission_dir, task, batch, shared)
+    job.batch_ids.append(batch.id)
+    job.batch_index[batch.id] = batch.index
+    job.batch_parameters[batch.id] = batch.parameters
+    rundir.update_submission(job.outdir, job.tag, {"batchIds": job.batch_ids, "batchIndex": job.batch_index,
+                                                   "batchParameters": job.batch_parameters})
+    job.queue.add(task)
+
+
+def close_queue(job: PackedJob) -> None:
+    """No more batches for this submission: its workers end once the queue is empty."""
+    job.queue.close()
+    rundir.task_spec_path(job.submission_dir, OPEN_SPEC).unlink(missing_ok=True)
 
 
 # ----------------------------------------------------------------------------- run directory

@@ -20,11 +20,12 @@ STDERR_TAIL_CHARS = 1500
 class Follower:
     """Feeds the progress display with what changed since the last poll."""
 
-    def __init__(self, outdir: Path, batch_index: dict[str, int], *, live: bool | None = None):
+    def __init__(self, outdir: Path, batch_index: dict[str, int], *, live: bool | None = None,
+                 total: int | None = None):
         self.outdir = Path(outdir)
         self.rundir = RunDir(self.outdir)
-        self.batch_index = batch_index
-        total = max([len(batch_index), *(i + 1 for i in batch_index.values() if isinstance(i, int))])
+        self.batch_index = batch_index  # a search's grows while it runs (total: its budget)
+        total = total or max([len(batch_index), *(i + 1 for i in batch_index.values() if isinstance(i, int))])
         self.display = ProgressDisplay(total, live=live)
         self._seen: dict[str, BatchState] = {}
 

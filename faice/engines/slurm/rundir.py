@@ -88,6 +88,15 @@ def add_submission(outdir: Path, entry: dict[str, Any]) -> None:
     write_json(slurm_dir(outdir) / SUBMISSIONS, entries)
 
 
+def update_submission(outdir: Path, tag: str, fields: dict[str, Any]) -> None:
+    """Set ``fields`` of the submission ``tag`` (one writer: the process that submitted it)."""
+    entries = read_submissions(outdir)
+    for entry in entries:
+        if entry.get("tag") == tag:
+            entry.update(fields)
+    write_json(slurm_dir(outdir) / SUBMISSIONS, entries)
+
+
 def task_spec_path(submission: Path, task_id: int) -> Path:
     return submission / "tasks" / f"{task_id}.json"
 

@@ -7,7 +7,8 @@ runs up to ``batchesPerWorker`` of them at once with :meth:`Host.run_alone` (the
 ``faice exec``; one Host per worker, so the GPUs Slurm gave the allocation are handed out
 exclusively), keeps their leases alive, and publishes each batch's directory into the run
 directory only after its commit succeeded. It stops when the queue is empty and no other
-worker holds a claim that could still expire back to it.
+worker holds a claim that could still expire back to it, nor does the driver of a search
+add more (its queue is open).
 
 SIGTERM (``scancel``, the allocation's time limit) stops the running containers and gives
 their batches back to the queue for another worker, unless the run is being cancelled: then
@@ -139,9 +140,10 @@ class Worker:
         while not self.stopping.is_set() and not self.queue.cancel_requested():
             claim = self.queue.claim(self.start)
             if claim is None:
-                # Nothing waits and nothing can come back (twice: a claim moving between
-                # listings of a busy directory must not end the last worker).
-                empty_checks = 0 if self.queue.anything_open() else empty_checks + 1
+                # Nothing waits, nothing can come back and the driver adds nothing more (twice:
+                # a claim moving between listings of a busy directory must not end the last worker).
+                busy = self.queue.anything_open() or self.queue.more_may_come(self.lease_s)
+                empty_checks = 0 if busy else empty_checks + 1
                 if empty_checks >= 2:
                     return
                 if self.queue.reap(self.lease_s):

@@ -127,3 +127,44 @@ def test_release_requeues_at_once_and_finish_takes_only_waiting_tasks(tmp_path):
     assert queue.finish(0) is None  # claimed: only its worker (or a follower with no worker left) ends it
     assert queue.finish(0, (READY, CLAIMED)) == held
     assert not queue.commit(held)
+
+
+def _claim_until_closed(root: str, log: str, lease_s: float) -> None:
+    """A worker's idle loop on an open queue: claim what comes, end once nothing can come."""
+    queue = ClaimQueue(Path(root))
+    while True:
+        claim = queue.claim()
+        if claim is not None:
+            if queue.commit(claim):
+                with open(log, "a") as handle:
+                    handle.write(f"{claim.task}\n")
+            continue
+        if not (queue.anything_open() or queue.more_may_come(lease_s)):
+            return
+        time.sleep(0.05)
+
+
+def test_an_open_queue_keeps_its_worker_for_the_batches_added_later_until_the_driver_is_gone(tmp_path):
+    queue = ClaimQueue(tmp_path / "q")
+    queue.create(0)
+    queue.hold_open()
+    log = tmp_path / "log"
+    worker = CTX.Process(target=_claim_until_closed, args=(str(tmp_path / "q"), str(log), 1.0))
+    worker.start()
+    for task in range(3):  # a driver adding a trial now and then, its heartbeat going on
+        time.sleep(0.4)
+        queue.hold_open()
+        queue.add(task)
+    time.sleep(0.4)
+    queue.hold_open()
+    assert worker.is_alive(), "the driver is alive: the worker waits for more"
+    queue.close()
+    worker.join(5)
+    assert worker.exitcode == 0 and log.read_text().split() == ["0", "1", "2"]
+    # A driver that died (no close, no heartbeat): its workers end after the lease.
+    queue.hold_open()
+    started = time.monotonic()
+    orphan = CTX.Process(target=_claim_until_closed, args=(str(tmp_path / "q"), str(log), 1.0))
+    orphan.start()
+    orphan.join(10)
+    assert orphan.exitcode == 0 and 0.9 <= time.monotonic() - started < 5

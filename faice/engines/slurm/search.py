@@ -1,0 +1,178 @@
+"""``sweep.search`` on packed Slurm: this process drives the search, the workers run its trials.
+
+The search loop is the local engine's (:func:`faice.pipeline.search.drive`); here it runs on
+the submitting host while ONE packed array of workers (``execution.settings.workers``) waits
+on an open claim queue: each proposed trial is added to the queue as a batch (its spec, its
+entry in submissions.json, ``ready/<n>.0``), a worker claims and runs it, and once its record
+is final this process reads the trial's objective (and its series) back from the record and
+tells the sampler. ``maxConcurrent`` (and the workers' slots) bound the trials in flight;
+early stopping runs on the nodes as for any packed batch (the workers share the live series).
+
+The driver is the sampler, so ``faice exec`` follows a search to its end (as with ``--wait``);
+the queue's ``OPEN`` heartbeat keeps idle workers waiting for the next trial and lets them end
+when the driver is gone. Ctrl-C or SIGTERM cancels the workers; ``--resume`` replays the told
+trials into the sampler and goes on (``N trials reused, M new``).
+"""
+
+from __future__ import annotations
+
+import math
+import shlex
+import signal
+import time
+from pathlib import Path
+
+from faice.engines.slurm import rundir
+from faice.engines.slurm.job import (
+    FINAL,
+    POLL_INTERVAL_S,
+    SUCCEEDED,
+    add_batch,
+    close_queue,
+    submit_batches,
+    watch,
+    write_run_summary,
+)
+from faice.engines.slurm.packed import PackedJob
+from faice.engines.slurm.progress import Follower
+from faice.engines.slurm.settings import SlurmSettings
+from faice.errors import UsageError
+from faice.files import dumps_json
+from faice.pipeline.options import ExecRequest, RunOptions
+from faice.pipeline.plan import metrics_spec
+from faice.pipeline.records import BatchState
+from faice.pipeline.resume import save_red_file
+from faice.pipeline.rundir import RunDir
+from faice.pipeline.search import Ended, Search, drive, objective_series
+from faice.pipeline.signals import EXIT_SIGNAL, interrupts_to
+from faice.red.experiment import Batch, Experiment
+from faice.secrets import REDACTOR
+
+
+def check(experiment: Experiment, settings: SlurmSettings) -> None:
+    """A search needs packed workers: they wait for the trials the driver proposes."""
+    if not settings.packed:
+        raise UsageError(
+            f"{experiment.source}: sweep.search on Slurm runs on packed workers: add execution.settings.workers "
+            "(e.g. workers: 4); one array task per trial is not supported")
+
+
+class PackedTrials:
+    """The packed Slurm side of the search loop: trials go into the open queue of ``job``."""
+
+    def __init__(self, job: PackedJob, follower: Follower, received: list[int], options: RunOptions,
+                 objective: str):
+        self.job = job
+        self.follower = follower
+        self.received = received
+        self.rundir = RunDir(job.outdir)
+        self.in_flight: set[str] = set()
+        self.cancelled = False
+        self.failures = 0
+        self.fail_fast = options.fail_fast
+        self.max_failures = options.max_failures
+        self.objective = objective
+        self._last_poll = 0.0
+
+    def start(self, batch: Batch) -> None:
+        add_batch(self.job, batch)
+        self.follower.batch_index[batch.id] = batch.index
+        self.in_flight.add(batch.id)
+
+    def ended(self) -> list[Ended]:
+        wait = POLL_INTERVAL_S - (time.monotonic() - self._last_poll)
+        if wait > 0:
+            time.sleep(wait)
+        self._last_poll = time.monotonic()
+        self._cancel_on_signal()
+        if not self.cancelled:
+            self.job.queue.hold_open()
+        states = self.job.poll(set(self.in_flight))
+        self.follower.update(states)
+        found = []
+        for batch_id, state in states.items():
+            if state not in FINAL or batch_id not in self.in_flight:
+                continue
+            record = self.rundir.read_record(batch_id)
+            if record is None:
+                continue  # final but not readable yet: the next poll
+            self.in_flight.discard(batch_id)
+            if record.state == BatchState.FAILED:
+                self.failures += 1
+            found.append(Ended(batch_id, record, objective_series(self.rundir, batch_id, self.objective)))
+        return found
+
+    def stop_starting(self) -> bool:
+        self._cancel_on_signal()
+        if self.cancelled or (self.fail_fast and self.failures):
+            return True
+        if self.max_failures is not None and self.failures >= self.max_failures:
+            return True
+        return not self.job.workers_alive()  # no worker left: --resume goes on
+
+    def _cancel_on_signal(self) -> None:
+        if self.received and not self.cancelled:
+            self.cancelled = True
+            self.follower.note(f"interrupted: cancelling Slurm job array {self.job.job_id}")
+            self.job.cancel()
+
+
+def run(experiment: Experiment, request: ExecRequest, settings: SlurmSettings, run: RunDir, run_id: str) -> int:
+    """Drive the search of ``experiment`` on packed workers until its budget is spent."""
+    check(experiment, settings)
+    options = request.options
+    outdir = run.root
+    metrics = metrics_spec(experiment)
+    assert metrics is not None  # checked by the RED validation
+    search = Search(experiment, metrics, outdir, resume=options.resume)
+    try:
+        if options.resume:
+            _say(f"faice: search: {search.reused} trials reused, {search.remaining} new (trials: {search.spec.trials})")
+        save_red_file(run, experiment.data, REDACTOR)
+        if search.remaining == 0:
+            summary = write_run_summary(outdir, states={})
+            _say(f"faice: nothing to submit: the search's {search.spec.trials} trials are told in {outdir}")
+            return 0 if summary.get("state") == SUCCEEDED else 1
+        job = submit_batches(experiment, options, outdir, [], run_id=run_id, max_running=options.parallel,
+                             open_for=search.remaining)
+        assert isinstance(job, PackedJob)
+        slots = job.workers * int((rundir.read_stored(job.submission_dir / rundir.PACK_FILE)).get("batchesPerWorker", 1))
+        limits = [slots, search.spec.max_concurrent or math.inf, options.parallel or math.inf]
+        concurrent = int(min(limits))
+        _say(f"faice: submitted Slurm job array {job.job_id} ({job.workers} workers for a search of "
+             f"{search.remaining} trials, {concurrent} at a time); run directory {outdir}")
+        if not request.wait:
+            _say("faice: a search is driven from here (this process is its sampler): following it as with --wait")
+        received: list[int] = []
+        follower = Follower(outdir, dict(job.batch_index), live=None if request.progress else False,
+                            total=search.spec.trials)
+        runner = PackedTrials(job, follower, received, options, metrics.objective.name)
+        with follower, interrupts_to(lambda signum, _frame: received.append(signum)):
+            try:
+                drive(search, runner, concurrent=concurrent)
+            finally:
+                close_queue(job)
+            states = watch([job], follower.update, before_poll=runner._cancel_on_signal)
+        summary = write_run_summary(outdir, states=states)
+        if request.json:
+            print(REDACTOR.redact(dumps_json(summary, indent=2)))
+        follower.report(summary)
+        told = len(_told(outdir))
+        _say(f"faice: search: {told} of {search.spec.trials} trials told; see: faice results {shlex.quote(str(outdir))}")
+        if received:
+            return EXIT_SIGNAL.get(received[0], EXIT_SIGNAL[signal.SIGINT])
+        return 0 if summary["state"] == SUCCEEDED else 1
+    finally:
+        search.close()
+
+
+def _told(outdir: Path) -> list[dict]:
+    from faice.pipeline.search import read_log
+
+    return [row for row in read_log(outdir)[1] if row.get("sampler") is not None]
+
+
+def _say(message: str) -> None:
+    import sys
+
+    print(REDACTOR.redact(message), file=sys.stderr, flush=True)

@@ -1,0 +1,117 @@
+"""sweep.search on packed Slurm, on the real single-node cluster: this process proposes the
+trials (Optuna's TPE) while two workers run them from the claim queue, tells the sampler each
+trial's objective read back from its record, and ``--resume`` with a larger budget adds exactly
+the difference (nothing of faice or Optuna in the image: the values come from its stdout)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.slurm, pytest.mark.docker]
+pytest.importorskip("optuna", reason="sweep.search needs the optional extra faice[search]")
+
+# The objective, unknown to faice: best at lr = 0.03 and batch size 64; three steps a trial.
+TRAIN = ("import sys, math, time\n"
+         "lr, bs = float(sys.argv[1]), int(sys.argv[2])\n"
+         "score = 1 - (math.log10(lr) - math.log10(0.03)) ** 2 / 4 - abs(math.log2(bs / 64)) / 8\n"
+         "for step in range(3):\n"
+         "    print('step=%d acc=%.6f' % (step, score * (step + 1) / 3), flush=True)\n"
+         "    time.sleep(0.3)\n")
+
+
+def search_red(path: Path, image: str, partition: str, trials: int) -> Path:
+    path.write_text(json.dumps({
+        "redVersion": "9",
+        "cli": {"cwlVersion": "v1.0", "class": "CommandLineTool", "baseCommand": ["python3", "-c", TRAIN],
+                "inputs": {"lr": {"type": "float", "inputBinding": {"position": 1}},
+                           "bs": {"type": "int", "inputBinding": {"position": 2}}},
+                "outputs": {}},
+        "inputs": {"lr": 0.1, "bs": 32},
+        "sweep": {"search": {"algorithm": "tpe", "trials": trials, "seed": 7, "startupTrials": 4,
+                             "parameters": {"lr": {"loguniform": [1e-5, 10.0]},
+                                            "bs": {"choice": [16, 32, 64, 128, 256]}}},
+                  "maxConcurrent": 2},
+        "metrics": {"objective": {"name": "acc", "goal": "max"}, "step": "step", "sources": [{"stdout": True}]},
+        "container": {"engine": "docker", "settings": {"image": {"url": image}, "ram": 256}},
+        "execution": {"engine": "slurm", "settings": {"partition": partition, "workers": 2, "pollInterval": 2}},
+    }))
+    return path
+
+
+def faice(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "faice", *args], capture_output=True, text=True, timeout=300,
+                          stdin=subprocess.DEVNULL, env={**os.environ, "NO_COLOR": "1"})
+
+
+def told(outdir: Path) -> list[dict]:
+    from faice.pipeline.search import read_log
+
+    return read_log(outdir)[1]
+
+
+def most_at_once(records: list[dict]) -> int:
+    """The most batches whose [started, finished] overlapped at one moment."""
+    edges = sorted([(datetime.fromisoformat(r["started"]), 1) for r in records]
+                   + [(datetime.fromisoformat(r["finished"]), -1) for r in records])
+    running = most = 0
+    for _, step in edges:
+        running += step
+        most = max(most, running)
+    return most
+
+
+def test_a_tpe_search_runs_on_packed_workers_and_resume_adds_the_difference(slurm, test_image, tmp_path):
+    red = search_red(tmp_path / "search.json", test_image, slurm.partition, 8)
+    outdir = tmp_path / "run"
+    done = faice("exec", str(red), "--outdir", str(outdir), "--no-progress")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "a search is driven from here" in done.stderr, "without --wait it still follows: it is the sampler"
+    rows = told(outdir)
+    assert [r["trial"] for r in rows] == list(range(8))
+    assert {r["sampler"] for r in rows} == {"complete"}, rows
+    # Random proposals until 4 trials are told, then the sampler's (2 in flight: trial 5 is asked after 4 tells).
+    origins = [r["origin"] for r in rows]
+    assert origins[:4] == ["startup"] * 4 and origins[5:] == ["sampler"] * 3, origins
+    records = []
+    for row in rows:
+        record = json.loads((outdir / "batches" / row["batch"] / "result.json").read_text())
+        assert record["parameters"] == row["parameters"] and record["metrics"]["objective"]["value"] == row["value"]
+        assert record["engine"]["name"] == "slurm" and record["engine"]["queueIndex"] == row["trial"]
+        assert len(row["intermediate"]) == 3, "the series reached the sampler"
+        records.append(record)
+    assert len({r["engine"]["worker"] for r in records}) == 2, "both workers ran trials"
+    assert most_at_once(records) <= 2, "maxConcurrent: 2 trials in flight"
+    assert len({json.dumps(r["parameters"], sort_keys=True) for r in rows}) == 8
+    submissions = json.loads((outdir / "slurm" / "submissions.json").read_text())
+    assert len(submissions) == 1 and submissions[0]["batchIds"] == [r["batch"] for r in rows], "one sbatch"
+    assert not list((outdir / "slurm" / "1" / "tasks").iterdir()), "no spec is left behind"
+
+    # faice results: the trials in order and where each came from, in the table and in JSON.
+    shown = faice("results", str(outdir))
+    assert shown.returncode == 0, shown.stderr
+    listed = shown.stdout.partition("search (tpe): 8 of 8 trials, in the order they were proposed\n")[2]
+    lines = listed.strip().splitlines()[1:]
+    assert [int(line.split()[0]) for line in lines] == list(range(8))
+    assert [line.split()[1] for line in lines] == origins
+    data = json.loads(faice("results", str(outdir), "--format", "json").stdout)
+    assert sorted((r["trial"], r["origin"]) for r in data) == list(enumerate(origins))
+
+    grown = search_red(tmp_path / "search.json", test_image, slurm.partition, 10)
+    again = faice("exec", str(grown), "--outdir", str(outdir), "--resume", "--wait", "--no-progress")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "search: 8 trials reused, 2 new (trials: 10)" in again.stderr
+    rows = told(outdir)
+    assert [r["trial"] for r in rows] == list(range(10)) and {r["sampler"] for r in rows} == {"complete"}
+    assert [r["origin"] for r in rows[8:]] == ["sampler"] * 2
+    run = json.loads((outdir / "run.json").read_text())
+    assert len(run["batches"]) == 10 and {b["state"] for b in run["batches"]} == {"succeeded"}
+    assert len(list((outdir / "batches").iterdir())) == 10
+    submissions = json.loads((outdir / "slurm" / "submissions.json").read_text())
+    assert [len(s["batchIds"]) for s in submissions] == [8, 2], "the resumed search ran only the new trials"
