@@ -28,6 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.curve_objective import curve_red  # noqa: E402
 
 TRAIN = ("import sys, math\n"
          "lr, bs = float(sys.argv[1]), int(sys.argv[2])\n"
@@ -93,34 +94,9 @@ def optuna_loop(trials: int, seed: int) -> tuple[float, list[float]]:
     return study.best_value, [t.value for t in study.trials]
 
 
-CURVE = ("python3 -u -c 'import sys, time\n"
-         "n = int(sys.argv[1])\n"
-         "quality = {1: 0.8, 2: 0.85, 3: 0.95, 4: 0.9}.get(n, 0.8 - 0.05 * n)\n"
-         "for step in range(16):\n"
-         "    print(\"step=%d acc=%.6f\" % (step, quality * (1 - 0.8 ** (step + 1))))\n"
-         "    time.sleep(0.4)\n' \"$0\"")
-
-
-def grid_red(image: str, early: dict | None) -> dict:
-    metrics: dict = {"objective": {"name": "acc", "goal": "max"}, "step": "step", "sources": [{"stdout": True}]}
-    if early:
-        metrics["earlyStopping"] = early
-    return {
-        "redVersion": "9",
-        "cli": {"cwlVersion": "v1.0", "class": "CommandLineTool", "baseCommand": ["sh", "-c"],
-                "inputs": {"script": {"type": "string", "inputBinding": {"position": 0}},
-                           "n": {"type": "int", "inputBinding": {"position": 1}}}, "outputs": {}},
-        "inputs": {"script": CURVE, "n": 0},
-        "sweep": {"grid": {"n": list(range(1, 13))}},
-        "metrics": metrics,
-        "container": {"engine": "docker", "settings": {"image": {"url": image}}},
-        "execution": {"engine": "ccfaice", "settings": {}},
-    }
-
-
 def grid_run(image: str, early: dict | None, work: Path, name: str) -> tuple[float, int, int, float]:
     red = work / f"{name}.json"
-    red.write_text(json.dumps(grid_red(image, early)))
+    red.write_text(json.dumps(curve_red(image, early)))
     outdir = work / name
     started = time.monotonic()
     done = faice("exec", str(red), "--outdir", str(outdir), "--disable-pull", "--parallel", "4")

@@ -5,30 +5,18 @@ from __future__ import annotations
 import json
 
 import pytest
-from engine_helpers import sh_red
 
+from bench.curve_objective import curve_red
 from faice.pipeline.options import RunOptions
 from faice.pipeline.run import run_experiment
 from faice.red.prepare import load_experiment
 
 pytestmark = pytest.mark.docker
 
-# acc(n, step) = quality(n) · (1 − 0.8^(step+1)): the batch with the best quality is the best at
-# every step. n = 3 wins; n >= 5 get worse with n (a learning rate that grows too large).
-CURVE = ("python3 -u -c 'import sys, time\n"
-         "n = int(sys.argv[1])\n"
-         "quality = {{1: 0.8, 2: 0.85, 3: 0.95, 4: 0.9}}.get(n, 0.8 - 0.05 * n)\n"
-         "for step in range({steps}):\n"
-         "    print(\"step=%d acc=%.6f\" % (step, quality * (1 - 0.8 ** (step + 1))))\n"
-         "    time.sleep({pause})\n' \"$0\"")
-GRID = {"grid": {"n": list(range(1, 13))}}
 
-
-def curve_red(path, image: str, early: dict | None, *, steps: int = 16, pause: float = 0.4):
-    red = json.loads(sh_red(path, CURVE.format(steps=steps, pause=pause), image, sweep=GRID).read_text())
-    red["metrics"] = {"objective": {"name": "acc", "goal": "max"}, "step": "step", "sources": [{"stdout": True}],
-                      **({"earlyStopping": early} if early else {})}
-    path.write_text(json.dumps(red))
+def write_curve_red(path, image: str, early: dict | None):
+    """The curve objective's 12-batch grid (n = 3 wins at every step), 16 steps of 0.4 s."""
+    path.write_text(json.dumps(curve_red(image, early)))
     return path
 
 
@@ -43,11 +31,11 @@ def winner(summary) -> int:
 
 
 def test_asha_stops_most_of_a_grid_and_keeps_its_winner(tmp_path, test_image):
-    grid = run_experiment(load_experiment(str(curve_red(tmp_path / "grid.json", test_image, None))),
+    grid = run_experiment(load_experiment(str(write_curve_red(tmp_path / "grid.json", test_image, None))),
                           RunOptions(parallel=4), tmp_path / "grid")
     assert grid.exit_code == 0 and winner(grid) == 3
     early = {"rule": "asha", "graceSteps": 1, "reductionFactor": 3, "maxSteps": 16}
-    asha = run_experiment(load_experiment(str(curve_red(tmp_path / "asha.json", test_image, early))),
+    asha = run_experiment(load_experiment(str(write_curve_red(tmp_path / "asha.json", test_image, early))),
                           RunOptions(parallel=4), tmp_path / "asha")
     assert asha.exit_code == 0 and asha.state == "succeeded"
     entries = {e["parameters"]["n"]: e for e in asha.to_dict()["batches"]}

@@ -11,31 +11,17 @@ import sys
 
 import pytest
 
+from bench.curve_objective import curve_red
+
 pytestmark = [pytest.mark.slurm, pytest.mark.docker]
 
-# As in tests/engines/local/test_stopping_rules.py: n = 3 is the best at every step, n >= 5 fall behind.
-CURVE = ("python3 -u -c 'import sys, time\n"
-         "n = int(sys.argv[1])\n"
-         "quality = {1: 0.8, 2: 0.85, 3: 0.95, 4: 0.9}.get(n, 0.8 - 0.05 * n)\n"
-         "for step in range(24):\n"
-         "    print(\"step=%d acc=%.6f\" % (step, quality * (1 - 0.8 ** (step + 1))))\n"
-         "    time.sleep(0.4)\n' \"$0\"")
 STEP_SECONDS = 24 * 0.4  # what a batch of the grid sleeps at least
 
 
 def test_asha_stops_batches_on_packed_workers_and_keeps_the_winner(slurm, test_image, tmp_path):
-    red = {
-        "redVersion": "9",
-        "cli": {"cwlVersion": "v1.0", "class": "CommandLineTool", "baseCommand": ["sh", "-c"],
-                "inputs": {"script": {"type": "string", "inputBinding": {"position": 0}},
-                           "n": {"type": "int", "inputBinding": {"position": 1}}}, "outputs": {}},
-        "inputs": {"script": CURVE, "n": 0},
-        "sweep": {"grid": {"n": list(range(1, 13))}},
-        "metrics": {"objective": {"name": "acc", "goal": "max"}, "step": "step", "sources": [{"stdout": True}],
-                    "earlyStopping": {"rule": "asha", "graceSteps": 1, "reductionFactor": 3, "maxSteps": 24}},
-        "container": {"engine": "docker", "settings": {"image": {"url": test_image}, "ram": 256}},
-        "execution": {"engine": "slurm", "settings": {"partition": slurm.partition, "workers": 4, "pollInterval": 2}},
-    }
+    early = {"rule": "asha", "graceSteps": 1, "reductionFactor": 3, "maxSteps": 24}
+    execution = {"engine": "slurm", "settings": {"partition": slurm.partition, "workers": 4, "pollInterval": 2}}
+    red = curve_red(test_image, early, steps=24, ram=256, execution=execution)
     path = tmp_path / "asha.red.json"
     path.write_text(json.dumps(red))
     outdir = tmp_path / "run"
