@@ -12,6 +12,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from red_yaml import red_head
 
 from faice.connectors.staging import ConnectorRequest, StagingSession
 from faice.connectors.testing import ConnectorConformance, closed_port, wait_for_port
@@ -555,12 +556,7 @@ def test_cancelled_download_leaves_no_partial_file(place, ssh_server, ssh_prefix
 
 # ------------------------------------------------------------------ through the CLI, as the examples use it
 
-SSH_CLI_RED = """\
-redVersion: "9"
-cli:
-  cwlVersion: v1.0
-  class: CommandLineTool
-  baseCommand: cat
+SSH_CLI_RED = red_head("cat") + """\
   inputs:
     data: {{type: File, inputBinding: {{position: 0}}}}
   outputs: {{}}

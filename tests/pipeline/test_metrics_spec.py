@@ -9,18 +9,14 @@ import subprocess
 import sys
 
 import pytest
+from red_yaml import red_head
 
 from faice.errors import ValidationError
 from faice.red.load import parse_text, to_plain
 from faice.red.metrics import MetricsSpec
 from faice.red.validate import validate_red
 
-BASE = """\
-redVersion: "9"
-cli:
-  cwlVersion: v1.0
-  class: CommandLineTool
-  baseCommand: [python3, train.py]
+BASE = red_head("[python3, train.py]") + """\
   inputs:
     learning_rate: {type: float, inputBinding: {prefix: --lr}}
     log_dir: {type: Directory, inputBinding: {prefix: --log-dir}}

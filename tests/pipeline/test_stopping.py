@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from red_yaml import red_head
 
 from faice.errors import ValidationError
 from faice.pipeline.metrics import MetricsReader
@@ -141,12 +142,7 @@ def test_median_compares_the_same_epoch_without_a_step_column(tmp_path):
     assert stopper.check("slower", [[0, 0.5], [1, 0.5], [2, 0.5]]) is not None
 
 
-BASE = """\
-redVersion: "9"
-cli:
-  cwlVersion: v1.0
-  class: CommandLineTool
-  baseCommand: [python3, train.py]
+BASE = red_head("[python3, train.py]") + """\
   inputs: {lr: {type: float, inputBinding: {prefix: --lr}}}
   outputs: {}
 inputs: {lr: 0.1}

@@ -13,14 +13,11 @@ import sys
 import textwrap
 from pathlib import Path
 
+from red_yaml import red_head
+
 from faice.cli import main
 
-HEAD = """\
-redVersion: "9"
-cli:
-  cwlVersion: v1.0
-  class: CommandLineTool
-  baseCommand: cat
+HEAD = red_head("cat") + """\
   inputs:
     data: {type: File, inputBinding: {position: 0}}
     more: {type: "File?", inputBinding: {position: 1}}

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from red_yaml import red_head
 
 from faice.cli import main
 from faice.cwl.types import check_value
@@ -107,12 +108,7 @@ def test_variables_stay_unfilled_and_need_no_values(capsys, monkeypatch):
     assert "{{" not in capsys.readouterr().out
 
 
-MANY = """\
-redVersion: "9"
-cli:
-  cwlVersion: v1.0
-  class: CommandLineTool
-  baseCommand: echo
+MANY = red_head("echo") + """\
   inputs:
     n: {type: int, inputBinding: {position: 0}}
     s: {type: string, inputBinding: {position: 1}}
@@ -216,12 +212,7 @@ def test_missing_file_and_yaml_syntax_errors_are_clean(tmp_path, capsys):
     assert f"{path}:3:" in err and "Traceback" not in err
 
 
-ACCESS = """\
-redVersion: "9"
-cli:
-  cwlVersion: v1.0
-  class: CommandLineTool
-  baseCommand: cat
+ACCESS = red_head("cat") + """\
   inputs:
     a: {type: File, inputBinding: {position: 0}}
     b: {type: File, inputBinding: {position: 1}}

@@ -17,6 +17,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from red_yaml import red_head
 
 from faice.cli import main
 from faice.errors import FaiceError
@@ -25,12 +26,7 @@ from faice.red.validate import validate_red
 
 MEMORY_CAP = 2 * 1024**3
 
-RED_HEAD = """\
-redVersion: "9"
-cli:
-  cwlVersion: v1.0
-  class: CommandLineTool
-  baseCommand: echo
+RED_HEAD = red_head("echo") + """\
   inputs:
     message: {type: string, inputBinding: {position: 0}}
   outputs: {}
