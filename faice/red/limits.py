@@ -46,22 +46,24 @@ SHOWN_PATH = 8  # key path elements shown for a too-deep value
 ALLOWED_TAGS = frozenset(_CORE + name for name in ("str", "int", "float", "bool", "null", "timestamp", "map", "seq", "merge"))
 
 
+def _limit_from_env(name: str, default: int) -> int:
+    """The whole number in environment variable ``name`` (at least 1), or ``default`` when it is
+    unset or not a number."""
+    text = os.environ.get(name, "").strip()
+    try:
+        return max(1, int(text)) if text else default
+    except ValueError:
+        return default
+
+
 def max_bytes() -> int:
     """The size limit for one file: ``FAICE_MAX_RED_BYTES`` or 64 MiB."""
-    text = os.environ.get(MAX_BYTES_ENV, "").strip()
-    try:
-        return max(1, int(text)) if text else DEFAULT_MAX_BYTES
-    except ValueError:
-        return DEFAULT_MAX_BYTES
+    return _limit_from_env(MAX_BYTES_ENV, DEFAULT_MAX_BYTES)
 
 
 def max_values() -> int:
     """The most values one file may hold: ``FAICE_MAX_RED_VALUES`` or 10,000."""
-    text = os.environ.get(MAX_VALUES_ENV, "").strip()
-    try:
-        return max(1, int(text)) if text else DEFAULT_MAX_VALUES
-    except ValueError:
-        return DEFAULT_MAX_VALUES
+    return _limit_from_env(MAX_VALUES_ENV, DEFAULT_MAX_VALUES)
 
 
 def too_many_values(limit: int) -> str:
