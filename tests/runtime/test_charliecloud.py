@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from runtime_helpers import faice, observable, records, sweep_red
+from runtime_helpers import faice, observable, oom_sweep, records, sweep_red
 
 pytestmark = [pytest.mark.slow]
 
@@ -77,12 +77,7 @@ def test_batches_run_as_the_invoking_ordinary_user_who_owns_the_cache_and_output
 
 
 def test_ram_is_enforced_as_root_and_an_oom_kill_is_classified_oom(registry, charliecloud, image_cache, tmp_path):
-    red = sweep_red(tmp_path / "oom.red.json", registry, batches=2, ram=256,
-                    script='echo fine > result.txt; if [ "$0" = 1 ]; then exec python3 -c "x = bytearray(900 * 2**20)"; fi')
-    outdir = tmp_path / "run"
-    result = faice("exec", str(red), "--runtime", "charliecloud", "--outdir", str(outdir), "--no-progress")
-    assert result.returncode == 1, result.stderr
-    found = records(outdir)
+    found = oom_sweep(tmp_path, registry, "charliecloud")
     assert found[0]["state"] == "succeeded"
     assert found[1]["failureClass"] == "oom", found[1]["message"]
     assert not list(Path("/sys/fs/cgroup/memory/faice").glob(f"faice-{found[1]['batchId']}*"))

@@ -54,16 +54,22 @@ def gpu_red(tmp_path, registry_image: str = "127.0.0.1:5443/faice-test/base:book
     return red
 
 
+def run_with_the_secret(red: Path, tmp_path: Path) -> Path:
+    """``faice exec`` of ``red`` with FAICE_TEST_SECRET_VALUE passed into its batches: the run directory."""
+    outdir = tmp_path / "run"
+    result = faice("exec", str(red), "--outdir", str(outdir), "--no-progress",
+                   "--preserve-environment", "FAICE_TEST_SECRET_VALUE")
+    assert result.returncode == 0, result.stderr[-2000:]
+    return outdir
+
+
 def batch_calls(calls: list[dict], verb: str) -> list[dict]:
     return [c for c in calls if c["argv"][1] == verb]
 
 
 def test_apptainer_pulls_once_to_a_sif_then_execs_each_batch_contained_with_read_only_inputs(stand_in, tmp_path):
     red = gpu_red(tmp_path, engine="apptainer")
-    outdir = tmp_path / "run"
-    result = faice("exec", str(red), "--outdir", str(outdir), "--no-progress",
-                   "--preserve-environment", "FAICE_TEST_SECRET_VALUE")
-    assert result.returncode == 0, result.stderr[-2000:]
+    outdir = run_with_the_secret(red, tmp_path)
     calls = stand_in()
     (pull,) = batch_calls(calls, "pull")
     sif = Path(pull["argv"][3])
@@ -97,10 +103,7 @@ def test_apptainer_pulls_once_to_a_sif_then_execs_each_batch_contained_with_read
 
 def test_enroot_imports_once_and_starts_each_batch_with_mounts_env_names_and_its_gpus(stand_in, tmp_path):
     red = gpu_red(tmp_path, engine="enroot", batches=1)
-    outdir = tmp_path / "run"
-    result = faice("exec", str(red), "--outdir", str(outdir), "--no-progress",
-                   "--preserve-environment", "FAICE_TEST_SECRET_VALUE")
-    assert result.returncode == 0, result.stderr[-2000:]
+    outdir = run_with_the_secret(red, tmp_path)
     calls = stand_in()
     (imported,) = batch_calls(calls, "import")
     assert imported["argv"][:3] == ["enroot", "import", "--output"]

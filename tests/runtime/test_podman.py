@@ -9,7 +9,7 @@ import shutil
 import subprocess
 
 import pytest
-from runtime_helpers import faice, observable, records, sweep_red
+from runtime_helpers import faice, observable, oom_sweep, records, sweep_red
 
 pytestmark = [pytest.mark.slow]
 
@@ -21,12 +21,7 @@ def podman_containers(run_id: str) -> list[str]:
 
 
 def test_out_of_memory_batch_is_classified_oom_on_podman(registry, podman, tmp_path):
-    red = sweep_red(tmp_path / "oom.red.json", registry, batches=2, ram=256,
-                    script='echo fine > result.txt; if [ "$0" = 1 ]; then exec python3 -c "x = bytearray(900 * 2**20)"; fi')
-    outdir = tmp_path / "run"
-    result = faice("exec", str(red), "--runtime", "podman", "--outdir", str(outdir), "--no-progress")
-    assert result.returncode == 1, result.stderr
-    found = records(outdir)
+    found = oom_sweep(tmp_path, registry, "podman")
     assert found[0]["state"] == "succeeded"
     assert found[1]["failureClass"] == "oom", found[1]["message"]
     assert "RAM limit of 256 MB" in found[1]["message"]

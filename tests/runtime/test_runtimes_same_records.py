@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from runtime_helpers import faice, observable, records, sweep_red
+from runtime_helpers import faice, observable, records, run_on, sweep_red
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -18,8 +18,7 @@ def test_eight_batch_registry_sweep_gives_identical_records_on_docker_podman_and
     seen = {}
     for runtime in ("docker", "podman", "charliecloud"):
         outdir = tmp_path / runtime
-        result = faice("exec", str(red), "--runtime", runtime, "--outdir", str(outdir), "--no-progress")
-        assert result.returncode == 0, f"{runtime}: {result.stderr[-2000:]}"
+        run_on(runtime, red, outdir)
         seen[runtime] = observable(outdir)
         assert {r["image"]["ref"] for r in records(outdir).values()} == {registry.image}
         # Each record names the runtime that ran it, as the dry run's plan names it.
@@ -40,8 +39,7 @@ def test_a_failing_batch_fails_alike_on_every_runtime(registry, podman, charliec
     seen = {}
     for runtime in ("docker", "podman", "charliecloud"):
         outdir = tmp_path / runtime
-        result = faice("exec", str(red), "--runtime", runtime, "--outdir", str(outdir), "--no-progress")
-        assert result.returncode == 1, f"{runtime}: {result.stderr[-2000:]}"
+        run_on(runtime, red, outdir, exit_code=1)
         seen[runtime] = observable(outdir)
         stderr = {i: (outdir / "batches" / r["batchId"] / "stderr.txt").read_text() for i, r in records(outdir).items()}
         assert stderr == {0: "to stderr\n", 1: "to stderr\n"}, runtime

@@ -89,6 +89,21 @@ def faice(*args: str, timeout: float = 300, env: dict[str, str] | None = None,
                           env={**os.environ, "NO_COLOR": "1", **(env or {})})
 
 
+def run_on(runtime: str, red: Path, outdir: Path, exit_code: int = 0) -> None:
+    """``faice exec RED --runtime RUNTIME --outdir OUTDIR``, which must end with ``exit_code``."""
+    result = faice("exec", str(red), "--runtime", runtime, "--outdir", str(outdir), "--no-progress")
+    assert result.returncode == exit_code, f"{runtime}: {result.stderr[-2000:]}"
+
+
+def oom_sweep(tmp_path: Path, registry: Registry, runtime: str) -> dict[int, dict]:
+    """A 2-batch sweep under a 256 MB RAM limit whose batch 1 allocates 900 MiB, run on
+    ``runtime`` (the run fails): its records."""
+    red = sweep_red(tmp_path / "oom.red.json", registry, batches=2, ram=256,
+                    script='echo fine > result.txt; if [ "$0" = 1 ]; then exec python3 -c "x = bytearray(900 * 2**20)"; fi')
+    run_on(runtime, red, tmp_path / "run", exit_code=1)
+    return records(tmp_path / "run")
+
+
 def records(outdir: Path) -> dict[int, dict]:
     """Batch index → its result.json."""
     found = {}
