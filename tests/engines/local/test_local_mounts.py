@@ -31,11 +31,18 @@ def remote_dir(ssh_server):
     shutil.rmtree(root, ignore_errors=True)
 
 
-def test_sshfs_mounts_are_bind_mounted_and_removed(tmp_path, ssh_server, remote_dir, docker_client, test_image):
-    name, root = remote_dir
-    access = {"host": ssh_server.host, "port": ssh_server.port,
+def _ssh_mount(ssh_server, path: str, writable: bool) -> dict:
+    """A Directory input that sshfs-mounts ``path`` of the test sshd (strict host key check)."""
+    access = {"host": ssh_server.host, "port": ssh_server.port, "dirPath": path,
               "auth": {"username": ssh_server.user, "password": ssh_server.password},
               "hostKeyPolicy": "strict", "knownHostsFile": str(ssh_server.known_hosts)}
+    if writable:
+        access["writable"] = True
+    return {"class": "Directory", "connector": {"command": "ssh", "mount": True, "access": access}}
+
+
+def test_sshfs_mounts_are_bind_mounted_and_removed(tmp_path, ssh_server, remote_dir, docker_client, test_image):
+    name, root = remote_dir
     red = sh_red(
         tmp_path / "r.json",
         'cat "$1/dataset.txt" > copy.txt; echo "live log" > "$2/run.log"; '
@@ -46,10 +53,8 @@ def test_sshfs_mounts_are_bind_mounted_and_removed(tmp_path, ssh_server, remote_
         outputs={"copy": {"type": "File", "outputBinding": {"glob": "copy.txt"}}},
     )
     doc = read(red)
-    doc["inputs"]["data"] = {"class": "Directory", "connector": {
-        "command": "ssh", "mount": True, "access": {**access, "dirPath": f"data/{name}/share"}}}
-    doc["inputs"]["logs"] = {"class": "Directory", "connector": {
-        "command": "ssh", "mount": True, "access": {**access, "dirPath": f"data/{name}/logs", "writable": True}}}
+    doc["inputs"]["data"] = _ssh_mount(ssh_server, f"data/{name}/share", writable=False)
+    doc["inputs"]["logs"] = _ssh_mount(ssh_server, f"data/{name}/logs", writable=True)
     red.write_text(json.dumps(doc))
 
     summary = run_experiment(load_experiment(str(red)), RunOptions(), tmp_path / "run")
@@ -61,15 +66,6 @@ def test_sshfs_mounts_are_bind_mounted_and_removed(tmp_path, ssh_server, remote_
     assert not (root / "share" / "x").exists()
     assert f"faice-run-{summary.to_dict()['runId']}" not in Path("/proc/self/mounts").read_text()
     assert ssh_server.password not in (bdir / "result.json").read_text()
-
-
-def _ssh_mount(ssh_server, path: str, writable: bool) -> dict:
-    access = {"host": ssh_server.host, "port": ssh_server.port, "dirPath": path,
-              "auth": {"username": ssh_server.user, "password": ssh_server.password},
-              "hostKeyPolicy": "strict", "knownHostsFile": str(ssh_server.known_hosts)}
-    if writable:
-        access["writable"] = True
-    return {"class": "Directory", "connector": {"command": "ssh", "mount": True, "access": access}}
 
 
 @pytest.mark.parametrize("writable", [True, False])
@@ -123,9 +119,6 @@ def test_a_busy_writable_mount_fails_the_batch(tmp_path, ssh_server, remote_dir,
 def test_a_csvlogger_file_on_a_writable_sshfs_mount_is_read_while_the_batch_runs(
         tmp_path, ssh_server, remote_dir, test_image):
     name, root = remote_dir
-    access = {"host": ssh_server.host, "port": ssh_server.port,
-              "auth": {"username": ssh_server.user, "password": ssh_server.password},
-              "hostKeyPolicy": "strict", "knownHostsFile": str(ssh_server.known_hosts)}
     # Keras' CSVLogger: a header, then one line per epoch, appended as training goes.
     red = sh_red(
         tmp_path / "r.json",
@@ -135,8 +128,7 @@ def test_a_csvlogger_file_on_a_writable_sshfs_mount_is_read_while_the_batch_runs
         extra_inputs={"logs": {"type": "Directory", "inputBinding": {"position": 2}}},
     )
     doc = read(red)
-    doc["inputs"]["logs"] = {"class": "Directory", "connector": {
-        "command": "ssh", "mount": True, "access": {**access, "dirPath": f"data/{name}/logs", "writable": True}}}
+    doc["inputs"]["logs"] = _ssh_mount(ssh_server, f"data/{name}/logs", writable=True)
     doc["metrics"] = {"objective": {"name": "val_accuracy", "goal": "max"},
                       "sources": [{"file": "training.csv", "in": "logs"}]}
     red.write_text(json.dumps(doc))
