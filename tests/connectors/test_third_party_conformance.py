@@ -4,13 +4,13 @@ own test module importing ``faice.connectors.testing``, run by pytest in another
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+from connector_plugins import environment_with, install_connector
 
 PLUGIN = '''
 """kv: keys in a store directory, guarded by a token file (a stand-in for a key-value server)."""
@@ -108,11 +108,7 @@ def install_plugin(root: Path, *, broken: bool = False) -> Path:
     site = root / "site"
     site.mkdir(parents=True)
     source = textwrap.dedent(PLUGIN).replace("BROKEN_CUT = 0", f"BROKEN_CUT = {1000 if broken else 0}")
-    (site / "kv_connector.py").write_text(source)
-    info = site / "faice_kv_connector-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: faice-kv-connector\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[faice.connectors.v1]\nkv = kv_connector:KvConnector\n")
+    install_connector(site, "kv", source, "KvConnector")
     tests = root / "plugin-tests"
     tests.mkdir()
     (tests / "test_kv.py").write_text(textwrap.dedent(TESTS))
@@ -120,10 +116,9 @@ def install_plugin(root: Path, *, broken: bool = False) -> Path:
 
 
 def run_suite(root: Path, site: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])))
     return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(root),
-                           str(root / "plugin-tests")], cwd=root, env=env, capture_output=True, text=True,
-                          timeout=300)
+                           str(root / "plugin-tests")], cwd=root, env=environment_with(site), capture_output=True,
+                          text=True, timeout=300)
 
 
 def test_a_plugin_outside_the_tree_passes_the_shipped_suite(tmp_path):

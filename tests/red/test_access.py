@@ -7,12 +7,12 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+from connector_plugins import environment_with, install_connector
 from red_yaml import red_head
 
 from faice.cli import main
@@ -217,16 +217,11 @@ class TapeConnector(Connector):
 def test_an_installed_plugin_is_checked_against_its_own_schema(tmp_path):
     root = tmp_path / "plugin"
     root.mkdir()
-    (root / "tape_connector.py").write_text(PLUGIN)
-    info = root / "faice_tape_connector-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: faice-tape-connector\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[faice.connectors.v1]\ntape = tape_connector:TapeConnector\n")
+    install_connector(root, "tape", PLUGIN, "TapeConnector")
     red = tmp_path / "tape.red.yml"
     red.write_text(HEAD + "inputs:\n  data:\n    class: File\n    connector:\n      command: tape\n"
                    "      access: {volume: seven}\n")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])))
     done = subprocess.run([sys.executable, "-m", "faice", "validate", str(red)], capture_output=True, text=True,
-                          timeout=60, env=env)
+                          timeout=60, env=environment_with(root))
     assert done.returncode == 1, done.stderr
     assert f"{red}:{line_of(red, 'seven')}:16:" in done.stderr and "inputs.data.connector.access.volume: expected integer" in done.stderr
