@@ -155,14 +155,21 @@ def test_upstream_red_connector_http_json(upstream_bin, http_server, tmp_path, m
         shutil.rmtree(http_server.root / prefix, ignore_errors=True)
 
 
-@pytest.mark.ssh
-def test_upstream_red_connector_ssh_by_path(upstream_bin, ssh_server, tmp_path):
+def _remote_dir(ssh_server, name: str, text: str) -> tuple[str, Path]:
+    """A fresh directory ``data/ext-…`` of the ssh user's, in their home, holding file ``name``:
+    its name and its path on this host."""
     prefix = f"ext-{uuid.uuid4().hex[:8]}"
     remote = ssh_server.home / "data" / prefix
     remote.mkdir(parents=True)
-    (remote / "in.txt").write_text("via upstream")
-    shutil.chown(remote, ssh_server.user, ssh_server.user)
-    shutil.chown(remote / "in.txt", ssh_server.user, ssh_server.user)
+    (remote / name).write_text(text)
+    for path in (remote, remote / name):
+        shutil.chown(path, ssh_server.user, ssh_server.user)
+    return prefix, remote
+
+
+@pytest.mark.ssh
+def test_upstream_red_connector_ssh_by_path(upstream_bin, ssh_server, tmp_path):
+    prefix, remote = _remote_dir(ssh_server, "in.txt", "via upstream")
     program = str(upstream_bin / "red-connector-ssh")
     auth = {"username": ssh_server.user, "password": ssh_server.password}
     try:
@@ -189,11 +196,7 @@ def test_upstream_red_connector_ssh_by_path(upstream_bin, ssh_server, tmp_path):
 def test_upstream_red_connector_ssh_mount_and_umount(upstream_bin, ssh_server, tmp_path):
     import os.path
 
-    prefix = f"ext-{uuid.uuid4().hex[:8]}"
-    remote = ssh_server.home / "data" / prefix
-    remote.mkdir(parents=True)
-    (remote / "seen.txt").write_text("mounted by upstream")
-    shutil.chown(remote, ssh_server.user, ssh_server.user)
+    prefix, remote = _remote_dir(ssh_server, "seen.txt", "mounted by upstream")
     program = str(upstream_bin / "red-connector-ssh")
     access = {"host": ssh_server.host, "port": ssh_server.port,
               "auth": {"username": ssh_server.user, "password": ssh_server.password}, "dirPath": f"data/{prefix}"}
