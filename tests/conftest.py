@@ -123,6 +123,12 @@ def _require_port(host: str, port: int, name: str) -> None:
         unavailable(f"{name} does not answer on {host}:{port}")
 
 
+def _require_urls(name: str, *urls: str) -> None:
+    for url in urls:
+        host, port = url.split("://", 1)[1].split(":")
+        _require_port(host, int(port), name)
+
+
 # ---------------------------------------------------------------- services
 
 
@@ -179,18 +185,14 @@ def ssh_server(infra) -> _infra.SshServer:
 @pytest.fixture(scope="session")
 def http_server(infra) -> _infra.HttpServer:
     server = _infra.http_server(infra)
-    for url in (server.url, server.https_url):
-        host, port = url.split("://", 1)[1].split(":")
-        _require_port(host, int(port), "nginx")
+    _require_urls("nginx", server.url, server.https_url)
     return server
 
 
 @pytest.fixture(scope="session")
 def s3_server(infra) -> _infra.S3Server:
     server = _infra.s3_server(infra)
-    for url in (server.url, server.auth_url):
-        host, port = url.split("://", 1)[1].split(":")
-        _require_port(host, int(port), "moto S3")
+    _require_urls("moto S3", server.url, server.auth_url)
     return server
 
 
