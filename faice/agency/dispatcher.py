@@ -5,7 +5,9 @@ A single scheduling thread claims ``registered`` batches when
 :class:`faice.agency.placement.Admission` admits them (server cap, ``batchConcurrencyLimit``,
 RAM, GPUs) — users in turn, each user's experiments oldest first, one experiment at a time,
 so an experiment that must wait never holds up another's batches — and hands each to a
-worker thread running the :class:`Runner`. Every
+worker thread running the :class:`Runner`. A runner with the batch-submission hook
+(:class:`faice.agency.runner.ManyRunner`: the Slurm runners) gets the batches one round
+started in one ``submit_many`` call instead, and each worker thread waits for its own. Every
 state change is an optimistic transition in the store, so a cancel that races with a
 finishing batch is decided by the database, not by timing.
 """
@@ -22,7 +24,7 @@ from typing import Any
 
 from faice.agency.notify import Hook, Notifier
 from faice.agency.placement import Admission, Claim, Impossible, host_ram_mb
-from faice.agency.runner import BatchJob, Outcome, Runner, kept_series
+from faice.agency.runner import BatchJob, ManyRunner, Outcome, Runner, Waiter, kept_series
 from faice.agency.store import FINAL_STATES, Store
 from faice.agency.vault import Vault, unseal
 
@@ -65,7 +67,8 @@ class Dispatcher:
         local = self.node == "local"
         self.admission = Admission(self.parallel, gpus=getattr(runner, "gpus", None) if local else None,
                                    ram_mb=host_ram_mb() if local else None)
-        self._pool = ThreadPoolExecutor(self.parallel, thread_name_prefix="batch")
+        # One thread per running batch, and one that submits a round's batches together.
+        self._pool = ThreadPoolExecutor(self.parallel + 1, thread_name_prefix="batch")
         self._notifier = Notifier(store, self.hooks)
         self._thread = threading.Thread(target=self._loop, name="dispatcher", daemon=True)
         from faice.agency.search import SearchDriver
@@ -133,15 +136,55 @@ class Dispatcher:
         for experiment_id, username in self.store.waiting_experiments():
             queues.setdefault(username, []).append(experiment_id)
         demands: dict[str, tuple[Any, Any]] = {}
-        while queues and not self.admission.full:
-            username = min(queues, key=self.admission.running_of)  # ties: the longest waiting
-            experiments = queues[username]
-            if not self._start_next(experiments[0], username, demands):
-                experiments.pop(0)  # nothing more of it may start this round
-                if not experiments:
-                    del queues[username]
+        started: list[tuple[dict[str, Any], threading.Event, Claim]] = []
+        try:
+            while queues and not self.admission.full:
+                username = min(queues, key=self.admission.running_of)  # ties: the longest waiting
+                experiments = queues[username]
+                if not self._start_next(experiments[0], username, demands, started):
+                    experiments.pop(0)  # nothing more of it may start this round
+                    if not experiments:
+                        del queues[username]
+        finally:
+            self._launch(started)
 
-    def _start_next(self, experiment_id: str, username: str, demands: dict[str, tuple[Any, Any]]) -> bool:
+    def _launch(self, started: list[tuple[dict[str, Any], threading.Event, Claim]]) -> None:
+        """Run the batches this round started: each on a thread of its own, or, for a runner
+        with the batch-submission hook, all submitted together first (one ``submit_many``)."""
+        if not started:
+            return
+        if isinstance(self.runner, ManyRunner):
+            self._pool.submit(self._submit_together, started)
+            return
+        for batch, event, claim in started:
+            self._pool.submit(self._run_batch, batch, event, claim)
+
+    def _submit_together(self, started: list[tuple[dict[str, Any], threading.Event, Claim]]) -> None:
+        """Prepare every batch of the round, hand them to the runner in one call, and give each
+        a thread that waits for its outcome."""
+        assert isinstance(self.runner, ManyRunner)
+        prepared: list[tuple[dict[str, Any], threading.Event, Claim, BatchJob]] = []
+        for batch, event, claim in started:
+            try:
+                job = self._prepare(batch, event, claim)
+            except Exception as exc:  # the batch's thread fails it, as for any other runner
+                self._pool.submit(self._run_batch, batch, event, claim, _raising(exc))
+                continue
+            if isinstance(job, Outcome):  # ended before any runner saw it (cancelled, secrets gone)
+                self._pool.submit(self._run_batch, batch, event, claim, _returning(job))
+            else:
+                prepared.append((batch, event, claim, job))
+        if not prepared:
+            return
+        try:
+            waiters = self.runner.submit_many([(job, event) for _, event, _, job in prepared])
+        except Exception as exc:
+            waiters = [_raising(exc)] * len(prepared)
+        for (batch, event, claim, _), wait in zip(prepared, waiters, strict=True):
+            self._pool.submit(self._run_batch, batch, event, claim, wait)
+
+    def _start_next(self, experiment_id: str, username: str, demands: dict[str, tuple[Any, Any]],
+                    started: list[tuple[dict[str, Any], threading.Event, Claim]]) -> bool:
         """Start the experiment's next registered batch; False when none may start now."""
         if experiment_id not in demands:
             # ram and gpus are never secret: read without unsealing anything
@@ -165,14 +208,17 @@ class Dispatcher:
             event = threading.Event()
             with self._lock:
                 self._running[claimed["_id"]] = event
-            self._pool.submit(self._run_batch, claimed, event, claim)
+            started.append((claimed, event, claim))
             return True
         return False
 
-    def _run_batch(self, batch: dict[str, Any], cancel: threading.Event, claim: Claim | None = None) -> None:
+    def _run_batch(self, batch: dict[str, Any], cancel: threading.Event, claim: Claim | None = None,
+                   wait: Waiter | None = None) -> None:
+        """Run the batch (or, submitted together with others, ``wait`` for its outcome) and
+        store what came of it."""
         batch_id = batch["_id"]
         try:
-            outcome = self._execute(batch, cancel, claim)
+            outcome = wait() if wait is not None else self._execute(batch, cancel, claim)
             self._finish(batch, outcome, cancel)
         except Exception as exc:  # never leave a batch stuck in processing
             log.exception("batch %s crashed", batch_id)
@@ -185,6 +231,12 @@ class Dispatcher:
             self.wake()
 
     def _execute(self, batch: dict[str, Any], cancel: threading.Event, claim: Claim | None = None) -> Outcome:
+        job = self._prepare(batch, cancel, claim)
+        return job if isinstance(job, Outcome) else self.runner.run(job, cancel)
+
+    def _prepare(self, batch: dict[str, Any], cancel: threading.Event, claim: Claim | None = None) -> BatchJob | Outcome:
+        """The batch as a runner gets it (processing now, its secrets filled in), or the
+        outcome that ends it before any runner sees it."""
         batch_id = batch["_id"]
         if self.store.transition(batch_id, "processing", expect={"scheduled"}, node=self.node) is None:
             return Outcome("cancelled", "cancelled before it started")
@@ -218,7 +270,7 @@ class Dispatcher:
         stopper = self.stopper(experiment)
         if stopper is not None:
             job.stop_rule = stopper.check
-        return self.runner.run(job, cancel)
+        return job
 
     # ------------------------------------------------------------ early stopping
     def stopper(self, experiment: dict[str, Any]) -> Any:
@@ -329,3 +381,16 @@ class Dispatcher:
 
     def _notify(self) -> None:
         self._notifier.poll()  # delivery, marking and retries: faice.agency.notify
+
+
+def _returning(outcome: Outcome) -> Waiter:
+    return lambda: outcome
+
+
+def _raising(exc: Exception) -> Waiter:
+    """A waiter that raises ``exc`` in the batch's thread (it fails the batch, retryable)."""
+
+    def wait() -> Outcome:
+        raise exc
+
+    return wait

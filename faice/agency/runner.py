@@ -9,9 +9,10 @@ interface, so other places to run (Slurm) plug in.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from faice.errors import FaiceError
 from faice.files import read_tail
@@ -63,6 +64,22 @@ class Runner(Protocol):
     def run(self, job: BatchJob, cancel: threading.Event) -> Outcome: ...
 
     def cleanup(self, batch_id: str) -> None: ...
+
+
+# What a batch's thread calls to get the outcome of a batch submitted with others (it blocks
+# until the batch is final).
+Waiter = Callable[[], Outcome]
+
+
+@runtime_checkable
+class ManyRunner(Runner, Protocol):
+    """A runner with the batch-submission hook (in the spirit of Snakemake's executor
+    ``run_jobs``): the dispatcher hands it the batches it started together in ONE call, and
+    each batch's thread then calls its :data:`Waiter`. The Slurm runners are ones
+    (:class:`faice.agency.slurm_pack.PackedSlurmRunner` makes one packed submission of them;
+    the process's Slurm watcher follows them all)."""
+
+    def submit_many(self, jobs: list[tuple[BatchJob, threading.Event]]) -> list[Waiter]: ...
 
 
 def default_runner() -> Runner:

@@ -3,25 +3,28 @@
 Each attempt of a batch is a one-task job array submitted with the ``slurm`` engine into
 ``<workdir>/batches/<batch id>/attempt-N``, which must be on a filesystem the compute nodes
 share: the task reads its (0600, self-deleting) spec there and writes the batch record back.
-The runner polls Slurm until the task is final, scancels it when the batch is cancelled, and
-reads the record the task wrote, like :class:`faice.agency.runner.PipelineRunner` does for a
-local run. Slurm settings come from the server's command line, not from the client's RED.
+The dispatcher hands the batches it starts together to :meth:`SlurmRunner.submit_many` in one
+call (the batch-submission hook; :class:`faice.agency.slurm_pack.PackedSlurmRunner` packs
+them). The runner does not poll: the process's one
+:class:`faice.engines.slurm.watcher.Watcher` follows every submitted batch (one ``squeue``
+per round for all of them), scancels it when the batch is cancelled, and wakes the batch's
+thread, which reads the record the task wrote, like
+:class:`faice.agency.runner.PipelineRunner` does for a local run. Slurm settings come from
+the server's command line, not from the client's RED.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from faice.agency.options import SlurmFlags
-from faice.agency.runner import BatchJob, Outcome, agency_options, read_record
+from faice.agency.runner import BatchJob, Outcome, Waiter, agency_options, read_record
+from faice.engines.slurm.watcher import Watcher, shared_watcher
 from faice.errors import FaiceError, UsageError
-from faice.pipeline.records import BatchState
 from faice.pipeline.rundir import RunDir
 from faice.red.experiment import Batch, Experiment
 from faice.runtime.docker import remove_batch_containers
@@ -29,14 +32,6 @@ from faice.secrets import batch_redactor
 
 log = logging.getLogger("faice.agency")
 
-# One squeue/scontrol pair per submitted batch per interval: gentle on slurmctld, yet a
-# finished batch is noticed within about a second.
-POLL_INTERVAL_S = 1.0
-# Slurm commands may fail for a while (slurmctld restart); give up on a batch after this long.
-SLURM_OUTAGE_S = 120.0
-# After scancel, how long to wait for the task to end (it stops its container and writes
-# its record) before the batch is reported cancelled anyway.
-CANCEL_WAIT_S = 60.0
 # Batches kept submitted at once when --parallel is not given: Slurm queues them fairly.
 DEFAULT_PARALLEL = 32
 
@@ -118,10 +113,10 @@ class SlurmRunner:
 
     node = "slurm"  # what the agency API reports as the batch's node
 
-    def __init__(self, settings: SlurmServerSettings, workdir: Path, *, poll_interval: float = POLL_INTERVAL_S):
+    def __init__(self, settings: SlurmServerSettings, workdir: Path, *, watcher: Watcher | None = None):
         self.settings = settings
         self.workdir = Path(workdir)
-        self.poll_interval = poll_interval
+        self.watcher = watcher or shared_watcher()
 
     def _experiment(self, job: BatchJob) -> Experiment:
         red = job.red
@@ -130,10 +125,21 @@ class SlurmRunner:
         return Experiment.of_batch(f"experiment {job.experiment_id}", data, batch)
 
     def run(self, job: BatchJob, cancel: threading.Event) -> Outcome:
+        """One batch: submitted alone, its outcome once it is final."""
+        (wait,) = self.submit_many([(job, cancel)])
+        return wait()
+
+    def submit_many(self, jobs: list[tuple[BatchJob, threading.Event]]) -> list[Waiter]:
+        """The batch-submission hook: submit the batches the dispatcher started together and
+        return, for each, what its thread calls to wait for its outcome (the watcher follows
+        them meanwhile). Here every batch is an array of its own."""
+        return [self._submit_one(job, cancel) for job, cancel in jobs]
+
+    def _submit_one(self, job: BatchJob, cancel: threading.Event) -> Waiter:
         from faice.engines.slurm.job import submit_batches
 
         if cancel.is_set():
-            return Outcome("cancelled", "cancelled before it was submitted")
+            return lambda: Outcome("cancelled", "cancelled before it was submitted")
         outdir = job.workdir / f"attempt-{job.attempt}"
         outdir.mkdir(parents=True, exist_ok=True)
         options = agency_options(job)
@@ -141,57 +147,21 @@ class SlurmRunner:
         try:
             slurm_job = submit_batches(self._experiment(job), options, outdir, protected=redactor.values())
         except FaiceError as exc:
-            return Outcome("failed", redactor.redact(str(exc)))
+            failed = Outcome("failed", redactor.redact(str(exc)))
+            return lambda: failed
         log.info("batch %s: Slurm job %s (attempt %d)", job.batch_id, slurm_job.job_id, job.attempt)
-        try:
-            cancelled = self._follow(job.batch_id, cancel, state=lambda: slurm_job.poll().get(job.batch_id),
-                                     stop=slurm_job.cancel, job_id=slurm_job.job_id)
-        finally:
-            slurm_job.remove_specs()  # a task that never started still holds its secret-bearing spec
-        outcome = read_record(RunDir(outdir), job.batch_id, redactor=redactor, cancelled=cancelled)
-        outcome.extra["slurmJobId"] = slurm_job.job_id
-        return outcome
+        following = self.watcher.follow(slurm_job, job.batch_id, cancel, stop=slurm_job.cancel)
 
-    def _follow(self, batch_id: str, cancel: threading.Event, *, state: Callable[[], BatchState | None],
-                stop: Callable[[], None], job_id: str) -> bool:
-        """Ask ``state`` every poll interval until the batch is final; ``stop`` it once
-        ``cancel`` is set, or when Slurm could not be asked for ``SLURM_OUTAGE_S`` (never
-        left running unwatched). True if cancelled."""
-        from faice.engines.slurm.job import FINAL
-
-        cancelled_at: float | None = None
-        failing_since: float | None = None
-        while True:
-            if cancel.is_set() and cancelled_at is None:
-                cancelled_at = time.monotonic()
-                self._stop_quietly(stop, batch_id, job_id)
+        def wait() -> Outcome:
             try:
-                current = state()
-                failing_since = None
-            except FaiceError as exc:
-                failing_since = failing_since or time.monotonic()
-                log.warning("batch %s: asking Slurm failed: %s", batch_id, exc)
-                if time.monotonic() - failing_since > SLURM_OUTAGE_S:
-                    self._stop_quietly(stop, batch_id, job_id)
-                    return cancelled_at is not None
-                current = None
-            if current in FINAL:
-                return cancelled_at is not None
-            if cancelled_at is not None and time.monotonic() - cancelled_at > CANCEL_WAIT_S:
-                log.warning("batch %s: Slurm job %s did not end within %.0f s of its cancel", batch_id, job_id, CANCEL_WAIT_S)
-                return True
-            if cancelled_at is None:
-                cancel.wait(self.poll_interval)  # wakes at once on cancel
-            else:
-                time.sleep(self.poll_interval)
+                cancelled = following.wait()
+            finally:
+                slurm_job.remove_specs()  # a task that never started still holds its secret-bearing spec
+            outcome = read_record(RunDir(outdir), job.batch_id, redactor=redactor, cancelled=cancelled)
+            outcome.extra["slurmJobId"] = slurm_job.job_id
+            return outcome
 
-    @staticmethod
-    def _stop_quietly(stop: Callable[[], None], batch_id: str, job_id: str) -> None:
-        """Cancel; a failure is logged, not raised (the caller is already giving up on the job)."""
-        try:
-            stop()
-        except FaiceError as exc:
-            log.warning("batch %s: cancelling it in Slurm job %s failed: %s", batch_id, job_id, exc)
+        return wait
 
     def cleanup(self, batch_id: str) -> None:
         """At server start, for a batch that was running when the server stopped: scancel its

@@ -108,15 +108,25 @@ def parse_task_ids(text: str) -> list[int]:
 
 def queued_tasks(job_id: str) -> dict[int, TaskState]:
     """Array tasks of ``job_id`` that squeue still lists (pending or running), by task id."""
-    out = _query_job(["squeue", "-h", "-r", "-j", job_id, "-o", "%K|%T|%r"], f"querying job {job_id} (squeue)")
-    tasks: dict[int, TaskState] = {}
+    return queued_tasks_of([job_id]).get(job_id, {})
+
+
+def queued_tasks_of(job_ids: Sequence[str]) -> dict[str, dict[int, TaskState]]:
+    """The array tasks squeue still lists for each of ``job_ids``: ONE squeue call for all
+    of them (:class:`faice.engines.slurm.watcher.SlurmView` asks it once per poll round)."""
+    ids = sorted(set(job_ids))
+    if not ids:
+        return {}
+    what = f"querying job{'s' if len(ids) > 1 else ''} {','.join(ids)} (squeue)"
+    out = _query_job(["squeue", "-h", "-r", "-j", ",".join(ids), "-o", "%F|%K|%T|%r"], what)
+    jobs: dict[str, dict[int, TaskState]] = {job_id: {} for job_id in ids}
     for line in out.splitlines():
         fields = line.strip().split("|")
-        if len(fields) < 2:
+        if len(fields) < 3 or fields[0] not in jobs:
             continue
-        for task_id in parse_task_ids(fields[0]):
-            tasks[task_id] = TaskState(task_id, fields[1], fields[2] if len(fields) > 2 else "")
-    return tasks
+        for task_id in parse_task_ids(fields[1]):
+            jobs[fields[0]][task_id] = TaskState(task_id, fields[2], fields[3] if len(fields) > 3 else "")
+    return jobs
 
 
 _FIELD = re.compile(r"(\w+)=(\S*)")

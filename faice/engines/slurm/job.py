@@ -5,7 +5,8 @@ Each array task runs :func:`faice.pipeline.batch.run_batch` for one batch on its
 (:mod:`faice.engines.slurm.rundir`). The agency server and ``faice status/cancel --outdir`` use:
 
 * ``submit_batches(experiment, options, outdir, batches=None) -> SlurmJob``
-* ``SlurmJob.poll() -> dict[batch_id, state]``, ``.cancel(batch_ids)``; ``watch(jobs, on_update)``: the one poll loop
+* ``SlurmJob.poll() -> dict[batch_id, state]``, ``.cancel(batch_ids)``; ``watch(jobs, on_update)``: the
+  one poll loop (:mod:`faice.engines.slurm.watcher`, where Slurm is polled)
 * ``open_run(outdir) -> list[SlurmJob]``, ``refresh_run(outdir) -> dict`` (rewrites run.json),
   ``cancel_run(outdir, batch_id=None)``
 
@@ -27,6 +28,7 @@ from faice.engines.slurm import rundir
 from faice.engines.slurm.claims import ClaimQueue
 from faice.engines.slurm.packed import WORKER_MODULE, PackedJob
 from faice.engines.slurm.settings import SlurmSettings, sbatch_options
+from faice.engines.slurm.watcher import POLL_INTERVAL_S, SlurmView, current_states, watch
 from faice.errors import EngineError, UsageError
 from faice.pipeline.options import RunOptions
 from faice.pipeline.records import FINAL_STATES, BatchState, FailureClass, new_run_id, now_iso
@@ -48,7 +50,7 @@ FAILURE_CLASS = {
     "PREEMPTED": FailureClass.CANCELLED,
 }
 RECORD_GRACE_S = rundir.RECORD_GRACE_S
-POLL_INTERVAL_S = 0.5
+__all__ = ["POLL_INTERVAL_S", "current_states", "watch"]  # where Slurm is polled: faice.engines.slurm.watcher
 
 
 class SlurmJob(rundir.Submission):
@@ -59,11 +61,19 @@ class SlurmJob(rundir.Submission):
         self._final_since: dict[int, float] = {}
         self._states: dict[str, BatchState] = {}
 
-    def poll(self, only: set[str] | None = None) -> dict[str, BatchState]:
+    def wants_queue(self) -> bool:
+        """Whether the next poll asks squeue (some batch is not final yet)."""
+        return any(self._states.get(b) not in FINAL for b in self.batch_ids)
+
+    def poll(self, only: set[str] | None = None, view: SlurmView | None = None) -> dict[str, BatchState]:
         """The state of every batch of this array (or of those in ``only``: a later array of
         the same run owns the others); writes a failure record for tasks that ended without
-        one (cancelled while pending, killed by Slurm, node failure)."""
-        slurm_states = slurm_cli.task_states(self.job_id)
+        one (cancelled while pending, killed by Slurm, node failure). ``view``: the watcher's
+        round (one squeue for every job it follows); default: this array alone."""
+        asked = [(t, b) for t, b in enumerate(self.batch_ids)
+                 if (only is None or b in only) and self._states.get(b) not in FINAL]
+        view = view or SlurmView([self.job_id])
+        slurm_states = view.task_states(self.job_id, [t for t, _ in asked]) if asked else {}
         states: dict[str, BatchState] = {}
         for task_id, batch_id in enumerate(self.batch_ids):
             if only is not None and batch_id not in only:
@@ -72,7 +82,7 @@ class SlurmJob(rundir.Submission):
                 states[batch_id] = self._states[batch_id]
                 continue
             states[batch_id] = self._task_state(task_id, batch_id, slurm_states.get(task_id))
-        self._states = states
+        self._states.update(states)
         return dict(states)
 
     def _task_state(self, task_id: int, batch_id: str, task: slurm_cli.TaskState | None) -> BatchState:
@@ -290,18 +300,6 @@ def open_run(outdir: Path) -> list[Job]:
     return [make_job(outdir, entry) for entry in rundir.read_submissions(outdir)]
 
 
-def current_states(jobs: list[Job]) -> dict[str, BatchState]:
-    """Batch states over all arrays of a run; each batch is asked of the latest array that
-    ran it (``--resume`` re-submits failed batches in a new array)."""
-    owner = {batch_id: job for job in jobs for batch_id in job.batch_ids}
-    states: dict[str, BatchState] = {}
-    for job in jobs:
-        mine = {b for b, j in owner.items() if j is job}
-        if mine:
-            states.update(job.poll(mine))
-    return states
-
-
 def refresh_run(outdir: Path) -> dict[str, Any]:
     """Ask Slurm for the state of every batch, rewrite run.json and return it."""
     jobs = open_run(outdir)
@@ -321,25 +319,6 @@ def cancel_run(outdir: Path, batch_id: str | None = None) -> list[str]:
         if mine:
             job.cancel(None if len(mine) == len(job.batch_ids) else mine)
     return cancelled
-
-
-def watch(jobs: list[Job], on_update: Callable[[dict[str, BatchState]], None] | None = None, *,
-          before_poll: Callable[[], None] | None = None, interval: float = POLL_INTERVAL_S) -> dict[str, BatchState]:
-    """The one loop that follows Slurm for a process: poll every array of ``jobs`` (each
-    batch asked of the latest array that ran it) until each batch is final, then remove the
-    specs of tasks that never started. ``before_poll`` acts between polls (a signal handler
-    only records a signal; this loop cancels), ``on_update`` gets the states after each poll."""
-    while True:
-        if before_poll is not None:
-            before_poll()
-        states = current_states(jobs)
-        if on_update:
-            on_update(states)
-        if all(s in FINAL for s in states.values()):
-            for job in jobs:
-                job.remove_specs()
-            return states
-        time.sleep(interval)
 
 
 def wait_run(jobs: list[Job], on_update: Callable[[dict[str, BatchState]], None] | None = None

@@ -19,6 +19,7 @@ from typing import Any
 from faice.engines.slurm import client as slurm_cli
 from faice.engines.slurm import rundir
 from faice.engines.slurm.claims import CLAIMED, DONE, READY, ClaimQueue
+from faice.engines.slurm.watcher import SlurmView
 from faice.pipeline.records import FINAL_STATES, BatchState, FailureClass
 
 WORKER_MODULE = "faice.engines.slurm.worker"
@@ -45,19 +46,25 @@ class PackedJob(rundir.Submission):
 
     # ------------------------------------------------------------------ Slurm, rate-limited
 
-    def workers_alive(self) -> bool:
-        """Whether any worker task is pending or running: one squeue call per poll interval."""
-        now = time.monotonic()
-        if self._alive is None or (self._alive and now - self._asked_at >= self.poll_interval):
-            tasks = slurm_cli.queued_tasks(self.job_id)
+    def wants_queue(self) -> bool:
+        """Whether the workers are due to be asked for again (once per poll interval, and
+        never again once none is left)."""
+        return self._alive is None or (self._alive and time.monotonic() - self._asked_at >= self.poll_interval)
+
+    def workers_alive(self, view: SlurmView | None = None) -> bool:
+        """Whether any worker task is pending or running: squeue is asked (in the watcher's
+        round, ``view``) at most once per poll interval."""
+        if self.wants_queue():
+            now = time.monotonic()
+            tasks = view.queued(self.job_id) if view is not None else slurm_cli.queued_tasks(self.job_id)
             self.squeue_calls += 1
             self._asked_at = now
             self._alive = any(not t.is_final for t in tasks.values())
-        return self._alive
+        return bool(self._alive)
 
     # ------------------------------------------------------------------ states
 
-    def poll(self, only: set[str] | None = None) -> dict[str, BatchState]:
+    def poll(self, only: set[str] | None = None, view: SlurmView | None = None) -> dict[str, BatchState]:
         scan = self.queue.scan()
         alive: bool | None = None
         states: dict[str, BatchState] = {}
@@ -77,7 +84,7 @@ class PackedJob(rundir.Submission):
                 # DONE without a record: committed, its worker still publishes it (a slow
                 # shared file system, a suspended job); lost only once no worker is left.
                 if alive is None:
-                    alive = self.workers_alive()
+                    alive = self.workers_alive(view)
                 if alive:
                     states[batch_id] = BatchState.PENDING if kind == READY else BatchState.RUNNING
                     self._gone_since.pop(batch_id, None)
