@@ -79,18 +79,18 @@ def test_a_missing_optuna_is_a_clear_hint(tmp_path):
     assert out.startswith("UsageError") and "pip install 'faice[search]'" in out
 
 
-def test_a_search_on_slurm_without_workers_is_refused_before_anything_runs(tmp_path):
-    """One array task per trial has nobody to wait for the next one: a clear refusal, no run directory."""
-    data = red(sweep={"search": SEARCH}, metrics=METRICS)
-    data["execution"] = {"engine": "slurm", "settings": {}}
+def test_dry_run_of_a_search_on_slurm_says_its_trials_are_proposed_while_it_runs(tmp_path):
+    data = red(sweep={"search": SEARCH, "maxConcurrent": 2}, metrics=METRICS)
+    data["execution"] = {"engine": "slurm", "settings": {"workers": 3}}
     path = tmp_path / "s.red.json"
     path.write_text(json.dumps(data))
-    done = subprocess.run([sys.executable, "-m", "faice", "exec", str(path), "--outdir", str(tmp_path / "o")],
+    done = subprocess.run([sys.executable, "-m", "faice", "exec", str(path), "--dry-run", "--json"],
                           capture_output=True, text=True, timeout=120)
-    assert done.returncode != 0, done.stderr
-    assert "sweep.search on Slurm runs on packed workers: add execution.settings.workers" in done.stderr
-    assert "Traceback" not in done.stderr
-    assert not (tmp_path / "o").exists()
+    assert done.returncode == 0, done.stderr
+    plan = json.loads(done.stdout)
+    assert plan["batches"] == [] and plan["workers"] == 3
+    assert plan["search"]["algorithm"] == "tpe" and plan["search"]["trials"] == 32
+    assert plan["search"]["maxConcurrent"] == 2
 
 
 def test_dry_run_of_a_search_names_its_space_and_image(tmp_path):

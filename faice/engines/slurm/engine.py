@@ -51,8 +51,6 @@ def run(experiment: Experiment, request: ExecRequest) -> int:
     """Submit one array; with ``--wait`` follow it (a search: drive it, :mod:`.search`)."""
     settings = SlurmSettings.from_experiment(experiment)
     searching = is_search(experiment.data)
-    if searching:
-        slurm_search.check(experiment, settings)
     if request.dry_run:
         return _dry_run(experiment, settings, request)
     slurm_cli.require_tools()

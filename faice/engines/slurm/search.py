@@ -1,4 +1,4 @@
-"""``sweep.search`` on packed Slurm: this process drives the search, the workers run its trials.
+"""``sweep.search`` on Slurm: this process drives the search, packed workers (or array tasks) run its trials.
 
 The search loop is the local engine's (:func:`faice.pipeline.search.drive`); here it runs on
 the submitting host while ONE packed array of workers (``execution.settings.workers``) waits
@@ -12,6 +12,10 @@ The driver is the sampler, so ``faice exec`` follows a search to its end (as wit
 the queue's ``OPEN`` heartbeat keeps idle workers waiting for the next trial and lets them end
 when the driver is gone. Ctrl-C or SIGTERM cancels the workers; ``--resume`` replays the told
 trials into the sampler and goes on (``N trials reused, M new``).
+
+Without ``workers`` the same loop submits each trial as a job array of one task (one
+``sbatch`` and one ``squeue`` poll per trial in flight): fine for a few dozen trials; packing
+is the way for many.
 """
 
 from __future__ import annotations
@@ -21,12 +25,14 @@ import shlex
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 from faice.engines.slurm import rundir
 from faice.engines.slurm.job import (
     FINAL,
     POLL_INTERVAL_S,
     SUCCEEDED,
+    Job,
     add_batch,
     close_queue,
     submit_batches,
@@ -36,7 +42,6 @@ from faice.engines.slurm.job import (
 from faice.engines.slurm.packed import PackedJob
 from faice.engines.slurm.progress import Follower
 from faice.engines.slurm.settings import SlurmSettings
-from faice.errors import UsageError
 from faice.files import dumps_json
 from faice.pipeline.options import ExecRequest, RunOptions
 from faice.pipeline.plan import metrics_spec
@@ -48,35 +53,30 @@ from faice.pipeline.signals import EXIT_SIGNAL, interrupts_to
 from faice.red.experiment import Batch, Experiment
 from faice.secrets import REDACTOR
 
-
-def check(experiment: Experiment, settings: SlurmSettings) -> None:
-    """A search needs packed workers: they wait for the trials the driver proposes."""
-    if not settings.packed:
-        raise UsageError(
-            f"{experiment.source}: sweep.search on Slurm runs on packed workers: add execution.settings.workers "
-            "(e.g. workers: 4); one array task per trial is not supported")
+DEFAULT_CONCURRENT = 4  # trials in flight on per-task Slurm without maxConcurrent, --parallel or batchConcurrencyLimit
 
 
-class PackedTrials:
-    """The packed Slurm side of the search loop: trials go into the open queue of ``job``."""
+class SlurmTrials:
+    """The Slurm side of the search loop (:func:`faice.pipeline.search.drive`): what packed and
+    per-task submissions share (polling, the follower, signals, failures)."""
 
-    def __init__(self, job: PackedJob, follower: Follower, received: list[int], options: RunOptions,
-                 objective: str):
-        self.job = job
+    def __init__(self, outdir: Path, follower: Follower, received: list[int], options: RunOptions, objective: str):
+        self.outdir = outdir
         self.follower = follower
         self.received = received
-        self.rundir = RunDir(job.outdir)
+        self.rundir = RunDir(outdir)
         self.in_flight: set[str] = set()
         self.cancelled = False
         self.failures = 0
         self.fail_fast = options.fail_fast
         self.max_failures = options.max_failures
         self.objective = objective
+        self.states: dict[str, BatchState] = {}
         self._last_poll = 0.0
 
     def start(self, batch: Batch) -> None:
-        add_batch(self.job, batch)
         self.follower.batch_index[batch.id] = batch.index
+        self._submit(batch)
         self.in_flight.add(batch.id)
 
     def ended(self) -> list[Ended]:
@@ -84,10 +84,9 @@ class PackedTrials:
         if wait > 0:
             time.sleep(wait)
         self._last_poll = time.monotonic()
-        self._cancel_on_signal()
-        if not self.cancelled:
-            self.job.queue.hold_open()
-        states = self.job.poll(set(self.in_flight))
+        self.cancel_on_signal()
+        states = self._poll()
+        self.states.update(states)
         self.follower.update(states)
         found = []
         for batch_id, state in states.items():
@@ -103,23 +102,83 @@ class PackedTrials:
         return found
 
     def stop_starting(self) -> bool:
-        self._cancel_on_signal()
+        self.cancel_on_signal()
         if self.cancelled or (self.fail_fast and self.failures):
             return True
         if self.max_failures is not None and self.failures >= self.max_failures:
             return True
-        return not self.job.workers_alive()  # no worker left: --resume goes on
+        return self._gone()
 
-    def _cancel_on_signal(self) -> None:
+    def cancel_on_signal(self) -> None:
         if self.received and not self.cancelled:
             self.cancelled = True
-            self.follower.note(f"interrupted: cancelling Slurm job array {self.job.job_id}")
-            self.job.cancel()
+            self._cancel()
+
+    # what a kind of submission does
+    def _submit(self, batch: Batch) -> None:
+        raise NotImplementedError
+
+    def _poll(self) -> dict[str, BatchState]:
+        raise NotImplementedError
+
+    def _cancel(self) -> None:
+        raise NotImplementedError
+
+    def _gone(self) -> bool:
+        return False
+
+
+class PackedTrials(SlurmTrials):
+    """Packed: each trial goes into the open queue of ``job``'s workers."""
+
+    def __init__(self, job: PackedJob, *args: Any):
+        super().__init__(job.outdir, *args)
+        self.job = job
+
+    def _submit(self, batch: Batch) -> None:
+        add_batch(self.job, batch)
+
+    def _poll(self) -> dict[str, BatchState]:
+        if not self.cancelled:
+            self.job.queue.hold_open()  # the driver's heartbeat: idle workers wait for more
+        return self.job.poll(set(self.in_flight))
+
+    def _cancel(self) -> None:
+        self.follower.note(f"interrupted: cancelling Slurm job array {self.job.job_id}")
+        self.job.cancel()
+
+    def _gone(self) -> bool:
+        return not self.job.workers_alive()  # no worker left: --resume goes on
+
+
+class TaskTrials(SlurmTrials):
+    """Per task (no ``workers``): each trial is an array of one task of its own."""
+
+    def __init__(self, experiment: Experiment, run_id: str, outdir: Path, follower: Follower, received: list[int],
+                 options: RunOptions, objective: str):
+        super().__init__(outdir, follower, received, options, objective)
+        self.experiment = experiment
+        self.run_id = run_id
+        self.options = options
+        self.jobs: dict[str, Job] = {}
+
+    def _submit(self, batch: Batch) -> None:
+        self.jobs[batch.id] = submit_batches(self.experiment, self.options, self.outdir, [batch], run_id=self.run_id)
+
+    def _poll(self) -> dict[str, BatchState]:
+        states: dict[str, BatchState] = {}
+        for batch_id in list(self.in_flight):
+            states.update(self.jobs[batch_id].poll())
+        return states
+
+    def _cancel(self) -> None:
+        self.follower.note(f"interrupted: cancelling the Slurm jobs of {len(self.in_flight)} trial(s)")
+        for batch_id in list(self.in_flight):
+            self.jobs[batch_id].cancel()
 
 
 def run(experiment: Experiment, request: ExecRequest, settings: SlurmSettings, run: RunDir, run_id: str) -> int:
-    """Drive the search of ``experiment`` on packed workers until its budget is spent."""
-    check(experiment, settings)
+    """Drive the search of ``experiment`` on Slurm until its budget is spent."""
     options = request.options
     outdir = run.root
     metrics = metrics_spec(experiment)
@@ -133,26 +192,40 @@ def run(experiment: Experiment, request: ExecRequest, settings: SlurmSettings, r
             summary = write_run_summary(outdir, states={})
             _say(f"faice: nothing to submit: the search's {search.spec.trials} trials are told in {outdir}")
             return 0 if summary.get("state") == SUCCEEDED else 1
-        job = submit_batches(experiment, options, outdir, [], run_id=run_id, max_running=options.parallel,
-                             open_for=search.remaining)
-        assert isinstance(job, PackedJob)
-        slots = job.workers * int((rundir.read_stored(job.submission_dir / rundir.PACK_FILE)).get("batchesPerWorker", 1))
-        limits = [slots, search.spec.max_concurrent or math.inf, options.parallel or math.inf]
-        concurrent = int(min(limits))
-        _say(f"faice: submitted Slurm job array {job.job_id} ({job.workers} workers for a search of "
-             f"{search.remaining} trials, {concurrent} at a time); run directory {outdir}")
+        received: list[int] = []
+        follower = Follower(outdir, {}, live=None if request.progress else False, total=search.spec.trials)
+        shared = (follower, received, options, metrics.objective.name)
+        bound = search.spec.max_concurrent or math.inf
+        runner: SlurmTrials
+        if settings.packed:
+            job = submit_batches(experiment, options, outdir, [], run_id=run_id, max_running=options.parallel,
+                                 open_for=search.remaining)
+            assert isinstance(job, PackedJob)
+            pack = rundir.read_stored(job.submission_dir / rundir.PACK_FILE)
+            concurrent = int(min(job.workers * int(pack.get("batchesPerWorker", 1)), bound, options.parallel or math.inf))
+            _say(f"faice: submitted Slurm job array {job.job_id} ({job.workers} workers for a search of "
+                 f"{search.remaining} trials, {concurrent} at a time); run directory {outdir}")
+            runner = PackedTrials(job, *shared)
+        else:
+            limits = [n for n in (search.spec.max_concurrent, options.parallel, settings.max_running) if n]
+            concurrent = min(limits) if limits else DEFAULT_CONCURRENT
+            _say(f"faice: a search of {search.remaining} trials, {concurrent} at a time, one Slurm job array "
+                 f"per trial (workers: K packs them into K allocations); run directory {outdir}")
+            runner = TaskTrials(experiment, run_id, outdir, *shared)
         if not request.wait:
             _say("faice: a search is driven from here (this process is its sampler): following it as with --wait")
-        received: list[int] = []
-        follower = Follower(outdir, dict(job.batch_index), live=None if request.progress else False,
-                            total=search.spec.trials)
-        runner = PackedTrials(job, follower, received, options, metrics.objective.name)
         with follower, interrupts_to(lambda signum, _frame: received.append(signum)):
-            try:
+            if isinstance(runner, PackedTrials):
+                try:
+                    drive(search, runner, concurrent=concurrent)
+                finally:
+                    close_queue(runner.job)
+                states = watch([runner.job], follower.update, before_poll=runner.cancel_on_signal)
+            else:
                 drive(search, runner, concurrent=concurrent)
-            finally:
-                close_queue(job)
-            states = watch([job], follower.update, before_poll=runner._cancel_on_signal)
+                for job in runner.jobs.values():
+                    job.remove_specs()
+                states = runner.states
         summary = write_run_summary(outdir, states=states)
         if request.json:
             print(REDACTOR.redact(dumps_json(summary, indent=2)))

@@ -26,7 +26,7 @@ TRAIN = ("import sys, math, time\n"
          "    time.sleep(0.3)\n")
 
 
-def search_red(path: Path, image: str, partition: str, trials: int) -> Path:
+def search_red(path: Path, image: str, partition: str, trials: int, workers: int | None = 2) -> Path:
     path.write_text(json.dumps({
         "redVersion": "9",
         "cli": {"cwlVersion": "v1.0", "class": "CommandLineTool", "baseCommand": ["python3", "-c", TRAIN],
@@ -40,7 +40,8 @@ def search_red(path: Path, image: str, partition: str, trials: int) -> Path:
                   "maxConcurrent": 2},
         "metrics": {"objective": {"name": "acc", "goal": "max"}, "step": "step", "sources": [{"stdout": True}]},
         "container": {"engine": "docker", "settings": {"image": {"url": image}, "ram": 256}},
-        "execution": {"engine": "slurm", "settings": {"partition": partition, "workers": 2, "pollInterval": 2}},
+        "execution": {"engine": "slurm", "settings": {"partition": partition, "pollInterval": 2,
+                                                      **({"workers": workers} if workers else {})}},
     }))
     return path
 
@@ -119,3 +120,22 @@ def test_a_tpe_search_runs_on_packed_workers_and_resume_adds_the_difference(slur
     assert len(list((outdir / "batches").iterdir())) == 10
     submissions = json.loads((outdir / "slurm" / "submissions.json").read_text())
     assert [len(s["batchIds"]) for s in submissions] == [8, 2], "the resumed search ran only the new trials"
+
+
+def test_a_search_on_slurm_without_workers_submits_each_trial_as_it_is_proposed(slurm, test_image, tmp_path):
+    """The same loop, one job array of one task per trial: 4 trials, 2 at a time."""
+    red = search_red(tmp_path / "search.json", test_image, slurm.partition, 4, workers=None)
+    outdir = tmp_path / "run"
+    done = faice("exec", str(red), "--outdir", str(outdir), "--wait", "--no-progress")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "a search of 4 trials, 2 at a time, one Slurm job array per trial" in done.stderr
+    rows = told(outdir)
+    assert [r["trial"] for r in rows] == list(range(4)) and {r["sampler"] for r in rows} == {"complete"}
+    records = [json.loads((outdir / "batches" / r["batch"] / "result.json").read_text()) for r in rows]
+    assert [r["metrics"]["objective"]["value"] for r in records] == [r["value"] for r in rows]
+    assert most_at_once(records) <= 2, "maxConcurrent: 2 trials in flight"
+    submissions = json.loads((outdir / "slurm" / "submissions.json").read_text())
+    assert [s["batchIds"] for s in submissions] == [[r["batch"]] for r in rows], "one array per trial, in order"
+    assert {r["engine"]["jobId"] for r in records} == {s["jobId"] for s in submissions}
+    run = json.loads((outdir / "run.json").read_text())
+    assert [b["state"] for b in run["batches"]] == ["succeeded"] * 4
