@@ -141,7 +141,8 @@ class PackedSlurmRunner(SlurmRunner):
     def _pack_experiment(self, first: BatchJob, jobs: list[BatchJob]) -> Experiment:
         red = first.red  # cli and container are the experiment's: the same for every batch
         data = {**red, "execution": {"engine": "slurm", "settings": dict(self.settings.settings)}}
-        batches = [Batch(index=j.index, id=j.batch_id, inputs=j.red["inputs"], outputs=j.red["outputs"]) for j in jobs]
+        batches = [Batch(index=j.index, id=j.batch_id, inputs=j.red["inputs"], outputs=j.red["outputs"],
+                         parameters=dict(j.parameters)) for j in jobs]
         return Experiment(f"experiment {first.experiment_id}", data, batches)
 
     def _leave(self, pack: _Pack, batch_id: str) -> None:

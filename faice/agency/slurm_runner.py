@@ -121,7 +121,8 @@ class SlurmRunner:
     def _experiment(self, job: BatchJob) -> Experiment:
         red = job.red
         data = {**red, "execution": {"engine": "slurm", "settings": dict(self.settings.settings)}}
-        batch = Batch(index=job.index, id=job.batch_id, inputs=red["inputs"], outputs=red["outputs"])
+        batch = Batch(index=job.index, id=job.batch_id, inputs=red["inputs"], outputs=red["outputs"],
+                      parameters=dict(job.parameters))
         return Experiment.of_batch(f"experiment {job.experiment_id}", data, batch)
 
     def run(self, job: BatchJob, cancel: threading.Event) -> Outcome:

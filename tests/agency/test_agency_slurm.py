@@ -266,3 +266,39 @@ def test_packed_restart_cancels_the_orphaned_pack_and_retries_the_batch(servers,
     server.delete(f"/batches/{batch_id}")
     wait_for(lambda: not slurm_cli.queued_tasks(second[0]), 60, "the retried pack's worker did not end")
     wait_for(lambda: not containers(docker_client, batch_id), 30, "containers left behind")
+
+
+def test_a_search_runs_its_trials_as_slurm_jobs(agency, tmp_path, test_image):
+    """sweep.search on an agency on Slurm: the server proposes the trials, each runs as a Slurm
+    job, and each ended trial teaches the sampler (record with its parameters and objective)."""
+    train = "import sys; x = float(sys.argv[1]); print('acc=%.6f' % (1 - (x - 0.3) ** 2))"
+    red = {
+        "redVersion": "9",
+        "cli": {"cwlVersion": "v1.0", "class": "CommandLineTool", "baseCommand": ["python3", "-c", train],
+                "inputs": {"x": {"type": "float", "inputBinding": {"position": 1}}}, "outputs": {}},
+        "inputs": {"x": 0.5}, "outputs": {},
+        "sweep": {"search": {"algorithm": "random", "trials": 4, "seed": 3, "parameters": {"x": {"uniform": [0, 1]}}},
+                  "maxConcurrent": 2},
+        "metrics": {"objective": {"name": "acc", "goal": "max"}, "sources": [{"stdout": True}]},
+        "container": {"engine": "docker", "settings": {"image": {"url": test_image}, "ram": 256}},
+        "execution": {"engine": "ccagency", "settings": {"access": {
+            "url": agency.url, "auth": {"username": agency.name("alice"), "password": "{{agency_password}}"}}}},
+    }
+    red_file = tmp_path / "search.red.json"
+    red_file.write_text(json.dumps(red))
+    variables = tmp_path / "vars.yml"
+    variables.write_text(f"agency_password: {agency.users['alice']}\n")
+    outdir = tmp_path / "run"
+    result = faice("exec", str(red_file), "--variables", str(variables), "--wait", "--outdir", str(outdir),
+                   "--no-progress", timeout=300)
+    assert result.returncode == 0, result.stderr + agency.log.read_text()[-3000:]
+    from faice.pipeline.search import read_log
+
+    _, trials = read_log(outdir)
+    assert len(trials) == 4 and all(t["state"] == "succeeded" and t["sampler"] == "complete" for t in trials)
+    for trial in trials:
+        assert agency.get(f"/batches/{trial['batch']}").json()["node"] == "slurm"
+        record = json.loads((outdir / "batches" / trial["batch"] / "result.json").read_text())
+        assert record["parameters"] == trial["parameters"]
+        assert record["metrics"]["objective"]["value"] == pytest.approx(1 - (trial["parameters"]["x"] - 0.3) ** 2,
+                                                                        abs=1e-5)
