@@ -74,23 +74,25 @@ class Dispatcher:
         from faice.agency.search import SearchDriver
 
         # sweep.search: the server proposes each search's trials (faice.agency.search)
-        self.searches = SearchDriver(store, workdir, parallel=self.parallel, on_end=self._search_ended)
+        self.searches = SearchDriver(store, workdir, parallel=self.parallel, on_end=self._search_ended,
+                                     on_batch=self.wake)
 
     # ------------------------------------------------------------ lifecycle
     def start(self) -> None:
         self.recover()
         self._thread.start()
+        self.searches.start()
 
     def stop(self) -> None:
         """Stop scheduling, cancel running batches (they are retried after a restart)."""
         self._stopping.set()
         self._wake.set()
+        self.searches.close()  # no new trials (their logs are replayed at the next start)
         with self._lock:
             for event in self._running.values():
                 event.set()
         self._notifier.stop()  # never waits for a hook
         self._pool.shutdown(wait=True)
-        self.searches.close()
 
     def wake(self) -> None:
         self._wake.set()
@@ -117,7 +119,6 @@ class Dispatcher:
         while not self._stopping.is_set():
             try:
                 if not self.paused:
-                    self.searches.step()
                     self._schedule()
                 self._notify()
             except Exception:  # a database hiccup must not kill the scheduler
@@ -229,6 +230,7 @@ class Dispatcher:
             if claim is not None:
                 self.admission.release(claim)
             self.wake()
+            self.searches.wake(batch["experimentId"])
 
     def _execute(self, batch: dict[str, Any], cancel: threading.Event, claim: Claim | None = None) -> Outcome:
         job = self._prepare(batch, cancel, claim)

@@ -1,18 +1,19 @@
 """``sweep.search`` on faice's agency server: the server runs the search loop of an experiment.
 
-The loop is the local engine's (:class:`faice.pipeline.search.Search`: Optuna's ask/tell, the
-trial log ``search/trials.jsonl``), kept server-side under ``<workdir>/searches/<experiment>``,
-so a client that disconnects (or was never waiting) stops nothing. Each round of the
-dispatcher, :meth:`SearchDriver.step`:
+The loop is every engine's (:func:`faice.pipeline.search.drive` over a
+:class:`faice.pipeline.search.Search`: Optuna's ask/tell, the trial log ``search/trials.jsonl``),
+run by a thread of the server per running search, its log kept server-side under
+``<workdir>/searches/<experiment>``, so a client that disconnects (or was never waiting) stops
+nothing. The agency is its :class:`~faice.pipeline.search.TrialRunner` (:class:`AgencyTrials`):
 
-* tells the sampler every trial batch that became final (its record's state and objective,
-  the objective series kept in its document: stopped trials teach it too);
-* proposes new trials while fewer than ``sweep.maxConcurrent`` (default: the server's
-  ``--parallel``) are in flight, each a ``registered`` batch of the experiment (its index the
-  trial's number; inputs and outputs the stored template, connector credentials still sealed,
-  filled with the trial's parameters);
-* ends the search when its budget is spent and nothing is in flight (``search.state``
-  ``finished`` in the experiment document), or when a user cancelled one of its trials
+* a proposed trial becomes a ``registered`` batch of the experiment (its index the trial's
+  number; inputs and outputs the stored template, connector credentials still sealed, filled
+  with the trial's parameters), which the dispatcher runs like any batch, at most
+  ``sweep.maxConcurrent`` (default: the server's ``--parallel``) at a time;
+* a trial batch that became final is handed back with faice's record and the objective series
+  kept in its document, so the sampler learns its objective (stopped trials teach it too);
+* the search ends when its budget is spent and nothing is in flight (``search.state``
+  ``finished`` in the experiment document), or after a user cancelled one of its trials
   (``cancelled``: no new trials, those not started yet cancelled, running ones run to their end).
 
 A restarted server replays the log (told trials teach the new study, the budget counts them);
@@ -35,6 +36,7 @@ from faice.agency.store import FINAL_STATES, Store
 log = logging.getLogger("faice.agency")
 SEARCHES_DIR = "searches"
 RUNNING = "running"
+POLL_S = 1.0  # how often a search looks at its trials in flight (sooner when the dispatcher wakes it)
 
 
 def announced() -> bool:
@@ -55,83 +57,88 @@ def search_documents(data: dict[str, Any], experiment: dict[str, Any], template:
     experiment["search"] = {"state": RUNNING, "trials": sweep["search"]["trials"], "proposed": 0, "told": 0}
 
 
-class SearchDriver:
-    """The searches of one server; :meth:`step` is called by the dispatcher's loop."""
+class _Stopped(Exception):
+    """The server is stopping: the search's thread ends (its log is replayed at the next start)."""
 
-    def __init__(self, store: Store, workdir: Path, *, parallel: int, on_end: Any = None) -> None:
+
+class SearchDriver:
+    """The running searches of one server, a thread each."""
+
+    def __init__(self, store: Store, workdir: Path, *, parallel: int, on_end: Any = None, on_batch: Any = None) -> None:
         self.store = store
         self.dir = Path(workdir) / SEARCHES_DIR
         self.parallel = parallel
         self.on_end = on_end  # called with the experiment id when a search ended
-        self._searches: dict[str, _Running] = {}
-        self._known: set[str] | None = None  # experiment ids of running searches
+        self.on_batch = on_batch  # called when a search registered a batch (the dispatcher wakes)
+        self.stopping = threading.Event()
+        self._threads: dict[str, threading.Thread] = {}
+        self._trials: dict[str, AgencyTrials] = {}
         self._lock = threading.Lock()
 
+    def start(self) -> None:
+        """At the server's start: every search still running goes on."""
+        for experiment in self.store.list("experiments", {}, ascending=True):
+            if (experiment.get("search") or {}).get("state") == RUNNING:
+                self.add(experiment["_id"])
+
     def add(self, experiment_id: str) -> None:
-        """A search was submitted: its loop starts at the next round."""
+        """A search was submitted: its loop starts."""
         with self._lock:
-            if self._known is not None:
-                self._known.add(experiment_id)
+            if self.stopping.is_set() or experiment_id in self._threads:
+                return
+            thread = threading.Thread(target=self._run, args=(experiment_id,), name=f"search-{experiment_id}",
+                                      daemon=True)
+            self._threads[experiment_id] = thread
+        thread.start()
 
-    def _running_ids(self) -> list[str]:
+    def wake(self, experiment_id: str) -> None:
+        """A batch of the experiment ended: its search looks at once."""
         with self._lock:
-            if self._known is None:  # the first round after a start: every search still running
-                self._known = {e["_id"] for e in self.store.list("experiments", {})
-                               if (e.get("search") or {}).get("state") == RUNNING}
-            return sorted(self._known)
+            trials = self._trials.get(experiment_id)
+        if trials is not None:
+            trials.event.set()
 
-    def step(self) -> bool:
-        """One round over every running search; True when a batch was added."""
-        added = False
-        for experiment_id in self._running_ids():
-            try:
-                added |= self._step(experiment_id)
-            except Exception:  # one broken search must not stop the others or the dispatcher
-                log.exception("search of experiment %s failed a round", experiment_id)
-        return added
-
-    def close(self) -> None:
+    def close(self, timeout: float = 10.0) -> None:
+        self.stopping.set()
         with self._lock:
-            running, self._searches = list(self._searches.values()), {}
-        for each in running:
-            each.search.close()
+            threads = list(self._threads.values())
+            for trials in self._trials.values():
+                trials.event.set()
+        for thread in threads:
+            thread.join(timeout)
 
     # ------------------------------------------------------------ one search
-    def _step(self, experiment_id: str) -> bool:
-        experiment = self.store.experiment(experiment_id)
-        if experiment is None or (experiment.get("search") or {}).get("state") != RUNNING:
-            self._forget(experiment_id)
-            return False
-        running = self._searches.get(experiment_id) or self._open(experiment)
-        batches = self.store.list("batches", {"experimentId": experiment_id}, ascending=True)
-        cancelled_by = self._tell(running, batches)
-        if cancelled_by is not None and running.state == RUNNING:
-            running.state = "cancelled"
-            running.reason = cancelled_by
-        if running.state == "cancelled":
-            self._cancel_waiting(running)
-        added = False
-        limit = running.concurrency or self.parallel
-        while running.state == RUNNING and len(running.in_flight) < limit:
-            batch = running.search.propose()
-            if batch is None:
-                break
-            if not self._adopt(running, batch):
-                self._register(experiment, running, batch)
-            added = True
-        if running.orphans:
-            self._drop_orphans(running)
-        if running.in_flight or (running.state == RUNNING and running.search.remaining):
-            self._save(experiment, running)
-            return added
-        self._end(experiment, running)
-        return added
+    def _run(self, experiment_id: str) -> None:
+        from faice.pipeline.search import drive
 
-    def _open(self, experiment: dict[str, Any]) -> _Running:
+        trials = None
+        try:
+            experiment = self.store.experiment(experiment_id)
+            if experiment is None:
+                return
+            trials = self._open(experiment)
+            with self._lock:
+                self._trials[experiment_id] = trials
+            drive(trials.search, trials, concurrent=trials.concurrency or self.parallel)
+            trials.end()
+            if self.on_end is not None:
+                self.on_end(experiment_id)
+        except _Stopped:
+            pass
+        except Exception:
+            log.exception("the search of experiment %s failed", experiment_id)
+        finally:
+            if trials is not None:
+                trials.search.close()
+            with self._lock:
+                self._trials.pop(experiment_id, None)
+                self._threads.pop(experiment_id, None)
+
+    def _open(self, experiment: dict[str, Any]) -> AgencyTrials:
         """The experiment's search: new, or replayed from its log after a restart. The log's
         told trials teach the new study; a trial proposed but never told is proposed again
         (the same parameters), and its batch, still in the store, is taken up again instead of
-        registering a second one (:meth:`_adopt`)."""
+        registering a second one."""
         from faice.pipeline.search import LOG_FILE, Search, read_log, search_dir
         from faice.red.experiment import Experiment
         from faice.red.metrics import MetricsSpec
@@ -146,120 +153,120 @@ class SearchDriver:
         data.update(inputs=template.get("inputs") or {}, outputs=template.get("outputs") or {})
         search = Search(Experiment(f"experiment {experiment_id}", data, []), MetricsSpec.from_mapping(experiment["metrics"]),
                         outdir, resume=resume)
-        concurrency = experiment["sweep"].get("maxConcurrent")
-        running = _Running(search, concurrency if isinstance(concurrency, int) and concurrency > 0 else None)
-        running.told = search.reused
+        trials = AgencyTrials(self, experiment, search)
+        trials.told = search.reused
         for batch in self.store.list("batches", {"experimentId": experiment_id}, ascending=True):
-            running.proposed += isinstance(batch.get("trial"), int)
+            trials.proposed += isinstance(batch.get("trial"), int)
             if batch.get("trial") in untold:
-                running.orphans.setdefault(_key(batch.get("parameters")), []).append(batch["_id"])
-        self._searches[experiment_id] = running
-        return running
-
-    def _cancel_waiting(self, running: _Running) -> None:
-        """A cancelled search: its trials that did not start yet are cancelled too (e.g. one
-        proposed while ``faice cancel`` went through the experiment's batches)."""
-        for batch_id in list(running.in_flight):
-            self.store.transition(batch_id, "cancelled", expect={"registered"},
-                                  debug_info=f"the search was cancelled ({running.reason})")
-
-    def _adopt(self, running: _Running, batch: Any) -> bool:
-        """A trial proposed again after a restart takes up the batch of its first proposal."""
-        found = running.orphans.get(_key(batch.parameters))
-        if not found:
-            return False
-        batch_id = found.pop(0)
-        self.store.update_batch(batch_id, trial=batch.index)
-        running.in_flight[batch_id] = batch.id
-        return True
-
-    def _drop_orphans(self, running: _Running) -> None:
-        """Batches of untold trials that no proposal took up (none expected): cancelled."""
-        for batch_id in [b for found in running.orphans.values() for b in found]:
-            self.store.transition(batch_id, "cancelled", expect={"registered", "scheduled", "processing"},
-                                  debug_info="the agency restarted during the search; this trial was proposed again")
-        running.orphans.clear()
-
-    def _tell(self, running: _Running, batches: list[dict[str, Any]]) -> str | None:
-        """Tell the sampler every trial that ended; who cancelled one, if a user did."""
-        from faice.pipeline.records import agency_batch_record
-
-        cancelled_by = None
-        for batch in batches:
-            trial_batch = running.in_flight.get(batch["_id"])
-            if trial_batch is None or batch["state"] not in FINAL_STATES:
-                continue
-            record = agency_batch_record(batch)
-            state = str(record.get("state"))
-            objective = (record.get("metrics") or {}).get("objective") or {}
-            value = objective.get("value") if isinstance(objective, dict) else None
-            series = batch.get("objectiveSeries") if isinstance(batch.get("objectiveSeries"), list) else None
-            running.search.tell(trial_batch, state, value if isinstance(value, (int, float)) else None, series,
-                                record.get("message"))
-            del running.in_flight[batch["_id"]]
-            running.told += 1
-            if state == "cancelled":
-                cancelled_by = record.get("message") or "cancelled"
-        return cancelled_by
-
-    def _register(self, experiment: dict[str, Any], running: _Running, batch: Any) -> None:
-        """The proposed trial as a registered batch of the experiment."""
-        now = time.time()
-        batch_id = new_id()
-        doc = {
-            "_id": batch_id, "experimentId": experiment["_id"], "username": experiment["username"],
-            "registrationTime": now, "state": "registered", "batchesListIndex": batch.index,
-            "protectedKeysVoided": False, "notificationsSent": False, "node": None, "attempts": 0,
-            "history": [{"state": "registered", "time": now, "debugInfo": None, "node": None, "ccagent": None}],
-            "inputs": batch.inputs, "outputs": batch.outputs, "usedGPUs": None, "mount": False,
-            "trial": batch.index, "parameters": batch.parameters,
-        }
-        self.store.add_batches([doc])
-        running.in_flight[batch_id] = batch.id
-        running.proposed += 1
-
-    def _save(self, experiment: dict[str, Any], running: _Running) -> None:
-        state = {"state": running.state, "trials": running.search.spec.trials, "proposed": running.proposed,
-                 "told": running.told}
-        if running.reason:
-            state["reason"] = running.reason
-        if experiment.get("search") != state:
-            self.store.update_experiment(experiment["_id"], search=state)
-
-    def _end(self, experiment: dict[str, Any], running: _Running) -> None:
-        """Nothing in flight and nothing more to propose: the search is over."""
-        if running.state == RUNNING:
-            running.state = "finished"
-        self._save(experiment, running)
-        self._forget(experiment["_id"])
-        if self.on_end is not None:
-            self.on_end(experiment["_id"])
-
-    def _forget(self, experiment_id: str) -> None:
-        with self._lock:
-            if self._known is not None:
-                self._known.discard(experiment_id)
-        running = self._searches.pop(experiment_id, None)
-        if running is not None:
-            running.search.close()
+                trials.orphans.setdefault(_key(batch.get("parameters")), []).append(batch["_id"])
+        return trials
 
 
 def _key(parameters: Any) -> str:
     return json.dumps(parameters, sort_keys=True, default=str)
 
 
-class _Running:
-    """One running search: its Search, the trial batches in flight (agency id → trial batch id)."""
+class AgencyTrials:
+    """Where :func:`faice.pipeline.search.drive` runs one experiment's trials: as batches of the
+    experiment, run by the dispatcher (a :class:`faice.pipeline.search.TrialRunner`)."""
 
-    def __init__(self, search: Any, concurrency: int | None) -> None:
+    def __init__(self, driver: SearchDriver, experiment: dict[str, Any], search: Any) -> None:
+        self.driver = driver
+        self.store = driver.store
+        self.experiment = experiment
         self.search = search
-        self.concurrency = concurrency
-        self.in_flight: dict[str, str] = {}
+        concurrency = experiment["sweep"].get("maxConcurrent")
+        self.concurrency = concurrency if isinstance(concurrency, int) and concurrency > 0 else None
+        self.in_flight: dict[str, str] = {}  # agency batch id → the trial's batch id
         self.orphans: dict[str, list[str]] = {}  # after a restart: untold trials' batches by parameters
         self.state = RUNNING
         self.reason: str | None = None
         self.proposed = 0
         self.told = 0
+        self.event = threading.Event()
+
+    # -- TrialRunner
+
+    def start(self, batch: Any) -> None:
+        """The proposed trial as a registered batch of the experiment (or, after a restart, the
+        batch of its first proposal taken up again)."""
+        found = self.orphans.get(_key(batch.parameters))
+        if found:
+            batch_id = found.pop(0)
+            self.store.update_batch(batch_id, trial=batch.index)
+        else:
+            now = time.time()
+            batch_id = new_id()
+            self.store.add_batches([{
+                "_id": batch_id, "experimentId": self.experiment["_id"], "username": self.experiment["username"],
+                "registrationTime": now, "state": "registered", "batchesListIndex": batch.index,
+                "protectedKeysVoided": False, "notificationsSent": False, "node": None, "attempts": 0,
+                "history": [{"state": "registered", "time": now, "debugInfo": None, "node": None, "ccagent": None}],
+                "inputs": batch.inputs, "outputs": batch.outputs, "usedGPUs": None, "mount": False,
+                "trial": batch.index, "parameters": batch.parameters,
+            }])
+            self.proposed += 1
+        self.in_flight[batch_id] = batch.id
+        self._save()
+        if self.driver.on_batch is not None:
+            self.driver.on_batch()
+
+    def ended(self) -> list[Any]:
+        """The trials whose batches became final (waits up to POLL_S for one)."""
+        from faice.pipeline.records import BatchRecord, BatchState, agency_batch_record
+        from faice.pipeline.search import Ended
+
+        if self.driver.stopping.is_set():
+            raise _Stopped
+        if self.orphans:  # batches of untold trials no proposal took up (none expected)
+            for batch_id in [b for found in self.orphans.values() for b in found]:
+                self.store.transition(batch_id, "cancelled", expect={"registered", "scheduled", "processing"},
+                                      debug_info="the agency restarted during the search; this trial was proposed again")
+            self.orphans.clear()
+        ends = []
+        for batch_id, trial_batch in list(self.in_flight.items()):
+            doc = self.store.batch(batch_id)
+            if doc is not None and doc["state"] not in FINAL_STATES:
+                continue
+            record = BatchRecord.from_dict(agency_batch_record(doc)) if doc is not None else None
+            if record is None:
+                continue
+            series = doc.get("objectiveSeries") if doc is not None and isinstance(doc.get("objectiveSeries"), list) else None
+            ends.append(Ended(trial_batch, record, series))
+            del self.in_flight[batch_id]
+            self.told += 1
+            if record.state == BatchState.CANCELLED and self.state == RUNNING:
+                self.state, self.reason = "cancelled", record.message or "cancelled"
+        if self.state == "cancelled":
+            for batch_id in self.in_flight:  # not started yet: cancelled with the search
+                self.store.transition(batch_id, "cancelled", expect={"registered"},
+                                      debug_info=f"the search was cancelled ({self.reason})")
+        if ends:
+            self._save()
+            return ends
+        self.event.wait(POLL_S)
+        self.event.clear()
+        return []
+
+    def stop_starting(self) -> bool:
+        return self.state != RUNNING or self.driver.stopping.is_set()
+
+    # -- progress
+
+    def end(self) -> None:
+        """Nothing in flight and nothing more to propose: the search is over."""
+        if self.state == RUNNING:
+            self.state = "finished"
+        self._save()
+
+    def _save(self) -> None:
+        state: dict[str, Any] = {"state": self.state, "trials": self.search.spec.trials, "proposed": self.proposed,
+                                 "told": self.told}
+        if self.reason:
+            state["reason"] = self.reason
+        if self.experiment.get("search") != state:
+            self.store.update_experiment(self.experiment["_id"], search=state)
+            self.experiment["search"] = state
 
 
 def trial_events(workdir: Path, store: Store, experiment_id: str) -> list[dict[str, Any]]:
