@@ -203,6 +203,11 @@ class Search:
     # -- ask and tell
 
     @property
+    def next_number(self) -> int:
+        """The number the next proposed trial gets."""
+        return self._next
+
+    @property
     def remaining(self) -> int:
         return max(0, self.spec.trials - self._asked)
 

@@ -47,6 +47,14 @@ def trial_rows(search: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+NOT_COUNTED = ("cancelled", "interrupted")  # a trial that never ended on its own: proposed again on --resume
+
+
+def counted(rows: list[dict[str, Any]]) -> int:
+    """The trials that count towards the budget: ended, and not cancelled or interrupted."""
+    return sum(1 for row in rows if row.get("state") not in ("running", None, *NOT_COUNTED))
+
+
 def stopped_by(message: Any) -> str | None:
     """``asha at step 3`` from a stopped batch's message."""
     match = STOP_REASON.search(message) if isinstance(message, str) else None
@@ -61,9 +69,11 @@ def render_trials(search: dict[str, Any], fmt: str = "table") -> str:
     body = [[_text(row["trial"]), _text(row["origin"]), _text(row["state"]), _text(row["value"]),
              _text(row["bestSoFar"]), *(_text(row["parameters"].get(n)) for n in names),
              _text(row["stoppedBy"]), _text(row["batch"])] for row in rows]
-    told = sum(1 for row in rows if row["state"] not in ("running", None))
+    told = counted(rows)
+    again = sum(1 for row in rows if row["state"] in NOT_COUNTED)
     title = (f"search ({search.get('algorithm', '?')}): {told} of {search.get('budget', len(rows))} trials, "
-             "in the order they were proposed")
+             "in the order they were proposed"
+             + (f" ({again} cancelled or interrupted: proposed again, not counted)" if again else ""))
     if fmt == "markdown":
         lines = ["| " + " | ".join(markdown_cell(h) for h in header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
         lines += ["| " + " | ".join(markdown_cell(c) for c in cells) + " |" for cells in body]

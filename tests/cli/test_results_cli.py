@@ -238,7 +238,8 @@ def test_a_search_s_csv_and_json_rows_say_each_trial_its_origin_and_what_stopped
     search = Search(experiment, metrics_spec(experiment), outdir, resume=False)
     ends = [("succeeded", 0.5, None), ("succeeded", 0.7, None),
             ("stopped", 0.2, "stopped early by the asha rule at step 2: best acc so far 0.2 is below 0.6"),
-            ("succeeded", 0.9, None), ("failed", None, "exited with code 1")]
+            ("succeeded", 0.9, None), ("cancelled", None, "cancelled before the batch finished"),
+            ("failed", None, "exited with code 1")]  # 6 proposals: the cancelled one does not count
     entries = []
     for state, value, message in ends:
         batch = search.propose()
@@ -253,15 +254,20 @@ def test_a_search_s_csv_and_json_rows_say_each_trial_its_origin_and_what_stopped
     search.close()
     RunDir(outdir).write_run({"runId": "r1"}, entries, phase=None)
 
+    assert search.propose() is None, "the budget (5) is spent: the cancelled trial does not count"
     data = json.loads(faice("results", str(outdir), "--format", "json").stdout)
     assert [(r["trial"], r["origin"], r["objective"]) for r in data] == [
-        (3, "sampler", 0.9), (1, "startup", 0.7), (0, "startup", 0.5), (2, "sampler", 0.2), (4, "sampler", None)]
-    assert [r["stoppedBy"] for r in data] == [None, None, None, "asha at step 2", None]
+        (3, "sampler", 0.9), (1, "startup", 0.7), (0, "startup", 0.5), (2, "sampler", 0.2), (4, "sampler", None),
+        (5, "sampler", None)]
+    assert [r["stoppedBy"] for r in data] == [None, None, None, "asha at step 2", None, None]
+    table = faice("results", str(outdir)).stdout
+    assert ("search (tpe): 5 of 5 trials, in the order they were proposed (1 cancelled or interrupted: proposed "
+            "again, not counted)") in table
     assert list(data[0])[:6] == ["rank", "best", "batch", "index", "trial", "origin"], "trial columns first"
     rows = list(csv.DictReader(io.StringIO(faice("results", str(outdir), "--format", "csv").stdout)))
     assert [(r["trial"], r["origin"], r["stoppedBy"]) for r in rows] == [
         ("3", "sampler", ""), ("1", "startup", ""), ("0", "startup", ""), ("2", "sampler", "asha at step 2"),
-        ("4", "sampler", "")]
+        ("4", "sampler", ""), ("5", "sampler", "")]
     assert list(rows[0]) == list(data[0]), "the same columns in the same order"
     # A run that is no search keeps its columns.
     make_run(tmp_path / "plain")

@@ -48,8 +48,9 @@ from faice.pipeline.plan import metrics_spec
 from faice.pipeline.records import BatchState
 from faice.pipeline.resume import save_red_file
 from faice.pipeline.rundir import RunDir
-from faice.pipeline.search import Ended, Search, drive, objective_series
+from faice.pipeline.search import Ended, Search, drive, objective_series, read_log
 from faice.pipeline.signals import EXIT_SIGNAL, interrupts_to
+from faice.pipeline.trials import counted
 from faice.red.experiment import Batch, Experiment
 from faice.secrets import REDACTOR
 
@@ -193,7 +194,9 @@ def run(experiment: Experiment, request: ExecRequest, settings: SlurmSettings, r
             _say(f"faice: nothing to submit: the search's {search.spec.trials} trials are told in {outdir}")
             return 0 if summary.get("state") == SUCCEEDED else 1
         received: list[int] = []
-        follower = Follower(outdir, {}, live=None if request.progress else False, total=search.spec.trials)
+        # Trial numbers go on after cancelled trials (proposed again under new numbers).
+        follower = Follower(outdir, {}, live=None if request.progress else False,
+                            total=search.next_number + search.remaining)
         shared = (follower, received, options, metrics.objective.name)
         bound = search.spec.max_concurrent or math.inf
         runner: SlurmTrials
@@ -230,19 +233,13 @@ def run(experiment: Experiment, request: ExecRequest, settings: SlurmSettings, r
         if request.json:
             print(REDACTOR.redact(dumps_json(summary, indent=2)))
         follower.report(summary)
-        told = len(_told(outdir))
+        told = counted(read_log(outdir)[1])
         _say(f"faice: search: {told} of {search.spec.trials} trials told; see: faice results {shlex.quote(str(outdir))}")
         if received:
             return EXIT_SIGNAL.get(received[0], EXIT_SIGNAL[signal.SIGINT])
         return 0 if summary["state"] == SUCCEEDED else 1
     finally:
         search.close()
-
-
-def _told(outdir: Path) -> list[dict]:
-    from faice.pipeline.search import read_log
-
-    return [row for row in read_log(outdir)[1] if row.get("sampler") is not None]
 
 
 def _say(message: str) -> None:
