@@ -104,18 +104,16 @@ def test_dry_run_of_a_search_names_its_space_and_image(tmp_path):
     assert "parallel: 3" in done.stdout and not (tmp_path / "o").exists()
 
 
-def test_a_search_is_not_expanded_for_an_agency_or_convert(tmp_path):
+def test_a_search_is_not_expanded_for_convert(tmp_path):
+    """(faice's own agency runs a search's loop itself: tests/engines/agency/test_agency_search.py.)"""
     import pytest
 
-    from faice.agency.submit import BadRequest, check_red
     from faice.errors import FaiceError
     from faice.red.sweep import expanded_red
 
     data = red(sweep={"search": SEARCH}, metrics=METRICS)
     with pytest.raises(FaiceError, match="sweep.search proposes its batches while it runs"):
         expanded_red(data, "x.red")
-    with pytest.raises(BadRequest, match="sweep.search proposes its batches while it runs"):
-        check_red(data)  # the agency answers 400 instead of storing an experiment without batches
     path = tmp_path / "s.red.json"
     path.write_text(json.dumps(data))
     done = subprocess.run([sys.executable, "-m", "faice", "convert", "sweep", str(path)], capture_output=True,
