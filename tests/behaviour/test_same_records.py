@@ -1,12 +1,18 @@
-"""One RED file, every engine, the same records (Metaflow's test/core, Snakemake's shared
-executor tests): a 6-batch metrics sweep with an http input from the test nginx and http PUT
-outputs runs on the local engine, Slurm per task, packed Slurm and a real ``faice agency
-serve``, each with ``--wait --outdir``. Every engine must give the same batch states and
-failure classes and the same objective values, read by ``faice results`` from its run
-directory, and deliver its 6 outputs.
+"""One RED file, every engine and every runtime, the same records (Metaflow's test/core,
+Snakemake's shared executor tests): a 6-batch metrics sweep with an http input from the test
+nginx and http PUT outputs runs on the local engine, Slurm per task, packed Slurm and a real
+``faice agency serve``, each with ``--wait --outdir``; and on the local engine in Docker,
+Podman and Charliecloud (the sweep a user moves from a workstation to a cluster), Charliecloud
+also under Slurm. Every case must give the same batch states and failure classes, the same
+objective values (read by ``faice results`` from its run directory), the same stdout, and
+deliver the same 6 outputs; a failing sweep fails alike (class, exit code, stdout, stderr)
+on every runtime.
 
-A new engine or runtime joins by adding one entry to :data:`ENGINES` (its name, what it needs
-and how its RED file's ``execution`` section and ``faice exec`` flags look).
+On the local engine every runtime pulls the test image from the loopback registry, with
+credentials, as on a cluster; the other Docker cases run Docker's local copy of it. A new
+engine joins by adding one entry to :data:`ENGINES` (its name, what it needs and how its RED
+file's ``execution`` section and ``faice exec`` flags look), a new runtime one entry to
+:data:`RUNTIMES`.
 """
 
 from __future__ import annotations
@@ -14,28 +20,36 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import agency_fixtures  # tests/support: the real agency server tests/agency/ uses
 import pytest
-from agency_helpers import faice
+from agency_fixtures import _factory, _stop_all
+from runtime_fixtures import charliecloud, podman, registry  # noqa: F401  (fixtures)
+from runtime_helpers import faice, records
 
 pytestmark = [pytest.mark.docker]
 
 VALUES = [1, 2, 3, 4, 5, 6]
 SCRIPT = 'n=$(wc -w < "$0"); echo "score=$(( $(sweep.lr) * 10 ))"; echo "$(sweep.lr) $n" > result.txt'
+FAILING = 'echo "to stderr" >&2; echo "out $(sweep.lr)"; exit $(( $(sweep.lr) + 2 ))'
 
 
 @dataclass(frozen=True)
 class EngineCase:
     """How one engine runs the shared RED file: the fixtures it needs and, given them, its
-    ``execution`` section and extra ``faice exec`` arguments."""
+    ``execution`` section and extra ``faice exec`` arguments; ``runtime`` is the RED file's
+    ``container.engine``."""
 
     name: str
     needs: tuple[str, ...]
     execution: Callable[[dict[str, Any], Path], tuple[dict[str, Any], list[str]]]
+    runtime: str = "docker"
+    registry: bool = False  # the image from the loopback registry (else Docker's local test image)
+
+    def __str__(self) -> str:
+        return f"{self.name}-{self.runtime}"
 
 
 def _local(_: dict[str, Any], __: Path) -> tuple[dict[str, Any], list[str]]:
@@ -59,22 +73,42 @@ def _agency(found: dict[str, Any], tmp_path: Path) -> tuple[dict[str, Any], list
     return {"engine": "ccagency", "settings": {"access": access}}, ["--variables", str(variables)]
 
 
-ENGINES = [
-    EngineCase("local", (), _local),
-    EngineCase("slurm", ("slurm",), _slurm),
-    EngineCase("slurm-packed", ("slurm",), _slurm_packed),
-    EngineCase("agency", ("agency_server",), _agency),
-]
+LOCAL = EngineCase("local", (), _local)
+SLURM = EngineCase("slurm", ("slurm",), _slurm)
+ENGINES = [LOCAL, SLURM, EngineCase("slurm-packed", ("slurm",), _slurm_packed),
+           EngineCase("agency", ("agency_server",), _agency)]
+RUNTIMES = ("docker", "podman", "charliecloud")
+ON_EVERY_RUNTIME = [replace(LOCAL, runtime=runtime, registry=True) for runtime in RUNTIMES]
+CASES = [*ON_EVERY_RUNTIME, *ENGINES[1:], replace(SLURM, runtime="charliecloud", registry=True)]
 
 
 @pytest.fixture(scope="module")
 def agency_server(tmp_path_factory, test_image):
-    make, started = agency_fixtures._factory(tmp_path_factory.mktemp("behaviour-agency"))
+    make, started = _factory(tmp_path_factory.mktemp("behaviour-agency"))
     yield make("--parallel", "3")
-    agency_fixtures._stop_all(started)
+    _stop_all(started)
 
 
-def _red(http_server, image: str, prefix: str, execution: dict[str, Any]) -> dict[str, Any]:
+@pytest.fixture(scope="module")
+def image_cache(tmp_path_factory) -> Path:
+    """One image cache for the module's Charliecloud runs (the image converted once)."""
+    return tmp_path_factory.mktemp("behaviour-images")
+
+
+def _container(case: EngineCase, request: pytest.FixtureRequest) -> dict[str, Any]:
+    """The local test image (Docker), or that image from the registry, with credentials."""
+    if case.runtime != "docker":
+        request.getfixturevalue(case.runtime)
+    if not case.registry:
+        image: dict[str, Any] = {"url": request.getfixturevalue("test_image")}
+    else:
+        found = request.getfixturevalue("registry")
+        image = {"url": found.image, "auth": {"username": found.user, "password": found.password}}
+    return {"engine": case.runtime, "settings": {"image": image, "ram": 256}}
+
+
+def _red(http_server, container: dict[str, Any], prefix: str, execution: dict[str, Any],
+         script: str = SCRIPT) -> dict[str, Any]:
     put = {"url": f"{http_server.url}/{prefix}/result-$(sweep.lr).txt", "method": "PUT",
            "auth": {"username": http_server.user, "password": http_server.password}}
     return {
@@ -84,25 +118,42 @@ def _red(http_server, image: str, prefix: str, execution: dict[str, Any]) -> dic
                            "words": {"type": "File", "inputBinding": {"position": 1}}},
                 "outputs": {"result": {"type": "File", "outputBinding": {"glob": "result.txt"}}}},
         "sweep": {"grid": {"lr": VALUES}},
-        "inputs": {"script": SCRIPT,
+        "inputs": {"script": script,
                    "words": {"class": "File", "connector": {
                        "command": "http", "access": {"url": f"{http_server.url}/faice-examples/words.txt"}}}},
         "outputs": {"result": {"class": "File", "connector": {"command": "http", "access": put}}},
         "metrics": {"objective": {"name": "score", "goal": "max"}, "sources": [{"stdout": True}]},
-        "container": {"engine": "docker", "settings": {"image": {"url": image}, "ram": 256}},
+        "container": container,
         "execution": execution,
     }
 
 
-@pytest.mark.parametrize("case", ENGINES, ids=lambda case: case.name)
-def test_the_same_sweep_gives_the_same_records_on_every_engine(case, request, http_server, test_image, tmp_path):
+def _run(case: EngineCase, request, http_server, image_cache: Path, tmp_path: Path, script: str = SCRIPT,
+         values: list[int] = VALUES):
+    """``faice exec --wait --outdir`` of the sweep as ``case`` runs it: its result, run
+    directory, the records by sweep value, and the prefix its outputs were PUT under."""
     found = {name: request.getfixturevalue(name) for name in case.needs}
     execution, extra = case.execution(found, tmp_path)
-    prefix = f"behaviour/{case.name}-{uuid.uuid4().hex[:8]}"
+    prefix = f"behaviour/{case}-{uuid.uuid4().hex[:8]}"
+    red = _red(http_server, _container(case, request), prefix, execution, script)
+    red["sweep"]["grid"]["lr"] = values
     red_file = tmp_path / "sweep.red.json"
-    red_file.write_text(json.dumps(_red(http_server, test_image, prefix, execution)))
+    red_file.write_text(json.dumps(red))
     outdir = tmp_path / "run"
-    result = faice("exec", str(red_file), "--outdir", str(outdir), "--wait", "--no-progress", *extra, timeout=600)
+    result = faice("exec", str(red_file), "--outdir", str(outdir), "--wait", "--no-progress", *extra, timeout=600,
+                   env={"FAICE_IMAGE_CACHE": str(image_cache)})
+    by_value = {values[index]: record for index, record in records(outdir).items()}
+    return result, outdir, by_value, prefix
+
+
+def _text(outdir: Path, record: dict, name: str) -> str:
+    return (outdir / "batches" / record["batchId"] / name).read_text()
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_the_same_sweep_gives_the_same_records_on_every_engine(case, request, http_server, image_cache, tmp_path):
+    result, outdir, by_value, prefix = _run(case, request, http_server, image_cache, tmp_path)
+    red = json.loads((tmp_path / "sweep.red.json").read_text())
     assert result.returncode == 0, result.stderr[-3000:]
 
     ranked = faice("results", str(outdir), "--format", "json")
@@ -114,10 +165,22 @@ def test_the_same_sweep_gives_the_same_records_on_every_engine(case, request, ht
 
     run = json.loads((outdir / "run.json").read_text())
     assert run["state"] == "succeeded" and run["counts"] == {"succeeded": len(VALUES)}
-    for entry in run["batches"]:
-        stdout = outdir / "batches" / entry["id"] / "stdout.txt"
-        assert stdout.read_text().startswith("score="), stdout  # faice logs reads the same files
+    # faice logs reads the same files; each record names the runtime that ran it.
+    assert {v: _text(outdir, r, "stdout.txt") for v, r in by_value.items()} == {v: f"score={10 * v}\n" for v in VALUES}
+    image = red["container"]["settings"]["image"]["url"]
+    assert {(r["runtime"], r["image"]["ref"]) for r in by_value.values()} == {(case.runtime, image)}
 
     words = len((http_server.root / "faice-examples" / "words.txt").read_text().split())
     delivered = {path.name: path.read_text() for path in (http_server.root / prefix).iterdir()}
     assert delivered == {f"result-{v}.txt": f"{v} {words}\n" for v in VALUES}
+
+
+@pytest.mark.parametrize("case", ON_EVERY_RUNTIME, ids=str)
+def test_a_failing_sweep_fails_alike_on_every_runtime(case, request, http_server, image_cache, tmp_path):
+    result, outdir, by_value, _ = _run(case, request, http_server, image_cache, tmp_path, FAILING, [1, 2])
+    assert result.returncode == 1, result.stderr[-3000:]
+    seen = {v: (r["state"], r.get("failureClass"), (r.get("process") or {}).get("returnCode"),
+                _text(outdir, r, "stdout.txt"), _text(outdir, r, "stderr.txt")) for v, r in by_value.items()}
+    assert seen == {v: ("failed", "exit-code", v + 2, f"out {v}\n", "to stderr\n") for v in (1, 2)}
+    plan = faice("exec", str(tmp_path / "sweep.red.json"), "--dry-run", "--json")
+    assert json.loads(plan.stdout)["runtime"] == case.runtime  # the plan names the runtime the records name

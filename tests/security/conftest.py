@@ -8,3 +8,4 @@ from agency_fixtures import (  # noqa: F401  (fixtures, found by pytest in this 
     postgres_db,
     postgres_url,
 )
+from runtime_fixtures import charliecloud, podman, registry  # noqa: F401  (the runtimes' fixtures)

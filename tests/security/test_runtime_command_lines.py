@@ -4,33 +4,17 @@ shell), and no secret ever sits on a command line where ``ps`` shows it."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from runtime_helpers import faice, records, sweep_red
 
 from faice.errors import EngineError
 from faice.runtime.containers import ContainerSpec
 from faice.runtime.select import process_runtime
-
-RUNTIME_TESTS = Path(__file__).resolve().parents[1] / "runtime"
-from runtime_helpers import faice, records, sweep_red  # noqa: E402
-
-
-def _runtime_fixtures():
-    """The runtime tests' fixtures (registry, podman, charliecloud), under a module name of their own."""
-    spec = importlib.util.spec_from_file_location("faice_security_runtime_fixtures", RUNTIME_TESTS / "conftest.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_fixtures = _runtime_fixtures()
-registry, podman, charliecloud = _fixtures.registry, _fixtures.podman, _fixtures.charliecloud
 
 
 def spec(**changes) -> ContainerSpec:
