@@ -6,21 +6,14 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
-import shutil
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from runtime_helpers import faice, observable, oom_sweep, records, sweep_red
+from runtime_helpers import faice, faice_as_user, observable, oom_sweep, ordinary_home, records, sweep_red
 
 pytestmark = [pytest.mark.slow]
-
-ORDINARY_USER = "faicepw"  # an account scripts/infra.sh makes (the SSH tests' password user)
-REPO = Path(__file__).resolve().parents[2]
-SYSTEM_PYTHON_FAICE = ("import runpy, site, sys; site.addsitedir(sys.argv.pop(1)); "
-                       "runpy.run_module('faice', run_name='__main__', alter_sys=True)")
 
 
 def test_three_concurrent_runs_of_eight_batches_fetch_and_convert_the_image_once(registry, charliecloud,
@@ -36,34 +29,22 @@ def test_three_concurrent_runs_of_eight_batches_fetch_and_convert_the_image_once
     first = observable(runs[0])
     assert len(first) == 8 and first[5] == ("succeeded", None, 0, "batch 5 of the staged input\n", "value=35\n")
     assert observable(runs[1]) == first and observable(runs[2]) == first
-    fetched = registry.blob_fetches(since)
+    fetched = registry.blob_fetches(since, "python-requests")  # ch-image's own requests
     assert fetched and set(fetched.values()) == {1}, fetched
     images = list((image_cache / "charliecloud" / "storage" / "img").iterdir())
     assert len(images) == 1 and (images[0] / "cc").is_dir()
 
 
 def test_batches_run_as_the_invoking_ordinary_user_who_owns_the_cache_and_outputs(registry, charliecloud, tmp_path):
-    account = pwd.getpwnam(ORDINARY_USER)
-    home = Path(f"/tmp/faice-ch-user-{os.getpid()}")
-    shutil.rmtree(home, ignore_errors=True)
-    home.mkdir()
-    os.chown(home, account.pw_uid, account.pw_gid)
-    try:
+    with ordinary_home("ch") as (account, home):
         data = home / "data.txt"
         data.write_text("the staged input\n")
         red = sweep_red(home / "sweep.red.json", registry, batches=3, data=data,
                         script='echo "batch $0 of $(cat /cc/inputs/data/*)"; id -u > result.txt')
         for path in (data, red):
             os.chown(path, account.pw_uid, account.pw_gid)
-        env = {"FAICE_IMAGE_CACHE": str(home / "cache"), "HOME": str(home), "USER": ORDINARY_USER,
-               "FAICE_CACHE_DIR": ""}
-        # The test venv's Python lives under /root; Debian's (the same 3.11) reads its packages.
-        result = subprocess.run(
-            ["runuser", "-u", ORDINARY_USER, "--", "env", *(f"{k}={v}" for k, v in env.items()),
-             "/usr/bin/python3", "-c", SYSTEM_PYTHON_FAICE, str(REPO / ".venv/lib/python3.11/site-packages"),
-             "exec", str(red), "--runtime", "charliecloud",
-             "--outdir", str(home / "run"), "--no-progress"],
-            capture_output=True, text=True, timeout=300, cwd=home, stdin=subprocess.DEVNULL)
+        result = faice_as_user(home, "exec", str(red), "--runtime", "charliecloud", "--outdir", str(home / "run"),
+                               "--no-progress", env={"FAICE_IMAGE_CACHE": str(home / "cache")})
         assert result.returncode == 0, result.stderr[-2000:]
         found = observable(home / "run")
         assert [found[i][0] for i in range(3)] == ["succeeded"] * 3
@@ -72,8 +53,6 @@ def test_batches_run_as_the_invoking_ordinary_user_who_owns_the_cache_and_output
         for record in records(home / "run").values():
             result_file = home / "run" / "batches" / record["batchId"] / "outputs" / "result.txt"
             assert result_file.stat().st_uid == account.pw_uid
-    finally:
-        shutil.rmtree(home, ignore_errors=True)
 
 
 def test_ram_is_enforced_as_root_and_an_oom_kill_is_classified_oom(registry, charliecloud, image_cache, tmp_path):

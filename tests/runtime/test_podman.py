@@ -1,15 +1,17 @@
-"""Podman through its own CLI (Debian's 4.3, rootful here): failure classes as on Docker, the
-image fetched once from the registry, nothing left behind."""
+"""Podman through its own CLI (Debian's 4.3; rootful, and rootless as an ordinary user):
+failure classes as on Docker, the image fetched once from the registry, nothing left behind."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 
 import pytest
-from runtime_helpers import faice, observable, oom_sweep, records, sweep_red
+from runtime_helpers import faice, faice_as_user, observable, oom_sweep, ordinary_home, records, sweep_red
 
 pytestmark = [pytest.mark.slow]
 
@@ -59,7 +61,7 @@ def test_eight_concurrent_batches_fetch_the_image_once(registry, podman, tmp_pat
                    "--no-progress")
     assert result.returncode == 0, result.stderr
     assert len(observable(outdir)) == 8
-    fetched = registry.blob_fetches(since)
+    fetched = registry.blob_fetches(since, "containers/image")  # podman's own requests
     assert fetched and set(fetched.values()) == {1}, fetched  # every blob (config, layer) exactly once
     image = json.loads(subprocess.run(["podman", "image", "inspect", registry.image], capture_output=True,
                                       text=True, timeout=60).stdout)[0]
@@ -84,3 +86,42 @@ def test_a_batch_that_ends_by_itself_is_one_podman_process(registry, podman, tmp
     per_batch = [call for call in calls.read_text().split() if call not in ("ps", "image", "pull")]
     assert per_batch == ["run"] * 3
     assert not podman_containers(next(iter(records(outdir).values()))["runId"])
+
+
+def test_rootless_podman_as_an_ordinary_user_gives_the_same_records_as_rootful(registry, podman, tmp_path):
+    """Podman rootless: an ordinary user with subordinate ids (newuidmap/newgidmap, user
+    namespaces), its own storage in its home, runs the sweep and gets rootful Podman's records;
+    the outputs are the user's own files and no container is left in its storage."""
+    with ordinary_home("podman") as (account, home):
+        runtime_dir = home / "xdg-run"
+        config = home / ".config" / "containers"
+        config.mkdir(parents=True)
+        (config / "storage.conf").write_text('[storage]\ndriver = "overlay"\n')  # the kernel's; vfs copies per container
+        runtime_dir.mkdir(mode=0o700)
+        data = home / "data.txt"
+        data.write_text("the staged input\n")
+        red = sweep_red(home / "sweep.red.json", registry, batches=2, data=data)
+        for path in (runtime_dir, home / ".config", config, config / "storage.conf", data, red):
+            os.chown(path, account.pw_uid, account.pw_gid)
+        env = {"XDG_RUNTIME_DIR": str(runtime_dir)}
+        try:
+            result = faice_as_user(home, "exec", str(red), "--runtime", "podman", "--outdir", str(home / "out"),
+                                   "--no-progress", env=env, timeout=600)
+            assert result.returncode == 0, result.stderr[-2000:]
+            left = subprocess.run(["runuser", "-u", account.pw_name, "--", "env", f"HOME={home}",
+                                   f"XDG_RUNTIME_DIR={runtime_dir}", "podman", "ps", "-aq"], cwd=home,
+                                  capture_output=True, text=True, timeout=120)
+            assert left.returncode == 0 and not left.stdout.split(), left
+        finally:
+            pause = runtime_dir / "libpod" / "tmp" / "pause.pid"  # rootless Podman's namespace keeper
+            with contextlib.suppress(OSError, ValueError):
+                os.kill(int(pause.read_text()), signal.SIGKILL)
+        rootful = faice("exec", str(red), "--runtime", "podman", "--outdir", str(tmp_path / "rootful"),
+                        "--no-progress")
+        assert rootful.returncode == 0, rootful.stderr[-2000:]
+        found = observable(home / "out")
+        assert found[1] == ("succeeded", None, 0, "batch 1 of the staged input\n", "value=7\n")
+        assert found == observable(tmp_path / "rootful")
+        for record in records(home / "out").values():
+            assert record["runtime"] == "podman"
+            assert (home / "out" / "batches" / record["batchId"] / "outputs" / "result.txt").stat().st_uid == account.pw_uid

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import pwd
 import re
+import shutil
 import socket
 import subprocess
 import sys
+import sysconfig
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+ORDINARY_USER = "faicepw"  # an account scripts/infra.sh makes (the SSH tests' user, with subordinate ids)
+# The test venv's Python may live where the user cannot run it; Debian's (the same 3.11) reads its packages.
+SYSTEM_PYTHON_FAICE = ("import runpy, site, sys; site.addsitedir(sys.argv.pop(1)); "
+                       "runpy.run_module('faice', run_name='__main__', alter_sys=True)")
 SWEEP_SCRIPT = 'echo "batch $0 of $(cat /cc/inputs/data/*)"; echo "value=$(( $0 * 7 ))" > result.txt'
 
 
@@ -34,16 +43,19 @@ class Registry:
     def log_offset(self) -> int:
         return self.log.stat().st_size
 
-    def blob_fetches(self, since: int) -> dict[str, int]:
-        """Blob digest → how many times it was fetched (GET, 200) since ``since`` (log offset)."""
+    def blob_fetches(self, since: int, agent: str = "") -> dict[str, int]:
+        """Blob digest → how many times it was fetched (GET, 200) since ``since`` (log offset)
+        by a client whose User-Agent holds ``agent`` (one runtime's, where others may pull too)."""
         with open(self.log, "rb") as handle:
             handle.seek(since)
             text = handle.read().decode("utf-8", "replace")
         repository = self.image.split("/", 1)[1].rsplit(":", 1)[0]
         fetched: dict[str, int] = {}
-        pattern = re.compile(rf'"GET /v2/{re.escape(repository)}/blobs/(sha256:[0-9a-f]+) HTTP/[0-9.]+" 200 ')
+        pattern = re.compile(rf'"GET /v2/{re.escape(repository)}/blobs/(sha256:[0-9a-f]+) HTTP/[0-9.]+" 200 '
+                             r'\S+ "[^"]*" "([^"]*)"')
         for match in pattern.finditer(text):
-            fetched[match.group(1)] = fetched.get(match.group(1), 0) + 1
+            if agent in match.group(2):
+                fetched[match.group(1)] = fetched.get(match.group(1), 0) + 1
         return fetched
 
 
@@ -124,3 +136,27 @@ def observable(outdir: Path) -> dict[int, tuple]:
                         (directory / "stdout.txt").read_text(),
                         result.read_text() if result.exists() else None)
     return found
+
+
+@contextlib.contextmanager
+def ordinary_home(tag: str) -> Iterator[tuple[pwd.struct_passwd, Path]]:
+    """The ordinary user's account and a fresh home of its own under /tmp, removed after."""
+    account = pwd.getpwnam(ORDINARY_USER)
+    home = Path(f"/tmp/faice-{tag}-user-{os.getpid()}")
+    shutil.rmtree(home, ignore_errors=True)
+    home.mkdir()
+    os.chown(home, account.pw_uid, account.pw_gid)
+    try:
+        yield account, home
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def faice_as_user(home: Path, *args: str, env: dict[str, str] | None = None,
+                  timeout: float = 300) -> subprocess.CompletedProcess:
+    """The faice CLI run by :data:`ORDINARY_USER` (runuser) with ``home`` as its home."""
+    env = {"HOME": str(home), "USER": ORDINARY_USER, "FAICE_CACHE_DIR": "", **(env or {})}
+    return subprocess.run(
+        ["runuser", "-u", ORDINARY_USER, "--", "env", *(f"{k}={v}" for k, v in env.items()),
+         "/usr/bin/python3", "-c", SYSTEM_PYTHON_FAICE, sysconfig.get_path("purelib"), *args],
+        capture_output=True, text=True, timeout=timeout, cwd=home, stdin=subprocess.DEVNULL)
