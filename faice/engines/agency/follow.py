@@ -12,13 +12,39 @@ from typing import Any, TextIO
 
 from faice.engines.agency.client import FINAL, AgencyClient
 
-STYLE = {"succeeded": "green", "failed": "red", "cancelled": "yellow", "processing": "cyan", "scheduled": "blue"}
+STYLE = {"succeeded": "green", "failed": "red", "cancelled": "yellow", "stopped": "magenta", "processing": "cyan",
+         "scheduled": "blue"}
+ORDER = ("succeeded", "stopped", "failed", "cancelled", "processing", "scheduled", "registered")
 
 
 def summary(batches: list[dict[str, Any]]) -> str:
     counts = Counter(b["state"] for b in batches)
-    parts = [f"{counts[s]} {s}" for s in ("succeeded", "failed", "cancelled", "processing", "scheduled", "registered") if counts[s]]
+    parts = [f"{counts[s]} {s}" for s in ORDER if counts[s]]
     return f"{len(batches)} batch{'es' if len(batches) != 1 else ''}: " + ", ".join(parts)
+
+
+class _Shown:
+    """The state shown for each batch: CC-Agency's, except that a batch faice's server stopped
+    early (CC-Agency's ``cancelled``) shows as ``stopped``, as its record says (one request per
+    such batch)."""
+
+    def __init__(self, client: AgencyClient) -> None:
+        self.client = client
+        self.stopped: dict[str, bool] = {}
+
+    def __call__(self, batches: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        from faice.pipeline.records import agency_batch_record
+
+        shown = []
+        for batch in batches:
+            if batch["state"] == "cancelled":
+                if batch["_id"] not in self.stopped:
+                    record = agency_batch_record(self.client.batch(batch["_id"]))
+                    self.stopped[batch["_id"]] = record.get("state") == "stopped"
+                if self.stopped[batch["_id"]]:
+                    batch = {**batch, "state": "stopped"}
+            shown.append(batch)
+        return shown
 
 
 def follow(client: AgencyClient, experiment_id: str, *, stream: TextIO | None = None, interval: float = 1.0,
@@ -32,15 +58,16 @@ def follow(client: AgencyClient, experiment_id: str, *, stream: TextIO | None = 
     if live:
         return _follow_live(client, experiment_id, stream, interval, done)
     seen: dict[str, str] = {}
+    shown = _Shown(client)
     while True:
         batches = client.experiment_batches(experiment_id)
-        for batch in batches:
+        for batch in shown(batches):
             if seen.get(batch["_id"]) != batch["state"]:
                 seen[batch["_id"]] = batch["state"]
                 stamp = time.strftime("%H:%M:%S")
                 print(f"{stamp} batch {batch.get('batchesListIndex', 0)} {batch['_id']}: {batch['state']}", file=stream, flush=True)
         if done(batches):
-            print(summary(batches), file=stream, flush=True)
+            print(summary(shown(batches)), file=stream, flush=True)
             return batches
         time.sleep(interval)
 
@@ -74,10 +101,11 @@ def _follow_live(client: AgencyClient, experiment_id: str, stream: TextIO, inter
             )
         return table
 
+    shown = _Shown(client)
     with Live(render([]), console=console, refresh_per_second=4, transient=False) as display:
         while True:
             batches = client.experiment_batches(experiment_id)
-            display.update(render(batches))
+            display.update(render(shown(batches)))
             if done(batches):
                 return batches
             time.sleep(interval)

@@ -55,6 +55,7 @@ def test_the_agency_stops_the_batches_the_local_engine_stops(make_agency, tmp_pa
     result = faice("exec", str(tmp_path / "agency.red.json"), "--variables", str(variables), "--wait",
                    "--outdir", str(outdir), "--no-progress", timeout=300)
     assert result.returncode == 0, result.stderr  # stopped batches ended as planned: the run succeeded
+    assert "6 batches: 3 succeeded, 3 stopped" in result.stderr  # the progress says stopped, not cancelled
     run = json.loads((outdir / "run.json").read_text())
     assert run["state"] == "succeeded" and run["counts"] == {"succeeded": 3, "stopped": 3}, run
     records = {}
