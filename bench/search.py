@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import subprocess
 import sys
@@ -29,33 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.curve_objective import curve_red  # noqa: E402
-
-TRAIN = ("import sys, math\n"
-         "lr, bs = float(sys.argv[1]), int(sys.argv[2])\n"
-         "score = 1 - (math.log10(lr) - math.log10(0.03)) ** 2 / 4 - abs(math.log2(bs / 64)) / 8\n"
-         "for step in range(3):\n"
-         "    print('step=%d acc=%.6f' % (step, score * (step + 1) / 3), flush=True)\n")
-SPACE = {"lr": {"loguniform": [1e-5, 10.0]}, "bs": {"choice": [8, 16, 32, 64, 128, 256, 512]}}
-
-
-def objective(lr: float, bs: int) -> float:
-    """TRAIN's final value, in process (what Optuna's own loop evaluates)."""
-    return round(1 - (math.log10(lr) - math.log10(0.03)) ** 2 / 4 - abs(math.log2(bs / 64)) / 8, 6)
-
-
-def search_red(image: str, trials: int, seed: int, concurrent: int) -> dict:
-    return {
-        "redVersion": "9",
-        "cli": {"cwlVersion": "v1.0", "class": "CommandLineTool", "baseCommand": ["python3", "-c", TRAIN],
-                "inputs": {"lr": {"type": "float", "inputBinding": {"position": 1}},
-                           "bs": {"type": "int", "inputBinding": {"position": 2}}}, "outputs": {}},
-        "inputs": {"lr": 0.1, "bs": 32},
-        "sweep": {"search": {"algorithm": "tpe", "trials": trials, "seed": seed, "parameters": SPACE},
-                  "maxConcurrent": concurrent},
-        "metrics": {"objective": {"name": "acc", "goal": "max"}, "step": "step", "sources": [{"stdout": True}]},
-        "container": {"engine": "docker", "settings": {"image": {"url": image}}},
-        "execution": {"engine": "ccfaice", "settings": {}},
-    }
+from bench.search_objective import objective, search_red  # noqa: E402
 
 
 def faice(*args: str) -> subprocess.CompletedProcess:
@@ -64,7 +37,7 @@ def faice(*args: str) -> subprocess.CompletedProcess:
 
 def faice_search(image: str, trials: int, seed: int, concurrent: int, work: Path) -> tuple[float, list[float], float]:
     red = work / f"search-{seed}-{concurrent}.json"
-    red.write_text(json.dumps(search_red(image, trials, seed, concurrent)))
+    red.write_text(json.dumps(search_red(image, trials, seed=seed, max_concurrent=concurrent)))
     outdir = work / f"run-{seed}-{concurrent}"
     started = time.monotonic()
     done = faice("exec", str(red), "--outdir", str(outdir), "--disable-pull", "--parallel", str(concurrent))
@@ -116,7 +89,7 @@ def proposal_cost(trials: int) -> tuple[float, float]:
     from faice.pipeline.search import Search
     from faice.red.experiment import Experiment
 
-    experiment = Experiment("bench.red", search_red("x", trials, 1, 4), [])
+    experiment = Experiment("bench.red", search_red("x", trials, seed=1, max_concurrent=4), [])
     metrics = metrics_spec(experiment)
     assert metrics is not None
     search = Search(experiment, metrics, Path(tempfile.mkdtemp()), resume=False)

@@ -12,34 +12,14 @@ from pathlib import Path
 
 import pytest
 
+from bench import search_objective
+
 pytestmark = pytest.mark.docker
 
-# The objective, unknown to faice: best at lr = 0.03 and batch size 64; three steps a trial.
-TRAIN = ("import sys, math, time\n"
-         "lr, bs = float(sys.argv[1]), int(sys.argv[2])\n"
-         "score = 1 - (math.log10(lr) - math.log10(0.03)) ** 2 / 4 - abs(math.log2(bs / 64)) / 8\n"
-         "for step in range(3):\n"
-         "    print('step=%d acc=%.6f' % (step, score * (step + 1) / 3), flush=True)\n"
-         "    time.sleep(0.05)\n")
 
-
+# The objective (bench/search_objective.py), unknown to faice: best at lr = 0.03 and batch size 64.
 def search_red(path: Path, image: str, trials: int, **search) -> Path:
-    red = {
-        "redVersion": "9",
-        "cli": {"cwlVersion": "v1.0", "class": "CommandLineTool", "baseCommand": ["python3", "-c", TRAIN],
-                "inputs": {"lr": {"type": "float", "inputBinding": {"position": 1}},
-                           "bs": {"type": "int", "inputBinding": {"position": 2}}},
-                "outputs": {}},
-        "inputs": {"lr": 0.1, "bs": 32},
-        "sweep": {"search": {"algorithm": "tpe", "trials": trials, "seed": 7,
-                             "parameters": {"lr": {"loguniform": [1e-5, 10.0]},
-                                            "bs": {"choice": [8, 16, 32, 64, 128, 256, 512]}}, **search},
-                  "maxConcurrent": 4},
-        "metrics": {"objective": {"name": "acc", "goal": "max"}, "step": "step", "sources": [{"stdout": True}]},
-        "container": {"engine": "docker", "settings": {"image": {"url": image}}},
-        "execution": {"engine": "ccfaice", "settings": {}},
-    }
-    path.write_text(json.dumps(red))
+    path.write_text(json.dumps(search_objective.search_red(image, trials, pause=0.05, **search)))
     return path
 
 
@@ -103,7 +83,7 @@ def test_tpe_search_learns_and_resume_grows_it(tmp_path, test_image):
 
 def test_trials_stopped_by_asha_teach_the_sampler(tmp_path, test_image):
     red = json.loads(search_red(tmp_path / "asha.json", test_image, 12, startupTrials=4).read_text())
-    red["cli"]["baseCommand"][2] = TRAIN.replace("range(3)", "range(8)").replace("/ 3", "/ 8").replace("0.05", "0.3")
+    red["cli"]["baseCommand"][2] = search_objective.train_script(steps=8, pause=0.3)
     red["metrics"]["earlyStopping"] = {"rule": "asha", "graceSteps": 1, "reductionFactor": 2, "maxSteps": 8}
     (tmp_path / "asha.json").write_text(json.dumps(red))
     done = faice("exec", str(tmp_path / "asha.json"), "--outdir", str(tmp_path / "run"))
@@ -133,7 +113,7 @@ def test_an_interrupted_search_proposes_its_cancelled_trials_again_on_resume(tmp
     from faice.red.prepare import load_experiment
 
     red = json.loads(search_red(tmp_path / "s.json", test_image, 8).read_text())
-    red["cli"]["baseCommand"][2] = TRAIN.replace("0.05", "0.8")  # 2.4 s a trial: time to interrupt
+    red["cli"]["baseCommand"][2] = search_objective.train_script(pause=0.8)  # 2.4 s a trial: time to interrupt
     (tmp_path / "s.json").write_text(json.dumps(red))
     outdir = tmp_path / "run"
     outdir.mkdir()

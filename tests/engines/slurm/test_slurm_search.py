@@ -14,35 +14,19 @@ from pathlib import Path
 
 import pytest
 
+from bench import search_objective
+
 pytestmark = [pytest.mark.slurm, pytest.mark.docker]
 pytest.importorskip("optuna", reason="sweep.search needs the optional extra faice[search]")
 
-# The objective, unknown to faice: best at lr = 0.03 and batch size 64; three steps a trial.
-TRAIN = ("import sys, math, time\n"
-         "lr, bs = float(sys.argv[1]), int(sys.argv[2])\n"
-         "score = 1 - (math.log10(lr) - math.log10(0.03)) ** 2 / 4 - abs(math.log2(bs / 64)) / 8\n"
-         "for step in range(3):\n"
-         "    print('step=%d acc=%.6f' % (step, score * (step + 1) / 3), flush=True)\n"
-         "    time.sleep(0.3)\n")
 
-
+# The objective (bench/search_objective.py), unknown to faice: best at lr = 0.03 and batch size 64.
 def search_red(path: Path, image: str, partition: str, trials: int, workers: int | None = 2) -> Path:
-    path.write_text(json.dumps({
-        "redVersion": "9",
-        "cli": {"cwlVersion": "v1.0", "class": "CommandLineTool", "baseCommand": ["python3", "-c", TRAIN],
-                "inputs": {"lr": {"type": "float", "inputBinding": {"position": 1}},
-                           "bs": {"type": "int", "inputBinding": {"position": 2}}},
-                "outputs": {}},
-        "inputs": {"lr": 0.1, "bs": 32},
-        "sweep": {"search": {"algorithm": "tpe", "trials": trials, "seed": 7, "startupTrials": 4,
-                             "parameters": {"lr": {"loguniform": [1e-5, 10.0]},
-                                            "bs": {"choice": [16, 32, 64, 128, 256]}}},
-                  "maxConcurrent": 2},
-        "metrics": {"objective": {"name": "acc", "goal": "max"}, "step": "step", "sources": [{"stdout": True}]},
-        "container": {"engine": "docker", "settings": {"image": {"url": image}, "ram": 256}},
-        "execution": {"engine": "slurm", "settings": {"partition": partition, "pollInterval": 2,
-                                                      **({"workers": workers} if workers else {})}},
-    }))
+    space = {**search_objective.SPACE, "bs": {"choice": [16, 32, 64, 128, 256]}}
+    settings = {"partition": partition, "pollInterval": 2, **({"workers": workers} if workers else {})}
+    red = search_objective.search_red(image, trials, pause=0.3, startupTrials=4, parameters=space, max_concurrent=2,
+                                      ram=256, execution={"engine": "slurm", "settings": settings})
+    path.write_text(json.dumps(red))
     return path
 
 
