@@ -8,6 +8,7 @@ signal, its partial file removed. A SIGKILLed run is marked ``interrupted`` at t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -17,6 +18,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -35,6 +37,25 @@ def faice_exec(red: Path, outdir: Path, variables: Path) -> subprocess.Popen:
         [sys.executable, "-m", "faice", "exec", str(red), "--outdir", str(outdir), "--no-progress",
          "--parallel", "2", "--variables", str(variables), "--non-interactive"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@contextlib.contextmanager
+def killed_at_the_end(proc: subprocess.Popen) -> Iterator[subprocess.Popen]:
+    """``proc``, SIGKILLed on leaving the block if it still runs (a failed check leaves no faice behind)."""
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def interrupt(proc: subprocess.Popen, signum: int) -> tuple[str, str, float]:
+    """Send ``signum`` to faice and wait 10 s at most for its end: stdout, stderr and the seconds it took."""
+    proc.send_signal(signum)
+    sent = time.monotonic()
+    out, err = proc.communicate(timeout=10)
+    return out, err, time.monotonic() - sent
 
 
 def owned_tempdirs(pid: int) -> list[Path]:
@@ -81,17 +102,9 @@ def test_random_interrupts_leave_nothing_and_never_hang(tmp_path, docker_client,
             outdir = tmp_path / f"run{runs}"
             signum = rng.choice([signal.SIGINT, signal.SIGTERM])
             delay = rng.uniform(0.3, 4.0)
-            proc = faice_exec(red, outdir, variables)
-            try:
+            with killed_at_the_end(faice_exec(red, outdir, variables)) as proc:
                 time.sleep(delay)
-                proc.send_signal(signum)
-                sent = time.monotonic()
-                out, err = proc.communicate(timeout=10)
-                took = time.monotonic() - sent
-            finally:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.communicate()
+                out, err, took = interrupt(proc, signum)
             where = f"run {runs} ({signal.Signals(signum).name} after {delay:.2f} s)"
             state = (json.loads((outdir / "run.json").read_text()) if (outdir / "run.json").exists() else {}).get("state")
             if proc.returncode == 0:
@@ -158,21 +171,13 @@ def test_ctrl_c_during_a_large_http_download_ends_within_seconds(tmp_path, docke
     with SlowServer(b"", size=2 * 2**30, rate=8 * 2**20) as server:
         red, variables = http_sweep_red(tmp_path, test_image, server.url + "/big", "true")
         variables.write_text("token: Tok-big-download\n")
-        proc = faice_exec(red, tmp_path / "run", variables)
-        try:
+        with killed_at_the_end(faice_exec(red, tmp_path / "run", variables)) as proc:
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline and not server.big_requests:
                 time.sleep(0.1)
             assert server.big_requests, "the download never started"
             time.sleep(1.0)
-            proc.send_signal(signal.SIGINT)
-            sent = time.monotonic()
-            _out, err = proc.communicate(timeout=10)
-            took = time.monotonic() - sent
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
+            _out, err, took = interrupt(proc, signal.SIGINT)
     assert proc.returncode == 130, err
     assert took < 5, f"faice went on for {took:.1f} s after Ctrl-C"
     assert not owned_tempdirs(proc.pid)
