@@ -261,15 +261,22 @@ class _Parser:
     def jsonl_line(self, text: str, number: int) -> None:
         if not text.strip():
             return
+        data = self.json_object(text, number)
+        if data is not None:
+            self.record(_flatten(data), number)
+
+    def json_object(self, text: str, number: int | None) -> dict | None:
+        """``text`` (a JSONL line, or a whole file where ``number`` is None) as a JSON object of
+        metric names to values; None after reporting what it is instead."""
         try:
             data = json.loads(text)
         except ValueError as exc:
-            self.reader.problem(self.label, number, f"not a JSON object: {exc}")
-            return
+            self.reader.problem(self.label, number, f"not a JSON {'document' if number is None else 'object'}: {exc}")
+            return None
         if not isinstance(data, dict):
-            self.reader.problem(self.label, number, f"expected a JSON object, got {type(data).__name__}")
-            return
-        self.record(_flatten(data), number)
+            self.reader.problem(self.label, number, f"expected a JSON object of metric names to numbers, got {type(data).__name__}")
+            return None
+        return data
 
     def keyvalue_line(self, text: str, number: int) -> None:
         if text.lstrip().startswith("#"):
@@ -286,13 +293,8 @@ class _Parser:
 
     def whole_json(self, text: str) -> None:
         """A final-metrics JSON file: the whole of it replaces what was read before."""
-        try:
-            data = json.loads(text)
-        except ValueError as exc:
-            self.reader.problem(self.label, None, f"not a JSON document: {exc}")
-            return
-        if not isinstance(data, dict):
-            self.reader.problem(self.label, None, f"expected a JSON object of metric names to numbers, got {type(data).__name__}")
+        data = self.json_object(text, None)
+        if data is None:
             return
         self.final = {}
         for name, raw in _flatten(data).items():
