@@ -18,6 +18,7 @@ file's ``execution`` section and ``faice exec`` flags look), a new runtime one e
 from __future__ import annotations
 
 import json
+import shutil
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -95,6 +96,19 @@ def image_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("behaviour-images")
 
 
+WORDS = "pear apple fig apple\n"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _served_words(http_server):
+    """The sweep's http input, served by the test nginx (made here: no test may depend on
+    what an earlier test or the demo left on the server)."""
+    folder = http_server.root / "behaviour"
+    folder.mkdir(exist_ok=True)
+    (folder / "words.txt").write_text(WORDS)
+    shutil.chown(folder, "www-data", "www-data")  # nginx creates the PUT prefixes below it
+
+
 def _container(case: EngineCase, request: pytest.FixtureRequest) -> dict[str, Any]:
     """The local test image (Docker), or that image from the registry, with credentials."""
     if case.runtime != "docker":
@@ -120,7 +134,7 @@ def _red(http_server, container: dict[str, Any], prefix: str, execution: dict[st
         "sweep": {"grid": {"lr": VALUES}},
         "inputs": {"script": script,
                    "words": {"class": "File", "connector": {
-                       "command": "http", "access": {"url": f"{http_server.url}/faice-examples/words.txt"}}}},
+                       "command": "http", "access": {"url": f"{http_server.url}/behaviour/words.txt"}}}},
         "outputs": {"result": {"class": "File", "connector": {"command": "http", "access": put}}},
         "metrics": {"objective": {"name": "score", "goal": "max"}, "sources": [{"stdout": True}]},
         "container": container,
@@ -170,7 +184,7 @@ def test_the_same_sweep_gives_the_same_records_on_every_engine(case, request, ht
     image = red["container"]["settings"]["image"]["url"]
     assert {(r["runtime"], r["image"]["ref"]) for r in by_value.values()} == {(case.runtime, image)}
 
-    words = len((http_server.root / "faice-examples" / "words.txt").read_text().split())
+    words = len(WORDS.split())
     delivered = {path.name: path.read_text() for path in (http_server.root / prefix).iterdir()}
     assert delivered == {f"result-{v}.txt": f"{v} {words}\n" for v in VALUES}
 
