@@ -434,7 +434,7 @@ def _explain(error) -> str:
         return "missing required key " + ", ".join(repr(k) for k in missing)
     if kind == "additionalProperties":
         allowed = set(error.schema.get("properties") or {})
-        extra = sorted(k for k in (error.instance or {}) if k not in allowed)
+        extra = sorted((k for k in (error.instance or {}) if k not in allowed), key=str)  # YAML keys may be numbers
         return f"unknown key {', '.join(repr(k) for k in extra)} (allowed: {', '.join(sorted(allowed))})"
     if kind == "enum":
         return "expected one of " + ", ".join(json.dumps(v) for v in error.validator_value)

@@ -49,6 +49,16 @@ def test_a_typo_in_an_access_key_is_found_at_its_line(tmp_path):
     assert "inputs.data.connector.access: missing required key 'path'" in err
 
 
+def test_unknown_keys_of_mixed_types_are_listed_not_a_crash(tmp_path):
+    """YAML allows number keys beside string ones; sorting them together raised TypeError
+    (found by the fuzz test)."""
+    code, err, _ = validate(tmp_path, HEAD + "inputs:\n  data:\n    class: File\n    connector:\n      command: file\n"
+                            "      access:\n        path: /data/in.txt\n        0: x\n        zz: y\n")
+    assert code == 1, err
+    assert "unknown key 0, 'zz' (allowed: path)" in err
+    assert "Traceback" not in err and "internal error" not in err
+
+
 def test_an_unknown_connector_that_looks_like_a_typo_is_an_error_naming_the_known_ones(tmp_path):
     code, err, path = validate(tmp_path, HEAD + "inputs:\n  data:\n    class: File\n    connector:\n      command: fiel\n"
                                "      access: {path: /data/in.txt}\n")
