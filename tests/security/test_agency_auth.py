@@ -134,6 +134,7 @@ def _requests_on(alice_experiment: str, alice_batch: str) -> dict[str, list[tupl
         "experiments": [("GET", "/experiments", {"username": "ALICE"})],
         "experiments_count": [("GET", "/experiments/count", {"username": "ALICE"})],
         "experiment": [("GET", f"/experiments/{alice_experiment}", {})],
+        "trials": [("GET", f"/experiments/{alice_experiment}/trials", {})],
         "batches": [("GET", "/batches", {"experimentId": alice_experiment}), ("GET", "/batches", {"username": "ALICE"})],
         "batches_count": [("GET", "/batches/count", {"experimentId": alice_experiment})],
         "batch": [("GET", f"/batches/{alice_batch}", {}), ("DELETE", f"/batches/{alice_batch}", {})],
