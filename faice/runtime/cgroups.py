@@ -8,16 +8,40 @@ the batch's processes below it; the kernel's own counters then tell an OOM kill 
 any other end: ``memory.events`` ``oom_kill`` on v2 (hierarchical), and on v1, whose
 ``oom_kill`` counts only the cgroup's own tasks, the peak usage reaching the limit.
 Where faice may not, :func:`MemoryCgroup.create` returns None and the plan says so.
+
+Each cgroup's name ends in its faice process's pid and start time (``<batch name>.<pid>-<start>``),
+so when a faice is SIGKILLed the next start of any faice on the host removes the empty cgroups
+it left (:func:`remove_stale_cgroups`): only names of that form, only when that process is
+gone, only when empty (the kernel refuses to remove a cgroup that still holds a process).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
+import time
 from pathlib import Path
 
 ROOT = Path("/sys/fs/cgroup")
 PARENT = "faice"
+# <batch name>.<pid>-<start time>: the cgroup of a batch of faice process <pid>
+OWNED_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\.(?P<pid>[0-9]+)-(?P<start>[0-9]+)")
+
+
+def _start_time(pid: int) -> str:
+    """The kernel's start time of ``pid`` (tells a live process from a reused pid), or ''."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def owned_name(name: str) -> str:
+    """The cgroup name of batch ``name`` of this faice process."""
+    pid = os.getpid()
+    return f"{name}.{pid}-{_start_time(pid) or 0}"
 
 
 def _version() -> int | None:
@@ -59,6 +83,7 @@ class MemoryCgroup:
                 _enable_memory(ROOT)
                 (ROOT / PARENT).mkdir(exist_ok=True)
                 _enable_memory(ROOT / PARENT)
+            name = owned_name(name)
             path = base / PARENT / name
             path.mkdir(parents=True, exist_ok=True)
             if version == 1:
@@ -98,6 +123,56 @@ class MemoryCgroup:
                     os.rmdir(os.path.join(root, name))
         with contextlib.suppress(OSError):
             os.rmdir(self.path)
+
+
+def _parents() -> list[Path]:
+    """Where faice's batch cgroups live (v2; v1's memory controller)."""
+    return [ROOT / PARENT, ROOT / "memory" / PARENT]
+
+
+def remove_stale_cgroups(*, settle_s: float = 2.0) -> list[str]:
+    """Remove the empty batch cgroups of faice processes that no longer run (SIGKILLed: their
+    batches' cgroups stayed). Only faice's own naming (:data:`OWNED_NAME`) below ``faice/``,
+    only when its process is gone (pid and start time), only empty ones: a cgroup whose last
+    processes are still dying (just killed) gets ``settle_s`` to empty, then stays."""
+    removed: list[str] = []
+    for parent in _parents():
+        try:
+            entries = list(os.scandir(parent))
+        except OSError:
+            continue
+        for entry in entries:
+            found = OWNED_NAME.fullmatch(entry.name)
+            if found is None or not entry.is_dir(follow_symlinks=False):
+                continue
+            pid, start = int(found["pid"]), found["start"]
+            if pid == os.getpid() or _start_time(pid) == start:
+                continue  # its faice still runs (a reused pid has another start time)
+            if _remove_empty_tree(Path(entry.path), settle_s):
+                removed.append(f"cgroup {parent.name}/{entry.name}")
+    return removed
+
+
+def _remove_empty_tree(path: Path, settle_s: float) -> bool:
+    """rmdir ``path`` and the empty cgroups below it, deepest first; False if any holds a process."""
+    deadline = time.monotonic() + settle_s
+    while True:
+        busy = False
+        for root, _dirs, _files in os.walk(path, topdown=False):  # children before parents
+            try:
+                if Path(root, "cgroup.procs").read_text().strip():
+                    busy = True
+                    continue
+                os.rmdir(root)
+            except FileNotFoundError:
+                continue
+            except OSError:  # EBUSY: a process (or a child cgroup) is still there
+                busy = True
+        if not busy:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
 
 
 def _enable_memory(path: Path) -> None:

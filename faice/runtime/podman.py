@@ -20,7 +20,7 @@ from base64 import b64encode
 from pathlib import Path
 
 from faice import __version__
-from faice.runtime.cgroups import MemoryCgroup
+from faice.runtime.cgroups import MemoryCgroup, remove_stale_cgroups
 from faice.runtime.containers import (
     LABEL_BATCH,
     LABEL_KEEP,
@@ -167,7 +167,7 @@ class PodmanRuntime(ProcessRuntime):
             name = (container.get("Names") or [container.get("Id", "")])[0]
             self._podman("rm", "--force", "--ignore", "--time", "0", name)
             removed.append(name)
-        return removed
+        return [*removed, *remove_stale_cgroups(settle_s=2.0 if removed else 0.0)]
 
     def reclaim(self, path: Path, image: str, run_id: str) -> None:
         """Rootful: a chown. Rootless: files of the image's user belong to a subordinate uid,

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from faice.errors import EngineError
-from faice.runtime.cgroups import MemoryCgroup, can_limit_memory
+from faice.runtime.cgroups import MemoryCgroup, can_limit_memory, remove_stale_cgroups
 from faice.runtime.cmdline import check_spec
 from faice.runtime.containers import (
     ContainerError,
@@ -451,8 +451,10 @@ class ProcessRuntime:
         take_back(Path(path), self.owner)
 
     def remove_leftovers(self) -> list[str]:
-        """The process groups of batches whose faice was killed (SIGKILL)."""
-        return end_orphaned_groups()
+        """The process groups of batches whose faice was killed (SIGKILL), then the batch
+        cgroups such a faice left (empty once its groups are gone)."""
+        ended = end_orphaned_groups()
+        return [*ended, *remove_stale_cgroups(settle_s=2.0 if ended else 0.0)]
 
     def close(self) -> None:
         pass
