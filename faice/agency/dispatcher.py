@@ -100,11 +100,20 @@ class Dispatcher:
     def recover(self) -> None:
         """Batches that were running when the server stopped: retry or fail, with the reason."""
         for batch in self.store.batches_in(ACTIVE):
-            self.runner.cleanup(batch["_id"])
+            self.runner.cleanup(batch["_id"], self._runtime_of(batch))
             self._failed(batch, "agency was restarted while the batch was " + batch["state"], retryable=True)
         for batch in self.store.batches_in(FINAL_STATES):
             if not batch.get("protectedKeysVoided"):
                 self._void(batch)
+
+    def _runtime_of(self, batch: dict) -> str:
+        """The container runtime the batch ran in: its experiment's ``container.engine``."""
+        from faice.runtime.select import DEFAULT_RUNTIME, RUNTIME_NAMES
+
+        experiment = self.store.experiment(batch.get("experimentId", "")) or {}
+        container = experiment.get("container")
+        engine = container.get("engine") if isinstance(container, dict) else None
+        return engine if isinstance(engine, str) and engine in RUNTIME_NAMES else DEFAULT_RUNTIME
 
     # ------------------------------------------------------------ cancellation
     def cancel(self, batch_id: str) -> None:

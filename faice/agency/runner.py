@@ -8,6 +8,7 @@ interface, so other places to run (Slurm) plug in.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
 # A finished batch's objective series kept in its document (for the early-stopping rule and
 # the search's sampler after a restart): at most this many points, evenly thinned.
 MAX_KEPT_POINTS = 200
+
+log = logging.getLogger("faice.agency")
 
 
 @dataclass
@@ -63,7 +66,9 @@ class Outcome:
 class Runner(Protocol):
     def run(self, job: BatchJob, cancel: threading.Event) -> Outcome: ...
 
-    def cleanup(self, batch_id: str) -> None: ...
+    def cleanup(self, batch_id: str, runtime: str = "docker") -> None:
+        """At server start: what batch ``batch_id`` (running when the server stopped) left,
+        removed through its container runtime ``runtime``."""
 
 
 # What a batch's thread calls to get the outcome of a batch submitted with others (it blocks
@@ -147,10 +152,14 @@ class PipelineRunner:
                                      stop_rule=job.stop_rule)
         return outcome_of(record, RunDir(outdir).batch(job.batch_id), redactor=redactor, cancelled=cancel.is_set())
 
-    def cleanup(self, batch_id: str) -> None:
-        from faice.runtime.docker import remove_batch_containers
-
-        remove_batch_containers(batch_id)
+    def cleanup(self, batch_id: str, runtime: str = "docker") -> None:
+        try:
+            removed = self.host.remove_batch(runtime, batch_id)
+        except Exception as exc:  # no engine (nothing can be left over), or it failed: the server starts
+            log.warning("batch %s: could not look for what it left in %s: %s", batch_id, runtime, exc)
+            return
+        if removed:
+            log.info("batch %s: removed what it left in %s: %s", batch_id, runtime, ", ".join(removed))
 
 
 def outcome_of(record: BatchRecord, files: BatchDir, *, redactor: Redactor, cancelled: bool = False) -> Outcome:

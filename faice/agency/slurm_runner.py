@@ -27,7 +27,6 @@ from faice.engines.slurm.watcher import Watcher, shared_watcher
 from faice.errors import FaiceError, UsageError
 from faice.pipeline.rundir import RunDir
 from faice.red.experiment import Batch, Experiment
-from faice.runtime.docker import remove_batch_containers
 from faice.secrets import batch_redactor
 
 log = logging.getLogger("faice.agency")
@@ -164,11 +163,12 @@ class SlurmRunner:
 
         return wait
 
-    def cleanup(self, batch_id: str) -> None:
+    def cleanup(self, batch_id: str, runtime: str = "docker") -> None:
         """At server start, for a batch that was running when the server stopped: scancel its
-        Slurm jobs (every attempt) and remove its containers on this host. Nothing waits for
-        the tasks to end (the server must answer soon): a cancelled task stops its container on
-        its node and writes into its own attempt directory, never into the next attempt's."""
+        Slurm jobs (every attempt) and remove what it left on this host through its container
+        runtime ``runtime`` (containers by label, process groups). Nothing waits for the tasks
+        to end (the server must answer soon): a cancelled task stops its container on its node
+        and writes into its own attempt directory, never into the next attempt's."""
         from faice.engines.slurm.job import cancel_jobs_below
 
         try:
@@ -176,4 +176,25 @@ class SlurmRunner:
                 log.info("batch %s: cancelled Slurm job %s left by the previous server", batch_id, job_id)
         except FaiceError as exc:
             log.warning("batch %s: cancelling its Slurm jobs failed: %s", batch_id, exc)
-        remove_batch_containers(batch_id)
+        remove_batch_leftovers(batch_id, runtime)
+
+
+def remove_batch_leftovers(batch_id: str, runtime: str) -> list[str]:
+    """What batch ``batch_id`` left on this host in container runtime ``runtime``; nothing
+    when the runtime is not there (no Docker engine: nothing can be left over)."""
+    from faice.runtime.select import open_runtime
+
+    try:
+        opened = open_runtime(runtime)
+    except Exception:
+        return []
+    try:
+        removed = list(opened.remove_batch(batch_id))
+    except Exception as exc:  # cleaning up must not stop the server's start
+        log.warning("batch %s: could not look for what it left in %s: %s", batch_id, runtime, exc)
+        return []
+    finally:
+        opened.close()
+    if removed:
+        log.info("batch %s: removed what it left in %s: %s", batch_id, runtime, ", ".join(removed))
+    return removed

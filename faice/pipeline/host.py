@@ -72,6 +72,15 @@ class Host:
         remove_stale_tempdirs(on_dead_run=lambda outdir, owner: RunDir(outdir).mark_interrupted(owner))
         return removed
 
+    def remove_orphans(self, name: str) -> list[str]:
+        """What faice processes that died left in runtime ``name``, looked for again now (a
+        packed worker, each time a lease of a dead worker expired)."""
+        return list(self.runtime_for(name).remove_leftovers())
+
+    def remove_batch(self, name: str, batch_id: str) -> list[str]:
+        """What batch ``batch_id`` left in runtime ``name`` on this host, whoever ran it."""
+        return list(self.runtime_for(name).remove_batch(batch_id))
+
     def run_alone(
         self,
         plan: BatchPlan,

@@ -143,6 +143,14 @@ class ContainerRuntime(Protocol):
 
     def kill_all(self) -> None: ...
 
+    def remove_leftovers(self) -> list[str]:
+        """What faice processes that died (SIGKILL) left on this host: containers by label,
+        process groups, empty cgroups; what was removed, said in words."""
+
+    def remove_batch(self, batch_id: str) -> list[str]:
+        """What batch ``batch_id`` left on this host, whichever faice process ran it (an agency
+        batch whose server stopped mid-run)."""
+
     def reclaim(self, path: Path, image: str, run_id: str) -> None:
         """Give files the image's user wrote under ``path`` back to the user running faice."""
 

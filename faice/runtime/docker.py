@@ -388,6 +388,10 @@ class DockerRuntime:
     def remove_leftovers(self) -> list[str]:
         return remove_leftovers(self.client)
 
+    def remove_batch(self, batch_id: str) -> list[str]:
+        """Batch ``batch_id``'s containers (by label), whichever faice created them."""
+        return remove_batch_containers(batch_id, self.client)
+
     def create(self, spec: ContainerSpec) -> ContainerHandle:
         from faice.runtime.cmdline import check_spec
 
@@ -628,21 +632,15 @@ def _foreign(path: Path, uid: int) -> list[str]:
     return found
 
 
-def remove_batch_containers(batch_id: str) -> None:
+def remove_batch_containers(batch_id: str, client: Any) -> list[str]:
     """Remove every container of one batch (an agency batch whose server stopped mid-run)."""
     docker = import_docker()
-    try:
-        client = docker.from_env(timeout=60)
-    except Exception:  # no engine: nothing can be left over
-        return
-    try:
-        for container in client.containers.list(all=True, filters={"label": f"{LABEL_BATCH}={batch_id}"},
-                                                ignore_removed=True):
-            try:
-                container.remove(force=True)
-            except docker.errors.NotFound:
-                pass  # gone between listing and removing
-    except Exception:
-        pass
-    finally:
-        client.close()
+    removed = []
+    for container in client.containers.list(all=True, filters={"label": f"{LABEL_BATCH}={batch_id}"},
+                                            ignore_removed=True):
+        try:
+            container.remove(force=True)
+            removed.append(container.name)
+        except docker.errors.NotFound:
+            pass  # gone between listing and removing
+    return removed

@@ -36,6 +36,7 @@ from faice.runtime.process import (
     ProcessRuntime,
     RuntimeCommand,
     _Batch,
+    end_batch_groups,
     end_orphaned_groups,
     program_environment,
 )
@@ -168,6 +169,23 @@ class PodmanRuntime(ProcessRuntime):
             self._podman("rm", "--force", "--ignore", "--time", "0", name)
             removed.append(name)
         return [*removed, *remove_stale_cgroups(settle_s=2.0 if removed else 0.0)]
+
+    def remove_batch(self, batch_id: str) -> list[str]:
+        """Batch ``batch_id``'s containers (by label) and process groups, whichever faice ran it."""
+        try:
+            result = subprocess.run([self.program, "ps", "--all", "--filter", f"label={LABEL_BATCH}={batch_id}",
+                                     "--format", "json"],
+                                    capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+        except (OSError, subprocess.TimeoutExpired):
+            return end_batch_groups(batch_id)
+        removed = end_batch_groups(batch_id)
+        for container in json.loads(result.stdout or "[]") if result.returncode == 0 else []:
+            if (container.get("Labels") or {}).get(LABEL_BATCH) != batch_id:
+                continue
+            name = (container.get("Names") or [container.get("Id", "")])[0]
+            self._podman("rm", "--force", "--ignore", "--time", "0", name)
+            removed.append(name)
+        return removed
 
     def reclaim(self, path: Path, image: str, run_id: str) -> None:
         """Rootful: a chown. Rootless: files of the image's user belong to a subordinate uid,

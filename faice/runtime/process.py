@@ -108,14 +108,15 @@ def groups_dir() -> Path:
     return Path(tempfile.gettempdir()) / f"faice-groups-{os.geteuid()}"
 
 
-def note_group(pgid: int) -> None:
+def note_group(pgid: int, batch_id: str = "") -> None:
+    """Note a batch's process group: its faice (owner token) and its batch id."""
     from faice.runtime.docker import owner_token
 
     directory = groups_dir()
     directory.mkdir(mode=0o700, exist_ok=True)
     if directory.is_symlink() or directory.stat().st_uid != os.geteuid():
         return  # not ours: never write into another user's directory
-    (directory / str(pgid)).write_text(owner_token() + "\n")
+    (directory / str(pgid)).write_text(f"{owner_token()}\n{batch_id}\n")
 
 
 def forget_group(pgid: int) -> None:
@@ -123,25 +124,42 @@ def forget_group(pgid: int) -> None:
         (groups_dir() / str(pgid)).unlink()
 
 
-def end_orphaned_groups() -> list[str]:
-    """Kill the process groups noted by faice processes that no longer run."""
-    from faice.runtime.docker import owner_alive
-
+def _noted_groups() -> Iterator[tuple[Path, str, str]]:
+    """Each noted group: its note, its owner token, its batch id."""
     directory = groups_dir()
-    ended: list[str] = []
     if not directory.is_dir() or directory.is_symlink() or directory.stat().st_uid != os.geteuid():
-        return ended
+        return
     for entry in directory.iterdir():
         if not entry.name.isdigit():
             continue
         with contextlib.suppress(OSError):
-            if owner_alive(entry.read_text().strip()):
-                continue
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(int(entry.name), signal.SIGKILL)
-                ended.append(f"process group {entry.name}")
-            entry.unlink()
+            owner, _, batch = entry.read_text().partition("\n")
+            yield entry, owner.strip(), batch.strip()
+
+
+def _end_group(entry: Path) -> str | None:
+    ended = None
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(int(entry.name), signal.SIGKILL)
+        ended = f"process group {entry.name}"
+    with contextlib.suppress(OSError):
+        entry.unlink()
     return ended
+
+
+def end_orphaned_groups() -> list[str]:
+    """Kill the process groups noted by faice processes that no longer run."""
+    from faice.runtime.docker import owner_alive
+
+    ended = [_end_group(entry) for entry, owner, _batch in _noted_groups() if not owner_alive(owner)]
+    return [e for e in ended if e]
+
+
+def end_batch_groups(batch_id: str) -> list[str]:
+    """Kill the process groups noted for batch ``batch_id`` (an agency batch whose server
+    stopped mid-run), whichever faice process started them."""
+    ended = [_end_group(entry) for entry, _owner, batch in _noted_groups() if batch and batch == batch_id]
+    return [e for e in ended if e]
 
 
 def die_with_faice() -> list[str]:
@@ -325,7 +343,7 @@ class ProcessRuntime:
             batch.started.set()
             raise ContainerError(f"cannot run {batch.command.argv[0]} (container.engine {self.name}): "
                                  f"{exc.strerror or exc}") from None
-        note_group(batch.process.pid)
+        note_group(batch.process.pid, batch.spec.batch_id)
         if batch.cgroup is not None and self.faice_moves_pid:
             try:
                 batch.cgroup.add(batch.process.pid)
@@ -455,6 +473,10 @@ class ProcessRuntime:
         cgroups such a faice left (empty once its groups are gone)."""
         ended = end_orphaned_groups()
         return [*ended, *remove_stale_cgroups(settle_s=2.0 if ended else 0.0)]
+
+    def remove_batch(self, batch_id: str) -> list[str]:
+        """What batch ``batch_id`` left on this host, whichever faice ran it: its process groups."""
+        return end_batch_groups(batch_id)
 
     def close(self) -> None:
         pass

@@ -144,6 +144,9 @@ class FakeRuntime:
     def remove_leftovers(self) -> list[str]:
         return []
 
+    def remove_batch(self, batch_id: str) -> list[str]:
+        return []
+
 
 def outputs_dir(spec: ContainerSpec) -> Path:
     """The host directory bound at /cc/outputs (where the fake command writes its files)."""

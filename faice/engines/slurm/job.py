@@ -214,7 +214,8 @@ def submit_batches(
         assert settings.workers is not None
         packed = {"workers": min(settings.workers, open_for or len(batches)),
                   "batchesPerWorker": settings.batches_per_worker,
-                  "leaseSeconds": settings.lease_seconds, "pollInterval": settings.poll_interval}
+                  "leaseSeconds": settings.lease_seconds, "pollInterval": settings.poll_interval,
+                  "runtime": options.runtime_for(str(experiment.container.get("engine") or "docker"))}
         queue = ClaimQueue(submission / "queue")
         queue.create(len(batches))
         if open_for:

@@ -16,7 +16,7 @@ keeps::
 A packed submission (``workers: K``) has K worker tasks instead of one task per batch; its
 specs are kept until their batch is final (a batch may be re-run by another worker), and::
 
-      <tag>/pack.json           workers, batchesPerWorker, leaseSeconds, pollInterval
+      <tag>/pack.json           workers, batchesPerWorker, leaseSeconds, pollInterval, runtime
       <tag>/queue/              the claim queue (faice.engines.slurm.claims)
       <tag>/work/<task>.<gen>/  a claimed batch's directory until its worker commits it
 """

@@ -39,6 +39,7 @@ from faice.pipeline.rundir import RunDir
 from faice.pipeline.stopping import SharedStopper
 from faice.red.experiment import Batch, Experiment
 from faice.runtime.gpus import host_allocator
+from faice.runtime.select import DEFAULT_RUNTIME
 from faice.secrets import Redactor
 
 IDLE_SLEEP_S = 0.5
@@ -75,6 +76,8 @@ class Worker:
         # One Host per worker: its batches get the allocation's GPUs exclusively. Like a task,
         # it reads Slurm's allocation itself (devices matched by UUID, busy ones skipped).
         self.host = Host(host_allocator(None, busy=self.options.gpu_busy))
+        # The pack's container runtime: where a dead worker's batches left their containers.
+        self.runtimes = {self.options.runtime_for(str(pack.get("runtime") or DEFAULT_RUNTIME))}
         self.stopping = threading.Event()  # SIGTERM
         self.held: dict[int, Held] = {}
         self.lock = threading.Lock()
@@ -162,15 +165,17 @@ class Worker:
 
     def _remove_orphans(self) -> None:
         """A claim expired: its worker died. If it died on this node (SIGKILL), its container
-        may still be running the batch that is about to run again: remove containers whose
-        faice process is gone (a lost node's containers went with the node)."""
-        try:
-            removed: list[str] = getattr(self.host.runtime, "remove_leftovers", list)()
-        except Exception as exc:  # cleaning up must not stop the worker
-            say(f"faice worker {self.name}: could not look for orphaned containers: {exc}")
-            return
+        may still be running the batch that is about to run again: remove, through the pack's
+        runtime, what faice processes that are gone left (containers, process groups, cgroups;
+        a lost node's went with the node)."""
+        removed: list[str] = []
+        for name in sorted(self.runtimes):
+            try:
+                removed += self.host.remove_orphans(name)
+            except Exception as exc:  # cleaning up must not stop the worker
+                say(f"faice worker {self.name}: could not look for orphans in {name}: {exc}")
         if removed:
-            say(f"faice worker {self.name}: removed {len(removed)} container(s) of a dead worker")
+            say(f"faice worker {self.name}: removed what a dead worker left: {', '.join(removed)}")
 
     # ------------------------------------------------------------------ one batch
 
@@ -192,6 +197,7 @@ class Worker:
             return
         # taskId: the worker's array task; queueIndex and claim: the batch's place and lease.
         engine = {**self.engine_base, "queueIndex": claim.task, "claim": claim.generation}
+        self.runtimes.add(self.options.runtime_for(plan.engine))
         say(f"faice worker {self.name}: batch {plan.id} (task {claim.task}, claim {claim.generation})")
         shutil.rmtree(stage, ignore_errors=True)
         stage.mkdir(parents=True)
