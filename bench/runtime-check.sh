@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # runtime-check.sh: an admin runs this on a real cluster node to check faice against the
-# container runtimes installed there (self-checking). Apptainer and Enroot cannot be installed
-# on faice's development machines, where they are tested against a recording stand-in only.
+# container runtimes installed there (self-checking). Apptainer, Enroot and Pyxis cannot be
+# installed on faice's development machines, where they are tested against a recording
+# stand-in only.
 #
 #   bash bench/runtime-check.sh                                  # every runtime found on PATH
 #   IMAGE=docker.io/library/python:3.12-slim RUNTIMES="apptainer enroot" bash bench/runtime-check.sh
 #   REGISTRY_USER=u REGISTRY_PASSWORD=p IMAGE=registry.example.org/lab/img:1 bash bench/runtime-check.sh
+#   srun -N1 --gres=gpu:2 --pty bash bench/runtime-check.sh       # Pyxis: inside an allocation
 #
-# For each runtime (docker podman charliecloud apptainer enroot, where its program exists):
+# For each runtime (docker podman charliecloud apptainer enroot pyxis, where its program
+# exists; pyxis where srun has Pyxis's --container-image and this shell runs in a Slurm job,
+# each batch then a job step of it):
+# 0. pyxis: the dry run shows each batch's srun --container-image command
 # 1. a 4-batch sweep with a staged input: every batch succeeds with the expected stdout and
 #    output file, and the image is fetched once (a second run fetches nothing)
 # 2. exit code 3 is the failure class exit-code with return code 3
@@ -22,7 +27,7 @@ set -u
 cd "$(dirname "$0")/.."
 PY=${FAICE_PY:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
 IMAGE=${IMAGE:-docker.io/library/python:3.12-slim}
-RUNTIMES=${RUNTIMES:-docker podman charliecloud apptainer enroot}
+RUNTIMES=${RUNTIMES:-docker podman charliecloud apptainer enroot pyxis}
 OUT=bench/results/runtime-check-$(hostname -s).txt
 WORK=$(mktemp -d /tmp/faice-runtime-check-XXXXXX)
 export FAICE_IMAGE_CACHE=${FAICE_IMAGE_CACHE:-$WORK/cache}
@@ -72,11 +77,24 @@ for r, d in sorted(found, key=lambda item: item[0]["batchIndex"]):
 EOF
 }
 
-program_of() { case $1 in charliecloud) echo ch-run ;; *) echo "$1" ;; esac; }
+program_of() { case $1 in charliecloud) echo ch-run ;; pyxis) echo srun ;; *) echo "$1" ;; esac; }
 
 for RT in $RUNTIMES; do
   if ! command -v "$(program_of "$RT")" >/dev/null; then skip "$RT: $(program_of "$RT") not on PATH"; continue; fi
+  if [ "$RT" = pyxis ]; then
+    if ! srun --help 2>&1 | grep -q -- --container-image; then skip "pyxis: srun has no --container-image (Pyxis not installed)"; continue; fi
+    if [ -z "${SLURM_JOB_ID:-}" ]; then skip "pyxis: not inside a Slurm job (run: srun -N1 --pty bash $0)"; continue; fi
+    if ! command -v enroot >/dev/null; then fail "pyxis: enroot (which imports the image) is not on PATH"; continue; fi
+  fi
   echo "---- $RT"
+  if [ "$RT" = pyxis ]; then
+    R=$(red dry 1 0 0 'true')
+    if "$PY" -m faice exec "$R" --runtime pyxis --dry-run 2>&1 | grep -q -- "runtime:    srun .*--container-image=.*--container-mounts=.*:/cc/inputs/data/data.txt:ro"; then
+      pass "pyxis: the dry run shows the srun --container-image command"
+    else
+      fail "pyxis: dry run: $("$PY" -m faice exec "$R" --runtime pyxis --dry-run 2>&1 | grep runtime: | head -1)"
+    fi
+  fi
   R=$(red sweep 4 0 0 'echo "batch $0 $(cat /cc/inputs/data/*)"; echo "v$(( $0 * 3 ))" > result.txt')
   if "$PY" -m faice exec "$R" --runtime "$RT" --outdir "$WORK/$RT-sweep" --no-progress >"$WORK/$RT.log" 2>&1; then
     want=$'0 succeeded None 0 batch 0 input line|v0 \n1 succeeded None 0 batch 1 input line|v3 \n2 succeeded None 0 batch 2 input line|v6 \n3 succeeded None 0 batch 3 input line|v9 '

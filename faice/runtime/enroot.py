@@ -38,6 +38,7 @@ def enroot_uri(ref: str) -> str:
 class EnrootRuntime(ProcessRuntime):
     name = "enroot"
     program = "enroot"
+    importer = "enroot"  # what imports an image (Pyxis runs batches with srun, imports with enroot)
 
     def rc_script(self) -> Path:
         return self.cache / "faice-rc.sh"
@@ -89,7 +90,7 @@ class EnrootRuntime(ProcessRuntime):
                 with os.fdopen(descriptor, "w") as handle:
                     handle.write(f"machine {host} login {user} password {password}\n")
             try:
-                self.run_program([self.program, "import", "--output", str(partial), enroot_uri(ref)],
+                self.run_program([self.importer, "import", "--output", str(partial), enroot_uri(ref)],
                                  env=env, secret=password)
                 if not partial.is_file():
                     raise EngineError(f"enroot import {ref} wrote no image")

@@ -216,6 +216,10 @@ class ProcessRuntime:
         """The runtime's own failure (not the command's), or None."""
         return None
 
+    def batch_cgroup(self, name: str, spec: ContainerSpec) -> MemoryCgroup | None:
+        """The batch's memory cgroup of faice's (where faice may make one and ``ram`` is set)."""
+        return MemoryCgroup.create(name, spec.ram_mb) if spec.ram_mb else None
+
     def memory_note(self) -> str | None:
         """Why ``ram`` cannot be enforced here, or None when it is."""
         return None if can_limit_memory() else (
@@ -291,7 +295,7 @@ class ProcessRuntime:
     def create(self, spec: ContainerSpec) -> ContainerHandle:
         check_spec(spec)
         handle = ContainerHandle(uuid.uuid4().hex, spec.name or f"faice-{uuid.uuid4().hex[:12]}")
-        cgroup = MemoryCgroup.create(handle.name, spec.ram_mb) if spec.ram_mb else None
+        cgroup = self.batch_cgroup(handle.name, spec)
         batch = _Batch(spec, self.command(spec, cgroup), cgroup)
         with self._lock:
             self._live[handle.id] = batch

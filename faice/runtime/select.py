@@ -6,7 +6,7 @@ from __future__ import annotations
 from faice.errors import UsageError
 from faice.runtime.containers import ContainerRuntime, ContainerSpec
 
-RUNTIME_NAMES = ("docker", "podman", "charliecloud", "apptainer", "enroot")
+RUNTIME_NAMES = ("docker", "podman", "charliecloud", "apptainer", "enroot", "pyxis")
 DEFAULT_RUNTIME = "docker"
 
 
@@ -45,6 +45,10 @@ def process_runtime(name: str):
         from faice.runtime.enroot import EnrootRuntime
 
         return EnrootRuntime()
+    if name == "pyxis":
+        from faice.runtime.pyxis import PyxisRuntime
+
+        return PyxisRuntime()
     raise UsageError(f"{name} is not a command-line runtime")
 
 

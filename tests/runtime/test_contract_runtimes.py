@@ -1,7 +1,8 @@
-"""Apptainer and Enroot against their documented command-line contract.
+"""Apptainer, Enroot and Pyxis against their documented command-line contract.
 
-NEITHER PROGRAM RUNS HERE: they cannot be installed on the project's machines. A recording
-stand-in (``stand_in/runtime_stand_in.py``, installed on PATH as ``apptainer`` and ``enroot``)
+NONE OF THEM RUNS HERE: they cannot be installed on the project's machines (Pyxis is a SPANK
+plugin of ``srun`` on GPU clusters). A recording stand-in (``stand_in/runtime_stand_in.py``,
+installed on PATH as ``apptainer``, ``enroot`` and, for Pyxis, ``srun``)
 records each argv and environment and acts out the contract (a pull writes the SIF, a batch
 writes its output), so these tests check the exact commands faice builds (golden argv), that
 no value reaches them as an argument, that the image is fetched once under the lock, and that
@@ -26,11 +27,11 @@ SECRET = "s3cret-in-the-host-env"
 
 @pytest.fixture
 def stand_in(tmp_path, monkeypatch):
-    """``apptainer`` and ``enroot`` on PATH, both the recording stand-in; its log's entries."""
+    """``apptainer``, ``enroot`` and ``srun`` on PATH, all the recording stand-in; its log's entries."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     log = tmp_path / "stand-in.jsonl"
-    for name in ("apptainer", "enroot"):
+    for name in ("apptainer", "enroot", "srun"):
         program = bin_dir / name
         program.write_text(f"#!{sys.executable}\nLOG = {str(log)!r}\n" + STAND_IN.read_text())
         program.chmod(0o755)
@@ -180,3 +181,113 @@ def test_the_runtimes_own_failure_is_an_engine_failure_not_the_commands(stand_in
     faice("exec", str(red), "--outdir", str(outdir), "--no-progress")
     (record,) = records(outdir).values()
     assert (record["failureClass"], record["process"]["returnCode"]) == ("exit-code", 3)
+
+
+# ---------------------------------------------------------------- Pyxis (srun --container-image)
+# Pyxis's contract: its README's option list and args.c (mounts SRC:DST[:FLAGS] joined by ",",
+# --container-env NAME[,NAME…] with the values from srun's own environment).
+
+def test_pyxis_runs_each_batch_as_a_job_step_with_the_imported_image_mounts_workdir_and_env_names(stand_in, tmp_path):
+    red = gpu_red(tmp_path, engine="pyxis", batches=2)
+    data = json.loads(red.read_text())
+    data["container"]["settings"]["ram"] = 256
+    red.write_text(json.dumps(data))
+    outdir = tmp_path / "run"
+    result = faice("exec", str(red), "--outdir", str(outdir), "--no-progress",
+                   "--preserve-environment", "FAICE_TEST_SECRET_VALUE",
+                   env={"SLURM_JOB_ID": "4242", "PYXIS_CONTAINER_MOUNTS": "/:/host"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    calls = stand_in()
+    (imported,) = batch_calls(calls, "import")  # once, by Enroot, into the cache Enroot's runtime shares
+    cache = tmp_path / "cache" / "enroot"
+    image = cache / "127.0.0.1_5443_faice-test_base_bookworm-4a0a17633380.sqsh"
+    assert imported["argv"][:3] == ["enroot", "import", "--output"]
+    steps = sorted((c for c in calls if c["argv"][0] == "srun"), key=lambda c: c["argv"][-2])
+    assert len(steps) == 2
+    found = records(outdir)
+    for index, step in enumerate(steps):
+        record = found[index]
+        outputs = outdir.resolve() / "batches" / record["batchId"] / "outputs"
+        staged = record["inputs"]["data"]["hostPath"]
+        name = step["argv"][6].removeprefix("--job-name=")
+        assert name.startswith(f"faice-{record['batchId']}-")
+        assert step["argv"] == [  # the golden argv
+            "srun", "--ntasks=1", "--nodes=1", "--overlap", "--export=ALL", "--unbuffered", f"--job-name={name}",
+            "--mem=256M", f"--container-image={image}",
+            f"--container-mounts={outputs}:/cc/outputs:rw,{staged}:/cc/inputs/data/data.txt:ro",
+            "--container-workdir=/cc/outputs", "--no-container-mount-home",
+            "--container-env=CUDA_VISIBLE_DEVICES,FAICE_TEST_SECRET_VALUE,NVIDIA_VISIBLE_DEVICES",
+            "--", "sh", "-c", record["command"][2], str(index), "/cc/inputs/data/data.txt"]
+        env = step["env"]
+        assert env["FAICE_TEST_SECRET_VALUE"] == SECRET and SECRET not in " ".join(step["argv"])
+        assert env["SLURM_JOB_ID"] == "4242"  # a step of the job faice runs in
+        assert "PYXIS_CONTAINER_MOUNTS" not in env  # Pyxis reads PYXIS_* as its options: never passed on
+        assert env["NVIDIA_VISIBLE_DEVICES"] == record["gpus"][0]["uuid"] and env["CUDA_VISIBLE_DEVICES"] == "0"
+        assert (outputs / "result.txt").read_text() == "from the stand-in\n"
+        assert (outdir / "batches" / record["batchId"] / "stdout.txt").read_text() == "srun stand-in ran the batch\n"
+    assert {found[0]["gpus"][0]["uuid"], found[1]["gpus"][0]["uuid"]} == {"GPU-aaa", "GPU-bbb"}
+
+
+def test_pyxis_tells_slurms_oom_kill_and_exit_codes_and_refuses_to_run_outside_a_job(stand_in, tmp_path):
+    red = gpu_red(tmp_path, engine="pyxis", batches=1)
+    (tmp_path / "stand-in-exit").write_text("137")
+    (tmp_path / "stand-in-stderr").write_text(
+        "slurmstepd: error: Detected 1 oom_kill event in StepId=4242.0. Some of the step tasks have been OOM Killed.\n"
+        "srun: error: node1: task 0: Out Of Memory")
+    faice("exec", str(red), "--outdir", str(tmp_path / "oom"), "--no-progress", env={"SLURM_JOB_ID": "4242"})
+    (record,) = records(tmp_path / "oom").values()
+    assert record["failureClass"] == "oom", record["message"]
+    (tmp_path / "stand-in-stderr").unlink()
+    (tmp_path / "stand-in-exit").write_text("3")
+    faice("exec", str(red), "--outdir", str(tmp_path / "exit3"), "--no-progress", env={"SLURM_JOB_ID": "4242"})
+    (record,) = records(tmp_path / "exit3").values()
+    assert (record["failureClass"], record["process"]["returnCode"]) == ("exit-code", 3)
+    result = faice("exec", str(red), "--outdir", str(tmp_path / "outside"), "--no-progress", env={"SLURM_JOB_ID": ""})
+    (record,) = records(tmp_path / "outside").values()
+    assert record["failureClass"] == "engine" and "job step" in record["message"]
+    assert result.returncode == 1
+
+
+def test_pyxis_dry_run_shows_the_srun_command_of_each_batch(tmp_path, monkeypatch):
+    monkeypatch.setenv("FAICE_IMAGE_CACHE", str(tmp_path / "cache"))
+    red = gpu_red(tmp_path, batches=2)
+    result = faice("exec", str(red), "--runtime", "pyxis", "--dry-run", "--json",
+                   env={"FAICE_GPU_INVENTORY": json.dumps(GPUS)})
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout)
+    assert plan["runtime"] == "pyxis" and plan["ramNote"] is None
+    for batch, uuid in zip(plan["batches"], ["GPU-aaa", "GPU-bbb"], strict=True):
+        command = batch["runtimeCommand"]
+        assert command[:2] == ["srun", "--ntasks=1"]
+        mounts = next(a for a in command if a.startswith("--container-mounts="))
+        assert mounts.endswith(":/cc/inputs/data/data.txt:ro")
+        assert "--container-env=CUDA_VISIBLE_DEVICES,NVIDIA_VISIBLE_DEVICES" in command
+        assert command[command.index("--") + 1:][:2] == ["sh", "-c"]
+        assert batch["runtimeEnvironment"]["NVIDIA_VISIBLE_DEVICES"] == uuid  # exclusive devices
+    assert not (tmp_path / "cache").exists()  # a dry run writes nothing
+    text = faice("exec", str(red), "--runtime", "pyxis", "--dry-run", env={"FAICE_GPU_INVENTORY": json.dumps(GPUS)})
+    assert "  runtime:    srun --ntasks=1 --nodes=1 --overlap" in text.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_pyxis_under_the_slurm_engine_runs_each_batch_as_a_step_of_its_task(stand_in, slurm, tmp_path):
+    """The Slurm engine for real (sbatch, the task on the node); the step's srun is the stand-in."""
+    from runtime_helpers import observable
+
+    red = gpu_red(tmp_path, engine="pyxis", batches=2)
+    data = json.loads(red.read_text())
+    del data["container"]["settings"]["gpus"]  # no GPU in this Slurm
+    data["execution"] = {"engine": "slurm", "settings": {"partition": slurm.partition}}
+    red.write_text(json.dumps(data))
+    outdir = tmp_path / "run"
+    submitted = faice("exec", str(red), "--outdir", str(outdir))
+    assert submitted.returncode == 0, submitted.stderr
+    status = faice("status", "--outdir", str(outdir), "--wait", "--json", timeout=300)
+    assert status.returncode == 0, status.stderr
+    found = observable(outdir)
+    assert [found[i][0] for i in range(2)] == ["succeeded"] * 2, found
+    steps = [c for c in stand_in() if c["argv"][0] == "srun"]
+    assert len(steps) == 2
+    jobs = {r["engine"]["jobId"] for r in records(outdir).values()}
+    assert all(s["env"].get("SLURM_ARRAY_JOB_ID") in jobs for s in steps)  # inside the batch's own job

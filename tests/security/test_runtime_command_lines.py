@@ -1,5 +1,5 @@
-"""Values that reach Podman's, Charliecloud's, Apptainer's and Enroot's command lines (issue
-21): each is checked before any runtime runs (no option injection, no bind-spec separator, no
+"""Values that reach Podman's, Charliecloud's, Apptainer's, Enroot's and Pyxis's (srun's)
+command lines (issue 21): each is checked before any runtime runs (no option injection, no bind-spec separator, no
 shell), and no secret ever sits on a command line where ``ps`` shows it."""
 
 from __future__ import annotations
@@ -45,9 +45,10 @@ HOSTILE = [
 ]
 
 
-@pytest.mark.parametrize("runtime", ["podman", "charliecloud", "apptainer", "enroot"])
+@pytest.mark.parametrize("runtime", ["podman", "charliecloud", "apptainer", "enroot", "pyxis"])
 @pytest.mark.parametrize(("field", "value"), HOSTILE, ids=[f"{f}={v!r}" for f, v in HOSTILE])
-def test_hostile_values_never_reach_a_runtime_command_line(runtime, field, value, tmp_path):
+def test_hostile_values_never_reach_a_runtime_command_line(runtime, field, value, tmp_path, monkeypatch):
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")  # pyxis: inside a job, so only the value can be refused
     chosen = process_runtime(runtime)
     chosen.cache = tmp_path
     with pytest.raises(EngineError):
@@ -55,6 +56,44 @@ def test_hostile_values_never_reach_a_runtime_command_line(runtime, field, value
     with pytest.raises(EngineError):
         chosen.create(spec(**{field: value}))
     assert not chosen.has_live()
+
+
+# What srun, its SPANK plugins, Pyxis or Enroot would read as their own, not the batch's.
+PYXIS_HOSTILE = [
+    ("command", ["sh", "-c", "true", ":", "--container-image=/tmp/evil.sqsh", "--container-mounts=/:/host", "sh"]),
+    ("environment", {"SLURM_CPU_BIND": "none"}),
+    ("environment", {"SRUN_CONTAINER": "x"}),
+    ("environment", {"PYXIS_CONTAINER_MOUNTS": "/:/host"}),
+    ("environment", {"pyxis_container_save": "/tmp/x.sqsh"}),
+    ("environment", {"SPANK_PYXIS_X": "x"}),
+    ("environment", {"ENROOT_ALLOW_SUPERUSER": "y"}),
+    ("image", "/tmp/a.sqsh,/:/host"),  # --container-image is one value; a path holds no ','
+    ("binds", [("/tmp/in", "/cc/inputs/x/in.txt:ro,/:/host", "ro")]),  # a second --container-mounts entry
+    ("name", "faice-b,x"),
+]
+
+
+@pytest.mark.parametrize(("field", "value"), PYXIS_HOSTILE, ids=[f"{f}={v!r}" for f, v in PYXIS_HOSTILE])
+def test_hostile_values_never_steer_srun_or_pyxis(field, value, tmp_path, monkeypatch):
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    chosen = process_runtime("pyxis")
+    chosen.cache = tmp_path
+    with pytest.raises(EngineError):
+        chosen.describe(spec(**{field: value}))
+    with pytest.raises(EngineError):
+        chosen.create(spec(**{field: value}))
+    assert not chosen.has_live()
+
+
+def test_pyxis_options_end_before_the_command_and_values_only_in_the_environment(monkeypatch):
+    """A command that starts with '-' stays the command (``--`` ends srun's options); an
+    environment value is never an argument, only its name is (``--container-env``)."""
+    command = process_runtime("pyxis").describe(spec(command=["--container-image=/tmp/evil.sqsh", "x"],
+                                                     environment={"TOKEN": "s3cret --container-mounts=/:/host"}))
+    assert command.argv[command.argv.index("--") + 1:] == ["--container-image=/tmp/evil.sqsh", "x"]
+    assert "--container-env=TOKEN" in command.argv and command.env["TOKEN"].startswith("s3cret")
+    assert not any("s3cret" in arg for arg in command.argv)
+    assert sum(a.startswith("--container-image=") for a in command.argv[:command.argv.index("--")]) == 1
 
 
 def test_a_hostile_input_file_name_fails_its_batch_before_any_runtime_runs(tmp_path, monkeypatch):

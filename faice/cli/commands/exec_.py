@@ -52,7 +52,7 @@ def add_parser(subparsers) -> None:
     pulling.add_argument("--disable-pull", action="store_true", help="never pull the image (same as --pull never)")
     local.add_argument("--gpu-busy", choices=("skip", "wait", "ignore"), default="skip",
                        help="GPUs running processes faice did not start: place elsewhere (skip, default), wait for them, or ignore")
-    local.add_argument("--runtime", choices=("docker", "podman", "charliecloud", "apptainer", "enroot"),
+    local.add_argument("--runtime", choices=("docker", "podman", "charliecloud", "apptainer", "enroot", "pyxis"),
                        help="container runtime for this run instead of the RED file's container.engine "
                             "(default docker); see docs/runtimes.md")
     local.add_argument("--leave-container", action="store_true", help="keep containers (and their mounts) after the batch")
