@@ -168,7 +168,7 @@ class PodmanRuntime(ProcessRuntime):
             name = (container.get("Names") or [container.get("Id", "")])[0]
             self._podman("rm", "--force", "--ignore", "--time", "0", name)
             removed.append(name)
-        return [*removed, *remove_stale_cgroups(settle_s=2.0 if removed else 0.0)]
+        return [*removed, *remove_stale_cgroups(settle_s=5.0 if removed else 0.0)]
 
     def remove_batch(self, batch_id: str) -> list[str]:
         """Batch ``batch_id``'s containers (by label) and process groups, whichever faice ran it."""

@@ -476,7 +476,7 @@ class ProcessRuntime:
         """The process groups of batches whose faice was killed (SIGKILL), then the batch
         cgroups such a faice left (empty once its groups are gone)."""
         ended = end_orphaned_groups()
-        return [*ended, *remove_stale_cgroups(settle_s=2.0 if ended else 0.0)]
+        return [*ended, *remove_stale_cgroups(settle_s=5.0 if ended else 0.0)]
 
     def remove_batch(self, batch_id: str) -> list[str]:
         """What batch ``batch_id`` left on this host, whichever faice ran it: its process groups."""
