@@ -13,7 +13,6 @@ import threading
 import time
 from typing import Any, TextIO
 
-from faice.files import dumps_json
 from faice.pipeline.events import BatchEvent
 from faice.secrets import REDACTOR
 from faice.untrusted import for_terminal
@@ -236,13 +235,10 @@ def results_table(outdir: Any, stream: TextIO | None = None) -> None:
     stream.flush()
 
 
-def print_plan(plan: dict[str, Any], *, as_json: bool) -> None:
-    """``--dry-run``: the batches, their commands, GPUs and mounts (JSON with ``--json``)."""
+def plan_text(plan: dict[str, Any]) -> str:
+    """``--dry-run``'s text: the batches, their commands, GPUs and mounts."""
     import shlex
 
-    if as_json:
-        sys.stdout.write(REDACTOR.redact(dumps_json(plan, indent=2)) + "\n")  # JSON escapes controls
-        return
     lines = [
         f"image: {plan['image']}" + (f"   ram: {plan['ram']} MB" if plan["ram"] else ""),
         f"batches: {len(plan['batches'])}   parallel: {plan['parallel']}   "
@@ -281,5 +277,4 @@ def print_plan(plan: dict[str, Any], *, as_json: bool) -> None:
             lines.append(f"  mount:      {mount['target']} ({mount['mode']}) <- {source}")
         for key, where in (batch.get("outputs") or {}).items():
             lines.append(f"  output:     {key} -> {where}")
-    sys.stdout.write(for_terminal(REDACTOR.redact("\n".join(lines)), lines=True) + "\n")
-    sys.stdout.flush()
+    return "\n".join(lines)

@@ -1,16 +1,18 @@
 """The local engine (``ccfaice``/``local``): the batch pipeline on this host, with a display.
 
 The work is :class:`faice.pipeline.run.HostRun`'s; this module decides the run directory,
-shows the plan (``--dry-run``) or the live progress, routes Ctrl-C/SIGTERM to the run and
-turns its summary into the exit code (0, 1, 130 or 143).
+says what ``--dry-run`` shows (:func:`plan`; :func:`faice.engines.base.dry_run` prints it),
+shows the live progress, routes Ctrl-C/SIGTERM to the run and turns its summary into the
+exit code (0, 1, 130 or 143).
 """
 
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 from faice.engines.base import Engine
-from faice.engines.display import ProgressDisplay, print_plan, results_table, summary_table
+from faice.engines.display import ProgressDisplay, plan_text, results_table, summary_table
 from faice.errors import FaiceError
 from faice.files import dumps_json
 from faice.pipeline.options import ExecRequest
@@ -22,13 +24,15 @@ from faice.red.experiment import Experiment
 from faice.secrets import REDACTOR
 
 
+def plan(experiment: Experiment, request: ExecRequest) -> dict[str, Any]:
+    """What a run would do: batches, commands, image, GPU placement, mounts (nothing runs)."""
+    run_id = new_run_id()
+    outdir = request.outdir or default_outdir(run_id)
+    return HostRun(experiment, request.options, outdir, run_id=run_id).plan()
+
+
 def run(experiment: Experiment, request: ExecRequest) -> int:
     options = request.options
-    if request.dry_run:
-        run_id = new_run_id()
-        outdir = request.outdir or default_outdir(run_id)
-        print_plan(HostRun(experiment, options, outdir, run_id=run_id).plan(), as_json=request.json)
-        return 0
     rundir, run_id = RunDir.start(request.outdir, resume=options.resume)
     display = ProgressDisplay(len(experiment.batches), live=None if request.progress else False)
     host_run = HostRun(experiment, options, rundir.root, run_id=run_id,
@@ -56,4 +60,4 @@ def run(experiment: Experiment, request: ExecRequest) -> int:
 ENGINE = Engine("ccfaice", frozenset({
     "outdir", "dry_run", "wait", "resume", "parallel", "fail_fast", "max_failures", "retries", "timeout",
     "gpu_ids", "pull", "disable_pull", "leave_container", "preserve_environment", "runtime",
-}), run)
+}), run, plan, plan_text)

@@ -130,7 +130,7 @@ def run(args: Any) -> int:
         progress=not args.no_progress,
         disable_retry=args.disable_retry,
     )
-    return chosen.run(experiment, request)
+    return chosen.execute(experiment, request)
 
 
 def _check_resume(args: Any) -> None:

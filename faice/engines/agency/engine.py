@@ -67,6 +67,19 @@ def check_search(experiment: Experiment, url: str, features: list[str]) -> None:
                               "random sweep, which every agency runs")
 
 
+def plan(experiment: Experiment, request: ExecRequest) -> dict[str, Any]:
+    """What would be sent, and where (``--dry-run``, printed as JSON; nothing is sent)."""
+    from faice.red.search import is_search
+
+    url, _, _ = agency_access(experiment.data, experiment.source)
+    red = red_to_send(experiment)
+    plan: dict[str, Any] = {"agency": url, "batches": len(red.get("batches") or [None]), "red": red}
+    if is_search(experiment.data):
+        plan["batches"] = 0  # the server proposes the trials while the search runs
+        plan["search"] = {"trials": experiment.data["sweep"]["search"].get("trials")}
+    return plan
+
+
 def run(experiment: Experiment, request: ExecRequest) -> int:
     """Submit (or, with ``--resume --outdir``, find the experiment the run directory knows);
     with ``--wait`` follow it, and with ``--outdir`` write its run directory from what the
@@ -75,14 +88,6 @@ def run(experiment: Experiment, request: ExecRequest) -> int:
     from faice.red.search import is_search
 
     url, username, password = agency_access(experiment.data, experiment.source)
-    if request.dry_run:
-        red = red_to_send(experiment)
-        plan = {"agency": url, "batches": len(red.get("batches") or [None]), "red": red}
-        if is_search(experiment.data):
-            plan["batches"] = 0  # the server proposes the trials while the search runs
-            plan["search"] = {"trials": experiment.data["sweep"]["search"].get("trials")}
-        print(REDACTOR.redact(dumps_json(REDACTOR.redact_data(plan), indent=2)))
-        return 0
     if request.options.resume and request.outdir is None:
         raise UsageError("--resume with execution.engine ccagency: give the --outdir of the run; "
                          "it knows the experiment the agency runs")
@@ -186,4 +191,4 @@ def _say(message: str) -> None:
 # refused rather than ignored.
 ENGINE = Engine("ccagency", frozenset({
     "outdir", "dry_run", "wait", "resume", "disable_retry",
-}), run)
+}), run, plan)

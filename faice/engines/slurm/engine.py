@@ -51,8 +51,6 @@ def run(experiment: Experiment, request: ExecRequest) -> int:
     """Submit one array; with ``--wait`` follow it (a search: drive it, :mod:`.search`)."""
     settings = SlurmSettings.from_experiment(experiment)
     searching = is_search(experiment.data)
-    if request.dry_run:
-        return _dry_run(experiment, settings, request)
     slurm_cli.require_tools()
     options = request.options
     if searching:
@@ -125,8 +123,9 @@ def follow(job: Job, *, json_output: bool = False, live: bool | None = None) -> 
     return 0 if summary["state"] == SUCCEEDED else 1
 
 
-def _dry_run(experiment: Experiment, settings: SlurmSettings, request: ExecRequest) -> int:
-    """Print the sbatch command and the batches; submit nothing."""
+def plan(experiment: Experiment, request: ExecRequest) -> dict[str, Any]:
+    """The sbatch command and each task's batch (``--dry-run``; nothing is submitted)."""
+    settings = SlurmSettings.from_experiment(experiment)
     outdir = Path(request.outdir).resolve() if request.outdir else Path("faice-runs/<time>-<run id>")
     spec = SearchSpec.from_sweep(experiment.data["sweep"]) if is_search(experiment.data) else None
     count = spec.trials if spec is not None else len(experiment.batches)
@@ -151,23 +150,26 @@ def _dry_run(experiment: Experiment, settings: SlurmSettings, request: ExecReque
     }
     if workers:
         plan["workers"] = workers
+        plan["batchesPerWorker"] = settings.batches_per_worker
     if spec is not None:  # its batches are proposed while it runs, added to the workers' queue
         plan["search"] = {"algorithm": spec.algorithm, "trials": spec.trials, "seed": spec.seed,
                           "maxConcurrent": spec.max_concurrent,
                           "parameters": {name: {kind: arguments} for name, (kind, arguments) in spec.parameters.items()}}
-    if request.json:
-        print(REDACTOR.redact(dumps_json(plan, indent=2)))
-    else:
-        lines = ["Slurm plan (nothing submitted):", "  " + shlex.join(plan["sbatch"])]
-        if workers:
-            lines.append(f"  {workers} workers, each running up to {settings.batches_per_worker} batch(es) at once,"
-                         " claim the batches below from the run directory")
-        lines += [f"  task {e['task']}: batch {e['id']} {dumps_json(e['parameters'])}" for e in plan["batches"]]
-        if spec is not None:
-            lines.append(f"  search ({spec.algorithm}): {spec.trials} trials proposed while the workers run, "
-                         f"added to their queue by this process")
-        print(REDACTOR.redact("\n".join(lines)))
-    return 0
+    return plan
+
+
+def plan_text(plan: dict[str, Any]) -> str:
+    """The plan as ``faice exec --dry-run`` prints it without ``--json``."""
+    lines = ["Slurm plan (nothing submitted):", "  " + shlex.join(plan["sbatch"])]
+    if plan.get("workers"):
+        lines.append(f"  {plan['workers']} workers, each running up to {plan['batchesPerWorker']} batch(es) at once,"
+                     " claim the batches below from the run directory")
+    lines += [f"  task {e['task']}: batch {e['id']} {dumps_json(e['parameters'])}" for e in plan["batches"]]
+    search = plan.get("search")
+    if search is not None:
+        lines.append(f"  search ({search['algorithm']}): {search['trials']} trials proposed while the workers run, "
+                     f"added to their queue by this process")
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- run directories
@@ -206,4 +208,4 @@ def cancel(outdir: Path, target: str | None) -> int:
 ENGINE = Engine("slurm", frozenset({
     "outdir", "dry_run", "wait", "resume", "parallel", "fail_fast", "max_failures", "retries", "timeout",
     "pull", "disable_pull", "leave_container", "preserve_environment", "runtime",
-}), run)
+}), run, plan, plan_text)
