@@ -195,6 +195,14 @@ def cancel(outdir: Path, target: str | None) -> int:
     run = refresh_run(outdir)
     batch_id = None if target in (None, "all", run.get("runId")) else target
     cancelled = cancel_run(outdir, batch_id)
+    if batch_id is None:
+        # A search's workers wait on an open queue for trials its driver would add: a driver
+        # that was killed adds none, so they go now instead of after leaseSeconds.
+        # Its driver, if alive, proposes no more (it sees the cancel) and removes the rest.
+        for job in open_run(outdir):
+            if isinstance(job, PackedJob) and job.queue.more_may_come(float("inf")):
+                job.queue.request_cancel_all()
+                job.queue.close()
     if cancelled:
         wait_run(open_run(outdir))
     refresh_run(outdir)

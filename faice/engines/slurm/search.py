@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from faice.engines.slurm import client as slurm_cli
 from faice.engines.slurm import rundir
 from faice.engines.slurm.job import (
     FINAL,
@@ -42,6 +43,7 @@ from faice.engines.slurm.job import (
 from faice.engines.slurm.packed import PackedJob
 from faice.engines.slurm.progress import Follower
 from faice.engines.slurm.settings import SlurmSettings
+from faice.errors import UsageError
 from faice.files import dumps_json
 from faice.pipeline.options import ExecRequest, RunOptions
 from faice.pipeline.plan import metrics_spec
@@ -149,7 +151,8 @@ class PackedTrials(SlurmTrials):
         self.job.cancel()
 
     def _gone(self) -> bool:
-        return not self.job.workers_alive()  # no worker left: --resume goes on
+        # faice cancel --outdir, or no worker left: --resume goes on
+        return self.job.queue.cancel_requested() or not self.job.workers_alive()
 
 
 class TaskTrials(SlurmTrials):
@@ -184,6 +187,8 @@ def run(experiment: Experiment, request: ExecRequest, settings: SlurmSettings, r
     outdir = run.root
     metrics = metrics_spec(experiment)
     assert metrics is not None  # checked by the RED validation
+    if options.resume:
+        _refuse_live_jobs(outdir)
     search = Search(experiment, metrics, outdir, resume=options.resume)
     try:
         if options.resume:
@@ -240,6 +245,19 @@ def run(experiment: Experiment, request: ExecRequest, settings: SlurmSettings, r
         return 0 if summary["state"] == SUCCEEDED else 1
     finally:
         search.close()
+
+
+def _refuse_live_jobs(outdir: Path) -> None:
+    """``--resume`` of a search whose earlier jobs still run (its driver was killed: workers end
+    ``leaseSeconds`` after its last heartbeat, once their trials are done) would run those
+    trials twice, into the same directories: refuse (one squeue for every job of the run)."""
+    ids = [str(entry["jobId"]) for entry in rundir.read_submissions(outdir) if entry.get("jobId")]
+    live = [job for job, tasks in slurm_cli.queued_tasks_of(ids).items() if any(not t.is_final for t in tasks.values())]
+    if live:
+        raise UsageError(
+            f"--outdir {outdir}: Slurm job{'s' if len(live) > 1 else ''} {', '.join(sorted(live))} of this search "
+            "still run (its earlier faice exec stopped); --resume goes on once they ended",
+            hint=f"wait for them, or end them now: faice cancel all --outdir {shlex.quote(str(outdir))}")
 
 
 def _say(message: str) -> None:

@@ -123,3 +123,37 @@ def test_a_search_on_slurm_without_workers_submits_each_trial_as_it_is_proposed(
     assert {r["engine"]["jobId"] for r in records} == {s["jobId"] for s in submissions}
     run = json.loads((outdir / "run.json").read_text())
     assert [b["state"] for b in run["batches"]] == ["succeeded"] * 4
+
+
+def test_resume_waits_for_the_workers_of_a_killed_driver_and_cancel_ends_them(slurm, test_image, tmp_path):
+    """A driver killed mid-search (SIGKILL: no cancel) leaves workers running its trials:
+    --resume refuses (the trials would run twice), faice cancel all --outdir ends them."""
+    import signal
+    import time
+
+    from slurm_helpers import wait_for
+
+    from faice.engines.slurm.client import queued_tasks
+
+    red = search_red(tmp_path / "search.json", test_image, slurm.partition, 4)
+    data = json.loads(red.read_text())
+    data["cli"]["baseCommand"][2] = search_objective.train_script(pause=20)  # trials that outlive the test
+    red.write_text(json.dumps(data))
+    outdir = tmp_path / "run"
+    driver = subprocess.Popen([sys.executable, "-m", "faice", "exec", str(red), "--outdir", str(outdir), "--no-progress"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: list((outdir / "slurm" / "1" / "queue" / "claimed").glob("*")), 90, "no trial was claimed")
+    finally:
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(30)
+    job = submissions_job(outdir)
+    again = faice("exec", str(red), "--outdir", str(outdir), "--resume", "--no-progress")
+    assert again.returncode == 2 and f"Slurm job {job} of this search still run" in again.stderr, again.stderr
+    assert f"faice cancel all --outdir {outdir}" in again.stderr
+    started = time.monotonic()
+    cancelled = faice("cancel", "all", "--outdir", str(outdir))
+    assert cancelled.returncode == 0 and "faice: cancelled " in cancelled.stderr, cancelled.stderr
+    wait_for(lambda: not queued_tasks(job), 30, "the workers still run after faice cancel")
+    assert time.monotonic() - started < 30, "not after leaseSeconds (60 s)"
+    assert {json.loads(p.read_text())["state"] for p in (outdir / "batches").glob("*/result.json")} == {"cancelled"}
