@@ -8,7 +8,8 @@ processes (also after a SIGKILL), so secrets never appear in argv, the environme
 files left behind (without memfd: 0600 files in a private owned temp dir that the next
 start removes if faice was killed); the program's stderr becomes the error message (redacted by the framework).
 Each call runs in its own process group with a time limit ($FAICE_CONNECTOR_TIMEOUT,
-default 6 h); on timeout or cancellation the whole group is ended.
+default 6 h); on timeout, cancellation (the session's cancel event: Ctrl-C, SIGTERM) or any
+error the whole group is ended.
 """
 
 from __future__ import annotations
@@ -19,17 +20,19 @@ import shutil
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from faice.connectors.api import Connector, ConnectorFailure, Listing, Progress
+from faice.connectors.api import Connector, ConnectorFailure, Listing, Progress, TransferCancelled
 
 SUPPORTED_CLI_VERSIONS = ("1", "0.1")
 TIMEOUT_VARIABLE = "FAICE_CONNECTOR_TIMEOUT"
 DEFAULT_CALL_TIMEOUT = 6 * 3600.0  # seconds: generous, a large data set on a slow link
 KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL of a stopped program's group
+POLL_S = 0.2  # how often a running call looks at the cancel event
 _DIR_OPERATIONS = ("receive-dir", "send-dir")
 
 
@@ -39,10 +42,12 @@ class ExternalConnector(Connector):
     names = ()
     access_schema = {"type": "object"}
 
-    def __init__(self, command: str, program: str, *, timeout: float | None = None) -> None:
+    def __init__(self, command: str, program: str, *, timeout: float | None = None,
+                 cancel: threading.Event | None = None) -> None:
         super().__init__(timeout=timeout)
         self.command = command
         self.program = program
+        self.cancel = cancel  # the session's: the framework stops waiting, the program is ended here
         self._version_lock = threading.Lock()
         self._version_checked = False
 
@@ -79,13 +84,7 @@ class ExternalConnector(Connector):
         except OSError as exc:
             raise ConnectorFailure(f"cannot run {self.program}: {exc.strerror or exc}") from None
         try:
-            stdout, stderr = process.communicate(timeout=limit)
-        except subprocess.TimeoutExpired:
-            _end_group(process)
-            raise ConnectorFailure(
-                f"{self.command} {args[0]} did not finish within {limit:g} s and was stopped "
-                f"(set {TIMEOUT_VARIABLE} to allow longer)"
-            ) from None
+            stdout, stderr = self._output(process, limit, args[0])
         except BaseException:
             _end_group(process)
             raise
@@ -93,6 +92,22 @@ class ExternalConnector(Connector):
         if result.returncode != 0:
             raise ConnectorFailure(_failure_text(self.command, args[0], result))
         return result
+
+    def _output(self, process: subprocess.Popen, limit: float, subcommand: str) -> tuple[str, str]:
+        """The program's stdout and stderr once it ends; raises at the time limit or at cancel
+        (the caller then ends its group)."""
+        deadline = time.monotonic() + limit
+        while True:
+            try:
+                return process.communicate(timeout=min(POLL_S, max(0.0, deadline - time.monotonic())))
+            except subprocess.TimeoutExpired:  # retrying communicate() loses no output
+                if self.cancel is not None and self.cancel.is_set():
+                    raise TransferCancelled("cancelled (the run is stopping)") from None
+                if time.monotonic() >= deadline:
+                    raise ConnectorFailure(
+                        f"{self.command} {subcommand} did not finish within {limit:g} s and was stopped "
+                        f"(set {TIMEOUT_VARIABLE} to allow longer)"
+                    ) from None
 
     def _call(self, operation: str, access, path: Path | None, listing: Listing | None) -> None:
         self._check_version()

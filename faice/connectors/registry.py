@@ -91,10 +91,11 @@ def plugin_names() -> list[str]:
     return sorted({entry.name for entry in _entry_points()})
 
 
-def resolve(command: str, *, timeout: float | None = None,
-            allowed_paths: Collection[str] | None = None, identity: HostIdentity | None = None) -> Connector:
+def resolve(command: str, *, timeout: float | None = None, allowed_paths: Collection[str] | None = None,
+            identity: HostIdentity | None = None, cancel: threading.Event | None = None) -> Connector:
     """A connector instance for ``command``: a plugin, or an external program on PATH
-    (checked by :func:`check_command_name` first); ``identity``: what the host lends it."""
+    (checked by :func:`check_command_name` first); ``identity``: what the host lends it;
+    ``cancel``: the session's, at which an external program is ended."""
     cls = plugin_class(command)
     if cls is not None:
         connector = cls(timeout=timeout)
@@ -108,7 +109,7 @@ def resolve(command: str, *, timeout: float | None = None,
     if program:
         from faice.connectors.external import ExternalConnector
 
-        return ExternalConnector(command, program, timeout=timeout)
+        return ExternalConnector(command, program, timeout=timeout, cancel=cancel)
     broken = "".join(f"\n  (plugin not loadable: {text})" for text in _broken.values())
     raise ConnectorError(
         f"unknown connector command {command!r}: no faice.connectors.v1 plugin answers to it "

@@ -31,6 +31,7 @@ from faice.connectors.api import (
     TransientFailure,
     listed_files,
 )
+from faice.connectors.cancellable import CancellableCalls
 from faice.connectors.places import operation_name
 from faice.connectors.trees import output_file, output_tree
 from faice.descriptors import remove_tree
@@ -86,8 +87,10 @@ class StagingSession:
         # What the host lends its connectors beyond each access (an agency lends nothing of
         # its account: no AWS chain, its own per-server known_hosts).
         self.identity = identity
-        # Set by the run on Ctrl-C/SIGTERM: every transfer stops at its next chunk, no retry.
+        # Set by the run on Ctrl-C/SIGTERM: every connector call ends at once, even one stuck
+        # waiting on a server (:mod:`faice.connectors.cancellable`); nothing is retried.
         self.cancel = cancel
+        self._calls = CancellableCalls(cancel) if cancel is not None else None
         # A policy's externalPrograms: program paths a RED ``command`` may name (None: any).
         self.allowed_programs = allowed_programs
         # Masks what its connectors report; a batch of the agency passes its own, so one
@@ -179,8 +182,10 @@ class StagingSession:
         mountpoint = Path(mountpoint)
         mountpoint.mkdir(parents=True, exist_ok=True)
         access = request.prepared_access()
+        # Not abandoned at cancel: a mount that finished behind the session's back would never
+        # be unmounted (sshfs bounds its own wait).
         self._call(request, "mount-dir", "mount", lambda: connector.mount_dir(access, mountpoint, writable),
-                   retry=False)
+                   retry=False, cancellable=False)
         with self._lock:
             self._mounts[mountpoint] = connector
 
@@ -206,6 +211,8 @@ class StagingSession:
             connectors = list(self._connectors.values())
             self._connectors.clear()
             staging_dir, self._dir = self._dir, None
+        if self._calls is not None:
+            self._calls.close()
         for mountpoint in mounts:
             try:
                 self.umount(mountpoint)
@@ -247,7 +254,7 @@ class StagingSession:
             connector = self._connectors.get(command)
         if connector is None:
             connector = resolve(command, timeout=self.timeout, allowed_paths=self.allowed_programs,
-                                identity=self.identity)
+                                identity=self.identity, cancel=self.cancel)
             with self._lock:
                 connector = self._connectors.setdefault(command, connector)
         return connector
@@ -287,13 +294,16 @@ class StagingSession:
             raise ConnectorError(f"{request.label}: cancelled (the run is stopping)")
 
     def _call(self, request: ConnectorRequest, operation: str, verb: str, action: Callable[[], Any],
-              *, retry: bool = True, before_retry: Callable[[], None] | None = None) -> Any:
+              *, retry: bool = True, before_retry: Callable[[], None] | None = None,
+              cancellable: bool = True) -> Any:
         """Run a connector primitive; retry transient failures; wrap errors for the user."""
         delays = RETRY_DELAYS if retry else ()
         attempt = 0
         while True:
             self._check_cancelled(request)
             try:
+                if cancellable and self._calls is not None:
+                    return self._calls.run(action)
                 return action()
             except TransferCancelled:
                 raise ConnectorError(f"{request.label}: {operation} cancelled (the run is stopping)") from None
@@ -306,7 +316,10 @@ class StagingSession:
                     raise ConnectorError(f"{request.label}: {operation} cancelled (the run is stopping)") from None
                 if attempt >= len(delays):
                     raise self._wrap(request, operation, exc, attempt + 1) from None
-                time.sleep(delays[attempt])
+                if self.cancel is not None:
+                    self.cancel.wait(delays[attempt])  # the loop's first line sees it
+                else:
+                    time.sleep(delays[attempt])
                 attempt += 1
                 if before_retry is not None:
                     before_retry()

@@ -38,15 +38,15 @@ def run(experiment: Experiment, request: ExecRequest) -> int:
     host_run = HostRun(experiment, options, rundir.root, run_id=run_id,
                        on_event=display, on_note=display.note)
     with interrupts_to(host_run.on_signal), display:
+        host_run.start()
         try:
-            host_run.start()
+            while (summary := host_run.wait(0.2)) is None:
+                pass
         except FaiceError:
             code = interrupted_exit(host_run)
-            if code is not None:  # interrupted during preflight: nothing ran
+            if code is not None:  # interrupted: the error is the interruption's consequence
                 return code
             raise
-        while (summary := host_run.wait(0.2)) is None:
-            pass
     if request.json:
         sys.stdout.write(REDACTOR.redact(dumps_json(summary.to_dict(), indent=2)) + "\n")
         sys.stdout.flush()

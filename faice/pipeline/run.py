@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from faice.errors import EngineError
+from faice.errors import EngineError, FaiceError
 from faice.pipeline.batch import BatchContext, not_started, run_batch
 from faice.pipeline.events import BatchEvent, EventSink, ignore
 from faice.pipeline.host import Host
@@ -166,8 +166,10 @@ class HostRun:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> HostRun:
-        """Preflight in the caller's thread (errors raise), then run batches in the background."""
-        self._preflight()
+        """Preflight, then the batches, in the background; :meth:`wait` raises their errors.
+
+        The preflight runs there too, so that the caller is already waiting in :meth:`wait`,
+        acting on signals, while a connector probe or an image pull may take long."""
         self._thread = threading.Thread(target=self._main, name=f"faice-run-{self.run_id}", daemon=True)
         self._thread.start()
         return self
@@ -244,12 +246,8 @@ class HostRun:
         self.staging = StagingSession(self.tempdir / "staging", redactor=self.redactor, cancel=self.stop,
                                       allowed_programs=self.options.allowed_programs,
                                       identity=self.options.host_identity())
-        try:
-            if not self.options.disable_connector_validation:
-                preflight_access(probes, self.staging)
-        except BaseException:
-            self._close()
-            raise
+        if not self.options.disable_connector_validation:
+            preflight_access(probes, self.staging)
         self._cancel = {p.id: threading.Event() for p in self.plans}
         self.preflight_seconds = round(time.monotonic() - started, 3)
 
@@ -271,17 +269,30 @@ class HostRun:
         return plan_batches(self.experiment, [search_batch(self.experiment.data, 0, example)])
 
     def _pull_progress(self, text: str) -> None:
-        if self.stop.is_set() or self.signals:
+        if self.stop.is_set():
             raise EngineError(f"interrupted while pulling {self.experiment.source}'s image")
         self.note(f"pull: {text}")
 
     def _main(self) -> None:
         try:
+            try:
+                self._preflight()
+            except FaiceError:
+                if not self.stop.is_set():
+                    raise
+                self._summary = self._cancelled_before_start()
+                return
             self._summary = self._run_all()
         except BaseException as exc:  # surfaced by wait()
             self._error = exc
         finally:
             self._close()
+
+    def _cancelled_before_start(self) -> RunSummary:
+        """Cancelled during the preflight: nothing ran; run.json says so (``--resume`` runs
+        every batch)."""
+        save_red_file(self.rundir, self.experiment.data, self.redactor)
+        return self._write_summary(RunState.CANCELLED)
 
     def _close(self) -> None:
         from faice.runtime.tempdirs import remove_run_tempdir

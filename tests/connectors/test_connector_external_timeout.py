@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from faice.connectors.external import KILL_GRACE
 from faice.connectors.staging import ConnectorRequest, StagingSession
 from faice.errors import ConnectorError
 
@@ -111,3 +112,38 @@ def test_a_sigkilled_faice_leaves_no_connector_program_running(tmp_path):
     finally:
         if faice.poll() is None:
             faice.kill()
+
+
+def test_a_hanging_program_is_stopped_when_the_run_is_cancelled(hanging_connector, tmp_path):
+    """Ctrl-C/SIGTERM (the session's cancel event): the call returns at once and the program's
+    whole group is ended, the child that ignores SIGTERM too. Before, the run waited for it."""
+    import threading
+
+    name, pidfile = hanging_connector
+    cancel = threading.Event()
+    failure: list[BaseException] = []
+
+    def stage_in() -> None:
+        with StagingSession(tmp_path / "w", cancel=cancel) as session:
+            try:
+                session.stage_in(ConnectorRequest("batches[0].inputs.f", name, {"x": 1}), "File")
+            except BaseException as exc:
+                failure.append(exc)
+
+    thread = threading.Thread(target=stage_in)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not (pidfile.exists() and pidfile.read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    child = int(pidfile.read_text())
+    cancel.set()
+    set_at = time.monotonic()
+    thread.join(10)
+    assert time.monotonic() - set_at < 1.0, "the call went on after cancel"
+    assert failure and isinstance(failure[0], ConnectorError) and "cancelled" in str(failure[0]), failure
+    deadline = time.monotonic() + 2 * KILL_GRACE + 5
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if _alive(child):
+        os.kill(child, signal.SIGKILL)
+        pytest.fail("the program's child was left running")

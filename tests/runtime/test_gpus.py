@@ -120,7 +120,7 @@ def test_engine_rejects_an_impossible_gpu_request_before_docker(tmp_path):
     red = sh_red(tmp_path / "r.json", "true", "faice-test/base:bookworm", gpus={"vendor": "nvidia", "count": 3})
     local = HostRun(load_experiment(str(red)), RunOptions(), tmp_path / "run", gpu_inventory=MIXED[:2])
     with pytest.raises(EngineError, match="cannot be satisfied"):
-        local.start()
+        local.start().wait()
     assert local.runtime is None  # failed before even connecting to Docker
 
 

@@ -1,9 +1,11 @@
 """A throttled HTTP server on 127.0.0.1 for interrupt tests: ``/small`` returns a short body
 (it holds the test's secret, so a container that prints it shows whether logs are masked),
-``/big`` streams ``size`` bytes at about ``rate`` bytes/s (a large download that takes long)."""
+``/big`` streams ``size`` bytes at about ``rate`` bytes/s (a large download that takes long);
+and a server that never answers (:class:`SilentServer`)."""
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -62,3 +64,37 @@ class SlowServer:
     def __exit__(self, *exc: object) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class SilentServer:
+    """A TCP server on 127.0.0.1 that accepts every connection and never answers (a stalled
+    HTTP server): a client waits until its read timeout. ``connections`` counts accepts."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0), backlog=64)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.connections = 0
+        self._held: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:  # closed by __exit__
+                return
+            self._held.append(conn)
+            self.connections += 1
+
+    def __enter__(self) -> SilentServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
+        except OSError:
+            pass
+        self.sock.close()
+        for conn in self._held:
+            conn.close()
