@@ -47,6 +47,7 @@ def _calls(experiment: str, batch: str) -> dict[str, list[tuple[str, str, dict[s
         "experiments": [("GET", "/experiments", {p: "V"}) for p in lists],
         "experiments_count": [("GET", "/experiments/count", {"username": "V"})],
         "experiment": [("GET", "/experiments/V", {})],
+        "trials": [("GET", "/experiments/V/trials", {})],
         "batches": [("GET", "/batches", {p: "V"}) for p in (*lists, *batch_filters)],
         "batches_count": [("GET", "/batches/count", {p: "V"}) for p in batch_filters],
         "batch": [("GET", "/batches/V", {}), ("DELETE", "/batches/V", {})],
