@@ -11,10 +11,6 @@ import pytest
 from agency_helpers import faice
 from engine_helpers import sh_red
 
-from faice.pipeline.options import RunOptions
-from faice.pipeline.run import run_experiment
-from faice.red.prepare import load_experiment
-
 pytestmark = pytest.mark.docker
 
 # acc(n, step) = quality(n) · (1 − 0.8^(step+1)): the order of the batches is the same at every
@@ -41,8 +37,11 @@ def curve_red(path, image: str, execution: dict) -> dict:
 
 def test_the_agency_stops_the_batches_the_local_engine_stops(make_agency, tmp_path, test_image):
     curve_red(tmp_path / "local.red.json", test_image, {"engine": "ccfaice", "settings": {}})
-    local = run_experiment(load_experiment(str(tmp_path / "local.red.json")), RunOptions(parallel=1), tmp_path / "local")
-    local_records = {e["parameters"]["n"]: e for e in local.to_dict()["batches"]}
+    # In its own process, as a user runs it (in-process, an earlier test's state once kept it from stopping any).
+    local = faice("exec", str(tmp_path / "local.red.json"), "--parallel", "1", "--outdir", str(tmp_path / "local"),
+                  "--no-progress", timeout=300)
+    assert local.returncode == 0, local.stderr
+    local_records = {e["parameters"]["n"]: e for e in json.loads((tmp_path / "local" / "run.json").read_text())["batches"]}
     local_stopped = sorted(n for n, e in local_records.items() if e["state"] == "stopped")
     assert local_stopped == [4, 5, 6], local_records
 
