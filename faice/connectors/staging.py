@@ -419,7 +419,7 @@ def check_access(connector: Connector, request: ConnectorRequest, operation: str
     access = request.prepared_access()
     problems = sorted(validator.iter_errors(access), key=lambda e: list(e.absolute_path))
     if problems:
-        lines = [f"{_access_path(request.label, e)}: {_explain(e)}" for e in problems]
+        lines = [f"{_access_path(request.label, e)}: {explain_schema_error(e)}" for e in problems]
         raise ConnectorError(redactor.redact("\n".join(lines)))
 
 
@@ -435,7 +435,7 @@ _TYPE_WORDS = {"integer": "integer", "number": "number", "string": "string", "bo
                "object": "mapping", "array": "list", "null": "null"}
 
 
-def _explain(error) -> str:
+def explain_schema_error(error) -> str:
     """A short message that never repeats the offending value (it may be a secret)."""
     kind = error.validator
     if kind == "type":

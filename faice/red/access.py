@@ -133,7 +133,7 @@ def _templated(value: Any) -> bool:
 
 
 def _describe(error: Any, access: dict, where: KeyPath) -> Found:
-    from faice.connectors.staging import _explain
+    from faice.connectors.staging import explain_schema_error
 
     path = _written_path(access, list(error.absolute_path))
     if error.validator == "additionalProperties" and isinstance(error.instance, dict):
@@ -141,7 +141,7 @@ def _describe(error: Any, access: dict, where: KeyPath) -> Found:
         extra = sorted((k for k in error.instance if k not in allowed), key=str)
         if len(extra) == 1:  # point at the unknown key itself
             path = _written_path(access, list(error.absolute_path) + extra)
-    return where + tuple(path), _explain(error)
+    return where + tuple(path), explain_schema_error(error)
 
 
 def _written_path(access: Any, path: list[Any]) -> list[Any]:
