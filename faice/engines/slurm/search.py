@@ -14,8 +14,8 @@ when the driver is gone. Ctrl-C or SIGTERM cancels the workers; ``--resume`` rep
 trials into the sampler and goes on (``N trials reused, M new``).
 
 Without ``workers`` the same loop submits each trial as a job array of one task (one
-``sbatch`` and one ``squeue`` poll per trial in flight): fine for a few dozen trials; packing
-is the way for many.
+``sbatch`` per trial; one ``squeue`` per poll round for all trials in flight): fine for a few
+dozen trials; packing is the way for many.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from faice.engines.slurm.job import (
 from faice.engines.slurm.packed import PackedJob
 from faice.engines.slurm.progress import Follower
 from faice.engines.slurm.settings import SlurmSettings
+from faice.engines.slurm.watcher import current_states
 from faice.errors import UsageError
 from faice.files import dumps_json
 from faice.pipeline.options import ExecRequest, RunOptions
@@ -170,10 +171,8 @@ class TaskTrials(SlurmTrials):
         self.jobs[batch.id] = submit_batches(self.experiment, self.options, self.outdir, [batch], run_id=self.run_id)
 
     def _poll(self) -> dict[str, BatchState]:
-        states: dict[str, BatchState] = {}
-        for batch_id in list(self.in_flight):
-            states.update(self.jobs[batch_id].poll())
-        return states
+        # One squeue for all trials in flight (the watcher's round), not one per trial.
+        return current_states([self.jobs[batch_id] for batch_id in self.in_flight])
 
     def _cancel(self) -> None:
         self.follower.note(f"interrupted: cancelling the Slurm jobs of {len(self.in_flight)} trial(s)")
