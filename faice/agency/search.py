@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from faice.agency.ids import new_id
-from faice.agency.store import FINAL_STATES, Store
+from faice.agency.store import FINAL_STATES, Store, registered_batch
 
 log = logging.getLogger("faice.agency")
 SEARCHES_DIR = "searches"
@@ -195,16 +195,9 @@ class AgencyTrials:
             batch_id = found.pop(0)
             self.store.update_batch(batch_id, trial=batch.index)
         else:
-            now = time.time()
             batch_id = new_id()
-            self.store.add_batches([{
-                "_id": batch_id, "experimentId": self.experiment["_id"], "username": self.experiment["username"],
-                "registrationTime": now, "state": "registered", "batchesListIndex": batch.index,
-                "protectedKeysVoided": False, "notificationsSent": False, "node": None, "attempts": 0,
-                "history": [{"state": "registered", "time": now, "debugInfo": None, "node": None, "ccagent": None}],
-                "inputs": batch.inputs, "outputs": batch.outputs, "usedGPUs": None, "mount": False,
-                "trial": batch.index, "parameters": batch.parameters,
-            }])
+            self.store.add_batches([registered_batch(batch_id, self.experiment, batch.index, batch.inputs, batch.outputs,
+                                                     time.time(), trial=batch.index, parameters=batch.parameters)])
             self.proposed += 1
         self.in_flight[batch_id] = batch.id
         self._save()

@@ -36,6 +36,19 @@ def _experiment(row: tuple) -> dict[str, Any]:
     return doc
 
 
+def registered_batch(batch_id: str, experiment: dict[str, Any], index: int, inputs: Any, outputs: Any,
+                     now: float, **extra: Any) -> dict[str, Any]:
+    """A new batch document in state ``registered`` (``inputs``/``outputs`` already sealed):
+    the batches of a submitted experiment and the trials a search adds later."""
+    return {
+        "_id": batch_id, "experimentId": experiment["_id"], "username": experiment["username"],
+        "registrationTime": now, "state": "registered", "batchesListIndex": index,
+        "protectedKeysVoided": False, "notificationsSent": False, "node": None, "attempts": 0,
+        "history": [{"state": "registered", "time": now, "debugInfo": None, "node": None, "ccagent": None}],
+        "inputs": inputs, "outputs": outputs, "usedGPUs": None, "mount": False, **extra,
+    }
+
+
 LOG_CAP_ENV = "FAICE_AGENCY_LOG_CAP"
 DEFAULT_LOG_CAP = 4 * 1024 * 1024  # bytes kept per stream (stdout, stderr) of a batch
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from faice.agency.ids import new_id
+from faice.agency.store import registered_batch
 from faice.agency.vault import Vault, seal
 
 INVALID_RED = "Given RED data is invalid. Consider using the FAICE commandline tools for local validation."
@@ -210,23 +211,8 @@ def build_documents(
     batches = []
     for index, job in enumerate(jobs):
         batch_id = new_id()
-        batch = {
-            "_id": batch_id,
-            "experimentId": experiment_id,
-            "username": username,
-            "registrationTime": now,
-            "state": "registered",
-            "batchesListIndex": index,
-            "protectedKeysVoided": False,
-            "notificationsSent": False,
-            "node": None,
-            "attempts": 0,
-            "history": [{"state": "registered", "time": now, "debugInfo": None, "node": None, "ccagent": None}],
-            "inputs": seal(vault, batch_id, job.get("inputs", {})),
-            "outputs": seal(vault, batch_id, job.get("outputs", {})),
-            "usedGPUs": None,
-            "mount": False,
-        }
+        batch = registered_batch(batch_id, experiment, index, seal(vault, batch_id, job.get("inputs", {})),
+                                 seal(vault, batch_id, job.get("outputs", {})), now)
         for key in ("doc", "cloud"):
             if key in job:
                 batch[key] = job[key]
