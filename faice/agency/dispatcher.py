@@ -238,6 +238,7 @@ class Dispatcher:
                 self._running.pop(batch_id, None)
             if claim is not None:
                 self.admission.release(claim)
+            self._forget_stopper_when_done(batch["experimentId"])
             self.wake()
             self.searches.wake(batch["experimentId"])
 
@@ -310,6 +311,17 @@ class Dispatcher:
                 stopper.finished(batch["_id"], series)
         with self._lock:
             return self._stoppers.setdefault(experiment_id, stopper)
+
+    def _forget_stopper_when_done(self, experiment_id: str) -> None:
+        """Drop the rule of an experiment none of whose batches is left to run (a long-running
+        server would otherwise keep every experiment's series); :meth:`stopper` rebuilds it from
+        the stored series should a search add a batch later."""
+        with self._lock:
+            if experiment_id not in self._stoppers:
+                return
+        if not self.store.has_unfinished(experiment_id):
+            with self._lock:
+                self._stoppers.pop(experiment_id, None)
 
     def _objective_series(self, batch: dict[str, Any], outcome: Outcome) -> list[list[Any]] | None:
         """The finished batch's objective series, kept in its document and taught to the rule."""

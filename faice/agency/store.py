@@ -275,6 +275,13 @@ class Store:
         )
         return [_batch(r) for r in rows]
 
+    def has_unfinished(self, experiment_id: str) -> bool:
+        """Whether a batch of the experiment is not final yet (stops at the first one)."""
+        final = ", ".join("?" * len(FINAL_STATES))
+        rows = self.db.query(f"SELECT 1 FROM batches WHERE experiment_id = ? AND state NOT IN ({final}) LIMIT 1",
+                             (experiment_id, *sorted(FINAL_STATES)))
+        return bool(rows)
+
     def experiment_batch_states(self, experiment_id: str) -> list[str]:
         return [r[0] for r in self.db.query("SELECT state FROM batches WHERE experiment_id = ?", (experiment_id,))]
 
