@@ -127,9 +127,8 @@ class PyxisRuntime(EnrootRuntime):
         own = [line for line in lines if line.startswith(("pyxis:", "srun: error: pyxis", "slurmstepd: error: pyxis"))]
         if own:
             return own[-1]
-        if any(line.startswith("srun: error: Unable to") or "unrecognized option" in line for line in lines):
-            return next(line for line in lines if line.startswith("srun: error: Unable to") or "unrecognized option" in line)
-        return None
+        refused = [line for line in lines if line.startswith("srun: error: Unable to") or "unrecognized option" in line]
+        return refused[0] if refused else None
 
     def exit_state(self, handle: ContainerHandle) -> ContainerExit:
         """As every process runtime's; an OOM kill is what Slurm reports on srun's stderr."""
