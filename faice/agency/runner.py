@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from faice.errors import FaiceError
-from faice.files import read_tail
+from faice.files import read_json, read_tail
 from faice.pipeline.host import Host
+from faice.pipeline.metrics import thinned
 from faice.pipeline.options import RunOptions
 from faice.pipeline.plan import plan_batches
 from faice.pipeline.records import BatchRecord, FailureClass
@@ -186,12 +187,7 @@ def outcome_of(record: BatchRecord, files: BatchDir, *, redactor: Redactor, canc
 
 def _series(files: BatchDir) -> dict[str, Any]:
     """Every metric's ``[[step, value], …]`` from the batch's metrics.json ({} without one)."""
-    import json
-
-    try:
-        data = json.loads(files.metrics.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
+    data = read_json(files.metrics)
     series = data.get("series") if isinstance(data, dict) else None
     return series if isinstance(series, dict) else {}
 
@@ -203,10 +199,7 @@ def kept_series(series: Any) -> list[list[Any]] | None:
         return None
     points = [list(p) for p in series if isinstance(p, (list, tuple)) and len(p) == 2
               and isinstance(p[0], (int, float)) and (p[1] is None or isinstance(p[1], (int, float)))]
-    if len(points) > MAX_KEPT_POINTS:
-        stride = -(-len(points) // MAX_KEPT_POINTS)
-        points = points[::stride][: MAX_KEPT_POINTS - 1] + [points[-1]]
-    return points
+    return thinned(points, MAX_KEPT_POINTS)
 
 
 def read_record(rundir: RunDir, batch_id: str, *, redactor: Redactor, cancelled: bool = False) -> Outcome:

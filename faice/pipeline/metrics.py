@@ -27,7 +27,7 @@ import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from faice.descriptors import OutsideError, open_beneath
 from faice.red.metrics import (
@@ -590,3 +590,15 @@ class MetricsReader:
 def summary(result: Mapping[str, Any]) -> dict[str, Any]:
     """``result`` without the series, for result.json (the series go to ``metrics.json``)."""
     return {key: value for key, value in result.items() if key != "series"}
+
+
+Point = TypeVar("Point")
+
+
+def thinned(points: list[Point], most: int) -> list[Point]:
+    """At most ``most`` of ``points``, evenly spaced, the last one kept: a series sent to a
+    sampler or kept in a batch document stays small however long the batch logged."""
+    if len(points) <= most:
+        return points
+    stride = math.ceil(len(points) / most)
+    return points[::stride][: most - 1] + [points[-1]]

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from faice.errors import EngineError, UsageError
+from faice.pipeline.metrics import thinned
 from faice.red.experiment import Batch, Experiment
 from faice.red.metrics import MetricsSpec
 from faice.red.search import SearchSpec
@@ -288,11 +289,7 @@ def _thinned(series: Sequence[Sequence[Any]]) -> list[tuple[int, float]]:
     for step, value in series:
         if isinstance(step, (int, float)) and isinstance(value, (int, float)) and math.isfinite(value):
             points[int(step)] = float(value)
-    items = sorted(points.items())
-    if len(items) > MAX_REPORTED_POINTS:
-        stride = math.ceil(len(items) / MAX_REPORTED_POINTS)
-        items = items[::stride][: MAX_REPORTED_POINTS - 1] + [items[-1]]
-    return items
+    return thinned(sorted(points.items()), MAX_REPORTED_POINTS)
 
 
 # ---------------------------------------------------------------------------- the search loop

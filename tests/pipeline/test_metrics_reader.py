@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from faice.pipeline.metrics import MetricsReader, MetricsSpec, summary
+from faice.pipeline.metrics import MetricsReader, MetricsSpec, summary, thinned
 
 # What Keras' CSVLogger writes (separator ',', CRLF line ends, epochs from 0).
 KERAS_HEADER = "epoch,accuracy,loss,val_accuracy,val_loss\r\n"
@@ -153,6 +153,16 @@ def test_series_memory_is_bounded_by_thinning(tmp_path):
     steps = [p[0] for p in points[:-1]]
     assert len({b - a for a, b in zip(steps, steps[1:], strict=False)}) == 1, "evenly thinned"
     assert result["final"]["val_accuracy"] == 0.99999
+
+
+def test_a_kept_series_is_thinned_evenly_with_its_last_point():
+    """What a search's sampler and an agency batch document get of a long series."""
+    points = [[step, step / 1000] for step in range(1001)]
+    kept = thinned(points, 200)
+    assert len(kept) <= 200 and kept[0] == [0, 0.0] and kept[-1] == [1000, 1.0]
+    steps = [p[0] for p in kept[:-1]]
+    assert len({b - a for a, b in zip(steps, steps[1:], strict=False)}) == 1, "evenly thinned"
+    assert thinned(points[:200], 200) == points[:200]  # a short series is kept whole
 
 
 def test_over_long_line_is_skipped(tmp_path):
