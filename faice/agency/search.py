@@ -219,12 +219,10 @@ class AgencyTrials:
         ends = []
         for batch_id, trial_batch in list(self.in_flight.items()):
             doc = self.store.batch(batch_id)
-            if doc is not None and doc["state"] not in FINAL_STATES:
+            if doc is None or doc["state"] not in FINAL_STATES:
                 continue
-            record = BatchRecord.from_dict(agency_batch_record(doc)) if doc is not None else None
-            if record is None:
-                continue
-            series = doc.get("objectiveSeries") if doc is not None and isinstance(doc.get("objectiveSeries"), list) else None
+            record = BatchRecord.from_dict(agency_batch_record(doc))
+            series = doc.get("objectiveSeries") if isinstance(doc.get("objectiveSeries"), list) else None
             ends.append(Ended(trial_batch, record, series))
             del self.in_flight[batch_id]
             self.told += 1
