@@ -258,10 +258,15 @@ def pending_entry(batch_id: str, index: int | None, parameters: dict[str, Any] |
             "failureClass": None, "message": None, "gpus": [], "seconds": None}
 
 
-def run_state(entries: Iterable[dict[str, Any]], phase: RunState | str | None = None) -> RunState:
-    """The state of a run from its batch entries; ``phase`` says whether the run still goes on."""
+def run_state(entries: Iterable[dict[str, Any]], phase: RunState | str | None = None, *,
+              complete: bool = True) -> RunState:
+    """The state of a run from its batch entries; ``phase`` says whether the run still goes on.
+    ``complete=False``: batches are still to come that have no entry (a search cancelled
+    before its budget was spent), so its entries alone can't make it succeeded."""
     states = {e.get("state") for e in entries}
     current = enum_or(RunState, phase, None)
+    if not complete and current == RunState.CANCELLED:
+        return current
     if not states:
         return current or RunState.SUCCEEDED
     if states <= {BatchState.SUCCEEDED.value, BatchState.STOPPED.value}:

@@ -395,7 +395,8 @@ class HostRun:
             from faice.pipeline.search import drive
 
             drive(self.search, _LocalTrials(self), concurrent=min(parallel, max(1, count)))
-            return self._write_summary(RunState.CANCELLED if self.stop.is_set() else None)
+            return self._write_summary(RunState.CANCELLED if self.stop.is_set() else None,
+                                       complete=self.search.remaining == 0)
 
         def worker() -> None:
             while True:
@@ -450,9 +451,12 @@ class HostRun:
     def _add_plan(self, batch: Batch) -> BatchPlan:
         """A proposed trial's batch joins the run."""
         plan = plan_batches(self.experiment, [batch])[0]
+        cancel = threading.Event()
         with self._lock:
             self.plans.append(plan)
-            self._cancel[plan.id] = threading.Event()
+            self._cancel[plan.id] = cancel
+        if self.stop.is_set():  # cancel() came between the loop's check and this start
+            cancel.set()
         self._emit(BatchEvent(plan.id, plan.index, "pending", parameters=plan.batch.parameters))
         return plan
 
@@ -477,7 +481,7 @@ class HostRun:
             return True
         return self.options.max_failures is not None and failures >= self.options.max_failures
 
-    def _write_summary(self, phase: RunState | None) -> RunSummary:
+    def _write_summary(self, phase: RunState | None, *, complete: bool = True) -> RunSummary:
         with self._lock:
             entries = [r.entry() for r in self._records.values()]
             done = set(self._records)
@@ -503,7 +507,8 @@ class HostRun:
         }
         if phase != RunState.RUNNING:
             header["finished"] = now_iso()
-        return RunSummary(self.rundir.write_run(header, entries, phase=phase, redact=self.redactor.redact))
+        return RunSummary(self.rundir.write_run(header, entries, phase=phase, complete=complete,
+                                                redact=self.redactor.redact))
 
 
 class _LocalTrials:

@@ -312,15 +312,17 @@ class RunDir:
         return data if isinstance(data, dict) else None
 
     def write_run(self, header: dict[str, Any], entries: list[dict[str, Any]], *,
-                  phase: RunState | None = None, redact: Redact = REDACTOR.redact) -> dict[str, Any]:
-        """The only writer of ``run.json``: header fields, state, counts and one entry per batch."""
+                  phase: RunState | None = None, complete: bool = True,
+                  redact: Redact = REDACTOR.redact) -> dict[str, Any]:
+        """The only writer of ``run.json``: header fields, state, counts and one entry per batch
+        (``complete``: see :func:`~faice.pipeline.records.run_state`)."""
         entries = sorted(entries, key=lambda e: (e.get("index") is None, e.get("index") or 0))
         counts: dict[str, int] = {}
         for entry in entries:
             name = entry.get("state") or BatchState.PENDING.value
             counts[name] = counts.get(name, 0) + 1
         data = {k: v for k, v in header.items() if k not in ("batches", "counts", "state")}
-        data.update(state=run_state(entries, phase or header.get("state")).value, counts=counts,
+        data.update(state=run_state(entries, phase or header.get("state"), complete=complete).value, counts=counts,
                     batches=entries, updated=now_iso())
         atomic_write_json(self.run_file, data, redact=redact)
         return data
@@ -337,10 +339,12 @@ class RunDir:
         return True
 
     def rebuild(self, live: dict[str, BatchState] | None = None, header: dict[str, Any] | None = None,
-                described: dict[str, tuple[int | None, dict[str, Any] | None]] | None = None) -> dict[str, Any]:
+                described: dict[str, tuple[int | None, dict[str, Any] | None]] | None = None,
+                cancelled_early: bool = False) -> dict[str, Any]:
         """Rewrite ``run.json`` from every batch record; ``live`` gives the state of batches
         whose record is not final yet (a scheduler's view), ``header`` fields to set and
-        ``described`` the (index, parameters) of batches that have no record yet."""
+        ``described`` the (index, parameters) of batches that have no record yet;
+        ``cancelled_early``: cancelled before every batch was even proposed (a search)."""
         old = self.read_run() or {}
         known = self.recorded_entries()
         records = self.records()
@@ -361,8 +365,8 @@ class RunDir:
             entries.append(pending_entry(batch_id, index, parameters, current))
         merged = {**old, **(header or {})}
         live_run = any(e["state"] not in {s.value for s in FINAL_STATES} for e in entries)
-        phase = RunState.RUNNING if live_run and live else None
-        return self.write_run(merged, entries, phase=phase)
+        phase = RunState.RUNNING if live_run and live else RunState.CANCELLED if cancelled_early else None
+        return self.write_run(merged, entries, phase=phase, complete=not cancelled_early)
 
     def read_or_rebuild(self) -> dict[str, Any]:
         """run.json, rebuilt from the batch records when a run left none (a Slurm run whose

@@ -116,6 +116,10 @@ class ClaimQueue:
             self._open_seen = (mtime, now)
         return now - self._open_seen[1] < lease_s
 
+    def drained(self) -> bool:
+        """Closed and nothing ready or claimed: its workers can only end."""
+        return not (self.root / "OPEN").exists() and not self.anything_open()
+
     def cancel_requested(self) -> bool:
         return (self.root / "CANCEL").exists()
 

@@ -329,9 +329,9 @@ def wait_run(jobs: list[Job], on_update: Callable[[dict[str, BatchState]], None]
 
 
 def write_run_summary(outdir: Path, *, states: dict[str, BatchState],
-                      experiment: Experiment | None = None) -> dict[str, Any]:
+                      experiment: Experiment | None = None, cancelled_early: bool = False) -> dict[str, Any]:
     """run.json for a Slurm run: the batch records, the live Slurm state of batches that have
-    no final record yet, and the Slurm job ids."""
+    no final record yet, and the Slurm job ids (``cancelled_early``: see ``RunDir.rebuild``)."""
     outdir = Path(outdir)
     submissions = rundir.read_submissions(outdir)
     live = dict(states)
@@ -345,7 +345,7 @@ def write_run_summary(outdir: Path, *, states: dict[str, BatchState],
             live.setdefault(batch.id, SCHEDULED)
     described = {b: (s.get("batchIndex", {}).get(b), s.get("batchParameters", {}).get(b))
                  for s in submissions for b in s.get("batchIds", [])}
-    return RunDir(outdir).rebuild(live=live, header=header, described=described)
+    return RunDir(outdir).rebuild(live=live, header=header, described=described, cancelled_early=cancelled_early)
 
 
 def cancel_jobs_below(directory: Path, pattern: str = "attempt-*") -> list[str]:

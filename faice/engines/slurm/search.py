@@ -233,7 +233,7 @@ def run(experiment: Experiment, request: ExecRequest, settings: SlurmSettings, r
                 for job in runner.jobs.values():
                     job.remove_specs()
                 states = runner.states
-        summary = write_run_summary(outdir, states=states)
+        summary = write_run_summary(outdir, states=states, cancelled_early=bool(received) and search.remaining > 0)
         if request.json:
             print(REDACTOR.redact(dumps_json(summary, indent=2)))
         follower.report(summary)
@@ -250,13 +250,20 @@ def _refuse_live_jobs(outdir: Path) -> None:
     """``--resume`` of a search whose earlier jobs still run (its driver was killed: workers end
     ``leaseSeconds`` after its last heartbeat, once their trials are done) would run those
     trials twice, into the same directories: refuse (one squeue for every job of the run)."""
-    ids = [str(entry["jobId"]) for entry in rundir.read_submissions(outdir) if entry.get("jobId")]
-    live = [job for job, tasks in slurm_cli.queued_tasks_of(ids).items() if any(not t.is_final for t in tasks.values())]
+    entries = {str(entry["jobId"]): entry for entry in rundir.read_submissions(outdir) if entry.get("jobId")}
+    live = [job for job, tasks in slurm_cli.queued_tasks_of(list(entries)).items()
+            if any(not t.is_final for t in tasks.values()) and not _ending(outdir, entries[job])]
     if live:
         raise UsageError(
             f"--outdir {outdir}: Slurm job{'s' if len(live) > 1 else ''} {', '.join(sorted(live))} of this search "
             "still run (its earlier faice exec stopped); --resume goes on once they ended",
             hint=f"wait for them, or end them now: faice cancel all --outdir {shlex.quote(str(outdir))}")
+
+
+def _ending(outdir: Path, entry: dict[str, Any]) -> bool:
+    """Workers of a queue their driver closed with nothing left in it (a search that ended a
+    moment ago): they claim nothing more and only end."""
+    return bool(entry.get("packed")) and PackedJob(outdir, entry).queue.drained()
 
 
 def _say(message: str) -> None:

@@ -138,3 +138,42 @@ def test_an_interrupted_search_proposes_its_cancelled_trials_again_on_resume(tmp
     assert len(told) == 8
     assert {r["batch"] for r in cancelled} <= {r["batch"] for r in told if r["origin"] == "again"}
     assert any("trials reused" in note for note in notes)
+
+
+@pytest.mark.parametrize("moment", ["as a trial starts", "between two trials"])
+def test_a_search_cancelled_at_any_moment_ends_cancelled_and_runs_no_new_trial(tmp_path, test_image, monkeypatch,
+                                                                              moment):
+    """The cancel lands at the two moments a poll-based test only hits by chance: after the
+    loop checked that it may start a trial but before the trial's batch exists, and while no
+    trial is in flight. Either way no trial runs to its end after it, and run.json does not say
+    succeeded for a search that told 1 of its 4 trials."""
+    from faice.pipeline import run as run_module
+    from faice.pipeline.options import RunOptions
+    from faice.pipeline.run import HostRun
+    from faice.red.prepare import load_experiment
+
+    red = json.loads(search_red(tmp_path / "s.json", test_image, 4).read_text())
+    red["cli"]["baseCommand"][2] = search_objective.train_script(pause=0.5)
+    (tmp_path / "s.json").write_text(json.dumps(red))
+    real_start, real_ended = run_module._LocalTrials.start, run_module._LocalTrials.ended
+
+    def start(self, batch):
+        if moment == "as a trial starts" and self.run.plans:  # the second trial
+            self.run.cancel()
+        real_start(self, batch)
+
+    def ended(self):
+        found = real_ended(self)
+        if moment == "between two trials" and found:
+            self.run.cancel()
+        return found
+
+    monkeypatch.setattr(run_module._LocalTrials, "start", start)
+    monkeypatch.setattr(run_module._LocalTrials, "ended", ended)
+    outdir = tmp_path / "run"
+    outdir.mkdir()
+    summary = HostRun(load_experiment(str(tmp_path / "s.json")), RunOptions(parallel=1), outdir).start().wait()
+    assert summary is not None and summary.state == "cancelled", summary.to_dict()
+    states = [r["state"] for r in trials(outdir)]
+    assert states[0] == "succeeded" and "succeeded" not in states[1:], states
+    assert len(states) <= 2

@@ -157,3 +157,36 @@ def test_resume_waits_for_the_workers_of_a_killed_driver_and_cancel_ends_them(sl
     wait_for(lambda: not queued_tasks(job), 30, "the workers still run after faice cancel")
     assert time.monotonic() - started < 30, "not after leaseSeconds (60 s)"
     assert {json.loads(p.read_text())["state"] for p in (outdir / "batches").glob("*/result.json")} == {"cancelled"}
+
+
+def test_resume_right_after_a_search_is_not_refused_by_workers_that_only_end(slurm, test_image, tmp_path):
+    """A search's workers leave squeue a moment after ``faice exec`` returned (they see the
+    closed queue, then Slurm ends the job), so an immediate --resume may find them listed. A
+    real job array stands in for such a worker, held in squeue as long as the test needs: while its
+    queue is open (a killed driver's) --resume refuses; once the driver closed it and nothing
+    is left in it, the workers can only end and --resume goes on."""
+    red = search_red(tmp_path / "search.json", test_image, slurm.partition, 2, workers=1)
+    outdir = tmp_path / "run"
+    done = faice("exec", str(red), "--outdir", str(outdir), "--no-progress")
+    assert done.returncode == 0, done.stderr[-3000:]
+    stand_in = subprocess.run(["sbatch", "--parsable", f"--partition={slurm.partition}", "--array=0", "--mem=16",
+                               "-o", "/dev/null", "--wrap", "sleep 300"],
+                              capture_output=True, text=True, timeout=30, check=True).stdout.strip().split(";")[0]
+    try:
+        submissions_file = outdir / "slurm" / "submissions.json"
+        submissions = json.loads(submissions_file.read_text())
+        submissions[0]["jobId"] = stand_in
+        submissions_file.write_text(json.dumps(submissions))
+        queue = outdir / "slurm" / "1" / "queue"
+        (queue / "OPEN").touch()
+        refused = faice("exec", str(red), "--outdir", str(outdir), "--resume", "--no-progress")
+        assert refused.returncode == 2 and f"Slurm job {stand_in} of this search still run" in refused.stderr, \
+            refused.stderr
+        (queue / "OPEN").unlink()
+        grown = search_red(tmp_path / "search.json", test_image, slurm.partition, 3, workers=1)
+        again = faice("exec", str(grown), "--outdir", str(outdir), "--resume", "--no-progress")
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert "search: 2 trials reused, 1 new (trials: 3)" in again.stderr
+        assert [r["trial"] for r in told(outdir)] == [0, 1, 2]
+    finally:
+        subprocess.run(["scancel", stand_in], capture_output=True, timeout=30)
