@@ -107,7 +107,14 @@ def _print_batches(batches: list[dict[str, Any]]) -> None:
     print(summary(batches))
 
 
+# States of an agency batch that end it as planned: `--wait` exits 0 when every batch has one
+# (stopped: faice's server stopped it early, CC-Agency's "cancelled" of such a batch).
+ENDED_AS_PLANNED = ("succeeded", "stopped")
+
+
 def _status(client, args) -> int:
+    from faice.engines.agency.follow import ShownStates
+
     if not args.id:
         return _show_experiments(client, 10, args.json)
     kind, doc = _find(client, args.id)
@@ -116,24 +123,21 @@ def _status(client, args) -> int:
         from faice.engines.agency.follow import follow
 
         follow(client, experiment_id, live=False if args.json else None)
-        doc = client.batch(args.id) if kind == "batch" else doc
-    if kind == "batch":
-        batch = client.batch(args.id) if not args.wait else doc
-        if args.json:
-            print(REDACTOR.redact(dumps_json(batch, indent=2)))
-        else:
-            print(f"batch {batch['_id']} of experiment {batch['experimentId']}: {batch['state']} (attempts {batch.get('attempts')})")
-            reason = _last_reason(batch)
-            if reason:
-                print(REDACTOR.redact(reason))
-        return 1 if args.wait and batch["state"] != "succeeded" else 0
-    batches = client.experiment_batches(experiment_id)
-    if args.json:
-        print(dumps_json({"experimentId": experiment_id, "batches": batches}, indent=2))
+    batches = [client.batch(args.id)] if kind == "batch" else client.experiment_batches(experiment_id)
+    shown = ShownStates(client)(batches)  # the states faice's records give them
+    if args.json:  # CC-Agency's own documents
+        print(REDACTOR.redact(dumps_json(batches[0] if kind == "batch" else
+                                         {"experimentId": experiment_id, "batches": batches}, indent=2)))
+    elif kind == "batch":
+        batch = shown[0]
+        print(f"batch {batch['_id']} of experiment {batch['experimentId']}: {batch['state']} (attempts {batch.get('attempts')})")
+        reason = _last_reason(batch)
+        if reason:
+            print(REDACTOR.redact(reason))
     else:
         print(f"experiment {experiment_id}")
-        _print_batches(batches)
-    return 1 if args.wait and any(b["state"] != "succeeded" for b in batches) else 0
+        _print_batches(shown)
+    return 1 if args.wait and any(b["state"] not in ENDED_AS_PLANNED for b in shown) else 0
 
 
 def _logs(client, args) -> int:

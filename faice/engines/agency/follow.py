@@ -23,7 +23,7 @@ def summary(batches: list[dict[str, Any]]) -> str:
     return f"{len(batches)} batch{'es' if len(batches) != 1 else ''}: " + ", ".join(parts)
 
 
-class _Shown:
+class ShownStates:
     """The state shown for each batch: CC-Agency's, except that a batch faice's server stopped
     early (CC-Agency's ``cancelled``) shows as ``stopped``, as its record says (one request per
     such batch)."""
@@ -58,7 +58,7 @@ def follow(client: AgencyClient, experiment_id: str, *, stream: TextIO | None = 
     if live:
         return _follow_live(client, experiment_id, stream, interval, done)
     seen: dict[str, str] = {}
-    shown = _Shown(client)
+    shown = ShownStates(client)
     while True:
         batches = client.experiment_batches(experiment_id)
         for batch in shown(batches):
@@ -101,7 +101,7 @@ def _follow_live(client: AgencyClient, experiment_id: str, stream: TextIO, inter
             )
         return table
 
-    shown = _Shown(client)
+    shown = ShownStates(client)
     with Live(render([]), console=console, refresh_per_second=4, transient=False) as display:
         while True:
             batches = client.experiment_batches(experiment_id)

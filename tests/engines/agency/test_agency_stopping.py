@@ -74,6 +74,14 @@ def test_the_agency_stops_the_batches_the_local_engine_stops(make_agency, tmp_pa
     batch = server.get(f"/batches/{run['batches'][3]['id']}").json()
     assert batch["state"] == "cancelled" and batch["attempts"] == 1
     assert "stopped early by the asha rule at step 1" in batch["history"][-1]["debugInfo"]
+    # faice status of the experiment and of a stopped batch, as a user checks later: stopped,
+    # not cancelled, and --wait counts a stopped batch as ended as planned.
+    access = ("--red-file", str(tmp_path / "agency.red.json"), "--variables", str(variables))
+    status = faice("status", run["experimentId"], "--wait", *access)
+    assert status.returncode == 0, status.stderr
+    assert "6 batches: 3 succeeded, 3 stopped" in status.stdout, status.stdout
+    one = faice("status", run["batches"][3]["id"], *access)
+    assert one.returncode == 0 and ": stopped (attempts 1)" in one.stdout, one.stdout
     ranked = faice("results", str(outdir), "--format", "json")
     assert ranked.returncode == 0, ranked.stderr
     assert json.loads(ranked.stdout)[0]["batch"] == records[3]["batchId"]
