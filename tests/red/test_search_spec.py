@@ -7,7 +7,7 @@ import json
 import subprocess
 import sys
 
-from test_sweep import paths, red
+from sweep_reds import assert_messages, paths, red
 
 from faice.red.search import SearchSpec, is_search
 from faice.red.sweep import expand_batches, search_batch, sweep_problems, sweep_size
@@ -49,18 +49,16 @@ def test_search_settings_are_checked_with_key_paths():
     bad = {"algorithm": "bayes", "trials": 0, "seed": "x", "startupTrials": -1, "speed": 1,
            "parameters": {"learning_rate": {"loguniform": [0, 1]}, "batch_size": {"choice": [{"a": 1}]}}}
     problems = sweep_problems(red(sweep={"search": bad}), "x.red")
-    found: dict[str, str] = {}
-    for problem in problems:
-        key = ".".join(map(str, problem.path))
-        found[key] = found.get(key, "") + problem.message + "\n"
-    assert "add a metrics section with an objective" in found["sweep.search"]
-    assert "expected one of tpe, gp, cmaes, random, qmc, got 'bayes'" in found["sweep.search.algorithm"]
-    assert "expected an integer from 1" in found["sweep.search.trials"]
-    assert "integer seed" in found["sweep.search.seed"]
-    assert "startupTrials applies to tpe and gp" in found["sweep.search.startupTrials"]
-    assert "unknown key" in found["sweep.search.speed"]
-    assert "loguniform needs low > 0" in found["sweep.search.parameters.learning_rate"]
-    assert "numbers, strings, booleans or null" in found["sweep.search.parameters.batch_size.choice.0"]
+    assert_messages(problems, {
+        "sweep.search": "add a metrics section with an objective",
+        "sweep.search.algorithm": "expected one of tpe, gp, cmaes, random, qmc, got 'bayes'",
+        "sweep.search.trials": "expected an integer from 1",
+        "sweep.search.seed": "integer seed",
+        "sweep.search.startupTrials": "startupTrials applies to tpe and gp",
+        "sweep.search.speed": "unknown key",
+        "sweep.search.parameters.learning_rate": "loguniform needs low > 0",
+        "sweep.search.parameters.batch_size.choice[0]": "numbers, strings, booleans or null",
+    })
     assert problems[0].line is None or problems[0].line >= 1
     missing = sweep_problems(red(sweep={"search": {"parameters": SEARCH["parameters"]}}, metrics=METRICS), "x.red")
     assert paths(missing) == ["sweep.search.trials"]

@@ -6,6 +6,7 @@ import copy
 from pathlib import Path
 
 import pytest
+from sweep_reds import assert_messages, paths, red
 
 from faice.errors import ValidationError, format_key_path
 from faice.red.load import load_mapping, to_plain
@@ -13,34 +14,6 @@ from faice.red.sweep import batch_id, expand_batches, expanded_red, sweep_proble
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "sweeps"
 LR_SWEEP = DATA / "lr-sweep.red.yml"
-
-
-def red(**top) -> dict:
-    """A small valid single-batch RED document; keyword arguments replace top-level keys."""
-    document = {
-        "redVersion": "9",
-        "cli": {
-            "cwlVersion": "v1.0",
-            "class": "CommandLineTool",
-            "baseCommand": "train",
-            "inputs": {
-                "learning_rate": {"type": "float", "inputBinding": {"prefix": "--lr"}},
-                "batch_size": {"type": "int", "inputBinding": {"prefix": "--bs"}},
-                "optimizer": {"type": "string?", "inputBinding": {"prefix": "--opt"}},
-                "log": {"type": "string", "inputBinding": {"prefix": "--log"}},
-            },
-            "outputs": {},
-        },
-        "inputs": {"learning_rate": 0.1, "batch_size": 8, "log": "run.log"},
-        "outputs": {},
-        "container": {"engine": "docker", "settings": {"image": {"url": "python:3.12"}, "ram": 256}},
-    }
-    document.update(top)
-    return document
-
-
-def paths(problems) -> list[str]:
-    return [format_key_path(p.path) for p in problems]
 
 
 # ---------------------------------------------------------------- shapes and order
@@ -283,20 +256,19 @@ def test_problems_name_the_key_path_and_what_was_expected():
         inputs={"learning_rate": 0.1, "batch_size": 8, "log": "$(sweep.missing)"},
     )
     problems = sweep_problems(data, "sweep.red.yml")
-    by_path: dict[str, str] = {}
-    for p in problems:
-        by_path[format_key_path(p.path)] = by_path.get(format_key_path(p.path), "") + p.message + "\n"
     assert all(p.file == "sweep.red.yml" for p in problems)
-    assert "empty list" in by_path["sweep.grid.learning_rate"]
-    assert "already defined in sweep.grid.batch_size" in by_path["sweep.zip.batch_size"]
-    assert "batch_size has 1 values, optimizer has 3" in by_path["sweep.zip.optimizer"]
-    assert "batch_size has 1 values, log has 2" in by_path["sweep.zip.log"]
-    assert "positive integer" in by_path["sweep.random.samples"]
-    assert "low < high" in by_path["sweep.random.parameters.lr"]
-    assert "low > 0" in by_path["sweep.random.parameters.decay"]
-    assert "unknown distribution 'gamma'" in by_path["sweep.random.parameters.beta"]
-    assert "unknown key" in by_path["sweep.bogus"]
-    assert "$(sweep.missing)" in by_path["inputs.log"]
+    assert_messages(problems, {
+        "sweep.grid.learning_rate": "empty list",
+        "sweep.zip.batch_size": "already defined in sweep.grid.batch_size",
+        "sweep.zip.optimizer": "batch_size has 1 values, optimizer has 3",
+        "sweep.zip.log": "batch_size has 1 values, log has 2",
+        "sweep.random.samples": "positive integer",
+        "sweep.random.parameters.lr": "low < high",
+        "sweep.random.parameters.decay": "low > 0",
+        "sweep.random.parameters.beta": "unknown distribution 'gamma'",
+        "sweep.bogus": "unknown key",
+        "inputs.log": "$(sweep.missing)",
+    })
 
 
 def test_unused_parameter_and_reserved_name_are_errors():

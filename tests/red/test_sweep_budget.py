@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from test_sweep import paths, red
+from sweep_reds import paths, red
 
 from faice.red.sweep import expand_batches, sweep_problems
 
