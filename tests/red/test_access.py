@@ -37,13 +37,18 @@ def validate(tmp_path: Path, body: str, name: str = "r.red.yml") -> tuple[int, s
     return code, err.getvalue(), path
 
 
+def data_red(command: str, access: str) -> str:
+    """HEAD and the one input ``data``: a File that connector ``command`` fetches. ``access`` is
+    what follows ``access:`` as written there: a flow mapping on that line, or block lines below."""
+    return HEAD + f"inputs:\n  data:\n    class: File\n    connector:\n      command: {command}\n      access:{access}"
+
+
 def line_of(path: Path, text: str) -> int:
     return next(i for i, line in enumerate(path.read_text().splitlines(), 1) if text in line)
 
 
 def test_a_typo_in_an_access_key_is_found_at_its_line(tmp_path):
-    code, err, path = validate(tmp_path, HEAD + "inputs:\n  data:\n    class: File\n    connector:\n      command: file\n"
-                               "      access:\n        pat: /data/in.txt\n")
+    code, err, path = validate(tmp_path, data_red("file", "\n        pat: /data/in.txt\n"))
     assert code == 1
     assert f"{path}:{line_of(path, 'pat:')}:9: inputs.data.connector.access.pat: unknown key 'pat' (allowed: path)" in err
     assert "inputs.data.connector.access: missing required key 'path'" in err
@@ -52,16 +57,14 @@ def test_a_typo_in_an_access_key_is_found_at_its_line(tmp_path):
 def test_unknown_keys_of_mixed_types_are_listed_not_a_crash(tmp_path):
     """YAML allows number keys beside string ones; sorting them together raised TypeError
     (found by the fuzz test)."""
-    code, err, _ = validate(tmp_path, HEAD + "inputs:\n  data:\n    class: File\n    connector:\n      command: file\n"
-                            "      access:\n        path: /data/in.txt\n        0: x\n        zz: y\n")
+    code, err, _ = validate(tmp_path, data_red("file", "\n        path: /data/in.txt\n        0: x\n        zz: y\n"))
     assert code == 1, err
     assert "unknown key 0, 'zz' (allowed: path)" in err
     assert "Traceback" not in err and "internal error" not in err
 
 
 def test_an_unknown_connector_that_looks_like_a_typo_is_an_error_naming_the_known_ones(tmp_path):
-    code, err, path = validate(tmp_path, HEAD + "inputs:\n  data:\n    class: File\n    connector:\n      command: fiel\n"
-                               "      access: {path: /data/in.txt}\n")
+    code, err, path = validate(tmp_path, data_red("fiel", " {path: /data/in.txt}\n"))
     assert code == 1
     line = line_of(path, "command: fiel")
     assert f"{path}:{line}:7: inputs.data.connector.command: unknown connector 'fiel'; did you mean 'file'?" in err
@@ -70,8 +73,7 @@ def test_an_unknown_connector_that_looks_like_a_typo_is_an_error_naming_the_know
 
 def test_a_program_missing_here_is_only_a_warning(tmp_path):
     """The RED may be meant for a machine where that connector program is installed."""
-    code, err, path = validate(tmp_path, HEAD + "inputs:\n  data:\n    class: File\n    connector:\n"
-                               "      command: acme-tape-archive-fetch\n      access: {volume: 7}\n")
+    code, err, path = validate(tmp_path, data_red("acme-tape-archive-fetch", " {volume: 7}\n"))
     assert code == 0, err
     line = line_of(path, "acme-tape-archive-fetch")
     assert f"faice: warning: {path}:{line}:7: inputs.data.connector.command: connector 'acme-tape-archive-fetch'" in err
@@ -79,26 +81,15 @@ def test_a_program_missing_here_is_only_a_warning(tmp_path):
 
 
 def test_a_program_on_path_is_an_external_connector_without_a_schema(tmp_path):
-    code, err, _ = validate(tmp_path, HEAD + "inputs:\n  data:\n    class: File\n    connector:\n      command: cat\n"
-                            "      access: {anything: [1, 2]}\n")
+    code, err, _ = validate(tmp_path, data_red("cat", " {anything: [1, 2]}\n"))
     assert code == 0, err
     assert "warning" not in err
 
 
 def test_a_number_where_a_string_belongs_is_found_without_showing_it(tmp_path):
-    code, err, path = validate(tmp_path, HEAD + textwrap.dedent("""\
-        inputs:
-          data:
-            class: File
-            connector:
-              command: ssh
-              access:
-                host: login.example.org
-                auth:
-                  username: ada
-                  password: 424242424242
-                filePath: /data/in.txt
-        """))
+    code, err, path = validate(tmp_path, data_red("ssh", "\n        host: login.example.org\n        auth:\n"
+                                                         "          username: ada\n          password: 424242424242\n"
+                                                         "        filePath: /data/in.txt\n"))
     assert code == 1
     line = line_of(path, "password:")
     assert f"{path}:{line}:11: inputs.data.connector.access.auth.password: expected string" in err
@@ -106,14 +97,8 @@ def test_a_number_where_a_string_belongs_is_found_without_showing_it(tmp_path):
 
 
 def test_a_protected_key_is_named_as_written(tmp_path):
-    code, err, path = validate(tmp_path, HEAD + textwrap.dedent("""\
-        inputs:
-          data:
-            class: File
-            connector:
-              command: ssh
-              access: {host: h, port: 22, auth: {_username: ada, _password: 4242}, filePath: /x}
-        """))
+    access = " {host: h, port: 22, auth: {_username: ada, _password: 4242}, filePath: /x}\n"
+    code, err, path = validate(tmp_path, data_red("ssh", access))
     assert code == 1
     assert f"{path}:{line_of(path, '_password')}:" in err
     assert "inputs.data.connector.access.auth._password: expected string" in err and "4242" not in err
@@ -166,17 +151,8 @@ def test_values_filled_later_are_not_judged(tmp_path):
 
 
 def test_a_sweep_template_is_checked_once_not_once_per_batch(tmp_path):
-    code, err, path = validate(tmp_path, HEAD + textwrap.dedent("""\
-        inputs:
-          data:
-            class: File
-            connector:
-              command: file
-              access: {path: "/data/$(sweep.n).txt", mode: fast}
-        sweep:
-          grid:
-            n: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19]
-        """))
+    sweep = "sweep:\n  grid:\n    n: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19]\n"
+    code, err, path = validate(tmp_path, data_red("file", ' {path: "/data/$(sweep.n).txt", mode: fast}\n') + sweep)
     assert code == 1
     assert "(1 problem)" in err and err.count("unknown key 'mode'") == 1, err
 
@@ -229,8 +205,7 @@ def test_an_installed_plugin_is_checked_against_its_own_schema(tmp_path):
     root.mkdir()
     install_connector(root, "tape", PLUGIN, "TapeConnector")
     red = tmp_path / "tape.red.yml"
-    red.write_text(HEAD + "inputs:\n  data:\n    class: File\n    connector:\n      command: tape\n"
-                   "      access: {volume: seven}\n")
+    red.write_text(data_red("tape", " {volume: seven}\n"))
     done = subprocess.run([sys.executable, "-m", "faice", "validate", str(red)], capture_output=True, text=True,
                           timeout=60, env=environment_with(root))
     assert done.returncode == 1, done.stderr
