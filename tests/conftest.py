@@ -21,6 +21,10 @@ import pytest
 # The shared helpers (tests/support/*.py) are imported by basename from every test folder.
 sys.path.insert(0, str(Path(__file__).resolve().parent / "support"))
 
+# The agency's fixtures (a real ``faice agency serve``, PostgreSQL), for tests/agency/ and
+# tests/engines/agency/: tests/support/agency_fixtures.py.
+pytest_plugins = ["agency_fixtures"]
+
 try:  # tests/ is a package
     from tests import infra as _infra
 except ImportError:  # tests/ is on sys.path (pytest's rootdir-less "prepend" import mode)

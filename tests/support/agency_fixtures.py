@@ -1,5 +1,5 @@
-"""Fixtures for the agency (imported by tests/agency/conftest.py and tests/engines/agency/conftest.py):
-a real ``faice agency serve`` subprocess on 127.0.0.1 with a free
+"""Fixtures for the agency (a pytest plugin that tests/conftest.py registers, for tests/agency/
+and tests/engines/agency/): a real ``faice agency serve`` subprocess on 127.0.0.1 with a free
 port and a temp SQLite database (or a real PostgreSQL cluster), its users, and helpers.
 
 The PostgreSQL fixture starts its own cluster from Debian's ``postgresql`` package in a temp
