@@ -143,7 +143,7 @@ class Search:
         self._log = open(self.dir / LOG_FILE, "a" if resume else "w", encoding="utf-8")  # noqa: SIM115
         self.study = optuna.create_study(direction="maximize" if goal == "max" else "minimize",
                                          sampler=optuna.samplers.RandomSampler(seed=0))
-        self.reused = self._replay(previous)
+        self.reused = self._replay(self._told_late(previous, outdir))
         self._next = max((t["trial"] for t in previous), default=-1) + 1
         # A resumed search goes on with fresh random numbers (the same seed would repeat its start).
         self.study.sampler = self._sampler(self.spec.seed + self._next)
@@ -170,6 +170,27 @@ class Search:
         if algorithm == "qmc":
             return samplers.QMCSampler(seed=seed, scramble=True, warn_independent_sampling=False)
         return samplers.RandomSampler(seed=seed)
+
+    def _told_late(self, previous: list[dict[str, Any]], outdir: Path) -> list[dict[str, Any]]:
+        """Trials proposed but never told whose batch ended anyway (the driver died while
+        Slurm workers ran them to their end): told now, from their records, not run again."""
+        from faice.pipeline.records import BatchState
+        from faice.pipeline.rundir import RunDir
+
+        rundir = RunDir(outdir)
+        for row in previous:
+            if row.get("sampler") in TOLD or not isinstance(row.get("batch"), str):
+                continue
+            record = rundir.read_record(row["batch"])
+            if record is None or record.state not in (BatchState.SUCCEEDED, BatchState.FAILED, BatchState.STOPPED):
+                continue
+            value = objective_value(record)
+            points = _thinned(objective_series(rundir, row["batch"], self.metrics.objective.name) or [])
+            row.update(state=record.state.value, value=_finite(value), sampler=_told_as(record.state.value, value),
+                       message=record.message, intermediate=[list(p) for p in points])
+            self._write({"event": "told", "trial": row["trial"], **{key: row[key] for key in (
+                "batch", "state", "value", "sampler", "message", "intermediate")}})
+        return previous
 
     def _replay(self, previous: list[dict[str, Any]]) -> int:
         """Told trials go into the new study and count towards the budget; one proposed but
@@ -253,34 +274,46 @@ class Search:
             points = _thinned(series or [])
             for step, point in points:
                 trial.report(point, step)
-            finite = value is not None and math.isfinite(value)
-            if state == "succeeded" and finite:
+            told = _told_as(state, value)
+            if told == "complete":
                 self.study.tell(trial, value)
-                told = "complete"
-            elif state == "stopped":
+            elif told == "pruned":
                 self.study.tell(trial, state=states.PRUNED)
-                told = "pruned"
             else:
                 if state in ("cancelled", "interrupted"):
                     self._asked -= 1  # not counted: proposed again on --resume
                 self.study.tell(trial, state=states.FAIL)
-                told = "fail"
             self._write({"event": "told", "trial": number, "batch": batch_id, "state": state,
-                         "value": value if finite else None, "sampler": told, "message": message,
+                         "value": _finite(value), "sampler": told, "message": message,
                          "intermediate": [list(p) for p in points]})
 
     def tell_record(self, batch_id: str, record: BatchRecord, series: Sequence[Sequence[Any]] | None) -> None:
         """A trial's batch ended with ``record``: the sampler learns its objective (as the
         record's metrics say) and its series of intermediate values."""
-        objective = (record.metrics or {}).get("objective") or {}
-        value = objective.get("value") if isinstance(objective, dict) else None
-        value = value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-        self.tell(batch_id, record.state.value, value, series, record.message)
+        self.tell(batch_id, record.state.value, objective_value(record), series, record.message)
 
     def _write(self, event: dict[str, Any]) -> None:
         """One line of the log, flushed (not fsynced: a line lost in a crash only re-runs a trial)."""
         self._log.write(json.dumps(event, sort_keys=True, allow_nan=False, default=str) + "\n")
         self._log.flush()
+
+
+def objective_value(record: BatchRecord) -> float | None:
+    """The objective's value as the record's metrics say, or None."""
+    objective = (record.metrics or {}).get("objective") or {}
+    value = objective.get("value") if isinstance(objective, dict) else None
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _told_as(state: str, value: float | None) -> str:
+    """What the sampler is told of a trial whose batch ended in ``state`` with ``value``."""
+    if state == "succeeded" and _finite(value) is not None:
+        return "complete"
+    return "pruned" if state == "stopped" else "fail"
 
 
 def _thinned(series: Sequence[Sequence[Any]]) -> list[tuple[int, float]]:

@@ -116,6 +116,11 @@ class ClaimQueue:
             self._open_seen = (mtime, now)
         return now - self._open_seen[1] < lease_s
 
+    def left_open(self) -> bool:
+        """``OPEN`` is still there: its driver never closed the queue (once :meth:`more_may_come`
+        said no, the driver died)."""
+        return (self.root / "OPEN").exists()
+
     def drained(self) -> bool:
         """Closed and nothing ready or claimed: its workers can only end."""
         return not (self.root / "OPEN").exists() and not self.anything_open()

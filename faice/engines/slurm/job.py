@@ -221,7 +221,7 @@ def submit_batches(
         if open_for:
             queue.hold_open()  # before sbatch: a worker that starts at once must not find it closed
             # What add_batch needs to write the specs of the batches to come.
-            rundir.write_task_spec(submission, OPEN_SPEC, {"source": experiment.source, "data": shared,
+            rundir.write_task_spec(submission, rundir.OPEN_SPEC, {"source": experiment.source, "data": shared,
                                                            "protected": protected})
         rundir.write_json(submission / rundir.PACK_FILE, packed)
     argv = sbatch_options(
@@ -256,7 +256,6 @@ def submit_batches(
     return job
 
 
-OPEN_SPEC = -1  # tasks/-1.json: the shared part of the specs an open queue's batches get
 
 
 def _write_spec(outdir: Path, submission: Path, task_id: int, batch: Batch, shared: dict[str, Any]) -> None:
@@ -268,7 +267,7 @@ def _write_spec(outdir: Path, submission: Path, task_id: int, batch: Batch, shar
 def add_batch(job: PackedJob, batch: Batch) -> None:
     """Add a batch to a packed submission whose queue is open (``open_for``): its spec, its
     entry in submissions.json (what ``faice status`` and ``results`` read), then the queue."""
-    shared = rundir.read_stored(rundir.task_spec_path(job.submission_dir, OPEN_SPEC))
+    shared = rundir.read_stored(rundir.task_spec_path(job.submission_dir, rundir.OPEN_SPEC))
     task = len(job.batch_ids)
     _write_spec(job.outdir, job.submission_dir, task, batch, shared)
     job.batch_ids.append(batch.id)
@@ -282,7 +281,7 @@ def add_batch(job: PackedJob, batch: Batch) -> None:
 def close_queue(job: PackedJob) -> None:
     """No more batches for this submission: its workers end once the queue is empty."""
     job.queue.close()
-    rundir.task_spec_path(job.submission_dir, OPEN_SPEC).unlink(missing_ok=True)
+    rundir.task_spec_path(job.submission_dir, rundir.OPEN_SPEC).unlink(missing_ok=True)
 
 
 # ----------------------------------------------------------------------------- run directory

@@ -97,6 +97,9 @@ def update_submission(outdir: Path, tag: str, fields: dict[str, Any]) -> None:
     write_json(slurm_dir(outdir) / SUBMISSIONS, entries)
 
 
+OPEN_SPEC = -1  # tasks/-1.json: the shared part of the specs an open queue's batches get
+
+
 def task_spec_path(submission: Path, task_id: int) -> Path:
     return submission / "tasks" / f"{task_id}.json"
 

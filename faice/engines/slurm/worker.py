@@ -114,6 +114,11 @@ class Worker:
             elif now - last_check >= CANCEL_CHECK_S:
                 last_check = now
                 self._check_cancel()
+        if not self.stopping.is_set() and self.queue.left_open():
+            # Its driver died (the queue open, its heartbeat stale): no batch can be added any
+            # more, so the open queue's shared spec (filled secrets) goes now, not at a --resume
+            # or a faice cancel that may never come.
+            rundir.task_spec_path(self.submission, rundir.OPEN_SPEC).unlink(missing_ok=True)
         say(f"faice worker {self.name}: done, ran {len(self.ran)} batch(es)")
         return 0
 

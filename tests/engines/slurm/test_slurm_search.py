@@ -190,3 +190,39 @@ def test_resume_right_after_a_search_is_not_refused_by_workers_that_only_end(slu
         assert [r["trial"] for r in told(outdir)] == [0, 1, 2]
     finally:
         subprocess.run(["scancel", stand_in], capture_output=True, timeout=30)
+
+
+def test_workers_of_a_killed_driver_end_by_themselves_and_leave_no_spec(slurm, test_image, tmp_path):
+    """SIGKILL of the driver and no faice cancel: the workers run what was queued, end
+    ``leaseSeconds`` after its last heartbeat and take the open queue's shared spec (it may
+    hold filled secrets) with them; --resume then goes on from the told trials."""
+    from slurm_helpers import wait_for
+
+    from faice.engines.slurm.client import queued_tasks
+
+    red = search_red(tmp_path / "search.json", test_image, slurm.partition, 4, workers=1)
+    data = json.loads(red.read_text())
+    data["execution"]["settings"]["leaseSeconds"] = 5
+    red.write_text(json.dumps(data))
+    outdir = tmp_path / "run"
+    tasks = outdir / "slurm" / "1" / "tasks"
+    driver = subprocess.Popen([sys.executable, "-m", "faice", "exec", str(red), "--outdir", str(outdir), "--no-progress"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: list((outdir / "slurm" / "1" / "queue" / "claimed").glob("*")), 90, "no trial was claimed")
+    finally:
+        driver.kill()  # SIGKILL
+        driver.wait(30)
+    assert (tasks / "-1.json").exists(), "the queue is still open: its driver was killed"
+    job = submissions_job(outdir)
+    wait_for(lambda: not queued_tasks(job), 60, "the workers did not end after leaseSeconds")
+    assert not list(tasks.glob("*.json")), list(tasks.iterdir())
+    again = faice("exec", str(red), "--outdir", str(outdir), "--resume", "--wait", "--no-progress")
+    assert again.returncode == 0, again.stderr[-3000:]
+    rows = told(outdir)
+    assert [r["trial"] for r in rows] == [0, 1, 2, 3] and {r["sampler"] for r in rows} == {"complete"}, rows
+    # The trials the workers finished after the driver died are told from their records, not run again.
+    submissions = json.loads((outdir / "slurm" / "submissions.json").read_text())
+    queued_before = set(submissions[0]["batchIds"])
+    assert f"search: {len(queued_before)} trials reused" in again.stderr, again.stderr
+    assert not queued_before & {b for s in submissions[1:] for b in s["batchIds"]}
