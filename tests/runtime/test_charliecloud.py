@@ -11,7 +11,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from runtime_helpers import faice, faice_as_user, observable, oom_sweep, ordinary_home, records, sweep_red
+from runtime_helpers import (
+    faice,
+    faice_as_user,
+    observable,
+    oom_sweep,
+    ordinary_home,
+    records,
+    submit_and_wait,
+    sweep_red,
+)
 
 pytestmark = [pytest.mark.slow]
 
@@ -77,11 +86,7 @@ def test_sweep_on_slurm_runs_each_batch_with_ch_run_on_the_node(registry, charli
     red = sweep_red(tmp_path / "slurm.red.json", registry, batches=4, engine="charliecloud",
                     execution={"engine": "slurm", "settings": {"partition": slurm.partition}})
     outdir = tmp_path / "run"
-    submitted = faice("exec", str(red), "--outdir", str(outdir))
-    assert submitted.returncode == 0, submitted.stderr
-    status = faice("status", "--outdir", str(outdir), "--wait", "--json", timeout=300)
-    assert status.returncode == 0, status.stderr
-    found = observable(outdir)
+    found = submit_and_wait(red, outdir)
     assert found[2] == ("succeeded", None, 0, "batch 2 of the staged input\n", "value=14\n")
     assert all(found[i][0] == "succeeded" for i in range(4))
     assert (image_cache / "charliecloud" / "storage" / "img").is_dir()

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from runtime_helpers import faice, records, sweep_red
+from runtime_helpers import faice, records, submit_and_wait, sweep_red
 
 STAND_IN = Path(__file__).parent / "stand_in" / "runtime_stand_in.py"
 GPUS = [{"index": "0", "uuid": "GPU-aaa", "vram": 16000}, {"index": "1", "uuid": "GPU-bbb", "vram": 16000}]
@@ -273,19 +273,13 @@ def test_pyxis_dry_run_shows_the_srun_command_of_each_batch(tmp_path, monkeypatc
 @pytest.mark.slurm
 def test_pyxis_under_the_slurm_engine_runs_each_batch_as_a_step_of_its_task(stand_in, slurm, tmp_path):
     """The Slurm engine for real (sbatch, the task on the node); the step's srun is the stand-in."""
-    from runtime_helpers import observable
-
     red = gpu_red(tmp_path, engine="pyxis", batches=2)
     data = json.loads(red.read_text())
     del data["container"]["settings"]["gpus"]  # no GPU in this Slurm
     data["execution"] = {"engine": "slurm", "settings": {"partition": slurm.partition}}
     red.write_text(json.dumps(data))
     outdir = tmp_path / "run"
-    submitted = faice("exec", str(red), "--outdir", str(outdir))
-    assert submitted.returncode == 0, submitted.stderr
-    status = faice("status", "--outdir", str(outdir), "--wait", "--json", timeout=300)
-    assert status.returncode == 0, status.stderr
-    found = observable(outdir)
+    found = submit_and_wait(red, outdir)
     assert [found[i][0] for i in range(2)] == ["succeeded"] * 2, found
     steps = [c for c in stand_in() if c["argv"][0] == "srun"]
     assert len(steps) == 2

@@ -107,6 +107,16 @@ def run_on(runtime: str, red: Path, outdir: Path, exit_code: int = 0) -> None:
     assert result.returncode == exit_code, f"{runtime}: {result.stderr[-2000:]}"
 
 
+def submit_and_wait(red: Path, outdir: Path) -> dict[int, tuple]:
+    """``faice exec RED --outdir OUTDIR`` on an engine that submits (Slurm), then ``faice status
+    --wait`` until every batch is final (both must succeed): what each batch left (:func:`observable`)."""
+    submitted = faice("exec", str(red), "--outdir", str(outdir))
+    assert submitted.returncode == 0, submitted.stderr
+    status = faice("status", "--outdir", str(outdir), "--wait", "--json", timeout=300)
+    assert status.returncode == 0, status.stderr
+    return observable(outdir)
+
+
 def oom_sweep(tmp_path: Path, registry: Registry, runtime: str) -> dict[int, dict]:
     """A 2-batch sweep under a 256 MB RAM limit whose batch 1 allocates 900 MiB, run on
     ``runtime`` (the run fails): its records."""
