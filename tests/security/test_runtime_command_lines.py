@@ -45,17 +45,23 @@ HOSTILE = [
 ]
 
 
-@pytest.mark.parametrize("runtime", ["podman", "charliecloud", "apptainer", "enroot", "pyxis"])
-@pytest.mark.parametrize(("field", "value"), HOSTILE, ids=[f"{f}={v!r}" for f, v in HOSTILE])
-def test_hostile_values_never_reach_a_runtime_command_line(runtime, field, value, tmp_path, monkeypatch):
-    monkeypatch.setenv("SLURM_JOB_ID", "4242")  # pyxis: inside a job, so only the value can be refused
+def assert_refused(runtime: str, field: str, value, cache: Path) -> None:
+    """``runtime`` refuses a spec whose ``field`` is ``value``, to describe and to create, and
+    has nothing running after."""
     chosen = process_runtime(runtime)
-    chosen.cache = tmp_path
+    chosen.cache = cache
     with pytest.raises(EngineError):
         chosen.describe(spec(**{field: value}))
     with pytest.raises(EngineError):
         chosen.create(spec(**{field: value}))
     assert not chosen.has_live()
+
+
+@pytest.mark.parametrize("runtime", ["podman", "charliecloud", "apptainer", "enroot", "pyxis"])
+@pytest.mark.parametrize(("field", "value"), HOSTILE, ids=[f"{f}={v!r}" for f, v in HOSTILE])
+def test_hostile_values_never_reach_a_runtime_command_line(runtime, field, value, tmp_path, monkeypatch):
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")  # pyxis: inside a job, so only the value can be refused
+    assert_refused(runtime, field, value, tmp_path)
 
 
 # What srun, its SPANK plugins, Pyxis or Enroot would read as their own, not the batch's.
@@ -76,13 +82,7 @@ PYXIS_HOSTILE = [
 @pytest.mark.parametrize(("field", "value"), PYXIS_HOSTILE, ids=[f"{f}={v!r}" for f, v in PYXIS_HOSTILE])
 def test_hostile_values_never_steer_srun_or_pyxis(field, value, tmp_path, monkeypatch):
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
-    chosen = process_runtime("pyxis")
-    chosen.cache = tmp_path
-    with pytest.raises(EngineError):
-        chosen.describe(spec(**{field: value}))
-    with pytest.raises(EngineError):
-        chosen.create(spec(**{field: value}))
-    assert not chosen.has_live()
+    assert_refused("pyxis", field, value, tmp_path)
 
 
 def test_pyxis_options_end_before_the_command_and_values_only_in_the_environment(monkeypatch):
