@@ -189,15 +189,22 @@ def test_json_file_problems_name_line_column_and_key_path(tmp_path, capsys):
     assert expected in capsys.readouterr().err
 
 
+def invalid_grepwrap(path: Path, capsys, old: str, new: str) -> str:
+    """The valid grepwrap example with ``old`` (which it holds) replaced by ``new``, written to
+    ``path``: ``faice validate`` refuses it; what it said on stderr."""
+    text = (DATA / "valid" / "grepwrap.red.yml").read_text()
+    assert old in text
+    path.write_text(text.replace(old, new))
+    assert main(["validate", str(path)]) == 1
+    return capsys.readouterr().err
+
+
 def test_protected_values_never_appear_in_messages(tmp_path, capsys):
-    text = (DATA / "valid" / "grepwrap.red.yml").read_text().replace(
+    err = invalid_grepwrap(
+        tmp_path / "secret.red.yml", capsys,
         'settings: {image: {url: "docker.io/curiouscontainers/grepwrap"}}',
         'settings: {image: {url: "docker.io/curiouscontainers/grepwrap", auth: {username: u, password: 9876543}}}',
     )
-    path = tmp_path / "secret.red.yml"
-    path.write_text(text)
-    assert main(["validate", str(path)]) == 1
-    err = capsys.readouterr().err
     assert "container.settings.image.auth.password: expected a string" in err
     assert "9876543" not in err
 
@@ -322,12 +329,10 @@ def test_unknown_red_version_is_not_checked_further():
 
 
 def test_non_string_keys_in_cli_are_reported_not_crashed_on(tmp_path, capsys):
-    text = (DATA / "valid" / "grepwrap.red.yml").read_text().replace(
+    path = tmp_path / "keys.red.yml"
+    err = invalid_grepwrap(
+        path, capsys,
         '    query_term: {type: "string", inputBinding: {position: 0}}',
         '    query_term: {type: "string", inputBinding: {position: 0}}\n    1: {type: "string?", inputBinding: {}}',
     )
-    path = tmp_path / "keys.red.yml"
-    path.write_text(text)
-    assert main(["validate", str(path)]) == 1
-    err = capsys.readouterr().err
     assert f"{path}:9:5: cli.inputs: key 1 (int) is not a string; quote it" in err
