@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -10,6 +11,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -50,21 +52,29 @@ def running_run(client, outdir: Path, count: int):
     return check
 
 
-@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_signal_stops_and_removes_everything(tmp_path, docker_client, test_image, signum, code):
-    red = sh_red(tmp_path / "r.json", "sleep 60", test_image, sweep={"grid": {"n": [1, 2, 3]}})
-    proc = faice("exec", str(red), "--outdir", str(tmp_path / "run"), "--parallel", "2", "--no-progress")
+@contextlib.contextmanager
+def started(client, red: Path, outdir: Path, *args: str, running: int = 1) -> Iterator[tuple[subprocess.Popen, str]]:
+    """``faice exec RED --outdir OUTDIR ARGS`` in the background: yields it and its run id once
+    ``running`` of its containers run (within 30 s), and kills it if it still runs at the end."""
+    proc = faice("exec", str(red), "--outdir", str(outdir), *args, "--no-progress")
     try:
-        run_id = wait_for(running_run(docker_client, tmp_path / "run", 2), 30)
+        run_id = wait_for(running_run(client, outdir, running), 30)
         assert run_id, proc.stderr.read() if proc.poll() is not None else "no running containers"
-        proc.send_signal(signum)
-        started = time.monotonic()
-        assert wait_for(lambda: not faice_containers(docker_client, run_id), 10), "containers left after 10 s"
-        out, err = proc.communicate(timeout=20)
-        assert time.monotonic() - started < 12
+        yield proc, run_id
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_stops_and_removes_everything(tmp_path, docker_client, test_image, signum, code):
+    red = sh_red(tmp_path / "r.json", "sleep 60", test_image, sweep={"grid": {"n": [1, 2, 3]}})
+    with started(docker_client, red, tmp_path / "run", "--parallel", "2", running=2) as (proc, run_id):
+        proc.send_signal(signum)
+        signalled = time.monotonic()
+        assert wait_for(lambda: not faice_containers(docker_client, run_id), 10), "containers left after 10 s"
+        out, err = proc.communicate(timeout=20)
+        assert time.monotonic() - signalled < 12
     assert proc.returncode == code, err
     assert "Traceback" not in err
     assert not [d for d in run_tempdirs() if d.name.startswith(f"faice-run-{run_id}-")]
@@ -76,30 +86,20 @@ def test_signal_stops_and_removes_everything(tmp_path, docker_client, test_image
 
 def test_second_ctrl_c_kills_at_once(tmp_path, docker_client, test_image):
     red = sh_red(tmp_path / "r.json", "sleep 60", test_image)
-    proc = faice("exec", str(red), "--outdir", str(tmp_path / "run"), "--no-progress")
-    try:
-        run_id = wait_for(running_run(docker_client, tmp_path / "run", 1), 30)
-        assert run_id
+    with started(docker_client, red, tmp_path / "run") as (proc, run_id):
         proc.send_signal(signal.SIGINT)
         time.sleep(0.2)
         proc.send_signal(signal.SIGINT)
-        started = time.monotonic()
+        signalled = time.monotonic()
         proc.communicate(timeout=20)
-        assert time.monotonic() - started < 2.0  # no grace period the second time
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+        assert time.monotonic() - signalled < 2.0  # no grace period the second time
     assert proc.returncode == 130
     assert not faice_containers(docker_client, run_id)
 
 
 def test_leftovers_of_a_sigkilled_run_are_removed_at_the_next_start(tmp_path, docker_client, test_image):
     red = sh_red(tmp_path / "r.json", "sleep 60", test_image)
-    proc = faice("exec", str(red), "--outdir", str(tmp_path / "killed"), "--no-progress")
-    try:
-        run_id = wait_for(running_run(docker_client, tmp_path / "killed", 1), 30)
-        assert run_id
-    finally:
+    with started(docker_client, red, tmp_path / "killed") as (proc, run_id):
         proc.kill()  # SIGKILL: no chance to clean up
         proc.communicate(timeout=10)
     leftovers = faice_containers(docker_client, run_id)
