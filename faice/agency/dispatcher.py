@@ -279,9 +279,7 @@ class Dispatcher:
             gpus=claim.gpus if claim is not None and claim.gpus else None,
             parameters=batch["parameters"] if isinstance(batch.get("parameters"), dict) else {},
         )
-        stopper = self.stopper(experiment)
-        if stopper is not None:
-            job.stop_rule = stopper.check
+        job.stopper = self.stopper(experiment)
         return job
 
     # ------------------------------------------------------------ early stopping
@@ -322,6 +320,17 @@ class Dispatcher:
         if not self.store.has_unfinished(experiment_id):
             with self._lock:
                 self._stoppers.pop(experiment_id, None)
+            self._runner_forgets(experiment_id)
+
+    def _runner_forgets(self, experiment_id: str) -> None:
+        """What the runner keeps for an experiment's rule (the Slurm runners: the series the
+        nodes share) goes with the dispatcher's; it is written again should a batch follow."""
+        forget = getattr(self.runner, "forget_experiment", None)
+        if forget is not None:
+            try:
+                forget(experiment_id)
+            except Exception:  # tidying up never fails a batch
+                log.exception("experiment %s: the runner could not forget it", experiment_id)
 
     def _objective_series(self, batch: dict[str, Any], outcome: Outcome) -> list[list[Any]] | None:
         """The finished batch's objective series, kept in its document and taught to the rule."""
@@ -397,6 +406,7 @@ class Dispatcher:
             self.vault.delete_owner(experiment_id)
             with self._lock:
                 self._stoppers.pop(experiment_id, None)
+            self._runner_forgets(experiment_id)
 
     def _search_ended(self, experiment_id: str) -> None:
         self._void_experiment(experiment_id)

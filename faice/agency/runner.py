@@ -28,7 +28,7 @@ from faice.runtime.gpus import Gpu, GpuAllocator, host_allocator
 from faice.secrets import Redactor, batch_redactor
 
 if TYPE_CHECKING:
-    from faice.pipeline.batch import StopRule
+    from faice.pipeline.stopping import Stopper
 
 # A finished batch's objective series kept in its document (for the early-stopping rule and
 # the search's sampler after a restart): at most this many points, evenly thinned.
@@ -47,9 +47,10 @@ class BatchJob:
     workdir: Path
     disable_connector_validation: bool = False
     gpus: list[Gpu] | None = None  # devices the dispatcher reserved for this batch
-    # The experiment's early-stopping rule (the dispatcher's, over all its batches); runners
-    # that cannot watch a batch while it runs (Slurm) leave it unused.
-    stop_rule: StopRule | None = None
+    # The experiment's early-stopping rule (the dispatcher's, over all its batches): asked
+    # while the batch runs here; the Slurm runners share its finished series with the nodes,
+    # where the batch is judged (faice.pipeline.stopping.SharedStopper).
+    stopper: Stopper | None = None
     parameters: dict[str, Any] = field(default_factory=dict)  # a search trial's (the server proposed them)
 
 
@@ -150,7 +151,7 @@ class PipelineRunner:
         record = self.host.run_alone(plan, run_id=job.experiment_id, outdir=outdir, redactor=redactor,
                                      options=options, cancel=cancel, engine={"name": "agency", "node": self.node},
                                      gpus=GpuAllocator(job.gpus, busy="ignore") if job.gpus else None,
-                                     stop_rule=job.stop_rule)
+                                     stop_rule=job.stopper.check if job.stopper is not None else None)
         return outcome_of(record, RunDir(outdir).batch(job.batch_id), redactor=redactor, cancelled=cancel.is_set())
 
     def cleanup(self, batch_id: str, runtime: str = "docker") -> None:

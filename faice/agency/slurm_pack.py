@@ -104,6 +104,7 @@ class PackedSlurmRunner(SlurmRunner):
 
             def failed_wait() -> Outcome:
                 self._leave(pack, job.batch_id)
+                self.shared_outcome(job, failed)
                 return failed
 
             return failed_wait
@@ -115,6 +116,7 @@ class PackedSlurmRunner(SlurmRunner):
                 cancelled = following.wait()
                 outcome = read_record(RunDir(pack.outdir), job.batch_id, redactor=redactor, cancelled=cancelled)
                 outcome.extra["slurmJobId"] = pack.job.job_id
+                self.shared_outcome(job, outcome)
                 return outcome
             finally:
                 self._leave(pack, job.batch_id)
@@ -128,7 +130,9 @@ class PackedSlurmRunner(SlurmRunner):
             first = jobs[0]
             experiment = self._pack_experiment(first, jobs)
             protected = sorted({v for j in jobs for v in batch_redactor(j.red).values()})
-            options = agency_options(first)
+            # The workers judge the pack's batches with those of the experiment's other packs.
+            shared = [self.share_stopping(j) for j in jobs]
+            options = agency_options(first).replace(stopping_dir=shared[0])
             pack.outdir.mkdir(parents=True, exist_ok=True)
             pack.job = submit_batches(experiment, options, pack.outdir, run_id=first.experiment_id, protected=protected)
             log.info("batches %s: Slurm job %s (packed: %d batches, %d worker(s))",

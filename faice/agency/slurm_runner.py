@@ -11,25 +11,37 @@ per round for all of them), scancels it when the batch is cancelled, and wakes t
 thread, which reads the record the task wrote, like
 :class:`faice.agency.runner.PipelineRunner` does for a local run. Slurm settings come from
 the server's command line, not from the client's RED.
+
+An experiment's ``metrics.earlyStopping`` rule is applied on the nodes, where the batches
+run: the server writes every finished batch's objective series into
+``<workdir>/slurm-stopping/<experiment id>/`` (for all of the experiment's submissions), and
+each task or worker judges its batch with those and the live series of the others
+(:class:`faice.pipeline.stopping.SharedStopper`), as the dispatcher's rule would.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from faice.agency.options import SlurmFlags
-from faice.agency.runner import BatchJob, Outcome, Waiter, agency_options, read_record
+from faice.agency.runner import BatchJob, Outcome, Waiter, agency_options, kept_series, read_record
 from faice.engines.slurm.watcher import Watcher, shared_watcher
 from faice.errors import FaiceError, UsageError
 from faice.pipeline.rundir import RunDir
+from faice.pipeline.stopping import share_finished
 from faice.red.experiment import Batch, Experiment
 from faice.secrets import batch_redactor
 
 log = logging.getLogger("faice.agency")
+
+# Per experiment with metrics.earlyStopping: the objective series its batches share (live/,
+# batches/), across every Slurm submission of the experiment (faice.pipeline.stopping).
+STOPPING_DIR = "slurm-stopping"
 
 # Batches kept submitted at once when --parallel is not given: Slurm queues them fairly.
 DEFAULT_PARALLEL = 32
@@ -113,9 +125,16 @@ class SlurmRunner:
     node = "slurm"  # what the agency API reports as the batch's node
 
     def __init__(self, settings: SlurmServerSettings, workdir: Path, *, watcher: Watcher | None = None):
+        """The series a previous server process shared are removed: the dispatcher's rule,
+        rebuilt from the store, shares them again at the next batch of their experiment."""
         self.settings = settings
         self.workdir = Path(workdir)
         self.watcher = watcher or shared_watcher()
+        self.stopping_root = self.workdir / STOPPING_DIR
+        self._sharing: dict[str, int] = {}  # experiment id → its batches in flight that share series
+        self._shared: dict[str, set[str]] = {}  # experiment id → the batches whose series are written
+        self._sharing_lock = threading.Lock()
+        shutil.rmtree(self.stopping_root, ignore_errors=True)
 
     def _experiment(self, job: BatchJob) -> Experiment:
         red = job.red
@@ -142,12 +161,13 @@ class SlurmRunner:
             return lambda: Outcome("cancelled", "cancelled before it was submitted")
         outdir = job.workdir / f"attempt-{job.attempt}"
         outdir.mkdir(parents=True, exist_ok=True)
-        options = agency_options(job)
         redactor = batch_redactor(job.red)
         try:
+            options = agency_options(job).replace(stopping_dir=self.share_stopping(job))
             slurm_job = submit_batches(self._experiment(job), options, outdir, protected=redactor.values())
-        except FaiceError as exc:
+        except (FaiceError, OSError) as exc:
             failed = Outcome("failed", redactor.redact(str(exc)))
+            self.shared_outcome(job, failed)
             return lambda: failed
         log.info("batch %s: Slurm job %s (attempt %d)", job.batch_id, slurm_job.job_id, job.attempt)
         following = self.watcher.follow(slurm_job, job.batch_id, cancel, stop=slurm_job.cancel)
@@ -159,9 +179,56 @@ class SlurmRunner:
                 slurm_job.remove_specs()  # a task that never started still holds its secret-bearing spec
             outcome = read_record(RunDir(outdir), job.batch_id, redactor=redactor, cancelled=cancelled)
             outcome.extra["slurmJobId"] = slurm_job.job_id
+            self.shared_outcome(job, outcome)
             return outcome
 
         return wait
+
+    # ------------------------------------------------------------------ early stopping
+
+    def share_stopping(self, job: BatchJob) -> str | None:
+        """The directory where the experiment's batches on the nodes judge each other by its
+        ``metrics.earlyStopping`` rule (None without one), with every finished series the
+        dispatcher's rule knows written there. Each call is one batch in flight, ended by
+        :meth:`shared_outcome`."""
+        if job.stopper is None:
+            return None
+        directory = self.stopping_root / job.experiment_id
+        name = objective_name(job)
+        with self._sharing_lock:
+            self._sharing[job.experiment_id] = self._sharing.get(job.experiment_id, 0) + 1
+            shared = self._shared.setdefault(job.experiment_id, set())
+            for batch_id, series in job.stopper.finished_series(excluding=shared).items():
+                if name:
+                    share_finished(directory, batch_id, name, series)
+                shared.add(batch_id)
+        return str(directory)
+
+    def shared_outcome(self, job: BatchJob, outcome: Outcome) -> None:
+        """The batch ended: its objective series counts for the experiment's batches still
+        running (at once, not only from the next submission)."""
+        if job.stopper is None:
+            return
+        name = objective_name(job)
+        series = kept_series((outcome.extra.get("series") or {}).get(name)) if name else None
+        with self._sharing_lock:
+            self._sharing[job.experiment_id] = max(0, self._sharing.get(job.experiment_id, 1) - 1)
+            if series is not None and name:
+                try:
+                    share_finished(self.stopping_root / job.experiment_id, job.batch_id, name, series)
+                    self._shared.setdefault(job.experiment_id, set()).add(job.batch_id)
+                except OSError as exc:  # the others decide without it
+                    log.warning("batch %s: could not share its objective series: %s", job.batch_id, exc)
+
+    def forget_experiment(self, experiment_id: str) -> None:
+        """The dispatcher dropped the experiment's rule: its shared series go (unless a batch
+        of it is in flight after all)."""
+        with self._sharing_lock:
+            if self._sharing.get(experiment_id):
+                return
+            self._sharing.pop(experiment_id, None)
+            self._shared.pop(experiment_id, None)
+            shutil.rmtree(self.stopping_root / experiment_id, ignore_errors=True)
 
     def cleanup(self, batch_id: str, runtime: str = "docker") -> None:
         """At server start, for a batch that was running when the server stopped: scancel its
@@ -177,6 +244,14 @@ class SlurmRunner:
         except FaiceError as exc:
             log.warning("batch %s: cancelling its Slurm jobs failed: %s", batch_id, exc)
         remove_batch_leftovers(batch_id, runtime)
+
+
+def objective_name(job: BatchJob) -> str | None:
+    """The name of the objective the batch's rule judges (its experiment's metrics section)."""
+    metrics = job.red.get("metrics")
+    objective = metrics.get("objective") if isinstance(metrics, dict) else None
+    name = objective.get("name") if isinstance(objective, dict) else None
+    return name if isinstance(name, str) else None
 
 
 def remove_batch_leftovers(batch_id: str, runtime: str) -> list[str]:

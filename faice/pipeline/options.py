@@ -47,6 +47,10 @@ class RunOptions:
     # kept): such an image is lent to another batch only if its registry accepts that batch.
     private_images: str | None = None
     runtime: str | None = None  # --runtime: the container runtime instead of the RED file's container.engine
+    # Where batches that run apart share their objective series for ``metrics.earlyStopping``
+    # (``live/``, ``batches/``): an agency's Slurm runner gives one per experiment, so batches
+    # of separate Slurm submissions are compared; None: a packed run's own submission.
+    stopping_dir: str | None = None
 
     def __post_init__(self) -> None:
         if self.disable_pull:

@@ -31,14 +31,14 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from faice.pipeline.rundir import BatchDir
 from faice.red.metrics import EarlyStopping, MetricsSpec, Objective
 
-__all__ = ["SharedStopper", "Stopper", "asha_rungs", "median_stopping", "percentile_stopping"]
+__all__ = ["SharedStopper", "Stopper", "share_finished", "asha_rungs", "median_stopping", "percentile_stopping"]
 
 Series = Sequence[Sequence[Any]]
 
@@ -184,6 +184,7 @@ class Stopper:
         self.early: EarlyStopping = spec.early_stopping
         self.objective = spec.objective
         self._series: dict[str, Series] = {}
+        self._finished: set[str] = set()
         # asha/hyperband: bracket → rung step → batch id → best value up to the rung
         self._rungs: dict[int, dict[int, dict[str, float | None]]] = {}
         self._lock = threading.Lock()
@@ -210,8 +211,15 @@ class Stopper:
         """A batch that ended (or was kept by ``--resume``): its whole series counts for the others."""
         with self._lock:
             self._series[batch_id] = list(series)
+            self._finished.add(batch_id)
             if self.early.rule in ("asha", "hyperband") and series:
                 self._record_rungs(batch_id, series)
+
+    def finished_series(self, excluding: Collection[str] = ()) -> dict[str, list[Any]]:
+        """The series of every batch handed in with :meth:`finished` but those ``excluding``
+        (what batches deciding elsewhere must be told: :class:`SharedStopper`)."""
+        with self._lock:
+            return {batch_id: list(self._series[batch_id]) for batch_id in self._finished - set(excluding)}
 
     # -- median and percentile
 
@@ -331,6 +339,12 @@ class SharedStopper:
     def for_spec(cls, spec: MetricsSpec | None, **where: Path) -> SharedStopper | None:
         return cls(spec, **where) if spec is not None and spec.early_stopping is not None else None
 
+    @classmethod
+    def in_directory(cls, spec: MetricsSpec | None, directory: Path) -> SharedStopper | None:
+        """The rule over a directory of its own (``live/`` and ``batches/``), which whoever
+        sees the batches end fills with :func:`share_finished`."""
+        return cls.for_spec(spec, live_dir=Path(directory) / "live", batches_dir=Path(directory) / "batches")
+
     def check(self, batch_id: str, series: Series) -> str | None:
         """The stop rule of one running batch (as :meth:`Stopper.check`)."""
         now = time.monotonic()
@@ -407,6 +421,20 @@ class SharedStopper:
             return None
         finally:
             os.close(fd)
+
+
+def share_finished(directory: Path, batch_id: str, name: str, series: Series) -> None:
+    """Tell the batches that decide over ``directory`` (:meth:`SharedStopper.in_directory`)
+    that ``batch_id`` ended with this objective series (its live series goes)."""
+    from faice.files import atomic_write_json
+
+    target = Path(directory) / "batches" / batch_id
+    target.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(BatchDir(target).metrics, {"series": {name: [list(p) for p in series]}})
+    try:
+        os.unlink(Path(directory) / "live" / f"{batch_id}.json")
+    except OSError:
+        pass
 
 
 def _series_of(data: Any, name: str) -> list[list[Any]] | None:

@@ -4,6 +4,7 @@ series stored in the batch documents should a search add a batch later."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import agency_reds as reds
@@ -44,3 +45,35 @@ def test_the_rule_of_a_finished_experiment_is_dropped_and_rebuilt_from_the_store
     rebuilt = dispatcher.stopper(experiment)
     assert rebuilt is not None and rebuilt is not rule
     assert rebuilt._series == {first: [[1, 0.5], [3, 0.7]]}  # taught the stored series of the finished batch
+
+
+def test_the_slurm_runner_shares_the_series_with_the_nodes_while_a_batch_is_in_flight(tmp_path: Path):
+    """The series the nodes read (faice.pipeline.stopping.SharedStopper.in_directory) are the
+    dispatcher's finished ones plus each batch that ends; they go when the dispatcher forgets
+    the experiment, and a new server process starts without a previous one's."""
+    from faice.agency.runner import BatchJob, Outcome
+    from faice.agency.slurm_runner import SlurmRunner, SlurmServerSettings
+    from faice.pipeline.stopping import SharedStopper, Stopper
+    from faice.red.metrics import MetricsSpec
+
+    spec = MetricsSpec.from_mapping(METRICS)
+    rule = Stopper(spec)
+    rule.finished("b1", [[1, 0.5], [3, 0.7]])
+    runner = SlurmRunner(SlurmServerSettings({}), tmp_path, watcher=object())  # type: ignore[arg-type]
+    job = BatchJob("b2", "e1", 1, 1, {"metrics": METRICS}, tmp_path / "batches" / "b2", stopper=rule)
+    directory = runner.share_stopping(job)
+    assert directory == str(tmp_path / "slurm-stopping" / "e1")
+    node = SharedStopper.in_directory(spec, Path(directory))
+    assert node is not None and node.check("b3", [[0, 0.1]]) is None
+    assert node.stopper._series["b1"] == [[1, 0.5], [3, 0.7]]  # the dispatcher's finished batch
+    runner.forget_experiment("e1")
+    assert Path(directory).is_dir()  # b2 is in flight
+    runner.shared_outcome(job, Outcome("stopped", extra={"series": {"acc": [[0, 0.2], [1, 0.3]]}}))
+    assert json.loads((Path(directory) / "batches" / "b2" / "metrics.json").read_text()) == {
+        "series": {"acc": [[0, 0.2], [1, 0.3]]}}
+    runner.forget_experiment("e1")
+    assert not Path(directory).exists()
+    runner.share_stopping(job)  # a batch follows (a search): written again
+    assert (Path(directory) / "batches" / "b1" / "metrics.json").exists()
+    SlurmRunner(SlurmServerSettings({}), tmp_path, watcher=object())  # type: ignore[arg-type]
+    assert not (tmp_path / "slurm-stopping").exists()

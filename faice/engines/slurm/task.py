@@ -6,7 +6,9 @@ The task takes (reads and deletes) its spec ``SUBMISSION_DIR/tasks/TASK_ID.json`
 secrets listed there, and runs :func:`faice.pipeline.batch.run_batch` for its batch, which
 writes ``batches/<id>/`` into the shared run directory. The GPUs Slurm allocated are the only
 ones the task's allocator hands out. SIGTERM (``scancel``, time limit) stops the container
-and still writes the batch's record.
+and still writes the batch's record. Where the run's options name a ``stopping_dir`` (faice's
+server), the batch is judged there by the ``metrics.earlyStopping`` rule
+(:class:`faice.pipeline.stopping.SharedStopper`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from faice.pipeline.options import RunOptions
 from faice.pipeline.plan import BatchPlan, plan_batches
 from faice.pipeline.records import BatchRecord, FailureClass
 from faice.pipeline.rundir import RunDir
+from faice.pipeline.stopping import SharedStopper
 from faice.red.experiment import Batch, Experiment
 from faice.runtime.gpus import host_allocator
 from faice.secrets import Redactor
@@ -88,11 +91,18 @@ def main(argv: list[str] | None = None) -> int:
     say(f"faice task: batch {plan.id} (index {plan.index}) on {node}, GPUs: {gpu_ids or 'none'}")
     result: list[BatchRecord] = []
 
+    # The early-stopping rule, where the run's options share a directory for it (an agency's).
+    stopper = SharedStopper.in_directory(plan.metrics, Path(options.stopping_dir)) \
+        if options.stopping_dir and plan.metrics is not None else None
+
     def work() -> None:
         try:
             host = Host(host_allocator(None, busy=options.gpu_busy))  # reads Slurm's allocation itself
             result.append(host.run_alone(plan, run_id=run_id, outdir=outdir, redactor=redactor, options=options,
-                                         cancel=cancel, engine=engine))
+                                         cancel=cancel, engine=engine,
+                                         stop_rule=stopper.check if stopper is not None else None))
+            if stopper is not None:
+                stopper.done(plan.id)
         except Exception as exc:  # a bug: the batch still gets a record, the log the reason
             import traceback
 

@@ -243,11 +243,16 @@ class Worker:
 
     def _stopper(self, plan: Any) -> SharedStopper | None:
         """The early-stopping rule of this worker's batches (metrics.earlyStopping): it sees the
-        other workers' batches through the run directory (live series, finished metrics)."""
+        other workers' batches through the run directory (live series, finished metrics), or
+        through the directory the run's options name (an agency's: every submission of the
+        experiment)."""
         with self.lock:
             if self.stopper is None and plan.metrics is not None:
-                self.stopper = SharedStopper.for_spec(plan.metrics, live_dir=self.submission / "live",
-                                                      batches_dir=RunDir(self.outdir).batches)
+                if self.options.stopping_dir:
+                    self.stopper = SharedStopper.in_directory(plan.metrics, Path(self.options.stopping_dir))
+                else:
+                    self.stopper = SharedStopper.for_spec(plan.metrics, live_dir=self.submission / "live",
+                                                          batches_dir=RunDir(self.outdir).batches)
             return self.stopper
 
     def _publish(self, stage: Path, batch_id: str) -> None:

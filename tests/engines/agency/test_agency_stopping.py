@@ -10,6 +10,7 @@ import json
 import pytest
 from agency_helpers import faice
 from engine_helpers import sh_red
+from slurm_helpers import wait_for
 
 pytestmark = pytest.mark.docker
 
@@ -24,12 +25,13 @@ CURVE = ("python3 -u -c 'import sys, time\n"
          "    print(\"step=%d acc=%.6f\" % (step, quality * (1 - 0.8 ** (step + 1))))\n"
          "    time.sleep(0.3)\n' \"$0\"")
 EARLY = {"rule": "asha", "graceSteps": 1, "reductionFactor": 3, "maxSteps": 8}
+METRICS = {"objective": {"name": "acc", "goal": "max"}, "step": "step", "sources": [{"stdout": True}],
+           "earlyStopping": EARLY}
 
 
 def curve_red(path, image: str, execution: dict) -> dict:
     red = json.loads(sh_red(path, CURVE, image, sweep={"grid": {"n": list(range(1, 7))}}, ram=256).read_text())
-    red["metrics"] = {"objective": {"name": "acc", "goal": "max"}, "step": "step", "sources": [{"stdout": True}],
-                      "earlyStopping": EARLY}
+    red["metrics"] = METRICS
     red["execution"] = execution
     path.write_text(json.dumps(red))
     return red
@@ -85,3 +87,55 @@ def test_the_agency_stops_the_batches_the_local_engine_stops(make_agency, tmp_pa
     ranked = faice("results", str(outdir), "--format", "json")
     assert ranked.returncode == 0, ranked.stderr
     assert json.loads(ranked.stdout)[0]["batch"] == records[3]["batchId"]
+
+
+def expected_stops() -> dict[int, str]:
+    """What the rule says of each batch of the grid, one at a time in grid order: the local
+    engine's :class:`Stopper` fed the curves CURVE prints."""
+    from faice.pipeline.stopping import Stopper
+    from faice.red.metrics import MetricsSpec
+
+    stopper = Stopper(MetricsSpec.from_mapping(METRICS))
+    stops = {}
+    for n in range(1, 7):
+        quality = {1: 0.8, 2: 0.85, 3: 0.95, 4: 0.9}.get(n, 0.8 - 0.05 * n)
+        series = [[step, float("%.6f" % (quality * (1 - 0.8 ** (step + 1))))] for step in range(8)]
+        reason = stopper.check(str(n), series[:2])
+        if reason:
+            stops[n] = reason
+        stopper.finished(str(n), series[:2] if reason else series)
+    return stops
+
+
+@pytest.mark.slurm
+@pytest.mark.parametrize("packing", [[], ["--slurm-workers", "1"]], ids=["tasks", "packed"])
+def test_the_agency_on_slurm_stops_the_batches_the_local_engine_stops(packing, make_agency, slurm, tmp_path,
+                                                                       test_image):
+    """The batches run on the nodes, which judge them with the series the server shares."""
+    stops = expected_stops()
+    assert sorted(stops) == [4, 5, 6]  # what the local engine stops (the test above)
+    server = make_agency("--engine", "slurm", "--slurm-partition", slurm.partition, "--slurm-time", "00:10:00",
+                         "--parallel", "1", *packing)
+    curve_red(tmp_path / "agency.red.json", test_image, {"engine": "ccagency", "settings": {"access": {
+        "url": server.url, "auth": {"username": server.name("alice"), "password": "{{agency_password}}"}}}})
+    variables = tmp_path / "vars.yml"
+    variables.write_text(f"agency_password: {server.users['alice']}\n")
+    outdir = tmp_path / "agency"
+    result = faice("exec", str(tmp_path / "agency.red.json"), "--variables", str(variables), "--wait",
+                   "--outdir", str(outdir), "--no-progress", timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "6 batches: 3 succeeded, 3 stopped" in result.stderr, result.stderr
+    run = json.loads((outdir / "run.json").read_text())
+    records = {}
+    for entry in run["batches"]:
+        record = json.loads((outdir / "batches" / entry["id"] / "result.json").read_text())
+        records[record["batchIndex"] + 1] = record
+    assert {n: r["state"] for n, r in records.items() if r["state"] == "stopped"} == dict.fromkeys(stops, "stopped")
+    for n, message in stops.items():
+        assert records[n]["failureClass"] == "stopped-early" and records[n]["message"] == message
+        assert records[n]["engine"]["name"] == "slurm"
+    batch = server.get(f"/batches/{run['batches'][3]['id']}").json()
+    assert batch["state"] == "cancelled" and batch["attempts"] == 1 and batch["node"] == "slurm"
+    # The series shared with the nodes go once nothing of the experiment is left to run.
+    shared = server.dir / "work" / "slurm-stopping" / run["experimentId"]
+    wait_for(lambda: not shared.exists(), 10, f"{shared} is left")
