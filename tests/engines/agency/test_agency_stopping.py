@@ -37,6 +37,28 @@ def curve_red(path, image: str, execution: dict) -> dict:
     return red
 
 
+def run_on_agency(server, tmp_path, test_image) -> tuple:
+    """The grid on ``server`` (faice exec --wait --outdir): the run directory, the variables
+    file, run.json and the batch records by n. Stopped batches end as planned: the run
+    succeeded, and the progress says stopped, not cancelled."""
+    curve_red(tmp_path / "agency.red.json", test_image, {"engine": "ccagency", "settings": {"access": {
+        "url": server.url, "auth": {"username": server.name("alice"), "password": "{{agency_password}}"}}}})
+    variables = tmp_path / "vars.yml"
+    variables.write_text(f"agency_password: {server.users['alice']}\n")
+    outdir = tmp_path / "agency"
+    result = faice("exec", str(tmp_path / "agency.red.json"), "--variables", str(variables), "--wait",
+                   "--outdir", str(outdir), "--no-progress", timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "6 batches: 3 succeeded, 3 stopped" in result.stderr, result.stderr
+    run = json.loads((outdir / "run.json").read_text())
+    assert run["state"] == "succeeded" and run["counts"] == {"succeeded": 3, "stopped": 3}, run
+    records = {}
+    for entry in run["batches"]:
+        record = json.loads((outdir / "batches" / entry["id"] / "result.json").read_text())
+        records[record["batchIndex"] + 1] = record  # the grid's order: n = index + 1
+    return outdir, variables, run, records
+
+
 def test_the_agency_stops_the_batches_the_local_engine_stops(make_agency, tmp_path, test_image):
     curve_red(tmp_path / "local.red.json", test_image, {"engine": "ccfaice", "settings": {}})
     # In its own process, as a user runs it (in-process, an earlier test's state once kept it from stopping any).
@@ -48,21 +70,7 @@ def test_the_agency_stops_the_batches_the_local_engine_stops(make_agency, tmp_pa
     assert local_stopped == [4, 5, 6], local_records
 
     server = make_agency("--parallel", "1")
-    curve_red(tmp_path / "agency.red.json", test_image, {"engine": "ccagency", "settings": {"access": {
-        "url": server.url, "auth": {"username": server.name("alice"), "password": "{{agency_password}}"}}}})
-    variables = tmp_path / "vars.yml"
-    variables.write_text(f"agency_password: {server.users['alice']}\n")
-    outdir = tmp_path / "agency"
-    result = faice("exec", str(tmp_path / "agency.red.json"), "--variables", str(variables), "--wait",
-                   "--outdir", str(outdir), "--no-progress", timeout=300)
-    assert result.returncode == 0, result.stderr  # stopped batches ended as planned: the run succeeded
-    assert "6 batches: 3 succeeded, 3 stopped" in result.stderr  # the progress says stopped, not cancelled
-    run = json.loads((outdir / "run.json").read_text())
-    assert run["state"] == "succeeded" and run["counts"] == {"succeeded": 3, "stopped": 3}, run
-    records = {}
-    for entry in run["batches"]:
-        record = json.loads((outdir / "batches" / entry["id"] / "result.json").read_text())
-        records[record["batchIndex"] + 1] = record  # the grid's order: n = index + 1
+    outdir, variables, run, records = run_on_agency(server, tmp_path, test_image)
     assert sorted(n for n, r in records.items() if r["state"] == "stopped") == local_stopped
     for n in local_stopped:
         local_record = json.loads((tmp_path / "local" / "batches" / local_records[n]["id"] / "result.json").read_text())
@@ -116,20 +124,7 @@ def test_the_agency_on_slurm_stops_the_batches_the_local_engine_stops(packing, m
     assert sorted(stops) == [4, 5, 6]  # what the local engine stops (the test above)
     server = make_agency("--engine", "slurm", "--slurm-partition", slurm.partition, "--slurm-time", "00:10:00",
                          "--parallel", "1", *packing)
-    curve_red(tmp_path / "agency.red.json", test_image, {"engine": "ccagency", "settings": {"access": {
-        "url": server.url, "auth": {"username": server.name("alice"), "password": "{{agency_password}}"}}}})
-    variables = tmp_path / "vars.yml"
-    variables.write_text(f"agency_password: {server.users['alice']}\n")
-    outdir = tmp_path / "agency"
-    result = faice("exec", str(tmp_path / "agency.red.json"), "--variables", str(variables), "--wait",
-                   "--outdir", str(outdir), "--no-progress", timeout=300)
-    assert result.returncode == 0, result.stderr
-    assert "6 batches: 3 succeeded, 3 stopped" in result.stderr, result.stderr
-    run = json.loads((outdir / "run.json").read_text())
-    records = {}
-    for entry in run["batches"]:
-        record = json.loads((outdir / "batches" / entry["id"] / "result.json").read_text())
-        records[record["batchIndex"] + 1] = record
+    _, _, run, records = run_on_agency(server, tmp_path, test_image)
     assert {n: r["state"] for n, r in records.items() if r["state"] == "stopped"} == dict.fromkeys(stops, "stopped")
     for n, message in stops.items():
         assert records[n]["failureClass"] == "stopped-early" and records[n]["message"] == message
