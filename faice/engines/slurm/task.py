@@ -6,9 +6,8 @@ The task takes (reads and deletes) its spec ``SUBMISSION_DIR/tasks/TASK_ID.json`
 secrets listed there, and runs :func:`faice.pipeline.batch.run_batch` for its batch, which
 writes ``batches/<id>/`` into the shared run directory. The GPUs Slurm allocated are the only
 ones the task's allocator hands out. SIGTERM (``scancel``, time limit) stops the container
-and still writes the batch's record. Where the run's options name a ``stopping_dir`` (faice's
-server), the batch is judged there by the ``metrics.earlyStopping`` rule
-(:class:`faice.pipeline.stopping.SharedStopper`).
+and still writes the batch's record. The ``metrics.earlyStopping`` rule judges the batch
+against the run's other tasks (:func:`shared_stopper`).
 """
 
 from __future__ import annotations
@@ -28,6 +27,7 @@ from faice.pipeline.records import BatchRecord, FailureClass
 from faice.pipeline.rundir import RunDir
 from faice.pipeline.stopping import SharedStopper
 from faice.red.experiment import Batch, Experiment
+from faice.red.metrics import MetricsSpec
 from faice.runtime.gpus import host_allocator
 from faice.secrets import Redactor
 
@@ -61,6 +61,17 @@ def say(message: str, redactor: Redactor | None = None) -> None:
     print(redactor.redact(message) if redactor else message, file=sys.stderr, flush=True)
 
 
+def shared_stopper(metrics: MetricsSpec | None, options: RunOptions, submission: Path,
+                   outdir: Path) -> SharedStopper | None:
+    """The ``metrics.earlyStopping`` rule of a batch on a node (None without one), over what
+    the batches that run apart share: the submission's live series and the run's finished
+    batches, or the directory the run's options name (an agency's: every submission of the
+    experiment)."""
+    if options.stopping_dir:
+        return SharedStopper.in_directory(metrics, Path(options.stopping_dir))
+    return SharedStopper.for_spec(metrics, live_dir=submission / "live", batches_dir=RunDir(outdir).batches)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"python -m {__name__}", description=(__doc__ or "").splitlines()[0])
     parser.add_argument("submission", type=Path)
@@ -91,9 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     say(f"faice task: batch {plan.id} (index {plan.index}) on {node}, GPUs: {gpu_ids or 'none'}")
     result: list[BatchRecord] = []
 
-    # The early-stopping rule, where the run's options share a directory for it (an agency's).
-    stopper = SharedStopper.in_directory(plan.metrics, Path(options.stopping_dir)) \
-        if options.stopping_dir and plan.metrics is not None else None
+    stopper = shared_stopper(plan.metrics, options, submission, outdir)
 
     def work() -> None:
         try:

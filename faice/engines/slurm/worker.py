@@ -30,7 +30,7 @@ from typing import Any
 
 from faice.engines.slurm import rundir
 from faice.engines.slurm.claims import Claim, ClaimQueue
-from faice.engines.slurm.task import docker_gpu_ids, say
+from faice.engines.slurm.task import docker_gpu_ids, say, shared_stopper
 from faice.pipeline.host import Host, failed_before_start
 from faice.pipeline.options import RunOptions
 from faice.pipeline.plan import plan_batches
@@ -248,11 +248,7 @@ class Worker:
         experiment)."""
         with self.lock:
             if self.stopper is None and plan.metrics is not None:
-                if self.options.stopping_dir:
-                    self.stopper = SharedStopper.in_directory(plan.metrics, Path(self.options.stopping_dir))
-                else:
-                    self.stopper = SharedStopper.for_spec(plan.metrics, live_dir=self.submission / "live",
-                                                          batches_dir=RunDir(self.outdir).batches)
+                self.stopper = shared_stopper(plan.metrics, self.options, self.submission, self.outdir)
             return self.stopper
 
     def _publish(self, stage: Path, batch_id: str) -> None:

@@ -1,6 +1,6 @@
-"""Early stopping reaches the batches of a packed Slurm run on the real single-node cluster:
-the workers see each other's batches through the run directory (live series, finished
-metrics), so ASHA stops the batches that fall behind wherever they run."""
+"""Early stopping reaches the batches of a Slurm run on the real single-node cluster: the
+workers (or array tasks) see each other's batches through the run directory (live series,
+finished metrics), so ASHA stops the batches that fall behind wherever they run."""
 
 from __future__ import annotations
 
@@ -18,9 +18,11 @@ pytestmark = [pytest.mark.slurm, pytest.mark.docker]
 STEP_SECONDS = 24 * 0.4  # what a batch of the grid sleeps at least
 
 
-def test_asha_stops_batches_on_packed_workers_and_keeps_the_winner(slurm, test_image, tmp_path):
+@pytest.mark.parametrize("packing", [{"workers": 4}, {}], ids=["packed", "per-task"])
+def test_asha_stops_batches_on_slurm_and_keeps_the_winner(packing, slurm, test_image, tmp_path):
+    """Packed: 4 workers; per task: an array task per batch (2 at a time on this node's 2 CPUs)."""
     early = {"rule": "asha", "graceSteps": 1, "reductionFactor": 3, "maxSteps": 24}
-    execution = {"engine": "slurm", "settings": {"partition": slurm.partition, "workers": 4, "pollInterval": 2}}
+    execution = {"engine": "slurm", "settings": {"partition": slurm.partition, "pollInterval": 2, **packing}}
     red = curve_red(test_image, early, steps=24, ram=256, execution=execution)
     path = tmp_path / "asha.red.json"
     path.write_text(json.dumps(red))
@@ -42,6 +44,6 @@ def test_asha_stops_batches_on_packed_workers_and_keeps_the_winner(slurm, test_i
     # What the grid costs here: every batch as long as the ones that ran to their end did.
     full = [r["timings"]["total"] for r in records if r["state"] == "succeeded"]
     grid = 12 * sum(full) / len(full)
-    print(f"packed ASHA: {len(stopped)} stopped, {seconds:.1f} batch-seconds = {seconds / grid:.0%} of the grid's")
+    print(f"{'packed' if packing else 'per-task'} ASHA: {len(stopped)} stopped, {seconds:.1f} batch-seconds = {seconds / grid:.0%} of the grid's")
     assert grid >= 12 * STEP_SECONDS and seconds <= 0.70 * grid, (seconds, grid)
     assert not list((outdir / "slurm").glob("*/live/*.json")), "live series are removed with their batch"
