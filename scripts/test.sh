@@ -62,7 +62,7 @@ prepare_venv() {
   fi
 }
 
-venvs=() seen=()
+venvs=() seen=() preparing=()
 for i in "${!pythons[@]}"; do
   python=${pythons[$i]}
   command -v "$python" >/dev/null || { log "no interpreter $python"; exit 2; }
@@ -73,7 +73,13 @@ for i in "${!pythons[@]}"; do
   fi
   seen+=("${real%% *}")
   venv=$(venv_name "$python" "$i")
-  prepare_venv "$venv" "$python"
+  if ((${#venvs[@]} == 0)); then
+    prepare_venv "$venv" "$python"
+  else # the other interpreters' venvs are made while the services start
+    prepare_log=$(mktemp)
+    prepare_venv "$venv" "$python" >"$prepare_log" 2>&1 &
+    preparing+=("$!:$prepare_log")
+  fi
   venvs+=("$venv")
 done
 VENV=${venvs[0]}
@@ -94,6 +100,13 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 FAICE_VENV=$PWD/$VENV bash scripts/infra.sh up
+for job in "${preparing[@]}"; do
+  prepared=0
+  wait "${job%%:*}" || prepared=$?
+  cat "${job#*:}"
+  rm -f "${job#*:}"
+  ((prepared == 0)) || exit "$prepared"
+done
 # shellcheck source=/dev/null
 source "${FAICE_INFRA_DIR:-/tmp/faice-infra}/env.sh"
 export FAICE_TEST_INFRA=required
