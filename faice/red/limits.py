@@ -7,7 +7,9 @@ clear error instead of a hang, a memory bomb or a RecursionError.
 * values: at most ``FAICE_MAX_RED_VALUES`` values (10,000 by default) once ``*alias``
   references are expanded (the 907-byte "billion laughs" file would have 10⁹; a 1 MB file
   with a 100,000-element list took seconds to load and check), and no alias inside its own
-  anchor (a cycle). The count stops the parse at the first value past the limit;
+  anchor (a cycle). The count stops the parse at the first value past the limit; and the text
+  the aliases repeat may not make the expanded file larger than ``FAICE_MAX_RED_BYTES`` (a
+  1 MB string aliased 9,000 times is 9,000 values but 9 GB once copied or printed);
 * scalars: standard YAML tags only (``!!binary``, ``!!set``, ``!custom`` are refused), integers of
   at most about 100 digits, no lone surrogates (they cannot be printed or sent as UTF-8), and
   values a tag cannot hold (``!!float abc``) are reported where they are.
@@ -103,6 +105,9 @@ class GuardedComposer(Composer):
         self._sizes: dict[int, int] = {}
         self._alias_values = 0
         self._max_values = max_values()
+        self._chars: dict[int, int] = {}  # characters of the scalars below each node, aliases expanded
+        self._total_chars = 0
+        self._max_chars = max_bytes()
         self._depth = 0
         self._path: list[str | int] = []
 
@@ -136,6 +141,14 @@ class GuardedComposer(Composer):
                         event.start_mark,
                         tuple(self._path),
                     )
+                self._total_chars += self._chars[id(target)]
+                if self._total_chars > self._max_chars:
+                    raise LimitError(
+                        f"aliases expand the file to more than {self._max_chars:,} characters "
+                        f"(at *{event.anchor}); refusing a possible alias bomb ({MAX_BYTES_ENV} raises the limit)",
+                        event.start_mark,
+                        tuple(self._path),
+                    )
             return super().compose_node(parent, index)
         if self._alias_values + len(self._sizes) >= self._max_values:
             raise LimitError(too_many_values(self._max_values), event.start_mark, tuple(self._path[:SHOWN_PATH]))
@@ -143,11 +156,15 @@ class GuardedComposer(Composer):
         if self._depth > MAX_DEPTH:
             raise LimitError(f"nested deeper than {MAX_DEPTH} levels", event.start_mark, tuple(self._path[:SHOWN_PATH]))
         before = self._alias_values + len(self._sizes)
+        chars_before = self._total_chars
         try:
             node = super().compose_node(parent, index)
         finally:
             self._depth -= 1
         self._sizes[id(node)] = self._alias_values + len(self._sizes) + 1 - before
+        if isinstance(node, ScalarNode):
+            self._total_chars += len(node.value)
+        self._chars[id(node)] = self._total_chars - chars_before
         return node
 
 

@@ -102,6 +102,18 @@ def test_yaml_alias_bomb_is_refused_in_well_under_a_second(tmp_path):
             assert seconds < 1.0, seconds
 
 
+def test_an_alias_bomb_of_long_text_is_refused_by_its_expanded_size(tmp_path):
+    """9,000 aliases of one 1 MB string are fewer values than the limit but 9 GB once copied
+    (validate took 38 s and 8.8 GB): refused at the alias that passes FAICE_MAX_RED_BYTES."""
+    path = tmp_path / "text-bomb.red.yml"
+    path.write_text('a: &a "' + "x" * 1_000_000 + '"\nb: [' + ", ".join(["*a"] * 9000) + "]\n")
+    assert path.stat().st_size < 2_000_000
+    for command in (["validate", str(path)], ["convert", "format", "--format=json", str(path)]):
+        code, err, seconds = limited_faice(command, valid_file(tmp_path))
+        assert_clear(code, err, path, "more than 67,108,864 characters", "alias bomb", f"{path}:2:", "b[66]")
+        assert seconds < 5.0, seconds
+
+
 def test_an_alias_inside_its_own_anchor_is_refused(tmp_path):
     """A cycle was silently read as null; it is refused where the alias is."""
     path = tmp_path / "loop.red.yml"
