@@ -154,13 +154,13 @@ def parse_text(name: str, text: str) -> Document:
     stripped = text.lstrip()
     if stripped.startswith(("{", "[")):
         try:
-            data = json.loads(text)
+            data = json.loads(text, object_pairs_hook=_unique_keys)
         except json.JSONDecodeError as exc:
             if stripped.startswith("["):
                 raise _json_error(name, exc) from None
             # JSON is a subset of YAML, but a YAML flow mapping may not be JSON: fall through.
             json_error = exc
-        except (ValueError, RecursionError):  # a huge integer, nesting too deep for the parser
+        except (ValueError, RecursionError):  # a huge integer, nesting too deep, a repeated key
             return _parse_yaml(name, text, None, plain=True)
         else:
             from faice.red.limits import plain_problem
@@ -177,6 +177,15 @@ def parse_text(name: str, text: str) -> Document:
     else:
         json_error = None
     return _parse_yaml(name, text, json_error)
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object as a dict, refusing a repeated key (the YAML loader then reports it where
+    it is, as it does for YAML): json.loads would keep the last value silently."""
+    data = dict(pairs)
+    if len(data) != len(pairs):
+        raise ValueError("duplicate key")
+    return data
 
 
 def _json_error(name: str, exc: json.JSONDecodeError) -> ParseError:

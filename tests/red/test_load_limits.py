@@ -142,3 +142,11 @@ def test_a_control_character_is_reported_at_its_line_and_column(tmp_path):
     path.write_bytes(b'redVersion: "9"\ndoc: a\x01b\n')
     with pytest.raises(ParseError, match=rf"^{path}:2:7: invalid YAML: character U\+0001 is not allowed"):
         load_mapping(str(path))
+
+
+def test_a_key_repeated_in_json_is_refused_where_it_is_as_in_yaml(tmp_path):
+    """json.loads kept the last of two "container" keys silently; YAML refused the same file."""
+    path = tmp_path / "twice.red.json"
+    path.write_text('{"redVersion": "9",\n "redVersion": "8"}')
+    with pytest.raises(ParseError, match=rf'^{path}:2:2: .*duplicate key "redVersion"'):
+        load_mapping(str(path))
