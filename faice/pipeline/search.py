@@ -36,7 +36,7 @@ from faice.errors import EngineError, UsageError
 from faice.pipeline.metrics import thinned
 from faice.red.experiment import Batch, Experiment
 from faice.red.metrics import MetricsSpec
-from faice.red.search import SearchSpec
+from faice.red.search import MAX_SEED, SearchSpec
 from faice.red.sweep import search_batch
 
 if TYPE_CHECKING:
@@ -146,7 +146,7 @@ class Search:
         self.reused = self._replay(self._told_late(previous, outdir))
         self._next = max((t["trial"] for t in previous), default=-1) + 1
         # A resumed search goes on with fresh random numbers (the same seed would repeat its start).
-        self.study.sampler = self._sampler(self.spec.seed + self._next)
+        self.study.sampler = self._sampler((self.spec.seed + self._next) % (MAX_SEED + 1))
         self._asked = self.reused
         self._write({"event": "search", "algorithm": self.spec.algorithm, "budget": self.spec.trials,
                      "seed": self.spec.seed, "objective": metrics.objective.as_dict(),

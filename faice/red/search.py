@@ -30,6 +30,7 @@ from faice.red.values import is_int
 ALGORITHMS = ("tpe", "gp", "cmaes", "random", "qmc")
 SEARCH_KEYS = ("algorithm", "trials", "seed", "startupTrials", "parameters")
 MAX_TRIALS = 100_000
+MAX_SEED = 2**32 - 1  # numpy's RandomState, under every Optuna sampler
 CHOICE_TYPES = (str, int, float, bool, type(None))
 
 
@@ -101,8 +102,9 @@ def search_problems(data: dict, names: dict[str, KeyPath], check_name: Any, dist
         found.append(((*path, "trials"), "missing: how many batches the search runs in all"))
     elif not is_int(trials) or not 1 <= trials <= MAX_TRIALS:
         found.append(((*path, "trials"), f"expected an integer from 1 to {MAX_TRIALS:,}, got {trials!r}"))
-    if "seed" in spec and not is_int(spec["seed"]):
-        found.append(((*path, "seed"), f"expected an integer seed, got {spec['seed']!r}"))
+    if "seed" in spec and (not is_int(spec["seed"]) or not 0 <= spec["seed"] <= MAX_SEED):
+        found.append(((*path, "seed"), f"expected an integer seed from 0 to {MAX_SEED:,} (the samplers' range), "
+                                       f"got {spec['seed']!r}"))
     if "startupTrials" in spec:
         startup = spec["startupTrials"]
         if algorithm not in ("tpe", "gp"):

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from sweep_reds import assert_messages, paths, red
 
 from faice.red.search import SearchSpec, is_search
@@ -66,6 +67,15 @@ def test_search_settings_are_checked_with_key_paths():
     typed = sweep_problems(red(sweep={"search": {**SEARCH, "parameters": {"batch_size": {"choice": ["big"]}}}},
                                metrics=METRICS), "x.red")
     assert any("does not fit cli input 'batch_size'" in p.message for p in typed)
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32, 10**50])
+def test_a_seed_the_samplers_cannot_take_is_refused(seed):
+    """Optuna's samplers take seeds from 0 to 2**32 - 1: -1 passed validate and the run ended in
+    'internal error: ValueError: Seed must be between 0 and 2**32 - 1'."""
+    problems = sweep_problems(red(sweep={"search": {**SEARCH, "seed": seed}}, metrics=METRICS), "x.red")
+    assert_messages(problems, {"sweep.search.seed": "expected an integer seed from 0 to 4,294,967,295"})
+    assert not sweep_problems(red(sweep={"search": {**SEARCH, "seed": 2**32 - 1}}, metrics=METRICS), "x.red")
 
 
 def test_a_missing_optuna_is_a_clear_hint(tmp_path):
