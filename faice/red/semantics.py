@@ -121,6 +121,11 @@ def cli_problems(data: dict) -> list[Found]:
                     f"expected a glob inside the output directory, got {glob!r} (uses ..)",
                 )
             )
+    for stream in ("stdout", "stderr"):  # the file the stream is copied to, in /cc/outputs
+        named = cli.get(stream)
+        if isinstance(named, str) and (named.startswith("/") or ".." in named.split("/")):
+            found.append((("cli", stream), f"expected a file name inside the output directory, got {named!r} "
+                                             "(an absolute path or '..')"))
     declared = {name for name in _mapping(cli.get("inputs")) if isinstance(name, str)}
     found += _reference_problems(cli, ("cli",), declared)
     return found
