@@ -27,8 +27,6 @@ from typing import Any
 
 from faice.cwl.types import check_value, parse_cli_type
 
-# Avro's ranges, which cwltool enforces for CWL ``int`` and ``long``.
-_RANGES = {"int": (-(2**31), 2**31 - 1), "long": (-(2**63), 2**63 - 1)}
 _BINDING_KEYS = {"position", "prefix", "separate", "itemSeparator"}
 
 
@@ -94,15 +92,9 @@ def build_argv(cli: dict[str, Any], job: dict[str, Any]) -> list[str]:
 def _check(name: str, cli_type: str, value: Any) -> None:
     if value is None and not cli_type.endswith("?"):
         raise BindingError(f"Missing required input parameter '{name}'")
-    problem = check_value(cli_type, value)
+    problem = check_value(cli_type, value)  # types and, for int and long, Avro's ranges (as cwltool)
     if problem:
         raise BindingError(f"input '{name}': {problem}")
-    parsed = parse_cli_type(cli_type)
-    if parsed is not None and parsed.base in _RANGES and value is not None:
-        low, high = _RANGES[parsed.base]
-        for item in value if isinstance(value, list) else [value]:
-            if not low <= item <= high:
-                raise BindingError(f"input '{name}': {item} does not fit CWL type {parsed.base} ({low} … {high})")
 
 
 def _text(value: Any) -> str:

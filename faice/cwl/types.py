@@ -37,6 +37,9 @@ def parse_cli_type(text: Any) -> CliType | None:
     return CliType(base, array, optional) if base in BASE_TYPES else None
 
 
+# Avro's ranges, which cwltool enforces for CWL ``int`` and ``long``.
+INT_RANGES = {"int": (-(2**31), 2**31 - 1), "long": (-(2**63), 2**63 - 1)}
+
 _SCALAR_WORDS = {
     "string": "a string",
     "int": "an integer",
@@ -64,7 +67,12 @@ def _scalar_problem(base: str, value: Any) -> tuple[str, str] | None:
         "double": isinstance(value, (int, float)) and not isinstance(value, bool),
         "boolean": isinstance(value, bool),
     }[base]
-    return None if fits else (_SCALAR_WORDS[base], describe(value))
+    if not fits:
+        return _SCALAR_WORDS[base], describe(value)
+    if base in INT_RANGES and not INT_RANGES[base][0] <= value <= INT_RANGES[base][1]:
+        low, high = INT_RANGES[base]
+        return f"an integer from {low} to {high}", describe(value)
+    return None
 
 
 def check_value(cli_type: str, value: Any) -> str | None:

@@ -481,6 +481,8 @@ def _distribution_problem(distribution: Any) -> str | None:
         return f"randint needs low <= high, got [{low}, {high}]"
     if kind != "randint" and low >= high:
         return f"{kind} needs low < high, got [{low}, {high}]"
+    if kind == "uniform" and not math.isfinite(float(high) - float(low)):
+        return f"uniform needs high - low to be a finite number (draws would be inf), got [{low}, {high}]"
     if kind == "loguniform" and low <= 0:
         return f"loguniform needs low > 0 (it samples the logarithm), got [{low}, {high}]"
     return None
@@ -516,10 +518,9 @@ def _example_values(sweep: dict, path: KeyPath) -> Iterator[tuple[KeyPath, Any]]
     if kind == "choice":
         for i, value in enumerate(arguments):
             yield (*path, kind, i), value
-    elif kind == "randint":
-        yield (*path, kind), int(arguments[0])
-    else:
-        yield (*path, kind), float(arguments[0])
+    else:  # both ends can be drawn (randint includes high)
+        for i, value in enumerate(arguments):
+            yield (*path, kind, i), int(value) if kind == "randint" else float(value)
 
 
 def _check_references(data: dict, names: dict[str, KeyPath], found: list) -> None:

@@ -271,6 +271,19 @@ def test_problems_name_the_key_path_and_what_was_expected():
     })
 
 
+def test_distributions_whose_draws_would_not_fit_are_refused_at_both_ends():
+    """randint's high end was never checked against the cli type (validate passed, exec failed
+    at the first draw above 2**31); uniform [-1e308, 1e308] drew inf."""
+    data = red(sweep={"random": {"samples": 2, "parameters": {
+        "batch_size": {"randint": [1, 2**40]},
+        "learning_rate": {"uniform": [-1e308, 1e308]},
+    }}})
+    assert_messages(sweep_problems(data, "sweep.red.yml"), {
+        "sweep.random.parameters.batch_size.randint[1]": "expected an integer from -2147483648 to 2147483647",
+        "sweep.random.parameters.learning_rate": "uniform needs high - low to be a finite number",
+    })
+
+
 def test_unused_parameter_and_reserved_name_are_errors():
     data = red(sweep={"grid": {"unused": [1], "index": [2]}})
     by_path = {format_key_path(p.path): p.message for p in sweep_problems(data, "f")}

@@ -267,6 +267,11 @@ def test_stdin_is_accepted(monkeypatch, capsys):
         ("double", True, "expected a number (cli type double), got boolean true"),
         ("int", True, "expected an integer (cli type int), got boolean true"),
         ("long", 2**40, None),
+        ("int", 2**31, "expected an integer from -2147483648 to 2147483647 (cli type int), got integer 2147483648"),
+        ("long", -(2**63) - 1, "expected an integer from -9223372036854775808 to 9223372036854775807 (cli type long), "
+                               "got integer -9223372036854775809"),
+        ("int[]", [1, 2**40], "item 1: expected an integer from -2147483648 to 2147483647 (cli type int[]), "
+                              "got integer 1099511627776"),
         ("int", 1.5, "expected an integer (cli type int), got number 1.5"),
         ("string", "x", None),
         ("string", 3, "expected a string (cli type string), got integer 3"),
