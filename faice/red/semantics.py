@@ -260,7 +260,8 @@ def listing_problems(data: dict) -> list[Found]:
 
 
 def engine_problems(data: dict) -> list[Found]:
-    """nvidia-docker's replacement; what the ccagency engine needs (``ram``, ``access``)."""
+    """nvidia-docker's replacement; an image reference a runtime can take; what the ccagency
+    engine needs (``ram``, ``access``)."""
     found: list[Found] = []
     container = _mapping(data.get("container"))
     if container.get("engine") == "nvidia-docker":
@@ -271,6 +272,13 @@ def engine_problems(data: dict) -> list[Found]:
                 "settings.gpus {vendor: nvidia, count: N}",
             )
         )
+    url = _mapping(_mapping(container.get("settings")).get("image")).get("url")
+    if isinstance(url, str) and url and "{{" not in url:  # exec refuses it before any runtime (faice.pipeline.plan)
+        from faice.runtime.containers import check_image_ref
+
+        bad_ref = check_image_ref(url)
+        if bad_ref:
+            found.append((("container", "settings", "image", "url"), bad_ref))
     execution = _mapping(data.get("execution"))
     if _engine(execution) == "ccagency":
         settings = container.get("settings")
