@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -13,7 +14,7 @@ from faice.connectors.registry import check_command_name, resolve
 from faice.connectors.staging import ConnectorRequest, StagingSession
 from faice.engines.slurm.job import job_script
 from faice.engines.slurm.settings import SlurmSettings, sbatch_options
-from faice.errors import ConnectorError, EngineError, ValidationError
+from faice.errors import ConnectorError, EngineError, ValidationError, format_key_path
 from faice.red.experiment import Experiment
 
 
@@ -190,3 +191,28 @@ def test_local_policy_names_the_batch_of_a_sweep_and_external_programs(tmp_path)
     bad_policy.write_text("fileRoot: [/]\n")
     done = _run_faice("validate", red, "--policy", str(bad_policy))
     assert done.returncode == 2 and "unknown key 'fileRoot'" in done.stderr
+
+
+VALIDATED_EXTRA_ARGS = ["--constraint=a100\n--output=/etc/passwd", "-o/etc/passwd", "constraint=a100",
+                        "--constraint a100", "--con\x00straint"]
+TEXT_SETTINGS = [(key, value) for key, value in HOSTILE_SETTINGS if isinstance(value, str) and key not in
+                 ("workers", "leaseSeconds")] + [("extraArgs", [arg]) for arg in VALIDATED_EXTRA_ARGS]
+
+
+@pytest.mark.parametrize(("key", "value"), TEXT_SETTINGS)
+def test_faice_validate_refuses_what_sbatch_would_read_as_an_option_at_its_line(key, value, tmp_path):
+    """validate passed a partition '--wrap=id' (or a newline in runDir, extraArgs '-o…') that
+    only exec refused, without a line: the schema has the same patterns now. (faice's own
+    options in extraArgs, --wrap=… and --output=…, stay exec's check.)"""
+    from faice.red.load import load_mapping
+    from faice.red.validate import validate_red
+
+    path = tmp_path / "slurm.red.json"
+    red = json.loads((Path(__file__).resolve().parents[1] / "data" / "red" / "valid" / "minimal.json").read_text())
+    red["execution"] = {"engine": "slurm", "settings": {key: value}}
+    path.write_text(json.dumps(red, indent=1))
+    with pytest.raises(ValidationError) as info:
+        validate_red(load_mapping(str(path)))
+    where = f"execution.settings.{key}" + ("[0]" if key == "extraArgs" else "")
+    problem = next(p for p in info.value.problems if format_key_path(p.path) == where)
+    assert problem.line is not None and problem.message.startswith("expected"), problem
