@@ -104,7 +104,9 @@ def _decode(name: str, data: bytes) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise LoadError(f"{name}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1  # in bytes
+        raise ParseError(Problem(name, (), f"not UTF-8 text ({exc.reason} at byte {exc.start})", line, column)) from None
 
 
 def _too_big(name: str, limit: int) -> LoadError:

@@ -150,3 +150,11 @@ def test_a_key_repeated_in_json_is_refused_where_it_is_as_in_yaml(tmp_path):
     path.write_text('{"redVersion": "9",\n "redVersion": "8"}')
     with pytest.raises(ParseError, match=rf'^{path}:2:2: .*duplicate key "redVersion"'):
         load_mapping(str(path))
+
+
+def test_text_that_is_not_utf8_is_refused_at_its_line_and_column(tmp_path):
+    """A Latin-1 file was refused with a byte offset only."""
+    path = tmp_path / "latin1.red.yml"
+    path.write_bytes('redVersion: "9"\ndoc: w\xf6rd\n'.encode("latin-1"))
+    with pytest.raises(ParseError, match=rf"^{path}:2:7: not UTF-8 text \(invalid start byte at byte 22\)"):
+        load_mapping(str(path))
