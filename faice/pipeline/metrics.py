@@ -57,6 +57,9 @@ MAX_JSON_BYTES = 16 * 1024 * 1024
 MAX_SOURCE_BYTES = 1024**3  # of one line-format source; beyond, faice stops reading it
 CHECKED_BYTES = 4096  # first and last bytes read, compared to notice a rewrite in place
 MAX_PROBLEMS = 100
+# One line's match of a keyvalue pattern: a pattern that takes longer (catastrophic
+# backtracking) is given up for its source, so a batch's metrics cost bounded CPU.
+MATCH_TIMEOUT_S = 0.5
 
 
 # ---------------------------------------------------------------- resolving paths
@@ -167,6 +170,7 @@ class _Parser:
         self.reader = reader
         self.source = resolved.source
         self.label = resolved.source.label
+        self.pattern_given_up = False
         self.reset()
 
     def reset(self) -> None:
@@ -281,13 +285,22 @@ class _Parser:
     def keyvalue_line(self, text: str, number: int) -> None:
         if text.lstrip().startswith("#"):
             return
+        if self.pattern_given_up:
+            return
         pattern = self.reader.pattern(self.source)
         groups = pattern.groupindex
-        if "name" in groups and "value" in groups:
-            values = {m.group("name"): m.group("value") for m in pattern.finditer(text)}
-        else:
-            match = pattern.search(text)
-            values = {k: v for k, v in match.groupdict().items() if v is not None} if match else {}
+        try:
+            if "name" in groups and "value" in groups:
+                values = {m.group("name"): m.group("value")
+                          for m in pattern.finditer(text, concurrent=True, timeout=MATCH_TIMEOUT_S)}
+            else:
+                match = pattern.search(text, concurrent=True, timeout=MATCH_TIMEOUT_S)
+                values = {k: v for k, v in match.groupdict().items() if v is not None} if match else {}
+        except TimeoutError:
+            self.pattern_given_up = True
+            self.reader.problem(self.label, number, f"the pattern took longer than {MATCH_TIMEOUT_S} s on this "
+                                                    "line (it backtracks too much); the source is not read further")
+            return
         if values:
             self.record(values, number)
 
@@ -476,7 +489,7 @@ class MetricsReader:
     _problem_count: int = field(default=0, init=False)
     _reported: set[tuple[str, str]] = field(default_factory=set, init=False)
     _best: dict[str, Any] | None = field(default=None, init=False)
-    _patterns: dict[str, re.Pattern[str]] = field(default_factory=dict, init=False)
+    _patterns: dict[str, Any] = field(default_factory=dict, init=False)  # regex patterns
 
     def __post_init__(self) -> None:
         self._parsers = [_Parser(self, resolved) for resolved in self.sources]
@@ -552,7 +565,7 @@ class MetricsReader:
 
     # -- called by the parsers
 
-    def pattern(self, source: Source) -> re.Pattern[str]:
+    def pattern(self, source: Source) -> Any:
         key = source.pattern or ""
         compiled = self._patterns.get(key)
         if compiled is None:

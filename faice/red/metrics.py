@@ -79,8 +79,13 @@ class Source:
             return "stdout"
         return f"{self.directory}/{self.path}" if self.directory else str(self.path)
 
-    def compiled(self) -> re.Pattern[str]:
-        return re.compile(self.pattern or DEFAULT_PATTERN)
+    def compiled(self) -> Any:
+        """The pattern for the ``regex`` module, whose matches can time out and let other
+        threads run (a pattern like ``(a+)+$`` backtracks exponentially; ``re`` would hold the
+        interpreter for as long as that takes: an agency server's every thread)."""
+        import regex
+
+        return regex.compile(self.pattern or DEFAULT_PATTERN)
 
 
 @dataclass(frozen=True)
@@ -322,9 +327,11 @@ def _check_pattern(pattern: Any, path: KeyPath, found: list) -> None:
     if not isinstance(pattern, str):
         found.append((path, f"expected a regular expression, got {kind_of(pattern)}"))
         return
+    import regex
+
     try:
-        compiled = re.compile(pattern)
-    except re.error as exc:
+        compiled = regex.compile(pattern)
+    except regex.error as exc:
         found.append((path, f"not a valid regular expression: {exc}"))
         return
     groups = set(compiled.groupindex)

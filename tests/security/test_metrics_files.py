@@ -158,3 +158,36 @@ def test_an_appended_file_is_not_read_twice(tmp_path):
             handle.flush()
             metrics.poll()
     assert metrics.finish()["series"]["val_accuracy"] == [[e, e / 100] for e in range(50)]
+
+
+def test_a_pattern_that_backtracks_exponentially_costs_bounded_time_and_blocks_no_thread(tmp_path):
+    """A RED file's metrics pattern is the user's, the lines are the program's: ``(a|aa)+$`` on
+    a line of 60 a's would backtrack for longer than the universe exists, holding the
+    interpreter (on faice's server: every user's thread). The match gives up after
+    MATCH_TIMEOUT_S, the source is not read further, and other threads run meanwhile."""
+    import threading
+
+    from faice.pipeline.metrics import MATCH_TIMEOUT_S
+
+    stdout = tmp_path / "stdout.txt"
+    stdout.write_text("val_accuracy=0.5\n" + "a" * 60 + "!\n" + ("a" * 60 + "!\n") * 50 + "val_accuracy=0.9\n")
+    pattern = r"(?P<val_accuracy>[0-9.]+)|(?P<junk>(a|aa)+$)"
+    ticks = []
+    done = threading.Event()
+
+    def ticker() -> None:
+        while not done.is_set():
+            ticks.append(time.monotonic())
+            time.sleep(0.01)
+
+    thread = threading.Thread(target=ticker, daemon=True)
+    thread.start()
+    started = time.monotonic()
+    result = MetricsReader.for_batch(spec({"stdout": pattern}), outputs_dir=tmp_path, stdout_file=stdout).finish()
+    took = time.monotonic() - started
+    done.set()
+    thread.join()
+    assert took < MATCH_TIMEOUT_S + 2, f"{took:.1f} s: one give-up for the source, not one per line"
+    assert len(ticks) > 0.5 * took / 0.01 * 0.5, "another thread ran while the pattern was matched"
+    assert result["series"]["val_accuracy"] == [[0, 0.5]], "what was read before the give-up counts"
+    assert any("took longer than" in p["reason"] and p.get("line") == 2 for p in result["problems"]), result["problems"]
