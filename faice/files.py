@@ -13,10 +13,15 @@ import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
+
+from faice.descriptors import open_beneath
 
 # The most of a stream read back into memory (the agency keeps only its cap of this tail).
 LOG_READ_LIMIT = 64 * 2**20
+# The most of a JSON record read (run.json of a sweep of 10,000 batches holds a few MiB): a
+# larger file is no record faice wrote, and parsing it would take gigabytes.
+JSON_READ_LIMIT = 256 * 2**20
 
 
 def atomic_write_text(
@@ -85,23 +90,43 @@ def _map_strings(data: Any, change: Callable[[str], str]) -> Any:
     return data
 
 
-def read_json(path: Path) -> Any | None:
-    """The parsed file, or None when it is missing or not JSON (a record being replaced)."""
+def open_regular(path: Path, *, beneath: Path | None = None) -> BinaryIO:
+    """``path`` opened for reading when it is a regular file; OSError for a FIFO, device or
+    socket (which would block or never end). With ``beneath``, a directory ``path`` lies in,
+    ``path`` is opened beneath it: a link leading out of it is refused
+    (:class:`~faice.descriptors.OutsideError`), as in a run directory someone else wrote."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(path, flags) if beneath is None else open_beneath(beneath, os.path.relpath(path, beneath), flags)
     try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except (OSError, ValueError):
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path}: not a regular file")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_json(path: Path, *, beneath: Path | None = None, limit: int = JSON_READ_LIMIT) -> Any | None:
+    """The parsed file, or None when it is missing or not JSON (a record being replaced), no
+    regular file, larger than ``limit`` bytes or nested too deeply; ``beneath``: see
+    :func:`open_regular`."""
+    try:
+        with open_regular(path, beneath=beneath) as handle:
+            data = handle.read(limit + 1)
+        return json.loads(data) if len(data) <= limit else None
+    except (OSError, ValueError, RecursionError):
         return None
 
 
-def read_tail(path: Path, limit: int | None = None) -> tuple[str, int]:
-    """(text, bytes skipped): the last ``limit`` bytes of a stream file, in whole lines.
+def read_tail(path: Path, limit: int | None = None, *, beneath: Path | None = None) -> tuple[str, int]:
+    """(text, bytes skipped): the last ``limit`` bytes of a stream file, in whole lines
+    (OSError when it is no regular file; ``beneath``: see :func:`open_regular`).
 
     A cut tail starts after its first newline, so that a secret cut in half at the start
     (which a redactor would no longer recognise) is dropped with the rest.
     """
     limit = LOG_READ_LIMIT if limit is None else limit
-    with open(path, "rb") as handle:
+    with open_regular(path, beneath=beneath) as handle:
         size = handle.seek(0, 2)
         skipped = max(0, size - limit)
         handle.seek(skipped)
@@ -113,10 +138,10 @@ def read_tail(path: Path, limit: int | None = None) -> tuple[str, int]:
     return data.decode("utf-8", "replace"), skipped
 
 
-def tail_text(path: Path, limit: int = 4000) -> str:
+def tail_text(path: Path, limit: int = 4000, *, beneath: Path | None = None) -> str:
     """The last ``limit`` bytes of a text file in whole lines; empty when there is none."""
     try:
-        return read_tail(path, limit)[0]
+        return read_tail(path, limit, beneath=beneath)[0]
     except OSError:
         return ""
 

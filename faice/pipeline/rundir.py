@@ -51,6 +51,10 @@ RED_FILE = "red.json"
 BATCHES = "batches"
 OUTPUTS = "outputs"
 DEFAULT_ROOT = Path("faice-runs")  # where faice exec puts runs without --outdir
+# The most of a metrics.json read back: faice writes at most MAX_POINTS per series (about
+# 0.5 MiB each), so this holds dozens of metrics; parsing a larger file (written by someone
+# else) would take gigabytes and minutes, and the record's summary stands in for it.
+METRICS_READ_LIMIT = 32 * 2**20
 STDERR_TAIL_BYTES = 4000  # what a failure report or debug_info shows of a batch's stderr
 _HELD: dict[str, int] = {}  # run directories this process runs in -> the descriptor holding the lock
 _HELD_LOCK = threading.Lock()
@@ -233,7 +237,7 @@ class RunDir:
         atomic_write_json(self.red_file, data, redact=redact)
 
     def read_red(self) -> dict[str, Any] | None:
-        data = read_json(self.red_file)
+        data = read_json(self.red_file, beneath=self.root)
         return data if isinstance(data, dict) else None
 
     # ------------------------------------------------------------------ batch records
@@ -243,12 +247,12 @@ class RunDir:
         atomic_write_json(self.batch(record.batch_id).record, record.to_dict(), redact=redact)
 
     def read_record(self, batch_id: str) -> BatchRecord | None:
-        data = read_json(self.batch(batch_id).record)
+        data = read_json(self.batch(batch_id).record, beneath=self.root)
         return BatchRecord.from_dict(data) if isinstance(data, dict) else None
 
     def read_record_data(self, batch_id: str) -> dict[str, Any] | None:
         """The record as stored (``faice status --json ID``, MLflow artifacts)."""
-        data = read_json(self.batch(batch_id).record)
+        data = read_json(self.batch(batch_id).record, beneath=self.root)
         return data if isinstance(data, dict) else None
 
     def remove_record(self, batch_id: str) -> None:
@@ -265,7 +269,7 @@ class RunDir:
             for item in found:
                 if item.name in skip or (only is not None and item.name not in only) or not item.is_dir():
                     continue
-                data = read_json(Path(item.path) / RESULT_FILE)
+                data = read_json(Path(item.path) / RESULT_FILE, beneath=self.root)
                 yield item.name, data if isinstance(data, dict) else None
 
     def records(self) -> dict[str, BatchRecord]:
@@ -279,7 +283,7 @@ class RunDir:
 
     def read_metrics(self, batch_id: str) -> dict[str, Any] | None:
         """The batch's whole metrics result (``metrics.json``), else the summary in its record."""
-        data = read_json(self.batch(batch_id).metrics)
+        data = read_json(self.batch(batch_id).metrics, beneath=self.root, limit=METRICS_READ_LIMIT)
         if isinstance(data, dict):
             return data
         record = self.read_record_data(batch_id) or {}
@@ -303,12 +307,12 @@ class RunDir:
 
     def stderr_tail(self, batch_id: str, limit: int = STDERR_TAIL_BYTES) -> str:
         """The last ``limit`` bytes of a batch's stderr in whole lines (read from the end)."""
-        return tail_text(self.batch(batch_id).stderr, limit)
+        return tail_text(self.batch(batch_id).stderr, limit, beneath=self.root)
 
     # ------------------------------------------------------------------ run record
 
     def read_run(self) -> dict[str, Any] | None:
-        data = read_json(self.run_file)
+        data = read_json(self.run_file, beneath=self.root)
         return data if isinstance(data, dict) else None
 
     def write_run(self, header: dict[str, Any], entries: list[dict[str, Any]], *,
@@ -373,9 +377,27 @@ class RunDir:
         tasks wrote only batch records); UsageError when this is no run directory."""
         run = self.read_run()
         if run is not None:
+            _check_entries(self.run_file, run)
             return run
         if self.run_file.exists():
-            raise UsageError(f"{self.run_file}: not valid JSON")
+            raise UsageError(f"{self.run_file}: not a run record (expected a JSON object in a regular file "
+                             "of this run directory)")
         if not self.batches.is_dir():
             raise UsageError(f"{self.run_file}: no such file; --outdir must be a faice run directory")
         return self.rebuild()
+
+
+def _check_entries(path: Path, run: dict[str, Any]) -> None:
+    """UsageError unless run.json's ``batches`` is a list of objects whose ``parameters``
+    are an object (or absent): what ``faice status`` and ``list`` print."""
+    entries = run.get("batches")
+    if entries is None:
+        return
+    if not isinstance(entries, list):
+        raise UsageError(f"{path}: batches: expected a list of batch entries, got {type(entries).__name__}")
+    for number, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise UsageError(f"{path}: batches[{number}]: expected an object, got {type(entry).__name__}")
+        if entry.get("parameters") is not None and not isinstance(entry["parameters"], dict):
+            raise UsageError(f"{path}: batches[{number}].parameters: expected an object, "
+                             f"got {type(entry['parameters']).__name__}")

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from faice.errors import EngineError, UsageError
+from faice.files import open_regular
 from faice.pipeline.metrics import thinned
 from faice.red.experiment import Batch, Experiment
 from faice.red.metrics import MetricsSpec
@@ -80,11 +81,13 @@ def read_log(outdir: Path) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]
     sampler (complete/pruned/fail; None while untold), message, intermediate."""
     path = search_dir(outdir) / LOG_FILE
     try:
-        if path.stat().st_size > MAX_LOG_BYTES:
-            return None, []
-        text = path.read_text(encoding="utf-8", errors="replace")
+        with open_regular(path, beneath=Path(outdir)) as handle:  # no FIFO, no link out of the run
+            data = handle.read(MAX_LOG_BYTES + 1)
     except OSError:
         return None, []
+    if len(data) > MAX_LOG_BYTES:
+        return None, []
+    text = data.decode("utf-8", errors="replace")
     header: dict[str, Any] | None = None
     trials: dict[int, dict[str, Any]] = {}
     for line in text.splitlines():

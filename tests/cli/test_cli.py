@@ -126,3 +126,18 @@ def test_tests_run_in_an_empty_directory_outside_the_checkout():
     checkout = Path(__file__).resolve().parents[2]
     assert checkout not in [Path.cwd(), *Path.cwd().parents]
     assert not Path("faice-runs").exists()
+
+
+@pytest.mark.parametrize(("batches", "where"), [
+    ("abc", "batches: expected a list of batch entries, got str"),
+    (["b-1", {"id": "b-2"}], "batches[0]: expected an object, got str"),
+    ([{"id": "b-1", "parameters": ["lr", 1]}], "batches[0].parameters: expected an object, got list"),
+])
+@pytest.mark.foreign_records
+def test_status_and_list_of_a_run_json_of_wrong_types_say_where(tmp_path, capsys, batches, where):
+    """A hand-edited run.json: one line naming the file and the key, not an internal error."""
+    (tmp_path / "run.json").write_text(json.dumps({"runId": "r", "state": "succeeded", "batches": batches}))
+    for command in ("status", "list"):
+        assert main([command, "--outdir", str(tmp_path)]) == 2
+        err = capsys.readouterr().err
+        assert f"{tmp_path / 'run.json'}: {where}" in err and "internal error" not in err, err

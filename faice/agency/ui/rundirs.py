@@ -30,6 +30,7 @@ from faice.agency.ui.source import (
     view_of,
 )
 from faice.descriptors import open_beneath
+from faice.files import open_regular
 from faice.pipeline import results as results_api
 from faice.pipeline import search as search_api
 from faice.pipeline.rundir import BatchDir, RunDir, is_batch_id
@@ -211,7 +212,7 @@ class DirSource:
         streams = batch.streams()
         if stream not in streams:
             raise NotFound(f"no stream {stream!r}")
-        return read_log(streams[stream], offset)
+        return read_log(streams[stream], offset, beneath=self._path(run_id))
 
     def outputs(self, viewer: Any, run_id: str, batch_id: str) -> list[OutputFile] | None:
         _, batch = self._batch_dir(run_id, batch_id)
@@ -259,10 +260,11 @@ def _subdirs(path: Path) -> list[Path]:
         return []
 
 
-def read_log(path: Path, offset: int | None) -> LogChunk:
-    """At most :data:`LOG_TAIL_BYTES` of ``path`` from ``offset`` (None: its tail)."""
+def read_log(path: Path, offset: int | None, *, beneath: Path | None = None) -> LogChunk:
+    """At most :data:`LOG_TAIL_BYTES` of ``path`` from ``offset`` (None: its tail); nothing
+    when it is no regular file beneath the run directory ``beneath`` (a FIFO, a link out)."""
     try:
-        handle = open(path, "rb")  # noqa: SIM115
+        handle = open_regular(path, beneath=beneath)
     except OSError:
         return LogChunk("", offset or 0)
     with handle:

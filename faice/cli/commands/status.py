@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from faice.cli.options import add_debug, add_variables, variable_sources
 from faice.cli.parser import lazy, new_command
 from faice.errors import EngineError, UsageError
-from faice.files import dumps_json
+from faice.files import dumps_json, open_regular
 from faice.secrets import REDACTOR
 
 if TYPE_CHECKING:
@@ -222,7 +222,15 @@ def _run_directory(name: str, args) -> int:
             return _follow(path, run_dir, args.id)
         if not path.exists():
             raise UsageError(f"{path}: no such file (is {args.id} a batch id of the run in {outdir}?)")
-        _print_log(args.id, "stderr" if args.stderr else "stdout", path.read_text(errors="replace"), args.json)
+        from faice.files import read_tail
+
+        try:
+            text, skipped = read_tail(path, beneath=outdir)
+        except OSError:
+            raise UsageError(f"{path}: not a log faice wrote (expected a regular file in the run directory)") from None
+        if skipped:
+            print(f"faice: the first {skipped} bytes of {path} left out (it is larger than faice reads)", file=sys.stderr)
+        _print_log(args.id, "stderr" if args.stderr else "stdout", text, args.json)
         return 0
     run = run_dir.read_or_rebuild()
     if getattr(args, "wait", False) and not slurm_run:
@@ -234,7 +242,11 @@ def _run_directory(name: str, args) -> int:
     if args.id:
         data = run_dir.read_record_data(args.id) if is_batch_id(args.id) else None
         if data is None:
-            raise UsageError(f"{run_dir.batch(args.id).record}: no such file (no batch {args.id} in {outdir})")
+            record = run_dir.batch(args.id).record
+            if is_batch_id(args.id) and os.path.lexists(record):
+                raise UsageError(f"{record}: not a batch record (expected a JSON object in a regular file of "
+                                 "this run directory)")
+            raise UsageError(f"{record}: no such file (no batch {args.id} in {outdir})")
         print(dumps_json(data, indent=2) if args.json else f"batch {args.id}: {data.get('state')}")
         return 1 if data.get("state") in ("failed", "cancelled") else 0
     failed = 1 if run.get("state") in ("failed", "cancelled", "incomplete", "interrupted") else 0
@@ -322,7 +334,7 @@ def _follow(path: Path, run_dir: RunDir, batch_id: str) -> int:
     if listed and batch_id not in listed:
         raise UsageError(f"no batch {batch_id} in the run in {outdir} (faice status --outdir {outdir} lists them)")
     deadline_missing = time.monotonic() + 60
-    log = _GrowingFile(path)
+    log = _GrowingFile(path, outdir)
     carry = b""
 
     def show(data: bytes, *, whole: bool = False) -> None:
@@ -363,8 +375,9 @@ class _GrowingFile:
     file that starts with exactly what was read (the whole log fetched again after a broken
     stream) continues where the old one ended."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, beneath: Path):
         self.path = path
+        self.beneath = beneath  # the run directory: the file is never read through a link out of it
         self._handle: BinaryIO | None = None
         self._seen = hashlib.sha256()  # of every byte read from the current file
         self._size = 0
@@ -395,9 +408,12 @@ class _GrowingFile:
                 fresh = self._take(self._handle.read(), new=True)
         if self._handle is None and current is not None:
             try:
-                self._handle = open(self.path, "rb")  # noqa: SIM115 - closed by close()
+                self._handle = open_regular(self.path, beneath=self.beneath)
             except FileNotFoundError:
                 pass
+            except OSError:
+                raise UsageError(f"{self.path}: not a log faice wrote (expected a regular file in the run "
+                                 "directory)") from None
             else:
                 data = self._handle.read()
                 if self.opened and hashlib.sha256(data[:self._size]).digest() == self._seen.digest():
