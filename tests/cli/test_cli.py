@@ -141,3 +141,20 @@ def test_status_and_list_of_a_run_json_of_wrong_types_say_where(tmp_path, capsys
         assert main([command, "--outdir", str(tmp_path)]) == 2
         err = capsys.readouterr().err
         assert f"{tmp_path / 'run.json'}: {where}" in err and "internal error" not in err, err
+
+
+@pytest.mark.foreign_records
+def test_status_lists_the_local_runs_past_a_damaged_one(tmp_path, capsys):
+    """``faice status`` in a directory with ./faice-runs: a run.json with wrong types and a
+    dangling link there are shown or skipped, the other runs still listed."""
+    from pathlib import Path
+
+    runs = Path("faice-runs")
+    (runs / "good").mkdir(parents=True)
+    (runs / "good" / "run.json").write_text(json.dumps({"runId": "g", "state": "succeeded", "counts": {"succeeded": 1}}))
+    (runs / "odd").mkdir()
+    (runs / "odd" / "run.json").write_text(json.dumps({"state": [1], "counts": ["x"]}))
+    (runs / "gone").symlink_to(tmp_path / "nowhere")
+    assert main(["status"]) == 0
+    out, err = capsys.readouterr()
+    assert "faice-runs/good  succeeded" in out and "faice-runs/odd" in out and "internal error" not in err, err

@@ -303,11 +303,12 @@ def _list_local_runs(root: Path, as_json: bool) -> int:
     from faice.pipeline.rundir import RunDir
 
     runs: list[dict[str, Any]] = []
-    for path in sorted(root.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True):
+    for path in sorted(root.iterdir(), key=lambda p: p.lstat().st_mtime, reverse=True):  # a dangling link too
         record = RunDir(path).read_run() if path.is_dir() else None
         if record is not None:
+            counts = record.get("counts")  # one hand-edited run.json must not hide the other runs
             runs.append({"outdir": str(path), "runId": record.get("runId"), "state": record.get("state"),
-                         "counts": record.get("counts") or {}, "source": record.get("source"),
+                         "counts": counts if isinstance(counts, dict) else {}, "source": record.get("source"),
                          "started": record.get("started")})
     if as_json:
         print(dumps_json(runs, indent=2))
@@ -316,7 +317,7 @@ def _list_local_runs(root: Path, as_json: bool) -> int:
         print(f"no runs under {root}/")
     for item in runs:
         counts = ", ".join(f"{v} {k}" for k, v in item["counts"].items())
-        print(REDACTOR.redact(f"{item['outdir']}  {item['state']:<10}  {counts}  ({item['source']})"))
+        print(REDACTOR.redact(f"{item['outdir']}  {item['state']!s:<10}  {counts}  ({item['source']})"))
     if runs:
         print("details: faice status --outdir DIR; agency experiments: faice status --agency URL")
     return 0
