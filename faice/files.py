@@ -6,6 +6,7 @@ must never see half a file, so every record is written to a temp file and rename
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -99,7 +100,7 @@ def open_regular(path: Path, *, beneath: Path | None = None) -> BinaryIO:
     fd = os.open(path, flags) if beneath is None else open_beneath(beneath, os.path.relpath(path, beneath), flags)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(f"{path}: not a regular file")
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
         return os.fdopen(fd, "rb")
     except BaseException:
         os.close(fd)

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from faice.errors import UsageError
-from faice.files import atomic_write_json, atomic_write_text, read_json, tail_text
+from faice.files import atomic_write_json, atomic_write_text, open_regular, read_json, tail_text
 from faice.pipeline.records import (
     FINAL_STATES,
     KEPT_ON_RESUME,
@@ -379,9 +379,13 @@ class RunDir:
         if run is not None:
             _check_entries(self.run_file, run)
             return run
-        if self.run_file.exists():
-            raise UsageError(f"{self.run_file}: not a run record (expected a JSON object in a regular file "
-                             "of this run directory)")
+        if os.path.lexists(self.run_file):
+            try:
+                open_regular(self.run_file, beneath=self.root).close()
+            except OSError as exc:  # why it cannot be read: permissions, a FIFO, a link out
+                raise UsageError(f"{self.run_file}: {exc.strerror or exc} (expected a run record, a regular "
+                                 "file of this run directory)") from None
+            raise UsageError(f"{self.run_file}: not a run record (expected a JSON object)")
         if not self.batches.is_dir():
             raise UsageError(f"{self.run_file}: no such file; --outdir must be a faice run directory")
         return self.rebuild()

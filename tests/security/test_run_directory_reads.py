@@ -52,7 +52,7 @@ def test_a_fifo_for_run_json_is_refused_not_waited_on(tmp_path):
     run.run_file.unlink()
     os.mkfifo(run.run_file)
     for command in (["status"], ["list"], ["status", BATCH]):
-        assert_clear_error(faice(*command, "--outdir", str(run.root)), "run.json", "not a run record")
+        assert_clear_error(faice(*command, "--outdir", str(run.root)), "run.json", "not a regular file")
     assert faice("results", str(run.root)).returncode == 0  # ranked from the batch records
 
 

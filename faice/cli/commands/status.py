@@ -226,8 +226,8 @@ def _run_directory(name: str, args) -> int:
 
         try:
             text, skipped = read_tail(path, beneath=outdir)
-        except OSError:
-            raise UsageError(f"{path}: not a log faice wrote (expected a regular file in the run directory)") from None
+        except OSError as exc:
+            raise UsageError(f"{path}: {exc.strerror or exc} (expected a regular file in the run directory)") from None
         if skipped:
             print(f"faice: the first {skipped} bytes of {path} left out (it is larger than faice reads)", file=sys.stderr)
         _print_log(args.id, "stderr" if args.stderr else "stdout", text, args.json)
@@ -412,8 +412,8 @@ class _GrowingFile:
                 self._handle = open_regular(self.path, beneath=self.beneath)
             except FileNotFoundError:
                 pass
-            except OSError:
-                raise UsageError(f"{self.path}: not a log faice wrote (expected a regular file in the run "
+            except OSError as exc:
+                raise UsageError(f"{self.path}: {exc.strerror or exc} (expected a regular file in the run "
                                  "directory)") from None
             else:
                 data = self._handle.read()
