@@ -62,6 +62,9 @@ def owner_token(pid: int | None = None) -> str:
     return token
 
 
+PID_MAX = 2**22  # the largest pid_max Linux allows
+
+
 def owner_alive(token: str) -> bool:
     """Is the faice process named by ``token`` still running? Other hosts count as alive."""
     host, _, rest = token.partition(":")
@@ -69,6 +72,8 @@ def owner_alive(token: str) -> bool:
     if host != socket.gethostname() or not pid_text.isdigit():
         return True
     pid = int(pid_text)
+    if not 0 < pid <= PID_MAX:  # pid 0 would ask about this process group; a larger one cannot run
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
