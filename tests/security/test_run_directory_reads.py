@@ -151,3 +151,17 @@ def test_ui_logs_never_block_or_leave_the_run(tmp_path):
     for stream, response in answers.items():
         assert response.status_code == 200, stream
         assert b"root:" not in response.get_data(), stream
+
+
+def test_ui_shows_runs_whose_header_has_other_types(tmp_path):
+    """A run.json whose counts, started or updated are no mapping or text: its pages and the
+    list of runs (sorted by start) still answer, and the other runs are listed."""
+    make_run(tmp_path / "runs" / "good")
+    odd = make_run(tmp_path / "runs" / "odd")
+    header = json.loads(odd.run_file.read_text())
+    header.update(counts=[1], started={"a": 1}, updated=5)
+    odd.run_file.write_text(json.dumps(header))
+    client = Client(LocalUI([tmp_path / "runs"], host="127.0.0.1", port=80))
+    index = client.get("/")
+    assert index.status_code == 200 and b"good" in index.get_data()
+    assert client.get("/runs/odd/").status_code == 200

@@ -74,9 +74,11 @@ def view_of(run_id: str, title: str, header: dict[str, Any], results: Results, c
     which batches changed since the last view of this run."""
     changes.update(results.rows)
     best = results.best
-    summary = RunSummary(
+    counts, started, updated = header.get("counts"), header.get("started"), header.get("updated")
+    summary = RunSummary(  # a hand-edited run.json's other types: no counts, no times (the list sorts by them)
         id=run_id, title=title, state=str(header.get("state") or "incomplete"),
-        counts=dict(header.get("counts") or {}), started=header.get("started"), updated=header.get("updated"),
+        counts=dict(counts) if isinstance(counts, dict) else {}, started=started if isinstance(started, str) else None,
+        updated=updated if isinstance(updated, str) else None,
         objective=results.objective, best=best["objective"] if best else None, owner=owner)
     return RunView(summary, results, changes.version, {k: v for k, v in header.items() if k != "batches"})
 
