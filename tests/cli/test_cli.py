@@ -158,3 +158,15 @@ def test_status_lists_the_local_runs_past_a_damaged_one(tmp_path, capsys):
     assert main(["status"]) == 0
     out, err = capsys.readouterr()
     assert "faice-runs/good  succeeded" in out and "faice-runs/odd" in out and "internal error" not in err, err
+
+
+@pytest.mark.foreign_records
+def test_status_and_list_of_a_run_dir_show_its_text_inert(tmp_path, capsys):
+    """Batch ids, states and parameters of run.json reach the terminal with their escape
+    sequences shown, not acted on; an index or state of another type is shown as it is."""
+    entries = [{"id": "b-\x1b]0;PWNED\x07", "index": {"a": 1}, "state": ["x"], "parameters": {"k\x1b[2J": "v"}}]
+    (tmp_path / "run.json").write_text(json.dumps({"runId": "r\x1b[1A", "state": "succeeded", "batches": entries}))
+    for command in ("status", "list"):
+        assert main([command, "--outdir", str(tmp_path)]) == 0
+        out, err = capsys.readouterr()
+        assert "\x1b" not in out and "\\x1b]0;PWNED" in out and "internal error" not in err, out + err

@@ -14,6 +14,7 @@ from faice.cli.parser import lazy, new_command
 from faice.errors import EngineError, UsageError
 from faice.files import dumps_json, open_regular
 from faice.secrets import REDACTOR
+from faice.untrusted import for_terminal
 
 if TYPE_CHECKING:
     from faice.pipeline.rundir import RunDir
@@ -247,7 +248,7 @@ def _run_directory(name: str, args) -> int:
                 raise UsageError(f"{record}: not a batch record (expected a JSON object in a regular file of "
                                  "this run directory)")
             raise UsageError(f"{record}: no such file (no batch {args.id} in {outdir})")
-        print(dumps_json(data, indent=2) if args.json else f"batch {args.id}: {data.get('state')}")
+        print(dumps_json(data, indent=2) if args.json else for_terminal(f"batch {args.id}: {data.get('state')}"))
         return 1 if data.get("state") in ("failed", "cancelled") else 0
     failed = 1 if run.get("state") in ("failed", "cancelled", "incomplete", "interrupted") else 0
     if args.json:
@@ -255,7 +256,7 @@ def _run_directory(name: str, args) -> int:
         return failed
     from faice.engines.display import failure_report
 
-    print(f"run {run.get('runId', run.get('id', '?'))}: {run.get('state', '?')}")
+    print(for_terminal(REDACTOR.redact(f"run {run.get('runId', run.get('id', '?'))}: {run.get('state', '?')}")))
     _print_run_batches(run)
     for line in failure_report(run, outdir):
         print(REDACTOR.redact(line))
@@ -268,7 +269,7 @@ def _print_run_batches(run: dict[str, Any]) -> None:
         parameters = entry.get("parameters") or {}
         shown = "  " + ", ".join(f"{k}={v}" for k, v in parameters.items()) if parameters else ""
         index = entry.get("index")
-        print(REDACTOR.redact(f"{'' if index is None else index:>4}  {bid}  {entry.get('state') or '?':<10}{shown}"))
+        print(for_terminal(REDACTOR.redact(f"{'' if index is None else index!s:>4}  {bid}  {entry.get('state') or '?'!s:<10}{shown}")))
 
 
 def _list_batches(run: dict[str, Any], as_json: bool) -> int:
@@ -317,7 +318,7 @@ def _list_local_runs(root: Path, as_json: bool) -> int:
         print(f"no runs under {root}/")
     for item in runs:
         counts = ", ".join(f"{v} {k}" for k, v in item["counts"].items())
-        print(REDACTOR.redact(f"{item['outdir']}  {item['state']!s:<10}  {counts}  ({item['source']})"))
+        print(for_terminal(REDACTOR.redact(f"{item['outdir']}  {item['state']!s:<10}  {counts}  ({item['source']})")))
     if runs:
         print("details: faice status --outdir DIR; agency experiments: faice status --agency URL")
     return 0
