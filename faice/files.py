@@ -29,15 +29,19 @@ def atomic_write_text(
     path: Path, text: str, *, mode: int = 0o644, redact: Callable[[str], str] | None = None
 ) -> None:
     """Write ``text`` (passed through ``redact`` first) so readers see the old or the new file."""
+    atomic_write_bytes(path, (redact(text) if redact is not None else text).encode("utf-8"), mode=mode)
+
+
+def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o644) -> None:
+    """Write ``data`` so readers see the old or the new file; a link at ``path`` is replaced,
+    never followed (a run directory someone else wrote cannot aim a write elsewhere)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if redact is not None:
-        text = redact(text)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         os.fchmod(fd, mode)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -79,6 +83,15 @@ def atomic_write_json(
     if redact is not None:
         data = _map_strings(data, redact)
     atomic_write_text(path, dumps_json(data, indent=2) + "\n", mode=mode)
+
+
+def save_png(figure: Any, path: Path) -> None:
+    """A matplotlib figure as a PNG at ``path``, written as :func:`atomic_write_bytes` does."""
+    import io
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def _map_strings(data: Any, change: Callable[[str], str]) -> Any:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from faice.errors import FaiceError
-from faice.files import dumps_json
+from faice.files import dumps_json, save_png
 from faice.pipeline.rundir import RunDir, is_batch_id
 from faice.untrusted import csv_cell, for_terminal, markdown_cell, mlflow_name
 
@@ -391,7 +391,7 @@ def plot(results: Results, metric: str, directory: Path) -> list[Path]:
         if drawn <= 20:
             axes.legend(fontsize="small")
         path = directory / f"{safe}-steps.png"
-        figure.savefig(path, dpi=100, bbox_inches="tight")
+        save_png(figure, path)
         written.append(path)
     plt.close(figure)
     column = f"metric.{metric}"
@@ -409,7 +409,7 @@ def plot(results: Results, metric: str, directory: Path) -> list[Path]:
         axes.set_xlabel(parameter)
         axes.set_ylabel(f"final {metric}")
         path = directory / f"{safe}-vs-{''.join(ch if ch.isalnum() or ch in '._-' else '_' for ch in parameter)}.png"
-        figure.savefig(path, dpi=100, bbox_inches="tight")
+        save_png(figure, path)
         plt.close(figure)
         written.append(path)
     if not written:

@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from faice.files import save_png
 from faice.pipeline.search import read_log
 from faice.untrusted import for_terminal, markdown_cell
 
@@ -116,7 +117,7 @@ def plot_search(outdir: Path, search: dict[str, Any], directory: Path, pyplot: A
     axes.set_title(f"optimisation history ({search.get('algorithm', '?')})")
     axes.legend(fontsize="small")
     path = directory / "search-history.png"
-    figure.savefig(path, dpi=100, bbox_inches="tight")
+    save_png(figure, path)
     pyplot.close(figure)
     written.append(path)
     importances = parameter_importance(outdir)
@@ -127,7 +128,7 @@ def plot_search(outdir: Path, search: dict[str, Any], directory: Path, pyplot: A
         axes.set_xlabel("importance (fANOVA)")
         axes.set_title("parameter importance")
         path = directory / "search-importance.png"
-        figure.savefig(path, dpi=100, bbox_inches="tight")
+        save_png(figure, path)
         pyplot.close(figure)
         written.append(path)
     return written

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -165,3 +166,23 @@ def test_ui_shows_runs_whose_header_has_other_types(tmp_path):
     index = client.get("/")
     assert index.status_code == 200 and b"good" in index.get_data()
     assert client.get("/runs/odd/").status_code == 200
+
+
+def test_plots_never_write_through_links_of_the_run(tmp_path):
+    """``faice results --plot`` writes into OUTDIR/plots: a link planted there for a PNG is
+    replaced, not written through (as root, to any file); a plots/ that is a link is refused."""
+    pytest.importorskip("matplotlib")
+    run = make_run(tmp_path / "run")
+    victim = tmp_path / "victim"
+    victim.write_text("SAFE")
+    (run.root / "plots").mkdir()
+    (run.root / "plots" / "acc-steps.png").symlink_to(victim)
+    done = faice("results", str(run.root), "--plot", "acc")
+    assert done.returncode == 0, done.stderr
+    assert victim.read_text() == "SAFE" and not (run.root / "plots" / "acc-steps.png").is_symlink()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.rmtree(run.root / "plots")
+    (run.root / "plots").symlink_to(elsewhere)
+    assert_clear_error(faice("results", str(run.root), "--plot", "acc"), "plots: a symbolic link")
+    assert not any(elsewhere.iterdir())

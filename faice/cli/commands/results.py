@@ -73,6 +73,9 @@ def run_results(args) -> int:
         raise UsageError(f"--top {args.top}: expected a positive number of batches")
     if args.plot:
         pyplot()  # say that matplotlib is missing before printing anything
+        if not args.plot_dir and (Path(args.outdir) / "plots").is_symlink():
+            raise UsageError(f"{Path(args.outdir) / 'plots'}: a symbolic link; faice writes plots into the run "
+                             "directory only", hint="give --plot-dir DIR to write them elsewhere")
     if args.experiment and not args.to_mlflow:
         raise UsageError("--experiment needs --to-mlflow")
     if args.to_mlflow:
