@@ -186,3 +186,19 @@ def test_plots_never_write_through_links_of_the_run(tmp_path):
     (run.root / "plots").symlink_to(elsewhere)
     assert_clear_error(faice("results", str(run.root), "--plot", "acc"), "plots: a symbolic link")
     assert not any(elsewhere.iterdir())
+
+
+@pytest.mark.parametrize(("entry", "where"), [
+    ({"tag": "1", "runId": "r", "batchIds": [BATCH]}, "[0].jobId: expected a Slurm job id"),
+    ({"jobId": "--me", "tag": "1", "runId": "r", "batchIds": [BATCH]}, "[0].jobId: expected a Slurm job id"),
+    ({"jobId": "12", "tag": "../../elsewhere", "runId": "r", "batchIds": [BATCH]}, "[0].tag: expected a plain"),
+    ({"jobId": "12", "tag": "1", "runId": "r", "batchIds": ["../b"]}, "[0].batchIds: expected a list of batch ids"),
+])
+def test_a_slurm_submissions_file_faice_did_not_write_is_refused(tmp_path, entry, where):
+    """Its job ids go to squeue and scancel (``--me`` would be an option) and its tag names
+    the directory whose task specs ``cancel`` deletes: checked before any of it is used."""
+    run = make_run(tmp_path / "run")
+    (run.root / "slurm").mkdir()
+    (run.root / "slurm" / "submissions.json").write_text(json.dumps([entry]))
+    for command in (["status"], ["cancel", "all"]):
+        assert_clear_error(faice(*command, "--outdir", str(run.root)), "submissions.json", where)

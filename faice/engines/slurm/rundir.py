@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from faice.errors import UsageError
 from faice.files import atomic_write_json, read_json, tail_text
 from faice.pipeline.records import BatchState, FailureClass, new_batch_record
-from faice.pipeline.rundir import RunDir
+from faice.pipeline.rundir import RunDir, is_batch_id
 from faice.secrets import REDACTOR
 
 SLURM_DIR = "slurm"
@@ -52,9 +54,31 @@ def write_json(path: Path, data: Any, *, mode: int = 0o644) -> None:
     atomic_write_json(path, data, mode=mode, redact=REDACTOR.redact)
 
 
+# What every submissions.json entry holds, as faice wrote it (sbatch's job ids are digits).
+_SUBMISSION_KEYS: tuple[tuple[str, str, Callable[[Any], bool]], ...] = (
+    ("jobId", "a Slurm job id (digits)", lambda v: isinstance(v, str) and v.isdigit()),
+    ("tag", "a plain directory name", lambda v: isinstance(v, str) and is_batch_id(v)),
+    ("runId", "a string", lambda v: isinstance(v, str)),
+    ("batchIds", "a list of batch ids", lambda v: isinstance(v, list) and all(isinstance(b, str) and is_batch_id(b)
+                                                                             for b in v)),
+)
+
+
 def read_submissions(outdir: Path) -> list[dict[str, Any]]:
-    data = read_json(slurm_dir(outdir) / SUBMISSIONS)
-    return data if isinstance(data, list) else []
+    """The entries of ``submissions.json``; UsageError for one faice did not write: its job id
+    goes to scancel and squeue (``--me`` would be an option) and its tag names a directory
+    whose task specs are deleted (``../..`` would lead out of the run)."""
+    path = slurm_dir(outdir) / SUBMISSIONS
+    data = read_json(path, beneath=Path(outdir))
+    if not isinstance(data, list):
+        return []
+    for number, entry in enumerate(data):
+        if not isinstance(entry, dict):
+            raise UsageError(f"{path}: [{number}]: expected an object, got {type(entry).__name__}")
+        for key, expected, valid in _SUBMISSION_KEYS:
+            if not valid(entry.get(key)):
+                raise UsageError(f"{path}: [{number}].{key}: expected {expected}, got {entry.get(key)!r:.80}")
+    return data
 
 
 def read_stored(path: Path) -> dict[str, Any]:
