@@ -57,15 +57,19 @@ def test_a_fifo_for_run_json_is_refused_not_waited_on(tmp_path):
     assert faice("results", str(run.root)).returncode == 0  # ranked from the batch records
 
 
+def replace_with(path, target: str) -> None:
+    """``path`` becomes a FIFO (``target`` "fifo") or a link to ``target``."""
+    path.unlink()
+    if target == "fifo":
+        os.mkfifo(path)
+    else:
+        path.symlink_to(target)
+
+
 @pytest.mark.parametrize("target", ["fifo", "/dev/zero", "/etc/passwd"])
 def test_a_log_that_is_no_file_of_the_run_is_not_printed(tmp_path, target):
     run = make_run(tmp_path / "run")
-    stdout = run.batch(BATCH).stdout
-    stdout.unlink()
-    if target == "fifo":
-        os.mkfifo(stdout)
-    else:
-        stdout.symlink_to(target)
+    replace_with(run.batch(BATCH).stdout, target)
     done = faice("logs", BATCH, "--outdir", str(run.root))
     assert_clear_error(done, "stdout.txt", "expected a regular file")
     assert "root:" not in done.stdout
@@ -74,12 +78,7 @@ def test_a_log_that_is_no_file_of_the_run_is_not_printed(tmp_path, target):
 @pytest.mark.parametrize("target", ["fifo", "/dev/zero"])
 def test_a_record_that_is_no_file_is_refused(tmp_path, target):
     run = make_run(tmp_path / "run")
-    record = run.batch(BATCH).record
-    record.unlink()
-    if target == "fifo":
-        os.mkfifo(record)
-    else:
-        record.symlink_to(target)
+    replace_with(run.batch(BATCH).record, target)
     assert_clear_error(faice("status", BATCH, "--outdir", str(run.root)), "result.json", "not a batch record")
 
 
