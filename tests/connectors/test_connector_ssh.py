@@ -533,9 +533,15 @@ def test_cancelled_upload_removes_the_remote_part_file(place, ssh_server, ssh_pr
             os.kill(os.getpid(), signal.SIGINT)
 
     started = time.monotonic()
-    with StagingSession(tmp_path / "w", progress=interrupt) as session, pytest.raises(KeyboardInterrupt):
-        session.send(ConnectorRequest("o", "ssh", place.file("up.bin")), "File", src)
-        time.sleep(30)  # not reached: the upload is interrupted long before it ends
+    # Python's own Ctrl-C handler, whatever an earlier test of this process left installed
+    # (the full suite once saw this SIGINT change nothing: the upload ended, 30 s passed).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with StagingSession(tmp_path / "w", progress=interrupt) as session, pytest.raises(KeyboardInterrupt):
+            session.send(ConnectorRequest("o", "ssh", place.file("up.bin")), "File", src)
+            time.sleep(30)  # not reached: the upload is interrupted long before it ends
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert time.monotonic() - started < 10
     assert sent and remote_dir.is_dir(), "the upload had begun"
     assert sorted(p.name for p in remote_dir.iterdir()) == []
