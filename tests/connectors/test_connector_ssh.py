@@ -533,16 +533,18 @@ def test_cancelled_upload_removes_the_remote_part_file(place, ssh_server, ssh_pr
             os.kill(os.getpid(), signal.SIGINT)
 
     started = time.monotonic()
-    # Python's own Ctrl-C handler, whatever an earlier test of this process left installed
-    # (the full suite once saw this SIGINT change nothing: the upload ended, 30 s passed).
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        with StagingSession(tmp_path / "w", progress=interrupt) as session, pytest.raises(KeyboardInterrupt):
+    interrupted = None
+    with StagingSession(tmp_path / "w", progress=interrupt) as session:
+        try:
             session.send(ConnectorRequest("o", "ssh", place.file("up.bin")), "File", src)
-            time.sleep(30)  # not reached: the upload is interrupted long before it ends
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    assert time.monotonic() - started < 10
+            time.sleep(15)  # not reached: the upload is interrupted long before it ends
+        except KeyboardInterrupt:
+            interrupted = time.monotonic() - started
+    # Said apart: the full suite once saw no KeyboardInterrupt at all here (cause not found).
+    assert sent, "the upload reported no progress past 4 MiB"
+    assert interrupted is not None, (f"SIGINT after {sent[0]} bytes raised nothing "
+                                     f"(SIGINT handler: {signal.getsignal(signal.SIGINT)})")
+    assert interrupted < 10
     assert sent and remote_dir.is_dir(), "the upload had begun"
     assert sorted(p.name for p in remote_dir.iterdir()) == []
 
