@@ -542,8 +542,9 @@ def test_cancelled_upload_removes_the_remote_part_file(place, ssh_server, ssh_pr
             interrupted = time.monotonic() - started
     # Said apart: the full suite once saw no KeyboardInterrupt at all here (cause not found).
     assert sent, "the upload reported no progress past 4 MiB"
-    assert interrupted is not None, (f"SIGINT after {sent[0]} bytes raised nothing "
-                                     f"(SIGINT handler: {signal.getsignal(signal.SIGINT)})")
+    assert interrupted is not None, (
+        f"SIGINT after {sent[0]} bytes raised nothing (handler {signal.getsignal(signal.SIGINT)}, blocked "
+        f"{sorted(signal.pthread_sigmask(signal.SIG_BLOCK, []))}, pending {sorted(signal.sigpending())})")
     assert interrupted < 10
     assert sent and remote_dir.is_dir(), "the upload had begun"
     assert sorted(p.name for p in remote_dir.iterdir()) == []
