@@ -125,7 +125,9 @@ def _status(client, args) -> int:
 
         follow(client, experiment_id, live=False if args.json else None)
     batches = [client.batch(args.id)] if kind == "batch" else client.experiment_batches(experiment_id)
-    shown = ShownStates(client)(batches)  # the states faice's records give them
+    # The states faice's records give them (a request per cancelled batch): for the text and
+    # for --wait's exit code; --json alone prints CC-Agency's documents as they are.
+    shown = ShownStates(client)(batches) if args.wait or not args.json else batches
     if args.json:  # CC-Agency's own documents
         print(REDACTOR.redact(dumps_json(batches[0] if kind == "batch" else
                                          {"experimentId": experiment_id, "batches": batches}, indent=2)))
