@@ -110,14 +110,15 @@ def main(argv: list[str] | None = None) -> int:
             result.append(host.run_alone(plan, run_id=run_id, outdir=outdir, redactor=redactor, options=options,
                                          cancel=cancel, engine=engine,
                                          stop_rule=stopper.check if stopper is not None else None))
-            if stopper is not None:
-                stopper.done(plan.id)
         except Exception as exc:  # a bug: the batch still gets a record, the log the reason
             import traceback
 
             say(f"faice task: internal error: {type(exc).__name__}: {exc}\n{traceback.format_exc()}", redactor)
             result.append(failed_before_start(plan, run_id, outdir, f"internal error: {type(exc).__name__}: {exc}",
                                               redactor=redactor, engine=engine))
+        finally:
+            if stopper is not None:
+                stopper.done(plan.id)  # its live series goes, however the batch ended
 
     worker = threading.Thread(target=work, name="faice-task", daemon=True)
     worker.start()
